@@ -55,7 +55,9 @@ class ManualClock:
 class ScaledClock:
     """Wall-clock time running ``speed`` times faster from ``start`` (the simulator's ``--speed``)."""
 
-    def __init__(self, speed: float = 1.0, start: datetime | None = None, base: Clock | None = None):
+    def __init__(
+        self, speed: float = 1.0, start: datetime | None = None, base: Clock | None = None
+    ):
         self._base = base or SystemClock()
         self._origin = self._base.now()
         self._start = start or self._origin
