@@ -1,0 +1,238 @@
+"""The collectors: plain async functions ``(ctx, now) -> counts``.
+
+APScheduler only decides *when* they run (``monitor.collect.scheduler``); tests, the benchmark and
+later the demo and a backtest call them directly on an injected clock. Each collector reads the API
+through ``ctx.client`` and writes through ``ctx.store``; a collector that fails part-way raises
+:class:`PartialFailure` carrying the counts of what it did and the per-item errors, so one bad
+instance never hides the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from monitor.novita.errors import NovitaError
+from monitor.novita.models import InstanceMetrics
+
+#: usage bills: how far back a first collection looks (the API caps one request at 31 days)
+BILLS_BACKFILL = timedelta(days=30)
+#: hourly bills: how far back a first collection looks, and the overlap of later ones
+HOURLY_BACKFILL = timedelta(hours=48)
+HOURLY_OVERLAP = timedelta(hours=3)
+DAILY_OVERLAP = timedelta(days=2)
+
+
+@dataclass
+class CollectSettings:
+    metrics_interval_s: int = 60
+    metrics_lag_s: int = 60
+    backfill_min_s: int = 3600
+    backfill_max_s: int = 86400
+    #: the longest window any loaded rule needs (seconds); the backfill covers it within the bounds
+    rules_window_s: int = 0
+    retention_raw_days: int = 7
+    retention_rollup_days: int = 365
+
+    @property
+    def backfill(self) -> timedelta:
+        wanted = max(self.backfill_min_s, self.rules_window_s + self.metrics_lag_s)
+        return timedelta(seconds=min(wanted, self.backfill_max_s))
+
+
+@dataclass
+class AccountContext:
+    """What a collector needs for one account: its client, the store, the settings."""
+
+    account: str
+    client: Any  # monitor.novita.client.NovitaClient (typed loosely: tests hand in fakes)
+    store: Any  # monitor.store.db.Store
+    settings: CollectSettings = field(default_factory=CollectSettings)
+
+
+class PartialFailure(Exception):
+    """Some items failed; ``counts`` says what was done, ``errors`` what went wrong."""
+
+    def __init__(self, counts: dict[str, int], errors: list[str]) -> None:
+        self.counts = counts
+        self.errors = errors
+        super().__init__(f"{len(errors)} item(s) failed: " + "; ".join(errors[:5]))
+
+
+Counts = dict[str, int]
+Collector = Callable[[AccountContext, datetime], Awaitable[Counts]]
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, NovitaError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+async def collect_instances(ctx: AccountContext, now: datetime) -> Counts:
+    instances = await ctx.client.list_instances()
+    events = ctx.store.upsert_instances(ctx.account, instances, now)
+    return {"instances": len(instances), "events": len(events)}
+
+
+def metrics_window(
+    latest: datetime | None, now: datetime, settings: CollectSettings
+) -> tuple[datetime, datetime]:
+    """The window to fetch for one instance.
+
+    Incremental: from the last stored sample minus an overlap that covers the API's ~1 minute
+    lag (samples that were not there yet last time), upserted so the overlap never duplicates.
+    First sight, or after a gap longer than the backfill: the backfill window. Never shorter than
+    60 s (the API silently replaces shorter windows with its defaults).
+    """
+    backfill_start = now - settings.backfill
+    overlap = timedelta(seconds=settings.metrics_lag_s + settings.metrics_interval_s)
+    start = backfill_start if latest is None else max(latest - overlap, backfill_start)
+    start = min(start, now - timedelta(seconds=max(60, settings.metrics_interval_s)))
+    return start.replace(microsecond=0), now.replace(microsecond=0)
+
+
+async def collect_metrics(ctx: AccountContext, now: datetime) -> Counts:
+    """Metrics of every running instance, fetched concurrently, written in one transaction."""
+    running = [i for i in ctx.store.instances(ctx.account) if i.status == "running"]
+    latest = ctx.store.latest_metric_times(ctx.account)
+    errors: list[str] = []
+
+    async def fetch(inst: Any) -> tuple[Any, InstanceMetrics] | None:
+        start, end = metrics_window(latest.get(inst.instance_id), now, ctx.settings)
+        try:
+            metrics = await ctx.client.get_metrics(
+                inst.instance_id, start, end, interval_s=ctx.settings.metrics_interval_s
+            )
+        except (NovitaError, ValueError) as exc:
+            errors.append(f"{inst.instance_id}: {_describe(exc)}")
+            return None
+        return inst, metrics
+
+    results = await asyncio.gather(*(fetch(i) for i in running))
+    batch = [(inst.instance_id, m, inst.cpu_num) for r in results if r for inst, m in [r]]
+    written = ctx.store.upsert_metrics_batch(ctx.account, batch)
+    counts = {"instances": len(running), "fetched": len(batch), "rows": written}
+    if errors:
+        raise PartialFailure(counts, errors)
+    return counts
+
+
+async def collect_balance(ctx: AccountContext, now: datetime) -> Counts:
+    balance = await ctx.client.get_balance()
+    ctx.store.add_balance(ctx.account, balance, now)
+    return {"samples": 1}
+
+
+def _bill_start(ctx: AccountContext, collector: str, now: datetime, first: timedelta,
+                overlap: timedelta) -> datetime:  # fmt: skip
+    last = ctx.store.last_success(ctx.account, collector)
+    start = now - first if last is None else max(last - overlap, now - first)
+    return start.replace(minute=0, second=0, microsecond=0)
+
+
+async def collect_usage_bills(ctx: AccountContext, now: datetime) -> Counts:
+    """Pay-as-you-go GPU bills: daily for 30 days (spend baselines, running hours), hourly for
+    the recent past (current spend, per-instance hourly cost). The current period's amount grows
+    between fetches; the store's upsert on the natural key updates it."""
+    day_start = _bill_start(ctx, "usage_bills", now, BILLS_BACKFILL, DAILY_OVERLAP)
+    hour_start = _bill_start(ctx, "usage_bills", now, HOURLY_BACKFILL, HOURLY_OVERLAP)
+    daily, hourly = await asyncio.gather(
+        ctx.client.list_usage_bills("Day", "gpu", day_start, now),
+        ctx.client.list_usage_bills("Hour", "gpu", hour_start, now),
+    )
+    rows = ctx.store.upsert_usage_bills(ctx.account, "Day", daily)
+    rows += ctx.store.upsert_usage_bills(ctx.account, "Hour", hourly)
+    return {"bills": len(daily) + len(hourly), "rows": rows}
+
+
+async def collect_fixed_term_bills(ctx: AccountContext, now: datetime) -> Counts:
+    start = _bill_start(ctx, "fixed_term_bills", now, BILLS_BACKFILL, DAILY_OVERLAP)
+    bills = await ctx.client.list_fixed_term_bills(start, now, category="gpu")
+    rows = ctx.store.upsert_fixed_term_bills(ctx.account, bills)
+    return {"bills": len(bills), "rows": rows}
+
+
+async def collect_products(ctx: AccountContext, now: datetime) -> Counts:
+    """Prices differ by cluster: ask per cluster the account has instances in."""
+    clusters = sorted(
+        {i.cluster_id for i in ctx.store.instances(ctx.account) if i.cluster_id} | {""}
+    )
+    errors: list[str] = []
+    total = 0
+    for cluster in clusters:
+        try:
+            products = await ctx.client.list_products(cluster_id=cluster or None)
+        except NovitaError as exc:
+            errors.append(f"cluster {cluster or '(all)'}: {_describe(exc)}")
+            continue
+        ctx.store.upsert_products(ctx.account, products, cluster or None, now)
+        total += len(products)
+    counts = {"clusters": len(clusters), "products": total}
+    if errors:
+        raise PartialFailure(counts, errors)
+    return counts
+
+
+async def collect_training_tasks(ctx: AccountContext, now: datetime) -> Counts:
+    tasks = await ctx.client.list_training_tasks()
+    events = ctx.store.upsert_training_tasks(ctx.account, tasks, now)
+    return {"tasks": len(tasks), "events": len(events)}
+
+
+async def collect_async_tasks(ctx: AccountContext, now: datetime) -> Counts:
+    """Watched async task ids (the API cannot list them), until each is terminal."""
+    watched = ctx.store.watched_tasks(ctx.account)
+    errors: list[str] = []
+
+    async def one(task_id: str) -> None:
+        try:
+            task = await ctx.client.get_async_task(task_id)
+        except NovitaError as exc:
+            errors.append(f"{task_id}: {_describe(exc)}")
+            return
+        ctx.store.update_async_task(ctx.account, task, now)
+
+    await asyncio.gather(*(one(w.task_id) for w in watched))
+    counts = {"watched": len(watched)}
+    if errors:
+        raise PartialFailure(counts, errors)
+    return counts
+
+
+async def enforce_retention(ctx: AccountContext, now: datetime) -> Counts:
+    result = ctx.store.enforce_retention(
+        now,
+        raw_days=ctx.settings.retention_raw_days,
+        rollup_days=ctx.settings.retention_rollup_days,
+    )
+    return {k: int(v) for k, v in dict(result).items()}
+
+
+#: every collector by name, in the order a full cycle runs them (instances first: metrics
+#: and products read the instance list it stores)
+COLLECTORS: dict[str, Collector] = {
+    "instances": collect_instances,
+    "metrics": collect_metrics,
+    "balance": collect_balance,
+    "usage_bills": collect_usage_bills,
+    "fixed_term_bills": collect_fixed_term_bills,
+    "products": collect_products,
+    "training_tasks": collect_training_tasks,
+    "async_tasks": collect_async_tasks,
+}
+
+#: default intervals (seconds)
+DEFAULT_INTERVALS: dict[str, int] = {
+    "instances": 60,
+    "metrics": 60,
+    "balance": 300,
+    "usage_bills": 3600,
+    "fixed_term_bills": 86400,
+    "products": 86400,
+    "training_tasks": 300,
+    "async_tasks": 30,
+}
