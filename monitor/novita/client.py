@@ -1,0 +1,782 @@
+"""Typed async client of the Novita API (wire format: ``shared/novita-api/wire-format.md``).
+
+One :class:`NovitaClient` per account. It owns:
+
+* the network seam: an injectable ``httpx.AsyncBaseTransport`` (tests pass ``MockTransport`` or
+  ``ASGITransport(sim_app)``); httpx exceptions are translated here, with ``raise ... from exc``;
+* the concurrency limit: one ``asyncio.Semaphore`` shared by every call, held only while a
+  request is on the wire (not during backoff);
+* retries (tenacity): exponential backoff with full jitter, ``Retry-After`` honoured, bounded by
+  :class:`RetryPolicy` in attempts and in total time. A read (GET) is retried on 429, 5xx,
+  timeouts and connection errors. An action (POST) is retried only when it was certainly not
+  carried out (connect error, 429); a 5xx or a read timeout raises
+  :class:`~monitor.novita.errors.OutcomeUnknownError`, because a repeated renew costs money;
+* error mapping by the body's ``reason``, then by HTTP status (:mod:`monitor.novita.errors`);
+* pagination: ``pageNum``/``pageNo`` pages (robust to 0- vs 1-based numbering, de-duplicated by
+  id, with a page cap) and ``pagination.cursor`` cursors.
+
+The API key is sent only as ``Authorization: Bearer``; it is kept out of reprs, logs and errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+
+import httpx
+import pydantic
+import structlog
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
+
+from monitor.clock import Clock
+from monitor.novita.errors import (
+    REASON_TO_ERROR,
+    APIError,
+    MalformedResponseError,
+    NotFoundError,
+    OutcomeUnknownError,
+    RateLimitedError,
+    ServerError,
+    UnavailableError,
+    error_class_for,
+    redact,
+)
+from monitor.novita.models import (
+    BILLING_MODES,
+    KNOWN_STATUSES,
+    AsyncTask,
+    AsyncTaskResult,
+    Balance,
+    BalanceDetail,
+    Cluster,
+    CpuProduct,
+    FixedTermBill,
+    Instance,
+    InstanceMetrics,
+    NetworkStorage,
+    Product,
+    TrainingTask,
+    UsageBill,
+    UserInfo,
+    parse_int,
+)
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "MAX_BILL_WINDOW",
+    "NovitaClient",
+    "RetryPolicy",
+    "parse_retry_after",
+    "split_window",
+]
+
+DEFAULT_BASE_URL = "https://api.novita.ai"
+GPU = "/gpu-instance/openapi/v1"
+INSTANCE_ACTION = f"{GPU}/gpu/instance"
+#: Bills are not paginated; the docs ask for windows of at most 31 days (wire-format §2.6).
+MAX_BILL_WINDOW = timedelta(days=31)
+#: The metrics endpoint silently replaces a window shorter than this by its default (§2.5).
+MIN_METRIC_WINDOW = timedelta(seconds=60)
+MIN_METRIC_INTERVAL_EXCLUSIVE = 15
+
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+
+async def _asyncio_sleep(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to retry. ``sleep`` and ``random`` are injectable so tests neither wait nor guess.
+
+    Backoff before retry n (n = 1, 2, ...) is ``uniform(0, min(max_backoff_s, initial_s * 2**(n-1)))``
+    (full jitter) unless the server sent ``Retry-After``, which is then waited exactly. The whole
+    call, sleeps included, stays within ``max_total_s``: a wait that would exceed it ends the
+    retries instead (a ``Retry-After`` longer than the remaining budget is not shortened).
+    """
+
+    max_attempts: int = 5
+    initial_s: float = 0.5
+    max_backoff_s: float = 30.0
+    max_total_s: float = 60.0
+    sleep: Callable[[float], Awaitable[None]] = field(default=_asyncio_sleep, compare=False)
+    random: Callable[[], float] = field(default=random.random, compare=False)
+
+    def backoff(self, attempt: int) -> float:
+        cap = min(self.max_backoff_s, self.initial_s * (2 ** max(0, attempt - 1)))
+        return cap * self.random()
+
+
+def parse_retry_after(value: str | None, now: datetime | None) -> float | None:
+    """``Retry-After`` as seconds (``"5"``) or an HTTP date (needs ``now``). Invalid -> None."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if now is None:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def split_window(
+    start: datetime, end: datetime, max_len: timedelta = MAX_BILL_WINDOW
+) -> list[tuple[datetime, datetime]]:
+    """``[start, end]`` cut into consecutive windows no longer than ``max_len``."""
+    if end <= start:
+        raise ValueError(f"empty window: start {start.isoformat()} >= end {end.isoformat()}")
+    windows = []
+    cursor = start
+    while cursor < end:
+        stop = min(cursor + max_len, end)
+        windows.append((cursor, stop))
+        cursor = stop
+    return windows
+
+
+def _unix(when: datetime) -> int:
+    if when.tzinfo is None:
+        raise ValueError(f"naive datetime {when.isoformat()}: pass an aware UTC datetime")
+    return int(when.timestamp())
+
+
+def _clean(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if v is not None}
+
+
+class _Budget:
+    """Per-call retry state: plans each wait once and keeps the total within the policy.
+
+    Works whatever order tenacity calls ``stop`` and ``wait`` in (it changed in tenacity 8.3).
+    """
+
+    def __init__(self, policy: RetryPolicy, now: Callable[[], datetime | None]) -> None:
+        self.policy = policy
+        self.started = time.monotonic()
+        self.slept = 0.0
+        self._now = now
+        self._plans: dict[int, float | None] = {}
+
+    def elapsed(self) -> float:
+        return max(time.monotonic() - self.started, self.slept)
+
+    def plan(self, state: RetryCallState) -> float | None:
+        """The wait before the next attempt, or None to stop."""
+        n = state.attempt_number
+        if n not in self._plans:
+            self._plans[n] = self._compute(state)
+        return self._plans[n]
+
+    def _compute(self, state: RetryCallState) -> float | None:
+        if state.attempt_number >= self.policy.max_attempts:
+            return None
+        exc = state.outcome.exception() if state.outcome else None
+        remaining = self.policy.max_total_s - self.elapsed()
+        hint = exc.retry_after if isinstance(exc, RateLimitedError) else None
+        if hint is not None:
+            return hint if hint <= remaining else None
+        if remaining <= 0:
+            return None
+        return min(self.policy.backoff(state.attempt_number), remaining)
+
+    def stop(self, state: RetryCallState) -> bool:
+        return self.plan(state) is None
+
+    def wait(self, state: RetryCallState) -> float:
+        return self.plan(state) or 0.0
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept += seconds
+        await self.policy.sleep(seconds)
+
+
+class NovitaClient:
+    """Async client of one Novita account. Use as ``async with NovitaClient(key) as client``.
+
+    ``requests_sent`` counts every HTTP attempt, retries included (for the benchmark).
+    ``clock`` (optional) resolves ``Retry-After`` dates when the response has no ``Date`` header
+    and lets :meth:`get_metrics` refuse a window that ends in the future.
+    """
+
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str = DEFAULT_BASE_URL,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_concurrency: int = 8,
+        timeout: float = 15.0,
+        retry: RetryPolicy | None = None,
+        logger: Any = None,
+        clock: Clock | None = None,
+        max_pages: int = 200,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        self._api_key = api_key or ""
+        headers = {"Accept": "application/json", "Content-Type": "application/json"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            headers=headers,
+            transport=transport,
+            timeout=httpx.Timeout(timeout),
+            follow_redirects=False,
+        )
+        self.base_url = base_url
+        self.retry = retry or RetryPolicy()
+        self.max_pages = max_pages
+        self.requests_sent = 0
+        self._semaphore = asyncio.Semaphore(max_concurrency)
+        self._log = logger if logger is not None else structlog.get_logger("monitor.novita")
+        self._clock = clock
+        self._noted: set[tuple[str, str]] = set()
+
+    def __repr__(self) -> str:
+        return f"NovitaClient(base_url={self.base_url!r}, api_key='***')"
+
+    async def __aenter__(self) -> NovitaClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -----------------------------------------------------------------------------------------
+    # Account
+
+    async def get_balance(self) -> Balance:
+        """Balance in USD from ``billing/balance/detail``; ``/v3/user`` if that is missing."""
+        path = "/openapi/v1/billing/balance/detail"
+        try:
+            body = await self._get(path)
+        except APIError as exc:
+            if not (isinstance(exc, NotFoundError) or exc.status == 404):
+                raise
+            self._log.info("novita.balance_fallback", path=path, status=exc.status)
+        else:
+            if isinstance(body, dict) and isinstance(body.get("data"), dict):
+                body = body["data"]
+            detail = self._parse(BalanceDetail, body, path)
+            if detail.available_balance is not None:
+                return detail.to_balance()
+            self._log.warning("novita.balance_fallback", path=path, why="no availableBalance")
+        info = await self.get_user_info()
+        if info.credit_balance is None:
+            raise MalformedResponseError(
+                "/v3/user has no credit_balance", status=200, path="/v3/user", method="GET"
+            )
+        return info.to_balance()
+
+    async def get_user_info(self) -> UserInfo:
+        path = "/v3/user"
+        return self._parse(UserInfo, await self._get(path), path)
+
+    # -----------------------------------------------------------------------------------------
+    # Instances and metrics
+
+    async def list_instances(self, page_size: int = 100) -> list[Instance]:
+        """Every instance, all pages (``pageNum`` from 0; see :meth:`_pages`)."""
+        instances = await self._pages(
+            f"{GPU}/gpu/instances", Instance, "instances", "pageNum", page_size, "id"
+        )
+        for inst in instances:
+            self._note_instance(inst)
+        return instances
+
+    async def get_instance(self, instance_id: str) -> Instance:
+        """One instance (bare object; a ``{"instance": {...}}`` wrapper is tolerated)."""
+        path = f"{GPU}/gpu/instance"
+        body = await self._get(path, {"instanceId": instance_id})
+        if isinstance(body, dict) and "id" not in body and isinstance(body.get("instance"), dict):
+            body = body["instance"]
+        inst = self._parse(Instance, body, path)
+        self._note_instance(inst)
+        return inst
+
+    async def get_metrics(
+        self, instance_id: str, start: datetime, end: datetime, interval_s: int = 60
+    ) -> InstanceMetrics:
+        """Metrics over ``[start, end]``. Refuses windows the API would silently replace.
+
+        The API substitutes its default (the last 60 s at 15 s) for a window shorter than 60 s, an
+        interval not greater than 15 s or an end in the future (wire-format §2.5); that would look
+        like valid data for the wrong period, so this raises ``ValueError`` instead.
+        """
+        start_s, end_s = _unix(start), _unix(end)
+        if end - start < MIN_METRIC_WINDOW:
+            raise ValueError(f"metric window must be at least 60 s, got {end - start}")
+        if start_s <= 0:
+            raise ValueError("metric window must start after 1970")
+        if interval_s <= MIN_METRIC_INTERVAL_EXCLUSIVE:
+            raise ValueError(f"metric interval must be greater than 15 s, got {interval_s}")
+        if self._clock is not None and end > self._clock.now():
+            raise ValueError(f"metric window ends in the future: {end.isoformat()}")
+        path = "/openapi/v1/metrics/gpu/instance"
+        params = {
+            "instanceId": instance_id,
+            "startTime": start_s,
+            "endTime": end_s,
+            "interval": interval_s,
+        }
+        return self._parse(InstanceMetrics, await self._get(path, params), path)
+
+    # -----------------------------------------------------------------------------------------
+    # Bills
+
+    async def list_usage_bills(
+        self,
+        cycle_type: str,
+        product_category: str,
+        start: datetime,
+        end: datetime,
+        owner_id: str | None = None,
+        product_name: str | None = None,
+    ) -> list[UsageBill]:
+        """Pay-as-you-go bills; windows longer than 31 days are queried in consecutive parts."""
+        path = "/openapi/v1/billing/bill/list"
+        base = {
+            "cycleType": cycle_type,
+            "productCategory": product_category,
+            "ownerId": owner_id,
+            "productName": product_name,
+        }
+        return await self._windowed_bills(path, base, start, end, UsageBill)
+
+    async def list_fixed_term_bills(
+        self,
+        start: datetime,
+        end: datetime,
+        category: str = "gpu",
+        owner_id: str | None = None,
+    ) -> list[FixedTermBill]:
+        """Subscription bills (``category``, not ``productCategory``), 31-day windows."""
+        path = "/openapi/v1/billing/bill/monthly/list"
+        base = {"category": category, "ownerId": owner_id}
+        return await self._windowed_bills(path, base, start, end, FixedTermBill)
+
+    async def _windowed_bills(
+        self, path: str, base: dict[str, Any], start: datetime, end: datetime, model: type[M]
+    ) -> list[M]:
+        out: list[M] = []
+        seen: set[str] = set()
+        for lo, hi in split_window(start, end):
+            params = {**base, "startTime": _unix(lo), "endTime": _unix(hi)}
+            body = await self._get(path, params)
+            for bill in self._parse_items(model, body, "bills", path):
+                # a bill straddling a window boundary comes back twice
+                key = bill.model_dump_json()
+                if key not in seen:
+                    seen.add(key)
+                    out.append(bill)
+        return out
+
+    # -----------------------------------------------------------------------------------------
+    # Catalogue and storage
+
+    async def list_products(
+        self,
+        cluster_id: str | None = None,
+        product_name: str | None = None,
+        billing_method: str | None = None,
+    ) -> list[Product]:
+        path = f"{GPU}/products"
+        params = {
+            "clusterId": cluster_id,
+            "productName": product_name,
+            "billingMethod": billing_method,
+        }
+        return self._parse_items(Product, await self._get(path, params), "data", path)
+
+    async def list_cpu_products(
+        self, cluster_id: str | None = None, product_name: str | None = None
+    ) -> list[CpuProduct]:
+        path = f"{GPU}/cpu/products"
+        params = {"clusterId": cluster_id, "productName": product_name}
+        return self._parse_items(CpuProduct, await self._get(path, params), "data", path)
+
+    async def list_clusters(self) -> list[Cluster]:
+        path = f"{GPU}/clusters"
+        return self._parse_items(Cluster, await self._get(path), "data", path)
+
+    async def list_network_storages(self, page_size: int = 100) -> list[NetworkStorage]:
+        return await self._pages(
+            f"{GPU}/networkstorages/list", NetworkStorage, "data", "pageNo", page_size, "storage_id"
+        )
+
+    # -----------------------------------------------------------------------------------------
+    # Tasks
+
+    async def list_training_tasks(self, limit: int = 50) -> list[TrainingTask]:
+        """All training tasks, following ``pagination.next_cursor`` from ``c_0``."""
+        path = "/v3/training"
+        cursor = "c_0"
+        seen_cursors = {cursor}
+        tasks: dict[str, TrainingTask] = {}
+        for _ in range(self.max_pages):
+            params = {"pagination.limit": limit, "pagination.cursor": cursor}
+            body = await self._get(path, params)
+            page = self._parse_items(TrainingTask, body, "tasks", path)
+            for task in page:
+                tasks.setdefault(task.task_id, task)
+            pagination = body.get("pagination") if isinstance(body, dict) else None
+            nxt = pagination.get("next_cursor") if isinstance(pagination, dict) else None
+            if not page or not nxt:
+                return list(tasks.values())
+            nxt = str(nxt)
+            if nxt in seen_cursors:
+                self._log.warning("novita.cursor_repeats", path=path, cursor=nxt)
+                return list(tasks.values())
+            seen_cursors.add(nxt)
+            cursor = nxt
+        raise MalformedResponseError(
+            f"more than {self.max_pages} pages; cursor never ended", path=path, method="GET"
+        )
+
+    async def get_async_task(self, task_id: str) -> AsyncTask:
+        path = "/v3/async/task-result"
+        body = await self._get(path, {"task_id": task_id})
+        return self._parse(AsyncTaskResult, body, path).task
+
+    # -----------------------------------------------------------------------------------------
+    # Actions (POST). Each returns the raw answer for the caller's audit log.
+
+    async def stop_instance(self, instance_id: str) -> dict[str, Any]:
+        return await self._action("stop", {"instanceId": instance_id})
+
+    async def start_instance(self, instance_id: str) -> dict[str, Any]:
+        return await self._action("start", {"instanceId": instance_id})
+
+    async def restart_instance(self, instance_id: str) -> dict[str, Any]:
+        return await self._action("restart", {"instanceId": instance_id})
+
+    async def delete_instance(self, instance_id: str) -> dict[str, Any]:
+        return await self._action("delete", {"instanceId": instance_id})
+
+    async def renew_instance(self, instance_id: str, months: int) -> dict[str, Any]:
+        _check_months(months)
+        return await self._action("renewInstance", {"instanceId": instance_id, "month": months})
+
+    async def convert_to_monthly(self, instance_id: str, months: int) -> dict[str, Any]:
+        _check_months(months)
+        body = {"instanceId": instance_id, "month": months}
+        return await self._action("transToMonthlyInstance", body)
+
+    async def set_auto_renew(
+        self, instance_ids: Iterable[str], enabled: bool, months: int = 1
+    ) -> dict[str, Any]:
+        ids = list(instance_ids)
+        if not ids:
+            raise ValueError("set_auto_renew needs at least one instance id")
+        _check_months(months)
+        body = {"instanceIds": ids, "autoRenew": bool(enabled), "autoRenewMonth": months}
+        return await self._action("setAutoRenew", body)
+
+    async def _action(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        path = f"{INSTANCE_ACTION}/{name}"
+        answer = await self._request("POST", path, json_body=body)
+        if isinstance(answer, dict):
+            return answer
+        return {"result": answer}
+
+    # -----------------------------------------------------------------------------------------
+    # Pagination and parsing
+
+    async def _pages(
+        self,
+        path: str,
+        model: type[M],
+        items_key: str,
+        page_param: str,
+        page_size: int,
+        id_attr: str,
+    ) -> list[M]:
+        """Collect all pages, whether the server counts pages from 0 or from 1.
+
+        Starts at page 0. Stops when the number collected reaches ``total``, or a page is empty, or
+        (``total`` absent) a page is short. Items are de-duplicated by ``id_attr``, so a 1-based
+        server that answers page 0 like page 1 costs one request and no duplicate. A page 0 that
+        is empty while ``total`` is absent or positive is followed by page 1 (a 1-based server
+        that answers page 0 with nothing). Two pages in a row with nothing new end the listing
+        (a server that ignores the page number); ``max_pages`` caps it.
+        """
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        collected: dict[str, M] = {}
+        page = 0
+        stale = 0
+        total: int | None = None
+        for _ in range(self.max_pages):
+            body = await self._get(path, {"pageSize": page_size, page_param: page})
+            items = self._parse_items(model, body, items_key, path)
+            total = parse_int(body.get("total")) if isinstance(body, dict) else None
+            if not items:
+                if page == 0 and (total is None or total > 0):
+                    page = 1
+                    continue
+                break
+            new = 0
+            for item in items:
+                key = str(getattr(item, id_attr))
+                if key not in collected:
+                    collected[key] = item
+                    new += 1
+            if total is not None and len(collected) >= total:
+                break
+            if total is None and len(items) < page_size:
+                break
+            stale = 0 if new else stale + 1
+            if stale >= 2:
+                self._log.warning("novita.pages_repeat", path=path, page=page)
+                break
+            page += 1
+        else:
+            raise MalformedResponseError(
+                f"more than {self.max_pages} pages; listing never ended", path=path, method="GET"
+            )
+        if total is not None and len(collected) < total:
+            self._log.warning(
+                "novita.pages_short", path=path, total=total, collected=len(collected)
+            )
+        return list(collected.values())
+
+    def _parse(self, model: type[M], body: Any, path: str) -> M:
+        try:
+            return model.model_validate(body)
+        except pydantic.ValidationError as exc:
+            raise MalformedResponseError(
+                f"response does not parse as {model.__name__}: "
+                f"{exc.error_count()} error(s), first: {_first_error(exc)}",
+                status=200,
+                path=path,
+                method="GET",
+            ) from exc
+
+    def _parse_items(self, model: type[M], body: Any, key: str, path: str) -> list[M]:
+        raw: Any
+        if isinstance(body, list):
+            raw = body
+        elif isinstance(body, dict):
+            raw = body.get(key)
+            if raw is None or raw == "":
+                raw = []
+        else:
+            raw = None
+        if not isinstance(raw, list):
+            raise MalformedResponseError(
+                f"expected a list under {key!r}", status=200, path=path, method="GET"
+            )
+        return [self._parse(model, item, path) for item in raw]
+
+    def _note_instance(self, inst: Instance) -> None:
+        """Log unknown statuses and billing modes once per value: tolerated, but worth knowing."""
+        if inst.status and inst.status not in KNOWN_STATUSES:
+            self._note("status", inst.status, inst.id)
+        if inst.billing_mode and inst.billing_mode not in BILLING_MODES:
+            self._note("billing_mode", inst.billing_mode, inst.id)
+
+    def _note(self, what: str, value: str, instance_id: str) -> None:
+        if (what, value) in self._noted:
+            return
+        self._noted.add((what, value))
+        self._log.warning("novita.unknown_value", field=what, value=value, instance_id=instance_id)
+
+    # -----------------------------------------------------------------------------------------
+    # The request core: retries, concurrency, error mapping
+
+    async def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        return await self._request("GET", path, params=_clean(params or {}))
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json_body: dict[str, Any] | None = None,
+    ) -> Any:
+        is_read = method == "GET"
+        budget = _Budget(self.retry, self._now)
+
+        def retryable(exc: BaseException) -> bool:
+            if isinstance(exc, RateLimitedError):
+                return True
+            if is_read:
+                return isinstance(exc, ServerError | UnavailableError)
+            # an action: only when it certainly did not reach the platform
+            return isinstance(exc, UnavailableError) and exc.not_sent
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            self._log.warning(
+                "novita.retry",
+                method=method,
+                path=path,
+                attempt=state.attempt_number,
+                delay_s=round(budget.plan(state) or 0.0, 3),
+                error=type(exc).__name__,
+                status=getattr(exc, "status", None),
+                reason=getattr(exc, "reason", None),
+            )
+
+        retrying = AsyncRetrying(
+            stop=budget.stop,
+            wait=budget.wait,
+            retry=retry_if_exception(retryable),
+            sleep=budget.sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._attempt(method, path, params, json_body)
+        raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
+
+    async def _attempt(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None,
+        json_body: dict[str, Any] | None,
+    ) -> Any:
+        is_read = method == "GET"
+        async with self._semaphore:
+            self.requests_sent += 1
+            try:
+                response = await self._http.request(method, path, params=params, json=json_body)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                raise UnavailableError(
+                    f"could not connect: {type(exc).__name__}",
+                    path=path,
+                    method=method,
+                    not_sent=True,
+                ) from exc
+            except httpx.HTTPError as exc:
+                what = f"{type(exc).__name__} after the request was sent"
+                if is_read:
+                    raise UnavailableError(what, path=path, method=method) from exc
+                raise OutcomeUnknownError(
+                    f"{what}; the action may or may not have been carried out",
+                    path=path,
+                    method=method,
+                ) from exc
+        return self._handle(response, method, path)
+
+    def _handle(self, response: httpx.Response, method: str, path: str) -> Any:
+        status = response.status_code
+        if 200 <= status < 300:
+            return self._decode_ok(response, method, path)
+        err = self._error_from(response, method, path)
+        unknown = status >= 500 or isinstance(err, ServerError | UnavailableError)
+        if method != "GET" and unknown and not isinstance(err, RateLimitedError):
+            raise OutcomeUnknownError(
+                f"{err.message} (HTTP {status}); the action may or may not have been carried out",
+                status=status,
+                reason=err.reason,
+                path=path,
+                method=method,
+                underlying=err,
+            )
+        raise err
+
+    def _decode_ok(self, response: httpx.Response, method: str, path: str) -> Any:
+        text = response.text
+        if not text.strip():
+            return {}
+        try:
+            return response.json()
+        except ValueError as exc:
+            if method != "GET":
+                # the platform accepted the action; keep its words for the audit log
+                self._log.warning(
+                    "novita.action_body_not_json", path=path, status=response.status_code
+                )
+                return {"raw": redact(text[:2000], self._api_key)}
+            raise MalformedResponseError(
+                f"response body is not JSON: {redact(text[:200], self._api_key)!r}",
+                status=response.status_code,
+                path=path,
+                method=method,
+            ) from exc
+
+    def _error_from(self, response: httpx.Response, method: str, path: str) -> APIError:
+        status = response.status_code
+        reason, message = _envelope(response)
+        message = redact(message or response.reason_phrase or f"HTTP {status}", self._api_key)
+        cls = error_class_for(reason, status)
+        if reason and reason.upper() not in REASON_TO_ERROR:
+            self._log.warning("novita.unknown_reason", path=path, status=status, reason=reason)
+        kw: dict[str, Any] = {"status": status, "reason": reason, "path": path, "method": method}
+        if issubclass(cls, RateLimitedError):
+            ref = _date_header(response) or self._now()
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), ref)
+            return RateLimitedError(message, retry_after=retry_after, **kw)
+        return cls(message, **kw)
+
+    def _now(self) -> datetime | None:
+        return self._clock.now() if self._clock is not None else None
+
+
+def _check_months(months: int) -> None:
+    if isinstance(months, bool) or not isinstance(months, int) or months < 1:
+        raise ValueError(f"months must be a positive integer, got {months!r}")
+
+
+def _envelope(response: httpx.Response) -> tuple[str | None, str | None]:
+    """``(reason, message)`` from the kratos envelope, the OpenAI shape or plain text."""
+    try:
+        body = response.json()
+    except ValueError:
+        text = response.text.strip()
+        return None, (text[:300] or None)
+    if not isinstance(body, dict):
+        return None, str(body)[:300]
+    reason = body.get("reason")
+    reason = reason.strip() if isinstance(reason, str) and reason.strip() else None
+    message = body.get("message")
+    error = body.get("error")
+    if isinstance(error, dict):
+        message = message or error.get("message")
+    elif isinstance(error, str) and not message:
+        message = error
+    return reason, (str(message)[:500] if message else None)
+
+
+def _date_header(response: httpx.Response) -> datetime | None:
+    value = response.headers.get("Date")
+    if not value:
+        return None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _first_error(exc: pydantic.ValidationError) -> str:
+    errors = exc.errors(include_input=False, include_url=False)
+    if not errors:
+        return "?"
+    first = errors[0]
+    loc = ".".join(str(p) for p in first.get("loc", ()))
+    return f"{loc}: {first.get('msg', '')}"
