@@ -225,6 +225,9 @@ COLLECTORS: dict[str, Collector] = {
     "async_tasks": collect_async_tasks,
 }
 
+#: what the runner can run by name: the collectors, plus retention (scheduled on its own)
+TASKS: dict[str, Collector] = {**COLLECTORS, "retention": enforce_retention}
+
 #: default intervals (seconds)
 DEFAULT_INTERVALS: dict[str, int] = {
     "instances": 60,

@@ -16,7 +16,7 @@ from datetime import datetime
 import structlog
 
 from monitor.clock import Clock
-from monitor.collect.collectors import COLLECTORS, AccountContext, PartialFailure, _describe
+from monitor.collect.collectors import COLLECTORS, TASKS, AccountContext, PartialFailure, _describe
 
 log = structlog.get_logger("monitor.collect")
 
@@ -34,7 +34,7 @@ class RunReport:
 
 
 async def run_collector(ctx: AccountContext, name: str, clock: Clock) -> RunReport:
-    collector = COLLECTORS[name]
+    collector = TASKS[name]
     started = clock.now()
     t0 = time.perf_counter()
     counts: dict[str, int] = {}

@@ -1,0 +1,276 @@
+"""The command line: a thin layer over ``monitor.app`` and friends.
+
+Exit status: 0 success, 2 invalid input (configuration, rules, arguments), 1 runtime failure.
+User errors print one clear message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from monitor import __version__
+from monitor.errors import MonitorError, UserError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    metavar="FILE",
+    default=None,
+    help="Configuration file (default: $NOVITA_MONITOR_CONFIG, ./novita-monitor.yaml, "
+    "$XDG_CONFIG_HOME/novita-monitor/config.yaml, /etc/novita-monitor/config.yaml).",
+)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn the monitor's errors into one message and the right exit status."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except MonitorError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _setup_logs(config: Any = None, fmt: str | None = None) -> None:
+    from monitor.logs import configure_logging
+
+    if config is not None:
+        configure_logging(fmt or config.log.format, config.log.level)
+    else:
+        configure_logging(fmt or "auto", "info")
+
+
+def _load(config_path: str | None) -> Any:
+    from monitor.app import load_config
+
+    return load_config(config_path)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="novita-monitor")
+def cli() -> None:
+    """Watch a Novita AI GPU-cloud account: idle GPUs, balance runway, expiring subscriptions,
+    failed tasks. Snapshots the account into a database, evaluates rules, notifies."""
+
+
+# ---------------------------------------------------------------------------------------------
+# simulator
+
+
+@cli.command()
+@click.option("--port", type=int, default=8765, show_default=True, help="Port on 127.0.0.1.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--scenario", type=click.Choice(["demo", "fleet"]), default="demo", show_default=True)
+@click.option("--instances", type=int, default=20, show_default=True, help="Fleet size (fleet).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--api-key", default=None, help="Accept only this key (default: any non-empty key).")
+@click.option("--latency-ms", type=float, default=0.0, show_default=True)
+@click.option("--max-concurrency", type=int, default=0, help="Requests served at once (0: no limit).")
+@click.option("--rate-limit", type=float, default=0.0, help="Requests per second (0: no limit).")
+@click.option("--error-rate", type=float, default=0.0, help="Share of requests answered 500/503.")
+@click.option("--speed", type=float, default=1.0, show_default=True, help="Clock speed factor.")
+@handle_errors
+def simulator(
+    port: int,
+    host: str,
+    scenario: str,
+    instances: int,
+    seed: int,
+    api_key: str | None,
+    latency_ms: float,
+    max_concurrency: int,
+    rate_limit: float,
+    error_rate: float,
+    speed: float,
+) -> None:
+    """Serve a simulated Novita API (same paths and wire format) on a local port."""
+    from monitor.sim.server import run_simulator
+
+    if api_key:
+        from monitor.logs import register_secret
+
+        register_secret(api_key)
+    run_simulator(
+        port=port,
+        scenario=scenario,
+        instances=instances,
+        seed=seed,
+        api_key=api_key,
+        latency_ms=latency_ms,
+        max_concurrency=max_concurrency,
+        rate_limit=rate_limit,
+        error_rate=error_rate,
+        speed=speed,
+        host=host,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# collect
+
+
+@cli.command()
+@config_option
+@handle_errors
+def run(config_path: str | None) -> None:
+    """Run the daemon in the foreground (SIGTERM/SIGINT stop, SIGHUP reloads)."""
+    from monitor.app import find_config_path
+    from monitor.daemon import Daemon
+
+    config = _load(config_path)
+    _setup_logs(config)
+    path = find_config_path(config_path, os.environ, Path.cwd())
+    assert path is not None
+    asyncio.run(Daemon(path).run())
+
+
+@cli.command()
+@config_option
+@click.option("--collector", "collectors", multiple=True, help="Only these collectors.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run reports as JSON.")
+@handle_errors
+def once(config_path: str | None, collectors: tuple[str, ...], as_json: bool) -> None:
+    """Run every collector once, evaluate the rules once, deliver notifications, exit.
+
+    Exit status 1 when a collector failed outright."""
+    from monitor.app import App
+
+    config = _load(config_path)
+    _setup_logs(config, "console" if not as_json else "json")
+
+    async def go() -> Any:
+        app = App.open(config)
+        try:
+            return await app.once(list(collectors) or None)
+        finally:
+            await app.aclose()
+
+    result = asyncio.run(go())
+    reports = result.reports
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        for r in reports:
+            counts = " ".join(f"{k}={v}" for k, v in r.counts.items())
+            tail = f"  ({r.error})" if r.error else ""
+            click.echo(f"{r.account:<12} {r.collector:<18} {r.outcome:<8} {counts}{tail}")
+        for line in result.summary_lines():
+            click.echo(line)
+    if any(r.outcome == "failed" for r in reports):
+        sys.exit(1)
+
+
+@cli.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def status(config_path: str | None, as_json: bool) -> None:
+    """The fleet at a glance: balance, burn rate, runway, instances, stale data."""
+    from monitor.app import intervals
+    from monitor.clock import SystemClock
+    from monitor.logs import configure_logging
+    from monitor.status import fleet_status, render_text
+    from monitor.store.db import open_store
+
+    config = _load(config_path)
+    configure_logging("json" if as_json else config.log.format, config.log.level, stream=sys.stderr)
+    store = open_store(config.database)
+    try:
+        data = fleet_status(
+            store,
+            [a.name for a in config.accounts],
+            SystemClock().now(),
+            intervals(config),
+            config.stale_after,
+        )
+    finally:
+        store.close()
+    click.echo(json.dumps(data, indent=2) if as_json else render_text(data))
+
+
+@cli.command()
+@config_option
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@handle_errors
+def check(config_path: str | None, paths: tuple[Path, ...]) -> None:
+    """Validate the configuration (and its rules), or the rule files/folders given."""
+    from monitor.checks import check_paths
+
+    lines = check_paths(config_path, list(paths))
+    for line in lines:
+        click.echo(line)
+
+
+@cli.command("watch-task")
+@config_option
+@click.argument("task_id")
+@click.option("--account", default=None, help="Account name (needed with several accounts).")
+@click.option("--label", default="", help="A label for messages.")
+@handle_errors
+def watch_task(config_path: str | None, task_id: str, account: str | None, label: str) -> None:
+    """Watch an async task id until it ends (the API cannot list async tasks)."""
+    from monitor.clock import SystemClock
+    from monitor.store.db import open_store
+
+    config = _load(config_path)
+    names = [a.name for a in config.accounts]
+    if account is None:
+        if len(names) != 1:
+            raise UserError(f"several accounts are configured ({', '.join(names)}): pass --account")
+        account = names[0]
+    elif account not in names:
+        raise UserError(f"no account named {account!r} (configured: {', '.join(names)})")
+    store = open_store(config.database)
+    try:
+        store.ensure_account(account)
+        store.watch_task(account, task_id, label, SystemClock().now())
+    finally:
+        store.close()
+    click.echo(f"watching async task {task_id} on account {account}")
+
+
+# ---------------------------------------------------------------------------------------------
+# bench
+
+
+@cli.group()
+def bench() -> None:
+    """Benchmarks (numbers printed, last line JSON)."""
+
+
+@bench.command("collect")
+@click.option("--instances", type=int, default=1000, show_default=True)
+@click.option("--latency-ms", type=float, default=50.0, show_default=True)
+@click.option("--concurrency", type=int, default=32, show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--runs", type=int, default=1, show_default=True, help="Repeat, report the median.")
+@handle_errors
+def bench_collect(instances: int, latency_ms: float, concurrency: int, seed: int, runs: int) -> None:
+    """Time a steady-state collection cycle against a simulated fleet, vs concurrency 1."""
+    from monitor.bench import bench_collect as run_bench
+
+    run_bench(instances, latency_ms, concurrency, seed, runs, echo=click.echo)
+
+
+def main() -> None:
+    cli.main(prog_name="novita-monitor")
