@@ -1,0 +1,47 @@
+"""Notifications: routing notices to channels, grouping them into messages, delivering them.
+
+    notices ──► Router (rule's notify / defaults + routes; console when nothing)
+            ──► build_messages (one grouped message per channel per cycle, Jinja2 templates)
+            ──► Notifier.deliver (apprise, retries with backoff, never raises)
+                 ──► DeliveryResult per message, for the alert lifecycle to record
+
+Only this package imports apprise; the rule engine hands it plain ``Notice`` values.
+"""
+
+from monitor.notify.model import (
+    CONSOLE,
+    Channel,
+    DeliveryResult,
+    Message,
+    Notice,
+    Route,
+    severity_rank,
+)
+from monitor.notify.render import (
+    Renderer,
+    build_messages,
+    format_duration,
+    format_hours,
+    format_money,
+    format_number,
+    validate_template,
+)
+from monitor.notify.routing import Router
+
+__all__ = [
+    "CONSOLE",
+    "Channel",
+    "DeliveryResult",
+    "Message",
+    "Notice",
+    "Renderer",
+    "Route",
+    "Router",
+    "build_messages",
+    "format_duration",
+    "format_hours",
+    "format_money",
+    "format_number",
+    "severity_rank",
+    "validate_template",
+]
