@@ -129,6 +129,23 @@ def parse_str(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def _text(value: Any) -> Any:
+    """null -> "", a number -> its string (ids and names are strings on the wire, mostly)."""
+    if value is None:
+        return ""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def _id(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+Text = Annotated[str, BeforeValidator(_text)]
+Id = Annotated[str, BeforeValidator(_id)]
 LenientInt = Annotated[int | None, BeforeValidator(parse_int)]
 LenientFloat = Annotated[float | None, BeforeValidator(parse_float)]
 OptStr = Annotated[str | None, BeforeValidator(parse_str)]
@@ -146,7 +163,14 @@ class WireModel(BaseModel):
 
 
 def _list_or_empty(value: Any) -> Any:
-    return [] if value is None or value == "" else value
+    return [] if value is None or value == "" or value == {} else value
+
+
+def _names(value: Any) -> Any:
+    """A list of names; the docs render product ``regions`` as ``{}`` (wire-format §2.9)."""
+    if isinstance(value, dict):
+        return [str(v) for v in value.values()]
+    return _list_or_empty(value)
 
 
 def _object_or_none(value: Any) -> Any:
@@ -235,18 +259,18 @@ class StatusError(WireModel):
 
 
 class EnvVar(WireModel):
-    key: str = ""
-    value: str = ""
+    key: Text = ""
+    value: Text = ""
 
 
 class Instance(WireModel):
     """One GPU/CPU instance, from the list or the get endpoint."""
 
-    id: str
-    name: str = ""
+    id: Id
+    name: Text = ""
     cluster_id: OptStr = Field(default=None, alias="clusterId")
     cluster_name: OptStr = Field(default=None, alias="clusterName")
-    status: str = ""
+    status: Text = ""
     image_url: OptStr = Field(default=None, alias="imageUrl")
     cpu_num: LenientInt = Field(default=None, alias="cpuNum")
     memory: LenientInt = None
@@ -323,7 +347,7 @@ Points = Annotated[list[MetricPoint], BeforeValidator(_points)]
 
 
 class GpuIdSeries(WireModel):
-    gpu_id: str = Field(default="", alias="gpuId")
+    gpu_id: Text = Field(default="", alias="gpuId")
     items: Points = Field(default_factory=list)
 
 
@@ -422,12 +446,12 @@ class MonthlyPrice(WireModel):
 class Product(WireModel):
     """A GPU product. Prices in USD: ``price_usd_per_hour`` is probably per GPU (unconfirmed)."""
 
-    id: str
-    name: str = ""
+    id: Id
+    name: Text = ""
     cpu_per_gpu: LenientInt = Field(default=None, alias="cpuPerGpu")
     memory_per_gpu: LenientInt = Field(default=None, alias="memoryPerGpu")
     available_deploy: bool | None = Field(default=None, alias="availableDeploy")
-    regions: Annotated[list[str], BeforeValidator(_list_or_empty)] = Field(default_factory=list)
+    regions: Annotated[list[str], BeforeValidator(_names)] = Field(default_factory=list)
     price_usd_per_hour: Money100k = Field(default=None, alias="price")
     monthly_price: Annotated[list[MonthlyPrice], BeforeValidator(_list_or_empty)] = Field(
         default_factory=list, alias="monthlyPrice"
@@ -446,8 +470,8 @@ class Product(WireModel):
 
 
 class CpuProduct(WireModel):
-    id: str
-    name: str = ""
+    id: Id
+    name: Text = ""
     cpu_num: LenientInt = Field(default=None, alias="cpuNum")
     memory_size: LenientInt = Field(default=None, alias="memorySize")
     available_deploy: bool | None = Field(default=None, alias="availableDeploy")
@@ -455,8 +479,8 @@ class CpuProduct(WireModel):
 
 
 class Cluster(WireModel):
-    id: str
-    name: str = ""
+    id: Id
+    name: Text = ""
     available_gpu_type: Annotated[list[str], BeforeValidator(_list_or_empty)] = Field(
         default_factory=list, alias="availableGpuType"
     )
@@ -464,8 +488,8 @@ class Cluster(WireModel):
 
 
 class NetworkStorage(WireModel):
-    storage_id: str = Field(alias="storageId")
-    storage_name: str = Field(default="", alias="storageName")
+    storage_id: Id = Field(alias="storageId")
+    storage_name: Text = Field(default="", alias="storageName")
     storage_size_gb: LenientInt = Field(default=None, alias="storageSize")
     cluster_id: OptStr = Field(default=None, alias="clusterId")
     cluster_name: OptStr = Field(default=None, alias="clusterName")
@@ -486,10 +510,10 @@ class TrainingModel(WireModel):
 
 
 class TrainingTask(WireModel):
-    task_id: str
-    task_name: str = ""
+    task_id: Id
+    task_name: Text = ""
     task_type: OptStr = None
-    task_status: str = "UNKNOWN"
+    task_status: Annotated[str, BeforeValidator(lambda v: parse_str(v) or "UNKNOWN")] = "UNKNOWN"
     created_at: Timestamp = None
     models: Annotated[list[TrainingModel], BeforeValidator(_list_or_empty)] = Field(
         default_factory=list
@@ -501,8 +525,8 @@ class TrainingTask(WireModel):
 
 
 class AsyncTask(WireModel):
-    task_id: str
-    status: str = ""
+    task_id: Id
+    status: Text = ""
     reason: OptStr = None
     task_type: OptStr = None
     eta: LenientInt = None
