@@ -8,6 +8,7 @@
 Only this package imports apprise; the rule engine hands it plain ``Notice`` values.
 """
 
+from monitor.notify.deliver import Notifier, ResultCallback
 from monitor.notify.model import (
     CONSOLE,
     Channel,
@@ -17,6 +18,7 @@ from monitor.notify.model import (
     Route,
     severity_rank,
 )
+from monitor.notify.redact import protect, redact, secret_fragments
 from monitor.notify.render import (
     Renderer,
     build_messages,
@@ -34,7 +36,9 @@ __all__ = [
     "DeliveryResult",
     "Message",
     "Notice",
+    "Notifier",
     "Renderer",
+    "ResultCallback",
     "Route",
     "Router",
     "build_messages",
@@ -42,6 +46,9 @@ __all__ = [
     "format_hours",
     "format_money",
     "format_number",
+    "protect",
+    "redact",
+    "secret_fragments",
     "severity_rank",
     "validate_template",
 ]
