@@ -1,0 +1,467 @@
+"""The simulated Novita API as a Starlette (ASGI) app over a :class:`FleetSim`.
+
+Paths, parameters and JSON shapes follow ``shared/novita-api/wire-format.md``. Quirks emitted on
+purpose (each one is covered by ``tests/test_sim_quirks.py``):
+
+1. Numbers as strings: instance ``gpuNum``, ``cpuNum``, ``memory``, ``endTime``, ``createdAt``;
+   all balance and bill money; bill ``startTime``/``endTime``; metric ``timestamp``. But
+   ``/v3/user`` ``credit_balance``, product ``price``, ``rootfsSize``, training ``created_at``
+   are numbers, and ``spotPrice`` is a string while ``price`` is a number.
+2. ``""`` for null: ``billingMode`` (the ``pending`` instance), ``spotStatus`` (non-spot),
+   ``lastStartedAt``/``lastStoppedAt`` when never started/stopped.
+3. ``endTime`` ``"-1"`` (pay-as-you-go) and ``"0"`` (stopped and pending instances): both mean no
+   expiry.
+4. The undocumented ``pending`` status (``demo-pending``).
+5. ``cpuUtilization`` summed over cores (up to 100 x ``cpuNum``).
+6. Metric lag: no point newer than now - 60 s.
+7. Invalid or short metric windows silently replaced by the defaults (last 60 s, interval 15).
+8. Unknown extra keys on instances (``autoRenew``, ``instanceGroupId``, ``maintainStatus``),
+   bills (``billNumUnit``, ``amountDecimal``), products (``gpuMemory``), balance (``currency``).
+9. Three money scales: 1/10000 USD (balance, ``credit_balance``, bill amounts), 1/100000 USD
+   (product ``price``, ``monthlyPrice[].price``, ``spotPrice``), USD (bill ``payAmountDisplay``).
+10. 429 ``RATE_LIMIT_EXCEEDED`` without ``Retry-After``.
+11. ``volumeMounts[].size`` a string in the list, an int in the get response.
+12. Business errors are HTTP 400 whatever they mean (``RESOURCE_NOT_FOUND``,
+    ``BALANCE_NOT_ENOUGH``, ...): branch on ``reason``.
+13. ``pageNum`` is 1-based and ``pageNum=0`` reads as page 1, so pages 0 and 1 are the same
+    (the open 0/1 question, answered adversarially); ``total`` is always present. Same for the
+    storage list's ``pageNo``.
+
+Auth: ``Authorization: Bearer <key>``. Missing -> 401 ``UNAUTHORIZED``; with ``api_key`` set, a
+different key -> 403 ``INVALID_API_KEY``; with ``api_key=None`` any non-empty key is accepted.
+
+Errors use the envelope ``{"code", "reason", "message", "metadata"}``.
+
+Control endpoints under ``/_sim/`` (no auth, no faults; not part of the Novita API):
+``GET /_sim/clock``, ``POST /_sim/clock/advance {"seconds"}``, ``POST /_sim/clock/set {"time"}``,
+``POST /_sim/profile {"instance_id", "profile"}``, ``GET /_sim/actions``,
+``GET|POST /_sim/faults``, ``GET /_sim/stats``, ``POST /_sim/stats/reset``, ``GET /_sim/summary``,
+and an apprise ``json://`` sink: ``POST /_sim/notify`` records the body,
+``GET /_sim/notifications`` lists them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from monitor.sim import wire
+from monitor.sim.faults import Faults, TokenBucket
+from monitor.sim.fleet import DAY, FleetSim, SimError
+
+__all__ = ["Faults", "create_app"]
+
+GPU = "/gpu-instance/openapi/v1"
+ACTIONS = (
+    "stop",
+    "start",
+    "restart",
+    "delete",
+    "renewInstance",
+    "transToMonthlyInstance",
+    "setAutoRenew",
+)
+
+Handler = Callable[[Request], Awaitable[Any]]
+
+
+def error_response(status: int, reason: str, message: str) -> JSONResponse:
+    return JSONResponse(
+        {"code": status, "reason": reason, "message": message, "metadata": {}}, status_code=status
+    )
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    def record(self, path: str, status: int) -> None:
+        self.counts[path][str(status)] += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": {p: dict(s) for p, s in self.counts.items()},
+            "total": sum(sum(s.values()) for s in self.counts.values()),
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+        }
+
+
+class Gate:
+    """Auth, rate limit, forced failures, the concurrency queue, latency and random faults."""
+
+    def __init__(self, faults: Faults, api_key: str | None, stats: Stats) -> None:
+        self.faults = faults
+        self.api_key = api_key
+        self.stats = stats
+        self.bucket = TokenBucket()
+        self._sem: asyncio.Semaphore | None = None
+        self._sem_key: tuple[int, int] | None = None
+
+    def _semaphore(self) -> asyncio.Semaphore | None:
+        limit = self.faults.max_concurrency
+        if limit <= 0:
+            return None
+        key = (limit, id(asyncio.get_running_loop()))
+        if self._sem is None or self._sem_key != key:
+            self._sem, self._sem_key = asyncio.Semaphore(limit), key
+        return self._sem
+
+    def _auth(self, request: Request) -> Response | None:
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
+            return error_response(401, "UNAUTHORIZED", "missing or malformed API key")
+        if self.api_key is not None and not hmac.compare_digest(key, self.api_key):
+            return error_response(403, "INVALID_API_KEY", "API key validation failed")
+        return None
+
+    async def run(self, request: Request, handler: Handler) -> Response:
+        denied = self._auth(request)
+        if denied is not None:
+            return denied
+        f = self.faults
+        if not self.bucket.allow(f.rate_limit_rps):
+            return error_response(429, "RATE_LIMIT_EXCEEDED", "request rate limit exceeded")
+        forced = f.take_forced(request.url.path)
+        if forced is not None:
+            return error_response(forced.status, forced.reason, "injected failure")
+        sem = self._semaphore()
+        if sem is None:
+            return await self._serve(request, handler)
+        async with sem:
+            return await self._serve(request, handler)
+
+    async def _serve(self, request: Request, handler: Handler) -> Response:
+        f = self.faults
+        self.stats.in_flight += 1
+        self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
+        try:
+            if f.latency_ms > 0:
+                await asyncio.sleep(f.latency_ms / 1000)
+            if f.draw(f.error_rate):
+                status, reason = f.pick(((500, "UNKNOWN"), (503, "SERVICE_NOT_AVAILABLE")))
+                return error_response(status, reason, "injected server error")
+            response = await _call(request, handler)
+            if f.draw(f.timeout_rate):
+                # the work is done, the answer never arrives in time (an "outcome unknown")
+                await asyncio.sleep(f.hang_seconds)
+            if response.status_code == 200 and f.draw(f.malformed_rate):
+                body = bytes(response.body)
+                return Response(
+                    body[: max(1, len(body) // 2)], status_code=200, media_type="application/json"
+                )
+            return response
+        finally:
+            self.stats.in_flight -= 1
+
+
+async def _call(request: Request, handler: Handler) -> Response:
+    try:
+        result = await handler(request)
+    except SimError as exc:
+        return error_response(exc.status, exc.reason, exc.message)
+    except Exception as exc:  # a simulator bug still answers in the envelope
+        return error_response(500, "UNKNOWN", f"simulator error: {type(exc).__name__}")
+    if isinstance(result, Response):
+        return result
+    return JSONResponse(result)
+
+
+# ------------------------------------------------------------------------------ query helpers
+
+
+def _int(request: Request, name: str, default: int | None = None) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SimError(400, "VALIDATOR_PARAM", f"{name} must be an integer") from None
+
+
+def _lenient_int(request: Request, name: str) -> int | None:
+    """For the metrics endpoint: an invalid value is as good as a missing one."""
+    try:
+        return _int(request, name)
+    except SimError:
+        return None
+
+
+def _str(request: Request, name: str) -> str:
+    return request.query_params.get(name, "")
+
+
+async def _json_body(request: Request) -> Any:
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise SimError(400, "INVALID_REQUEST_BODY", "request body is not valid JSON") from None
+
+
+def _bill_window(request: Request, now: int) -> tuple[int, int]:
+    start = _int(request, "startTime", 0) or 0
+    end = _int(request, "endTime", 0) or 0
+    if end <= 0:
+        end = now
+    if start <= 0:
+        start = end - wire.MAX_BILL_WINDOW
+    if start > end:
+        raise SimError(400, "VALIDATOR_PARAM", "startTime must not be after endTime")
+    if end - start > wire.MAX_BILL_WINDOW:
+        raise SimError(400, "VALIDATOR_PARAM", "the time range must not exceed 31 days")
+    return start, end
+
+
+# ------------------------------------------------------------------------------ the app
+
+
+def create_app(
+    sim: FleetSim, faults: Faults | None = None, api_key: str | None = None
+) -> Starlette:
+    """Build the ASGI app. ``app.state`` holds ``sim``, ``faults``, ``stats``, ``notifications``."""
+    faults = faults or Faults()
+    stats = Stats()
+    gate = Gate(faults, api_key, stats)
+    notifications: list[dict[str, Any]] = []
+
+    def api(path: str, handler: Handler, method: str = "GET") -> Route:
+        async def endpoint(request: Request) -> Response:
+            response = await gate.run(request, handler)
+            stats.record(path, response.status_code)
+            return response
+
+        return Route(path, endpoint, methods=[method])
+
+    # --- instances
+    async def list_instances(request: Request) -> Any:
+        page_size = _int(request, "pageSize", 10) or 0
+        page_num = _int(request, "pageNum", 0) or 0
+        if page_size < 0 or page_num < 0:
+            raise SimError(400, "VALIDATOR_PARAM", "pageSize and pageNum must be >= 0")
+        return wire.instances_page(
+            sim,
+            page_size,
+            page_num,
+            _str(request, "name"),
+            _str(request, "productName"),
+            _str(request, "status"),
+        )
+
+    async def get_instance(request: Request) -> Any:
+        iid = _str(request, "instanceId")
+        if not iid:
+            raise SimError(400, "VALIDATOR_PARAM", "instanceId is required")
+        return wire.instance_json(sim.instance(iid), detail=True)
+
+    async def metrics(request: Request) -> Any:
+        iid = _str(request, "instanceId")
+        if not iid:
+            raise SimError(400, "VALIDATOR_PARAM", "instanceId is required")
+        inst = sim.instance(iid)
+        start, end, interval = wire.metric_window(
+            sim.now_ts(),
+            _lenient_int(request, "startTime"),
+            _lenient_int(request, "endTime"),
+            _lenient_int(request, "interval"),
+        )
+        return wire.metrics_json(sim, inst, start, end, interval)
+
+    # --- money
+    async def balance(request: Request) -> Any:
+        return wire.balance_detail_json(sim)
+
+    async def user(request: Request) -> Any:
+        return wire.user_json(sim)
+
+    async def bill_list(request: Request) -> Any:
+        cycle = _str(request, "cycleType")
+        if cycle not in wire.BILL_CYCLES:
+            raise SimError(400, "INVALID_BILL_CYCLE", f"invalid cycleType {cycle!r}")
+        category = _str(request, "productCategory")
+        if category not in wire.USAGE_CATEGORIES:
+            raise SimError(400, "INVALID_PRODUCT_CATEGORY", f"invalid productCategory {category!r}")
+        start, end = _bill_window(request, sim.now_ts())
+        bills = wire.usage_bills(
+            sim,
+            cycle,
+            category,
+            start,
+            end,
+            _str(request, "ownerId"),
+            _str(request, "productName"),
+        )
+        return {"bills": bills}
+
+    async def monthly_bill_list(request: Request) -> Any:
+        category = _str(request, "category") or "summary"
+        if category not in wire.FIXED_CATEGORIES:
+            raise SimError(400, "INVALID_PRODUCT_CATEGORY", f"invalid category {category!r}")
+        start, end = _bill_window(request, sim.now_ts())
+        bills = wire.fixed_bills(
+            sim, category, start, end, _str(request, "ownerId"), _str(request, "productName")
+        )
+        return {"bills": bills}
+
+    # --- catalog
+    async def products(request: Request) -> Any:
+        return wire.products_json(_str(request, "clusterId"), _str(request, "productName"))
+
+    async def cpu_products(request: Request) -> Any:
+        return wire.cpu_products_json(_str(request, "productName"))
+
+    async def clusters(request: Request) -> Any:
+        return wire.clusters_json()
+
+    async def storages(request: Request) -> Any:
+        return wire.storages_json(
+            _int(request, "pageNo", 1) or 1, _int(request, "pageSize", 10) or 10
+        )
+
+    # --- tasks
+    async def training(request: Request) -> Any:
+        limit = _int(request, "pagination.limit", 10) or 10
+        return wire.training_json(sim, limit, _str(request, "pagination.cursor"))
+
+    async def async_result(request: Request) -> Any:
+        task_id = _str(request, "task_id")
+        if not task_id:
+            raise SimError(400, "INVALID_REQUEST_BODY", "task_id is required")
+        return wire.async_result_json(sim, task_id)
+
+    # --- actions
+    def action(name: str) -> Handler:
+        async def handler(request: Request) -> Any:
+            return sim.perform(name, await _json_body(request))
+
+        return handler
+
+    # --- control
+    async def clock_get(request: Request) -> Response:
+        return JSONResponse({"now": sim.clock.now().isoformat(), "unix": sim.now_ts()})
+
+    async def clock_advance(request: Request) -> Response:
+        body = await request.json()
+        advance = getattr(sim.clock, "advance", None)
+        if advance is None:
+            return error_response(400, "VALIDATOR_PARAM", "this clock cannot be moved")
+        advance(seconds=float(body.get("seconds", 0)))
+        return await clock_get(request)
+
+    async def clock_set(request: Request) -> Response:
+        body = await request.json()
+        setter = getattr(sim.clock, "set", None)
+        if setter is None:
+            return error_response(400, "VALIDATOR_PARAM", "this clock cannot be set")
+        setter(datetime.fromisoformat(str(body["time"]).replace("Z", "+00:00")))
+        return await clock_get(request)
+
+    async def profile(request: Request) -> Response:
+        body = await request.json()
+        try:
+            sim.set_profile(str(body["instance_id"]), str(body["profile"]))
+        except SimError as exc:
+            return error_response(exc.status, exc.reason, exc.message)
+        except (KeyError, ValueError) as exc:
+            return error_response(400, "VALIDATOR_PARAM", str(exc))
+        return JSONResponse({"ok": True})
+
+    async def actions_log(request: Request) -> Response:
+        return JSONResponse({"actions": list(sim.actions)})
+
+    async def faults_endpoint(request: Request) -> Response:
+        if request.method == "POST":
+            try:
+                faults.update(await request.json())
+            except (KeyError, ValueError, TypeError) as exc:
+                return error_response(400, "VALIDATOR_PARAM", str(exc))
+        return JSONResponse(faults.as_dict())
+
+    async def stats_get(request: Request) -> Response:
+        return JSONResponse(stats.as_dict())
+
+    async def stats_reset(request: Request) -> Response:
+        stats.counts.clear()
+        stats.max_in_flight = stats.in_flight
+        return JSONResponse(stats.as_dict())
+
+    async def summary(request: Request) -> Response:
+        return JSONResponse(
+            {
+                "now": sim.clock.now().isoformat(),
+                "scenario": sim.scenario,
+                "instances": len(sim.instances()),
+                "balance_usd": sim.balance_10k() / 10000,
+                "burn_usd_per_hour": sim.burn_10k_per_hour() / 10000,
+            }
+        )
+
+    async def notify(request: Request) -> Response:
+        raw = await request.body()
+        try:
+            body: Any = json.loads(raw)
+        except ValueError:
+            body = raw.decode("utf-8", "replace")
+        notifications.append({"time": sim.clock.now().isoformat(), "body": body})
+        return JSONResponse({})
+
+    async def notifications_get(request: Request) -> Response:
+        return JSONResponse({"notifications": list(notifications)})
+
+    async def not_found(request: Request) -> Response:
+        response = error_response(404, "API_NOT_FOUND", f"no such API: {request.url.path}")
+        stats.record("(unknown)", 404)
+        return response
+
+    routes = [
+        api(f"{GPU}/gpu/instances", list_instances),
+        api(f"{GPU}/gpu/instance", get_instance),
+        api("/openapi/v1/metrics/gpu/instance", metrics),
+        api("/openapi/v1/billing/balance/detail", balance),
+        api("/v3/user", user),
+        api("/openapi/v1/billing/bill/list", bill_list),
+        api("/openapi/v1/billing/bill/monthly/list", monthly_bill_list),
+        api(f"{GPU}/products", products),
+        api(f"{GPU}/cpu/products", cpu_products),
+        api(f"{GPU}/clusters", clusters),
+        api(f"{GPU}/networkstorages/list", storages),
+        api("/v3/training", training),
+        api("/v3/async/task-result", async_result),
+        *(api(f"{GPU}/gpu/instance/{name}", action(name), "POST") for name in ACTIONS),
+        Route("/_sim/clock", clock_get, methods=["GET"]),
+        Route("/_sim/clock/advance", clock_advance, methods=["POST"]),
+        Route("/_sim/clock/set", clock_set, methods=["POST"]),
+        Route("/_sim/profile", profile, methods=["POST"]),
+        Route("/_sim/actions", actions_log, methods=["GET"]),
+        Route("/_sim/faults", faults_endpoint, methods=["GET", "POST"]),
+        Route("/_sim/stats", stats_get, methods=["GET"]),
+        Route("/_sim/stats/reset", stats_reset, methods=["POST"]),
+        Route("/_sim/summary", summary, methods=["GET"]),
+        Route("/_sim/notify", notify, methods=["POST"]),
+        Route("/_sim/notifications", notifications_get, methods=["GET"]),
+        Route("/{path:path}", not_found, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
+    ]
+    app = Starlette(routes=routes)
+    app.state.sim = sim
+    app.state.faults = faults
+    app.state.stats = stats
+    app.state.notifications = notifications
+    app.state.max_bill_window_days = wire.MAX_BILL_WINDOW // DAY
+    return app

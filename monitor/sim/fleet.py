@@ -1,0 +1,702 @@
+"""A seeded, clock-driven model of a Novita GPU account (instances, balance, bills, tasks).
+
+State is small: per instance only its run intervals, billing span and a few fields. Metric values
+are pure functions of (seed, instance, profile, time) (see :mod:`monitor.sim.profiles`), usage
+bills are computed per period on demand from the run intervals and the product prices, and the
+balance is ``initial - usage charges up to now - fixed-term charges (purchases, renewals,
+conversions)``. Usage is debited continuously (to the second); usage bills are issued for
+completed hours only.
+
+Status changes that an action starts (``stop``: ``toStop`` -> ``stopping`` after 30 s ->
+``exited`` after 60 s) are scheduled at simulated times and applied lazily whenever the model is
+read, so jumping the clock applies them at the right moments (billing stops at ``exited``).
+
+Scenario ``demo`` (ids are fixed; other tests rely on them; ``T`` is the clock's time at start):
+
+==================== ===== ================================================ ==========================
+id                   GPUs  what it shows                                    billing / status
+==================== ===== ================================================ ==========================
+demo-trainer         2     busy trainer, short data-loading dips            onDemand, running 3.5 h
+demo-inference       1     bursty inference server                          onDemand, running 30 h
+demo-notebook        1     forgotten idle notebook, GPU ~1 %                onDemand, running 5 h
+demo-multigpu        8     GPUs 0-5 busy, GPUs 6 and 7 idle                 spot, running 10 h
+demo-subscription    1     used subscription, endTime T+3 days              monthly, running
+demo-lapsing         1     idle subscription, endTime T+2 days              monthly, running
+demo-allmonth        1     busy, running continuously for 40 days           onDemand (subscription
+                                                                            candidate)
+demo-stuck           1     stuck in ``pulling`` since T-45 min              onDemand, pulling
+demo-error           1     running with a ``statusError``, GPU idle         onDemand, running 2 h
+demo-stopped         1     ran T-3 d .. T-2 d                               onDemand, exited, endTime "0"
+demo-pending         1     undocumented ``pending`` status                  billingMode "", endTime "0"
+==================== ===== ================================================ ==========================
+
+The balance is set so that the runway at the current burn rate is 40 hours. Training tasks: 23,
+including ``FAILED`` and ``CANCELED`` ones. Async tasks: ``async-ok`` (``TASK_STATUS_SUCCEED``),
+``async-fail`` (``TASK_STATUS_FAILED``), ``async-slow`` (``TASK_STATUS_PROCESSING`` until T+10 min,
+then succeeds).
+
+Scenario ``fleet``: ``instances`` generated instances ``fleet-00000``.. from the seed, a mix of
+the profiles above, mostly running; balance set for a 100-hour runway.
+"""
+
+from __future__ import annotations
+
+import calendar
+import random
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from monitor.clock import Clock
+from monitor.sim import catalog
+from monitor.sim.profiles import PROFILES, key_of
+
+HOUR = 3600
+DAY = 86400
+
+USER_ID = "sim-user-0001"
+
+STOP_STEPS = ((0, "toStop", None), (30, "stopping", None), (60, "exited", "close"))
+START_STEPS = ((0, "toStart", None), (10, "starting", None), (30, "running", "open"))
+RESTART_STEPS = ((0, "toRestart", None), (10, "restarting", None), (30, "running", None))
+DELETE_STEPS = ((0, "toRemove", "close"), (10, "removing", None), (30, "removed", None))
+
+STOPPABLE = {"running", "pulling", "pending", "creating", "toStart", "starting", "restarting"}
+
+
+class SimError(Exception):
+    """A business error the API answers with the ``{code, reason, message, metadata}`` envelope."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(slots=True)
+class SimInstance:
+    id: str
+    name: str
+    cluster_id: str
+    product_id: str
+    gpu_num: int
+    billing_mode: str  # "onDemand" | "monthly" | "spot" | ""
+    status: str
+    created_at: int
+    profiles: list[tuple[int, str]]  # (since, profile), ascending
+    runs: list[list[int | None]] = field(default_factory=list)  # [start, end or None]
+    end_time: int | None = None  # subscription expiry (Unix s)
+    no_expiry: str = "-1"  # how endTime reads without expiry: "-1" or "0" (both occur)
+    status_error: tuple[str, str] = ("", "")
+    idle_gpus: frozenset[int] = frozenset()
+    paygo_from: int = 0
+    paygo_until: int | None = None
+    auto_renew: bool = False
+    auto_renew_month: int = 1
+    last_stopped_at: int | None = None
+    transitions: list[tuple[int, str, str | None]] = field(default_factory=list)
+    image_url: str = "nvcr.io/nvidia/pytorch:24.05-py3"
+
+    @property
+    def product(self) -> catalog.GpuProduct:
+        return catalog.gpu_product(self.product_id)
+
+    @property
+    def cpu_num(self) -> int:
+        return self.product.cpu_per_gpu * self.gpu_num
+
+    @property
+    def memory(self) -> int:
+        return self.product.memory_per_gpu * self.gpu_num
+
+    @property
+    def last_started_at(self) -> int | None:
+        return self.runs[-1][0] if self.runs else None
+
+    def profile_at(self, t: int) -> str:
+        current = self.profiles[0][1]
+        for since, profile in self.profiles:
+            if since <= t:
+                current = profile
+            else:
+                break
+        return current
+
+    def price_per_gpu_hour(self) -> int:
+        """1/100000 USD per GPU-hour at which this instance's usage is billed."""
+        if self.billing_mode == "spot":
+            return catalog.spot_price(self.product_id, self.cluster_id)
+        return catalog.hourly_price(self.product_id, self.cluster_id)
+
+    def rate_10k_per_hour(self) -> float:
+        """Usage cost per running hour in 1/10000 USD (charged only inside the pay-as-you-go span)."""
+        return self.price_per_gpu_hour() * self.gpu_num / 10
+
+    def paygo_seconds(self, a: int, b: int, now: int) -> int:
+        """Seconds in [a, b) during which the instance ran and was billed by usage."""
+        lo = max(a, self.paygo_from)
+        hi = min(b, now if self.paygo_until is None else self.paygo_until)
+        if hi <= lo:
+            return 0
+        total = 0
+        for start, end in self.runs:
+            assert start is not None
+            s = max(lo, start)
+            e = min(hi, now if end is None else end)
+            if e > s:
+                total += e - s
+        return total
+
+    def running_at(self, t: int, now: int) -> bool:
+        for start, end in self.runs:
+            assert start is not None
+            if start <= t < (now + 1 if end is None else end):
+                return True
+        return False
+
+
+@dataclass(slots=True)
+class FixedCharge:
+    """A subscription purchase, renewal or conversion (a fixed-term bill and a balance debit)."""
+
+    time: int
+    instance_id: str
+    product_id: str
+    cluster_id: str
+    trade_type: str  # monthly_new_buy | monthly_re_buy
+    start: int
+    end: int
+    months: int
+    amount_10k: int
+    base_price_10k: int
+
+
+def add_months(ts: int, months: int) -> int:
+    """Add calendar months to a Unix time (day clamped to the month's length)."""
+    d = datetime.fromtimestamp(ts, UTC)
+    month0 = d.month - 1 + months
+    year, month = d.year + month0 // 12, month0 % 12 + 1
+    day = min(d.day, calendar.monthrange(year, month)[1])
+    return int(d.replace(year=year, month=month, day=day).timestamp())
+
+
+class FleetSim:
+    """The account model behind the simulated API. Thread-safe; all times come from ``clock``."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        scenario: str = "demo",
+        instances: int = 0,
+        seed: int = 0,
+        history_hours: int = 24,
+    ) -> None:
+        if scenario not in ("demo", "fleet"):
+            raise ValueError(f"unknown scenario {scenario!r}; valid: demo, fleet")
+        self.clock = clock
+        self.scenario = scenario
+        self.seed = seed
+        self.history_hours = max(24, history_hours)
+        self._lock = threading.RLock()
+        self._instances: dict[str, SimInstance] = {}
+        self._keys: dict[str, int] = {}
+        self._pending: set[str] = set()
+        self._fixed: list[FixedCharge] = []
+        self._initial_10k = 0.0
+        self.actions: list[dict[str, Any]] = []
+        self.training_tasks: list[dict[str, Any]] = []
+        self.async_tasks: dict[str, dict[str, Any]] = {}
+        self.t0 = self.now_ts()
+        if scenario == "demo":
+            self._build_demo()
+            runway_hours = 40.0
+        else:
+            self._build_fleet(instances)
+            runway_hours = 100.0
+        self._build_tasks()
+        burn = self.burn_10k_per_hour()
+        self._initial_10k = self._charged_10k(self.t0) + runway_hours * burn
+
+    # ------------------------------------------------------------------ time and lookup
+
+    def now_ts(self) -> int:
+        return int(self.clock.now().timestamp())
+
+    def key(self, instance_id: str) -> int:
+        return self._keys[instance_id]
+
+    def instances(self) -> list[SimInstance]:
+        """Visible instances (removed ones disappear), in creation order; settles first."""
+        with self._lock:
+            self.settle()
+            return [i for i in self._instances.values() if i.status != "removed"]
+
+    def all_instances(self) -> list[SimInstance]:
+        """Every instance ever created, removed ones included (their bills remain)."""
+        with self._lock:
+            self.settle()
+            return list(self._instances.values())
+
+    def instance(self, instance_id: str) -> SimInstance:
+        with self._lock:
+            self.settle()
+            inst = self._instances.get(instance_id)
+            if inst is None or inst.status == "removed":
+                raise SimError(400, "RESOURCE_NOT_FOUND", f"instance {instance_id!r} not found")
+            return inst
+
+    # ------------------------------------------------------------------ building
+
+    def _add(self, inst: SimInstance) -> SimInstance:
+        self._instances[inst.id] = inst
+        self._keys[inst.id] = key_of(self.seed, inst.id)
+        return inst
+
+    def _subscription(
+        self, inst: SimInstance, end_time: int, months: int = 1, buy_time: int | None = None
+    ) -> None:
+        start = add_months(end_time, -months)
+        inst.end_time = end_time
+        inst.paygo_from = inst.paygo_until = start
+        self._charge_fixed(inst, buy_time or start, start, end_time, months, "monthly_new_buy")
+        self._pending.add(inst.id)  # watched for expiry
+
+    def _build_demo(self) -> None:
+        t = self.t0
+        hour_t = t - t % HOUR
+
+        def mk(iid: str, gpus: int, product: str, mode: str, status: str, since: int, **kw: Any):
+            profile = kw.pop("profile", "trainer")
+            running = status == "running"
+            runs: list[list[int | None]] = [[since, None]] if running else []
+            return self._add(
+                SimInstance(
+                    id=iid,
+                    name=kw.pop("name", iid.removeprefix("demo-")),
+                    cluster_id=kw.pop("cluster", "1"),
+                    product_id=product,
+                    gpu_num=gpus,
+                    billing_mode=mode,
+                    status=status,
+                    created_at=kw.pop("created", since),
+                    profiles=[(0, profile)],
+                    runs=runs,
+                    paygo_from=since,
+                    **kw,
+                )
+            )
+
+        mk("demo-trainer", 2, "4090.16c62g", "onDemand", "running", t - int(3.5 * HOUR))
+        mk("demo-inference", 1, "l40s.16c62g", "onDemand", "running", t - 30 * HOUR,
+           profile="inference", cluster="2")  # fmt: skip
+        mk("demo-notebook", 1, "4090.16c62g", "onDemand", "running", t - 5 * HOUR,
+           profile="idle", name="jupyter-notebook")  # fmt: skip
+        mk("demo-multigpu", 8, "a100.16c100g", "spot", "running", t - 10 * HOUR,
+           profile="partial", idle_gpus=frozenset({6, 7}))  # fmt: skip
+        sub_end = hour_t + 3 * DAY
+        sub = mk("demo-subscription", 1, "h100.16c200g", "monthly", "running",
+                 add_months(sub_end, -1))  # fmt: skip
+        self._subscription(sub, sub_end)
+        lapse_end = hour_t + 2 * DAY
+        lapsing = mk("demo-lapsing", 1, "4090.16c62g", "monthly", "running",
+                     add_months(lapse_end, -1), profile="idle", cluster="3")  # fmt: skip
+        self._subscription(lapsing, lapse_end)
+        mk("demo-allmonth", 1, "4090.16c62g", "onDemand", "running", t - 40 * DAY)
+        mk("demo-stuck", 1, "3090.16c62g", "onDemand", "pulling", t - 45 * 60,
+           image_url="registry.example.com/team/huge-image:latest")  # fmt: skip
+        mk("demo-error", 1, "4090.16c62g", "onDemand", "running", t - 2 * HOUR, profile="idle",
+           status_error=("error", "container exited with code 137 (OOMKilled); restarting"))  # fmt: skip
+        stopped = mk("demo-stopped", 1, "3090.16c62g", "onDemand", "exited", t - 3 * DAY,
+                     no_expiry="0")  # fmt: skip
+        stopped.runs = [[t - 3 * DAY, t - 2 * DAY]]
+        stopped.last_stopped_at = t - 2 * DAY
+        mk("demo-pending", 1, "4090.16c62g", "", "pending", t - 10 * 60, no_expiry="0")
+
+    def _build_fleet(self, n: int) -> None:
+        rng = random.Random(self.seed)
+        t = self.t0
+        span = self.history_hours * HOUR
+        kinds = [
+            ("trainer", 50),
+            ("inference", 15),
+            ("idle", 10),
+            ("partial", 8),
+            ("subscription", 6),
+            ("exited", 4),
+            ("pulling", 2),
+            ("error", 2),
+            ("pending", 1),
+            ("stuck-long", 2),
+        ]
+        names = [k for k, _ in kinds]
+        weights = [w for _, w in kinds]
+        for idx in range(n):
+            kind = rng.choices(names, weights)[0]
+            product = rng.choice(catalog.GPU_PRODUCTS).id
+            cluster_id = rng.choice(catalog.CLUSTERS).id
+            gpus = rng.choice((1, 1, 1, 2, 2, 4, 8))
+            since = t - rng.randint(HOUR // 2, span + 2 * DAY)
+            profile = kind if kind in PROFILES else rng.choice(("trainer", "inference", "idle"))
+            mode = rng.choices(("onDemand", "spot"), (85, 15))[0]
+            status = "running"
+            idle: frozenset[int] = frozenset()
+            if kind == "partial":
+                gpus = rng.choice((4, 8))
+                idle = frozenset(range(gpus - rng.randint(1, gpus // 2), gpus))
+            inst = SimInstance(
+                id=f"fleet-{idx:05d}",
+                name=f"{profile}-{idx}",
+                cluster_id=cluster_id,
+                product_id=product,
+                gpu_num=gpus,
+                billing_mode=mode,
+                status=status,
+                created_at=since,
+                profiles=[(0, profile)],
+                runs=[[since, None]],
+                paygo_from=since,
+                idle_gpus=idle,
+            )
+            if kind == "subscription":
+                inst.billing_mode = "monthly"
+                end = t - t % HOUR + rng.randint(1, 60) * DAY
+                inst.runs = [[add_months(end, -1), None]]
+                inst.created_at = add_months(end, -1)
+                self._add(inst)
+                self._subscription(inst, end)
+                continue
+            if kind == "exited":
+                inst.status = "exited"
+                inst.no_expiry = rng.choice(("-1", "0"))
+                stop = rng.randint(since + 60, t - 60) if since + 60 < t - 60 else since + 60
+                inst.runs = [[since, stop]]
+                inst.last_stopped_at = stop
+            elif kind in ("pulling", "stuck-long"):
+                inst.status = "pulling"
+                inst.runs = []
+                inst.created_at = t - rng.randint(60, 3 * HOUR if kind == "pulling" else 9 * HOUR)
+            elif kind == "pending":
+                inst.status, inst.billing_mode, inst.no_expiry, inst.runs = "pending", "", "0", []
+            elif kind == "error":
+                inst.status_error = ("error", "health check failed: CUDA error: device-side assert")
+            self._add(inst)
+
+    def _build_tasks(self) -> None:
+        rng = random.Random(self.seed + 7)
+        statuses = ["SUCCESS"] * 14 + ["FAILED", "CANCELED", "TRAINING", "TRAINING", "QUEUING"]
+        statuses += ["FAILED", "SUCCESS", "CANCELED", "UNKNOWN"]
+        count = 23 if self.scenario == "demo" else 60
+        for i in range(count):
+            status = statuses[i % len(statuses)]
+            created = self.t0 - (count - i) * 5 * HOUR - rng.randint(0, HOUR)
+            models = []
+            if status == "SUCCESS":
+                models = [{"model_name": f"lora-{i:03d}.safetensors", "model_status": "SERVING"}]
+            self.training_tasks.append(
+                {
+                    "task_name": f"train-{i:03d}",
+                    "task_id": f"train-task-{i:03d}",
+                    "task_type": "subject" if i % 3 else "style",
+                    "task_status": status,
+                    "created_at": created,
+                    "models": models,
+                }
+            )
+        self.async_tasks = {
+            "async-ok": {"status": "TASK_STATUS_SUCCEED", "reason": "", "done_at": self.t0 - 60},
+            "async-fail": {
+                "status": "TASK_STATUS_FAILED",
+                "reason": "image generation failed: invalid model",
+                "done_at": self.t0 - 30,
+            },
+            "async-slow": {"status": "TASK_STATUS_SUCCEED", "reason": "", "done_at": self.t0 + 600},
+        }
+
+    # ------------------------------------------------------------------ money
+
+    def _charge_fixed(
+        self, inst: SimInstance, when: int, start: int, end: int, months: int, trade: str
+    ) -> FixedCharge:
+        per_gpu = catalog.monthly_price(inst.product_id, inst.cluster_id, months)
+        amount = per_gpu * inst.gpu_num // 10
+        charge = FixedCharge(
+            time=when,
+            instance_id=inst.id,
+            product_id=inst.product_id,
+            cluster_id=inst.cluster_id,
+            trade_type=trade,
+            start=start,
+            end=end,
+            months=months,
+            amount_10k=amount,
+            base_price_10k=catalog.monthly_price(inst.product_id, inst.cluster_id, 1) // 10,
+        )
+        self._fixed.append(charge)
+        return charge
+
+    def _charged_10k(self, now: int) -> float:
+        usage = sum(
+            i.rate_10k_per_hour() * i.paygo_seconds(-(2**62), now, now) / HOUR
+            for i in self._instances.values()
+        )
+        fixed = sum(c.amount_10k for c in self._fixed if c.time <= now)
+        return usage + fixed
+
+    def balance_10k(self) -> int:
+        """Available balance, 1/10000 USD."""
+        with self._lock:
+            self.settle()
+            return round(self._initial_10k - self._charged_10k(self.now_ts()))
+
+    def burn_10k_per_hour(self) -> float:
+        """Current usage cost per hour of everything running on pay-as-you-go, 1/10000 USD."""
+        with self._lock:
+            return sum(
+                i.rate_10k_per_hour()
+                for i in self.instances()
+                if i.runs and i.runs[-1][1] is None and i.paygo_until is None
+            )
+
+    def fixed_charges(self) -> list[FixedCharge]:
+        with self._lock:
+            self.settle()
+            now = self.now_ts()
+            return [c for c in self._fixed if c.time <= now]
+
+    # ------------------------------------------------------------------ lazy state changes
+
+    def settle(self) -> None:
+        """Apply every scheduled status change and subscription expiry due by now."""
+        with self._lock:
+            now = self.now_ts()
+            for iid in list(self._pending):
+                inst = self._instances[iid]
+                self._apply_due(inst, now)
+                if not inst.transitions and not (
+                    inst.billing_mode == "monthly"
+                    and inst.end_time is not None
+                    and inst.status not in ("exited", "removed")
+                ):
+                    self._pending.discard(iid)
+
+    def _apply_due(self, inst: SimInstance, now: int) -> None:
+        while True:
+            expiry = (
+                inst.end_time
+                if inst.billing_mode == "monthly"
+                and inst.end_time is not None
+                and inst.status not in ("exited", "removed")
+                else None
+            )
+            step_at = inst.transitions[0][0] if inst.transitions else None
+            candidates = [x for x in (expiry, step_at) if x is not None and x <= now]
+            if not candidates:
+                return
+            at = min(candidates)
+            if step_at is not None and step_at == at:
+                _, status, effect = inst.transitions.pop(0)
+                self._set_status(inst, status, effect, at)
+                continue
+            assert inst.end_time is not None
+            if inst.auto_renew and self._balance_at(at) >= self._renew_cost(
+                inst, inst.auto_renew_month
+            ):
+                self._renew(inst, inst.auto_renew_month, at)
+            else:
+                inst.transitions.clear()
+                self._set_status(inst, "exited", "close", at)
+
+    def _balance_at(self, t: int) -> float:
+        return self._initial_10k - self._charged_10k(t)
+
+    def _set_status(self, inst: SimInstance, status: str, effect: str | None, at: int) -> None:
+        inst.status = status
+        if effect == "open" and not (inst.runs and inst.runs[-1][1] is None):
+            inst.runs.append([at, None])
+            inst.status_error = ("", "")
+        elif effect == "close" and inst.runs and inst.runs[-1][1] is None:
+            inst.runs[-1][1] = at
+            inst.last_stopped_at = at
+
+    def _schedule(self, inst: SimInstance, steps: tuple[tuple[int, str, str | None], ...]) -> None:
+        now = self.now_ts()
+        inst.transitions = [(now + offset, status, effect) for offset, status, effect in steps]
+        self._pending.add(inst.id)
+        self._apply_due(inst, now)
+
+    # ------------------------------------------------------------------ actions
+
+    def perform(self, action: str, body: Any) -> dict[str, Any]:
+        """Run one POST action, log it, and return the response body (``{}`` on success)."""
+        with self._lock:
+            self.settle()
+            entry: dict[str, Any] = {
+                "time": self.clock.now().isoformat(),
+                "path": action,
+                "body": body,
+            }
+            try:
+                handler = getattr(self, f"_act_{action}", None)
+                if handler is None:
+                    raise SimError(404, "API_NOT_FOUND", f"unknown action {action!r}")
+                if not isinstance(body, dict):
+                    raise SimError(400, "INVALID_REQUEST_BODY", "body must be a JSON object")
+                result: dict[str, Any] = handler(body)
+            except SimError as exc:
+                entry.update(status=exc.status, result=exc.reason, message=exc.message)
+                self.actions.append(entry)
+                raise
+            entry.update(status=200, result="ok")
+            self.actions.append(entry)
+            return result
+
+    def _target(self, body: dict[str, Any]) -> SimInstance:
+        iid = body.get("instanceId")
+        if not isinstance(iid, str) or not iid:
+            raise SimError(400, "VALIDATOR_PARAM", "instanceId is required")
+        return self.instance(iid)
+
+    @staticmethod
+    def _months(body: dict[str, Any], name: str = "month") -> int:
+        month = body.get(name)
+        if isinstance(month, bool) or not isinstance(month, int) or not 1 <= month <= 36:
+            raise SimError(400, "VALIDATOR_PARAM", f"{name} must be an integer from 1 to 36")
+        return month
+
+    def _act_stop(self, body: dict[str, Any]) -> dict[str, Any]:
+        inst = self._target(body)
+        if inst.status not in STOPPABLE:
+            raise SimError(
+                400, "DEPENDENT_RESOURCE_STATE", f"instance is {inst.status}, cannot stop"
+            )
+        self._schedule(inst, STOP_STEPS)
+        return {}
+
+    def _act_start(self, body: dict[str, Any]) -> dict[str, Any]:
+        inst = self._target(body)
+        if inst.status != "exited":
+            raise SimError(
+                400, "DEPENDENT_RESOURCE_STATE", f"instance is {inst.status}, cannot start"
+            )
+        if inst.billing_mode == "monthly" and (inst.end_time or 0) <= self.now_ts():
+            raise SimError(400, "EXPIRED_OR_BALANCE_NOT_ENOUGH", "subscription has expired")
+        self._schedule(inst, START_STEPS)
+        return {}
+
+    def _act_restart(self, body: dict[str, Any]) -> dict[str, Any]:
+        inst = self._target(body)
+        if inst.status != "running":
+            raise SimError(
+                400, "DEPENDENT_RESOURCE_STATE", f"instance is {inst.status}, cannot restart"
+            )
+        self._schedule(inst, RESTART_STEPS)
+        return {}
+
+    def _act_delete(self, body: dict[str, Any]) -> dict[str, Any]:
+        inst = self._target(body)
+        if inst.billing_mode == "monthly" and (inst.end_time or 0) > self.now_ts():
+            raise SimError(
+                400,
+                "PREPAID_INSTANCE_NOT_SUPPORT_RELEASE",
+                "prepaid instance does not support release before it expires",
+            )
+        if inst.status in ("toRemove", "removing"):
+            raise SimError(400, "DEPENDENT_RESOURCE_STATE", "instance is already being removed")
+        self._schedule(inst, DELETE_STEPS)
+        return {}
+
+    def _renew_cost(self, inst: SimInstance, months: int) -> int:
+        return catalog.monthly_price(inst.product_id, inst.cluster_id, months) * inst.gpu_num // 10
+
+    def _renew(self, inst: SimInstance, months: int, when: int) -> FixedCharge:
+        assert inst.end_time is not None
+        start = inst.end_time
+        inst.end_time = add_months(start, months)
+        return self._charge_fixed(inst, when, start, inst.end_time, months, "monthly_re_buy")
+
+    def _act_renewInstance(self, body: dict[str, Any]) -> dict[str, Any]:
+        inst = self._target(body)
+        months = self._months(body)
+        if inst.status in ("toCreate", "creating", "pulling"):
+            raise SimError(
+                400, "CREATING_INSTANCE_NOT_SUPPORT_RENEWAL", "instance is still being created"
+            )
+        if inst.billing_mode != "monthly" or inst.end_time is None:
+            raise SimError(
+                400,
+                "UNSUPPORTED_BILLING_MODE",
+                f"renewal needs a subscription instance, this one is {inst.billing_mode!r}",
+            )
+        now = self.now_ts()
+        if self._balance_at(now) < self._renew_cost(inst, months):
+            raise SimError(400, "BALANCE_NOT_ENOUGH", "insufficient balance")
+        self._renew(inst, months, now)
+        if inst.status == "exited" and inst.end_time > now:
+            pass  # an expired subscription stays stopped until started again
+        return {}
+
+    def _act_transToMonthlyInstance(self, body: dict[str, Any]) -> dict[str, Any]:
+        inst = self._target(body)
+        months = self._months(body)
+        if inst.billing_mode != "onDemand":
+            raise SimError(
+                400,
+                "UNSUPPORTED_BILLING_MODE",
+                f"only pay-as-you-go instances can be converted, this one is {inst.billing_mode!r}",
+            )
+        if inst.status in ("toCreate", "creating", "pulling", "pending"):
+            raise SimError(400, "DEPENDENT_RESOURCE_STATE", f"instance is {inst.status}")
+        now = self.now_ts()
+        if self._balance_at(now) < self._renew_cost(inst, months):
+            raise SimError(400, "BALANCE_NOT_ENOUGH", "insufficient balance")
+        inst.billing_mode = "monthly"
+        inst.paygo_until = now
+        inst.end_time = add_months(now, months)
+        self._charge_fixed(inst, now, now, inst.end_time, months, "monthly_new_buy")
+        self._pending.add(inst.id)
+        return {}
+
+    def _act_setAutoRenew(self, body: dict[str, Any]) -> dict[str, Any]:
+        ids = body.get("instanceIds")
+        if not isinstance(ids, list) or not ids:
+            raise SimError(400, "VALIDATOR_PARAM", "instanceIds must be a non-empty list")
+        auto = body.get("autoRenew")
+        if not isinstance(auto, bool):
+            raise SimError(400, "VALIDATOR_PARAM", "autoRenew must be a boolean")
+        months = self._months(body, "autoRenewMonth") if auto else 1
+        targets = [self.instance(str(i)) for i in ids]
+        for inst in targets:
+            if inst.billing_mode != "monthly":
+                raise SimError(
+                    400, "UNSUPPORTED_BILLING_MODE", f"{inst.id} is not a subscription instance"
+                )
+        for inst in targets:
+            inst.auto_renew, inst.auto_renew_month = auto, months
+        return {}
+
+    # ------------------------------------------------------------------ control
+
+    def set_profile(self, instance_id: str, profile: str) -> None:
+        """Change an instance's utilization profile from now on (history is kept)."""
+        if profile not in PROFILES:
+            raise ValueError(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}")
+        with self._lock:
+            inst = self.instance(instance_id)
+            inst.profiles.append((self.now_ts(), profile))
+
+    def async_task(self, task_id: str) -> dict[str, Any]:
+        task = self.async_tasks.get(task_id)
+        if task is None:
+            raise SimError(404, "TASK_NOT_FOUND", f"task {task_id!r} not found")
+        now = self.now_ts()
+        status = task["status"] if now >= task["done_at"] else "TASK_STATUS_PROCESSING"
+        progress = 100 if now >= task["done_at"] else 40
+        return {
+            "status": status,
+            "reason": task["reason"] if status == "TASK_STATUS_FAILED" else "",
+            "eta": max(0, task["done_at"] - now),
+            "progress_percent": progress,
+            "done_at": task["done_at"],
+        }
