@@ -1,0 +1,587 @@
+"""Built-in conditions, registered by name with their own parameter models.
+
+Each answers ``Result(match, values)`` for one resource: ``match`` None means the data needed
+is missing (too short a window, no balance yet, too little history), which neither fires nor
+resolves an alert. The numbers in ``values`` are what a notification prints.
+
+Every condition reads facts through ``ctx.facts`` for the *whole account* (cached), so one
+evaluation makes a handful of aggregate queries whatever the number of instances.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from monitor.rules.context import EvalContext, Resource, Result, and3, money, or3
+from monitor.rules.durations import Duration
+from monitor.rules.facts import GpuAgg, InstanceFact, TaskFact, WindowAgg
+from monitor.rules.model import SEVERITY_RANK, StrictModel
+from monitor.rules.registry import conditions
+
+HOUR = 3600.0
+MONTH_HOURS = 730.0  # 365 * 24 / 12, the hours of an average month
+
+TRANSITIONAL = (
+    "toCreate", "creating", "pulling", "toStart", "starting", "toRestart", "restarting",
+    "toReset", "resetting", "migrating", "pending",
+)  # fmt: skip
+
+
+def _iso(when: datetime | None) -> str | None:
+    return when.isoformat() if when else None
+
+
+def _instance(resource: Resource) -> InstanceFact:
+    assert isinstance(resource.obj, InstanceFact)
+    return resource.obj
+
+
+# --------------------------------------------------------------------------------------------
+# idle_gpu
+
+
+class IdleGpuParams(StrictModel):
+    threshold: float = Field(
+        5, ge=0, le=100, description="GPU utilisation % below which a GPU is idle"
+    )
+    window: Duration = Field(timedelta(minutes=30), description="how long it must stay below")
+    gpu_memory_threshold: float | None = Field(
+        None, ge=0, le=100, description="also require GPU memory use % below this"
+    )
+    mode: Literal["all", "any"] = Field("all", description="all GPUs idle, or any GPU idle")
+    min_uptime: Duration = Field(
+        timedelta(0), description="instances younger than this are left alone"
+    )
+    metric_lag: Duration = Field(timedelta(seconds=60), description="how late metrics arrive")
+    min_coverage: float = Field(
+        0.9, gt=0, le=1, description="share of the window samples must cover"
+    )
+
+    @model_validator(mode="after")
+    def _window_positive(self) -> IdleGpuParams:
+        if self.window <= timedelta(0):
+            raise ValueError("window must be longer than 0 (expected e.g. 30m)")
+        if self.metric_lag >= self.window:
+            raise ValueError("metric_lag must be shorter than window")
+        return self
+
+
+def _judge_idle(
+    util: WindowAgg | GpuAgg | None,
+    mem: WindowAgg | GpuAgg | None,
+    threshold: float,
+    mem_threshold: float | None,
+    needed_s: float,
+) -> bool | None:
+    """Idle: every sample under the threshold and the window covered. Busy evidence wins over
+    gaps (one busy sample = not idle); gaps alone = unknown (never idle, never resolved)."""
+    if util is not None and util.max >= threshold:
+        return False
+    if mem_threshold is not None and mem is not None and mem.max >= mem_threshold:
+        return False
+    if util is None or util.covered_s < needed_s:
+        return None
+    if mem_threshold is not None and (mem is None or mem.covered_s < needed_s):
+        return None
+    return True
+
+
+def _uptime_start(ctx: EvalContext, inst: InstanceFact) -> datetime | None:
+    return inst.last_started_at or inst.created_at or ctx.facts.history_start(ctx.account)
+
+
+def _idle_gpus(
+    params: IdleGpuParams | UnderusedGpusParams, ctx: EvalContext, inst: InstanceFact
+) -> tuple[list[bool | None], WindowAgg | None, bool]:
+    """Per-GPU idle verdicts (or one verdict from the across-GPU series), the util aggregate,
+    and whether the verdicts are per GPU."""
+    start, end = ctx.now - params.window, ctx.now
+    needed = params.min_coverage * (params.window - params.metric_lag).total_seconds()
+    mem_th = params.gpu_memory_threshold
+    util = ctx.facts.metric_window(ctx.account, "gpu_util", start, end).get(inst.id)
+    per_gpu = ctx.facts.per_gpu_window(ctx.account, "gpu_util", start, end).get(inst.id)
+    if per_gpu:
+        mems: dict[str, GpuAgg] = {}
+        if mem_th is not None:
+            gpu_mem = ctx.facts.per_gpu_window(ctx.account, "gpu_mem", start, end)
+            mems = {g.gpu_id: g for g in gpu_mem.get(inst.id, [])}
+        verdicts = [
+            _judge_idle(g, mems.get(g.gpu_id), params.threshold, mem_th, needed) for g in per_gpu
+        ]
+        return verdicts, util, True
+    mem = None
+    if mem_th is not None:
+        mem = ctx.facts.metric_window(ctx.account, "gpu_mem", start, end).get(inst.id)
+    return [_judge_idle(util, mem, params.threshold, mem_th, needed)], util, False
+
+
+@conditions.register(
+    "idle_gpu", IdleGpuParams, resources=("instance",), needs=("instances", "metrics")
+)
+def idle_gpu(params: IdleGpuParams, ctx: EvalContext, resource: Resource) -> Result:
+    """A running GPU instance whose GPU utilisation stayed under a threshold for a window.
+
+    Only running instances with GPUs qualify, and only after ``min_uptime`` since their last
+    start (or creation, or the start of stored history). The window must be covered by samples
+    (``min_coverage`` of it, up to ``now - metric_lag``); a gap is never idle.
+    """
+    inst = _instance(resource)
+    values: dict[str, object] = {
+        "threshold": params.threshold,
+        "window_minutes": params.window.total_seconds() / 60,
+        "gpu_count": inst.gpu_count,
+        "hourly_cost_usd": money(inst.hourly_cost_usd),
+    }
+    if inst.status != "running" or inst.gpu_count <= 0:
+        return Result(False, values)
+    started = _uptime_start(ctx, inst)
+    if started is None:
+        return Result(None, values)
+    if ctx.now - started < params.min_uptime:
+        return Result(False, values)
+    verdicts, util, _ = _idle_gpus(params, ctx, inst)
+    match = and3(verdicts) if params.mode == "all" else or3(verdicts)
+    if util is not None:
+        values["value"] = round(util.max, 2)
+        values["gpu_util_avg"] = round(util.avg, 2)
+    values["idle_gpus"] = (
+        sum(1 for v in verdicts if v)
+        if len(verdicts) > 1
+        else (inst.gpu_count if verdicts[0] else 0)
+    )
+    if match and inst.hourly_cost_usd is not None:
+        since = (
+            ctx.prior.active_since
+            if ctx.active and ctx.prior and ctx.prior.active_since
+            else ctx.now
+        )
+        idle_since = max(since - params.window, started)
+        hours = (ctx.now - idle_since).total_seconds() / HOUR
+        values["idle_since"] = _iso(idle_since)
+        values["idle_hours"] = round(hours, 2)
+        values["idle_cost_usd"] = money(inst.hourly_cost_usd * Decimal(str(hours)))
+    return Result(match, values)
+
+
+# --------------------------------------------------------------------------------------------
+# underused_gpus
+
+
+class UnderusedGpusParams(StrictModel):
+    threshold: float = Field(5, ge=0, le=100)
+    window: Duration = timedelta(hours=1)
+    gpu_memory_threshold: float | None = Field(None, ge=0, le=100)
+    min_idle: int = Field(1, ge=1, description="at least this many idle GPUs")
+    include_all_idle: bool = Field(False, description="also match when every GPU is idle")
+    min_uptime: Duration = timedelta(0)
+    metric_lag: Duration = timedelta(seconds=60)
+    min_coverage: float = Field(0.9, gt=0, le=1)
+
+
+@conditions.register(
+    "underused_gpus", UnderusedGpusParams, resources=("instance",), needs=("instances", "metrics")
+)
+def underused_gpus(params: UnderusedGpusParams, ctx: EvalContext, resource: Resource) -> Result:
+    """A running multi-GPU instance with some GPUs idle over the window: a downsizing hint.
+
+    Needs per-GPU samples. Reports the idle count and what the idle GPUs cost per hour.
+    """
+    inst = _instance(resource)
+    values: dict[str, object] = {"threshold": params.threshold, "gpu_count": inst.gpu_count}
+    if inst.status != "running" or inst.gpu_count < 2:
+        return Result(False, values)
+    started = _uptime_start(ctx, inst)
+    if started is None:
+        return Result(None, values)
+    if ctx.now - started < params.min_uptime:
+        return Result(False, values)
+    verdicts, _, per_gpu = _idle_gpus(params, ctx, inst)
+    if not per_gpu:
+        return Result(None, values)
+    idle = sum(1 for v in verdicts if v)
+    busy = sum(1 for v in verdicts if v is False)
+    values["idle_gpus"] = idle
+    if inst.hourly_cost_usd is not None and inst.gpu_count:
+        per_hour = inst.hourly_cost_usd * idle / inst.gpu_count
+        values["idle_cost_per_hour_usd"] = money(per_hour)
+        values["idle_cost_per_month_usd"] = money(per_hour * Decimal(MONTH_HOURS))
+    if idle >= params.min_idle and (params.include_all_idle or busy > 0):
+        return Result(True, values)
+    if idle + (len(verdicts) - idle - busy) >= params.min_idle and busy > 0:
+        return Result(None, values)  # unknown GPUs could still make it match
+    return Result(False, values)
+
+
+# --------------------------------------------------------------------------------------------
+# low_balance
+
+
+class BalanceLevel(StrictModel):
+    severity: Literal["info", "warning", "critical"]
+    usd: float | None = Field(None, description="fire when the balance is below this many USD")
+    runway_hours: float | None = Field(
+        None, gt=0, description="fire when the balance lasts fewer hours than this"
+    )
+    clear_above_usd: float | None = None
+    clear_above_runway_hours: float | None = None
+
+    @model_validator(mode="after")
+    def _some_threshold(self) -> BalanceLevel:
+        if self.usd is None and self.runway_hours is None:
+            raise ValueError("a level needs usd and/or runway_hours")
+        return self
+
+
+class LowBalanceParams(StrictModel):
+    usd: float | None = Field(None, description="fire when the balance is below this many USD")
+    runway_hours: float | None = Field(
+        None, gt=0, description="fire when the balance lasts fewer hours than this at the burn rate"
+    )
+    clear_above_usd: float | None = Field(None, description="clear only above this (default +10 %)")
+    clear_above_runway_hours: float | None = None
+    clear_margin: float = Field(0.1, ge=0, description="default clear band above each threshold")
+    levels: list[BalanceLevel] = Field(
+        default_factory=list, description="several thresholds, each with its own severity"
+    )
+
+    @model_validator(mode="after")
+    def _some_threshold(self) -> LowBalanceParams:
+        if self.usd is None and self.runway_hours is None and not self.levels:
+            raise ValueError("low_balance needs usd, runway_hours or levels")
+        return self
+
+
+def _breached(
+    value: float | None, threshold: float | None, clear: float | None, holding: bool
+) -> bool | None:
+    if threshold is None:
+        return False
+    if value is None:
+        return None
+    return value < (clear if holding and clear is not None else threshold)
+
+
+@conditions.register(
+    "low_balance", LowBalanceParams, resources=("account",), needs=("balance", "instances")
+)
+def low_balance(params: LowBalanceParams, ctx: EvalContext, resource: Resource) -> Result:
+    """The balance is below a dollar threshold, or lasts fewer hours than ``runway_hours`` at
+    the current burn rate. ``levels`` give several thresholds with their own severity; a firing
+    level clears only above its clear level (default 10 % higher), so the boundary cannot flap.
+    """
+    balance = ctx.facts.balance(ctx.account)
+    if balance is None:
+        return Result(None)
+    burn = ctx.facts.burn_rate(ctx.account)
+    bal = float(balance.available_usd)
+    if burn is None:
+        runway: float | None = None
+    elif burn <= 0:
+        runway = math.inf
+    else:
+        runway = max(bal, 0.0) / float(burn)
+    values: dict[str, object] = {
+        "balance_usd": money(balance.available_usd),
+        "burn_rate_usd_per_hour": money(burn),
+        "runway_hours": None if runway is None or math.isinf(runway) else round(runway, 1),
+    }
+    levels = list(params.levels)
+    if params.usd is not None or params.runway_hours is not None:
+        levels.append(
+            BalanceLevel(
+                severity=ctx.rule_severity,  # type: ignore[arg-type]
+                usd=params.usd,
+                runway_hours=params.runway_hours,
+                clear_above_usd=params.clear_above_usd,
+                clear_above_runway_hours=params.clear_above_runway_hours,
+            )
+        )
+    held = ctx.prior.severity if ctx.active and ctx.prior else None
+    best: BalanceLevel | None = None
+    unknown = False
+    for level in levels:
+        holding = held is not None and SEVERITY_RANK[level.severity] <= SEVERITY_RANK[held]
+        margin = 1 + params.clear_margin
+        clear_usd = level.clear_above_usd or (level.usd * margin if level.usd else None)
+        clear_run = level.clear_above_runway_hours or (
+            level.runway_hours * margin if level.runway_hours else None
+        )
+        hit = or3(
+            [
+                _breached(bal, level.usd, clear_usd, holding),
+                _breached(runway, level.runway_hours, clear_run, holding),
+            ]
+        )
+        if hit is None:
+            unknown = True
+        elif hit and (best is None or SEVERITY_RANK[level.severity] > SEVERITY_RANK[best.severity]):
+            best = level
+    if best is None:
+        return Result(None if unknown else False, values)
+    values["threshold_usd"] = best.usd
+    values["threshold_runway_hours"] = best.runway_hours
+    values["value"] = values["runway_hours"] if best.runway_hours else values["balance_usd"]
+    return Result(True, values, severity=best.severity)
+
+
+# --------------------------------------------------------------------------------------------
+# expiring_subscription
+
+
+class ExpiringSubscriptionParams(StrictModel):
+    within: Duration = Field(timedelta(days=7), description="end_time at most this far ahead")
+    lookback: Duration = Field(timedelta(days=7), description="GPU utilisation window")
+    min_util: float | None = Field(
+        None, ge=0, le=100, description="match only if average GPU util is at least this (used)"
+    )
+    max_util: float | None = Field(
+        None, ge=0, le=100, description="match only if average GPU util is below this (idle)"
+    )
+
+
+@conditions.register(
+    "expiring_subscription",
+    ExpiringSubscriptionParams,
+    resources=("instance",),
+    needs=("instances", "metrics"),
+)
+def expiring_subscription(
+    params: ExpiringSubscriptionParams, ctx: EvalContext, resource: Resource
+) -> Result:
+    """A monthly (subscription) instance whose ``end_time`` is within ``within``, with its
+    average GPU utilisation over ``lookback``: ``min_util`` says "renew, it is used",
+    ``max_util`` says "let it lapse". Time not sampled while the instance was not running
+    counts as 0 % (a stopped subscription is not used)."""
+    inst = _instance(resource)
+    if inst.billing_mode != "monthly" or inst.end_time is None:
+        return Result(False)
+    left = inst.end_time - ctx.now
+    values: dict[str, object] = {
+        "end_time": _iso(inst.end_time),
+        "days_left": round(left.total_seconds() / 86400, 1),
+        "hours_left": round(left.total_seconds() / HOUR, 1),
+        "monthly_price_usd": money(inst.monthly_price_usd),
+    }
+    if left <= timedelta(0) or left > params.within:
+        return Result(False, values)
+    if params.min_util is None and params.max_util is None:
+        return Result(True, values)
+    start = ctx.now - params.lookback
+    history = ctx.facts.history_start(ctx.account)
+    if history is not None and history > start:
+        start = history
+    span = (ctx.now - start).total_seconds()
+    agg = ctx.facts.metric_window(ctx.account, "gpu_util", start, ctx.now).get(inst.id)
+    if span <= 0 or (agg is None and inst.status == "running"):
+        return Result(None, values)
+    util = 0.0 if agg is None else agg.avg * min(1.0, agg.covered_s / span)
+    values["util_avg"] = round(util, 1)
+    values["lookback_days"] = round(span / 86400, 1)
+    checks: list[bool | None] = []
+    if params.min_util is not None:
+        checks.append(util >= params.min_util)
+        values["threshold"] = params.min_util
+    if params.max_util is not None:
+        checks.append(util < params.max_util)
+        values["threshold"] = params.max_util
+    values["value"] = values["util_avg"]
+    return Result(and3(checks), values)
+
+
+# --------------------------------------------------------------------------------------------
+# failed_task
+
+
+class FailedTaskParams(StrictModel):
+    training_statuses: list[str] = Field(default_factory=lambda: ["FAILED", "CANCELED"])
+    async_statuses: list[str] = Field(default_factory=lambda: ["TASK_STATUS_FAILED"])
+    within: Duration | None = Field(
+        timedelta(hours=24), description="tasks that ended longer ago are ignored; null = all"
+    )
+    error_state: bool = Field(True, description="instances the platform reports in error")
+    stuck_after: Duration | None = Field(
+        timedelta(minutes=30), description="instances in a transitional status this long"
+    )
+    stuck_statuses: list[str] = Field(default_factory=lambda: list(TRANSITIONAL))
+
+
+@conditions.register(
+    "failed_task",
+    FailedTaskParams,
+    resources=("task", "instance"),
+    needs=("tasks", "instances"),
+)
+def failed_task(params: FailedTaskParams, ctx: EvalContext, resource: Resource) -> Result:
+    """Task rules: training tasks FAILED/CANCELED and watched async tasks TASK_STATUS_FAILED
+    (that ended within ``within``). Instance rules: instances in an error state, and instances
+    stuck in a transitional status (pulling, creating, starting...) longer than
+    ``stuck_after``, with what they cost meanwhile."""
+    if isinstance(resource.obj, TaskFact):
+        task = resource.obj
+        wanted = params.training_statuses if task.kind == "training" else params.async_statuses
+        values: dict[str, object] = {
+            "status": task.status,
+            "reason": task.reason,
+            "kind": task.kind,
+        }
+        if task.status not in wanted:
+            return Result(False, values)
+        ended = task.finished_at or task.created_at
+        if params.within is not None and ended is not None and ctx.now - ended > params.within:
+            return Result(False, values)
+        values["finished_at"] = _iso(ended)
+        return Result(True, values)
+    inst = _instance(resource)
+    values = {"status": inst.status, "hourly_cost_usd": money(inst.hourly_cost_usd)}
+    if params.error_state and inst.error_state:
+        values["error"] = inst.error_state
+        return Result(True, values)
+    if params.stuck_after is None or inst.status not in params.stuck_statuses:
+        return Result(False, values)
+    if inst.status_since is None:
+        return Result(None, values)
+    stuck = ctx.now - inst.status_since
+    values["stuck_minutes"] = round(stuck.total_seconds() / 60)
+    values["threshold_minutes"] = params.stuck_after.total_seconds() / 60
+    if inst.hourly_cost_usd is not None:
+        values["stuck_cost_usd"] = money(
+            inst.hourly_cost_usd * Decimal(str(stuck.total_seconds() / HOUR))
+        )
+    return Result(stuck >= params.stuck_after, values)
+
+
+# --------------------------------------------------------------------------------------------
+# spend
+
+
+class SpendParams(StrictModel):
+    window: Duration = Field(timedelta(hours=24), description="the spend window ending now")
+    above_usd: float | None = Field(None, ge=0, description="fire when spend exceeds this")
+    baseline: Duration | None = Field(
+        None, description="compare with the average per window over this period before it"
+    )
+    ratio: float = Field(1.5, gt=0, description="fire when spend > ratio x baseline average")
+    min_usd: float = Field(0, ge=0, description="ignore baseline surges smaller than this")
+
+    @model_validator(mode="after")
+    def _something(self) -> SpendParams:
+        if self.above_usd is None and self.baseline is None:
+            raise ValueError("spend needs above_usd and/or baseline")
+        if self.window <= timedelta(0):
+            raise ValueError("window must be longer than 0")
+        return self
+
+
+@conditions.register("spend", SpendParams, resources=("account",), needs=("bills", "instances"))
+def spend(params: SpendParams, ctx: EvalContext, resource: Resource) -> Result:
+    """Spend over ``window`` above ``above_usd``, and/or above ``ratio`` times the average
+    spend per window over the ``baseline`` period before it (e.g. the last 24 h against the
+    daily average of the previous 7 days). Too little history is missing data, not zero."""
+    start = ctx.now - params.window
+    current = ctx.facts.spend(ctx.account, start, ctx.now)
+    values: dict[str, object] = {"window_hours": params.window.total_seconds() / HOUR}
+    if current is None:
+        return Result(None, values)
+    values["spend_usd"] = values["value"] = money(current)
+    checks: list[bool | None] = []
+    if params.above_usd is not None:
+        values["threshold_usd"] = params.above_usd
+        checks.append(float(current) > params.above_usd)
+    if params.baseline is not None:
+        base = ctx.facts.spend(ctx.account, start - params.baseline, start)
+        if base is None:
+            checks.append(None)
+        else:
+            average = float(base) * (params.window / params.baseline)
+            values["baseline_usd"] = round(average, 4)
+            values["ratio"] = round(float(current) / average, 2) if average > 0 else None
+            values["threshold_ratio"] = params.ratio
+            checks.append(
+                float(current) >= params.min_usd and float(current) > params.ratio * average
+            )
+    return Result(or3(checks), values)
+
+
+# --------------------------------------------------------------------------------------------
+# subscription_candidate
+
+
+class SubscriptionCandidateParams(StrictModel):
+    margin: float = Field(0.15, ge=0, description="required excess over break-even hours")
+    lookbacks: list[Duration] = Field(
+        default_factory=lambda: [timedelta(days=7), timedelta(days=30)],
+        description="every lookback must exceed break-even (size for steady use)",
+    )
+    min_history: Duration = Field(timedelta(days=7), description="no advice with less history")
+
+
+@conditions.register(
+    "subscription_candidate",
+    SubscriptionCandidateParams,
+    resources=("instance",),
+    needs=("instances", "products"),
+)
+def subscription_candidate(
+    params: SubscriptionCandidateParams, ctx: EvalContext, resource: Resource
+) -> Result:
+    """An on-demand instance whose running hours, scaled to a month, exceed the break-even
+    against the monthly price (``monthly_price / hourly_price`` hours) by ``margin`` over every
+    lookback (7 and 30 days by default; a lookback reaching before the stored history is cut
+    to it). Reports the expected monthly saving."""
+    inst = _instance(resource)
+    if inst.billing_mode != "onDemand":
+        return Result(False)
+    price, monthly = inst.hourly_cost_usd, inst.monthly_price_usd
+    if price is None or monthly is None or price <= 0:
+        return Result(None)
+    break_even = float(monthly / price)
+    values: dict[str, object] = {
+        "hourly_cost_usd": money(price),
+        "monthly_price_usd": money(monthly),
+        "break_even_hours": round(break_even, 1),
+        "threshold": round(break_even * (1 + params.margin), 1),
+    }
+    history = ctx.facts.history_start(ctx.account)
+    if history is None or ctx.now - history < params.min_history:
+        return Result(None, values)
+    per_month: list[float] = []
+    for lookback in params.lookbacks:
+        start = max(ctx.now - lookback, history)
+        hours = ctx.facts.running_hours(ctx.account, start, ctx.now)
+        if hours is None:
+            return Result(None, values)
+        span_h = (ctx.now - start).total_seconds() / HOUR
+        scaled = hours.get(inst.id, 0.0) * MONTH_HOURS / span_h
+        per_month.append(scaled)
+        values[f"hours_per_month_{round(lookback.total_seconds() / 86400)}d"] = round(scaled, 1)
+    steady = min(per_month)
+    values["value"] = round(steady, 1)
+    values["utilization"] = round(steady / MONTH_HOURS, 3)
+    values["monthly_saving_usd"] = round(float(price) * steady - float(monthly), 2)
+    return Result(steady >= break_even * (1 + params.margin), values)
+
+
+# --------------------------------------------------------------------------------------------
+# collector_stale
+
+
+class CollectorStaleParams(StrictModel):
+    collectors: list[str] | None = Field(
+        None, description="only these collectors (instances, metrics, balance, bills, tasks)"
+    )
+
+
+@conditions.register(
+    "collector_stale", CollectorStaleParams, resources=("monitor", "account"), needs=()
+)
+def collector_stale(params: CollectorStaleParams, ctx: EvalContext, resource: Resource) -> Result:
+    """The monitor cannot see (part of) the account: some collector's data is stale."""
+    stale = ctx.facts.stale_collectors(ctx.account, ctx.now)
+    if params.collectors is not None:
+        stale = [c for c in stale if c in params.collectors]
+    return Result(bool(stale), {"collectors": ", ".join(sorted(stale)), "value": len(stale)})
