@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -310,19 +310,22 @@ class Channel(StrictModel):
         return self
 
 
+def _as_strings(value: Any) -> Any:
+    """``severity: 3`` or ``gpus: [1, 2]`` in YAML mean the strings labels hold."""
+    if isinstance(value, (int, float, bool)):
+        return str(value).lower() if isinstance(value, bool) else str(value)
+    if isinstance(value, list):
+        return [_as_strings(v) for v in value]
+    return value
+
+
 class Route(StrictModel):
-    """Extra channels for alerts whose severity and labels match (all keys must match)."""
+    """Extra channels for alerts that match: every key of ``match`` (``severity``, ``rule``,
+    ``account``, ``resource_kind``, ``state`` or a label name) equals one of its values.
+    The matching itself is :class:`monitor.notify.routing.Router`'s."""
 
-    match: dict[str, str | list[str]] = Field(min_length=1)
+    match: dict[str, Annotated[str | list[str], BeforeValidator(_as_strings)]] = Field(min_length=1)
     channels: list[str] = Field(min_length=1)
-
-    def matches(self, severity: str, labels: Mapping[str, str]) -> bool:
-        for key, wanted in self.match.items():
-            value = severity if key == "severity" else labels.get(key)
-            options = [wanted] if isinstance(wanted, str) else wanted
-            if value not in options:
-                return False
-        return True
 
 
 class Schedules(StrictModel):
@@ -516,21 +519,6 @@ class Config(StrictModel):
                 return account
         raise KeyError(name)
 
-    def route_channels(
-        self, notify: Sequence[str] | None, severity: str, labels: Mapping[str, str]
-    ) -> list[str]:
-        """Channels for an alert: the rule's ``notify`` (else ``default_channels``), plus
-        every matching route's channels, without duplicates."""
-        out: list[str] = []
-        chosen = list(notify) if notify else list(self.default_channels)
-        for route in self.routes:
-            if route.matches(severity, labels):
-                chosen += route.channels
-        for name in chosen:
-            if name not in out:
-                out.append(name)
-        return out
-
     def describe(self) -> dict[str, Any]:
         """The configuration for a log line: references to secrets, never secrets."""
         return {
@@ -594,8 +582,11 @@ def _reference_problems(
             seen[name] = i
 
     channels = data.get("channels")
-    known = sorted(str(k) for k in channels) if isinstance(channels, dict) else []
-    expected = f"expected one of: {', '.join(known)}" if known else "no channels are defined"
+    # ``console`` always exists: it prints to the terminal (monitor.notify).
+    known = sorted(
+        {"console", *(str(k) for k in channels)} if isinstance(channels, dict) else {"console"}
+    )
+    expected = f"expected one of: {', '.join(known)}"
 
     def check_refs(path: tuple[str | int, ...], names: Any) -> None:
         items = (
