@@ -1,0 +1,452 @@
+"""Notifications: routing, grouping, templates, and real apprise delivery to local sinks."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from structlog.testing import capture_logs
+
+from monitor.clock import ManualClock
+from monitor.errors import ConfigError
+from monitor.notify import (
+    CONSOLE,
+    Channel,
+    DeliveryResult,
+    Message,
+    Notice,
+    Notifier,
+    Renderer,
+    Route,
+    Router,
+    build_messages,
+    format_duration,
+    format_hours,
+    format_money,
+    format_number,
+    validate_template,
+)
+from tests.receivers import JsonSink, SmtpSink
+
+NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def json_sink() -> Iterator[JsonSink]:
+    with JsonSink() as sink:
+        yield sink
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[SmtpSink]:
+    with SmtpSink() as sink:
+        yield sink
+
+
+class Sleeps:
+    """A no-op sleep that remembers what it was asked to wait."""
+
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+
+
+def idle(n: int, name: str, per_hour: str, so_far: str, util: float, **kw: object) -> Notice:
+    fields: dict = dict(
+        fingerprint=f"fp-idle-{n}",
+        rule="idle-gpu",
+        severity="warning",
+        state="firing",
+        account="main",
+        resource_kind="instance",
+        resource_id=f"i-{n:04d}",
+        resource_name=name,
+        summary="GPU idle",
+        values={
+            "value": util,
+            "threshold": 5,
+            "unit": "%",
+            "cost_per_hour_usd": Decimal(per_hour),
+            "cost_so_far_usd": Decimal(so_far),
+        },
+        labels={"team": "ml"},
+        started_at=NOW - timedelta(minutes=45),
+    )
+    fields.update(kw)
+    return Notice(**fields)
+
+
+def three_idle() -> list[Notice]:
+    return [
+        idle(1, "notebook", "1.40", "1.05", 1.2),
+        idle(2, "notebook-2", "2.10", "3.00", 0),
+        idle(3, "dev-box", "0.70", "0.50", 3.5),
+    ]
+
+
+def low_balance(severity: str = "critical", state: str = "firing") -> Notice:
+    return Notice(
+        fingerprint=f"fp-balance-{severity}",
+        rule="low-balance",
+        severity=severity,
+        state=state,  # type: ignore[arg-type]
+        account="main",
+        resource_kind="account",
+        resource_id="acct-1",
+        resource_name="main",
+        summary="balance runway under 24 h",
+        values={"value": Decimal("52.3"), "threshold": 100, "unit": "$", "runway_hours": 18.25},
+        labels={"team": "finance"},
+    )
+
+
+def resolved_idle() -> Notice:
+    return idle(
+        9,
+        "old-notebook",
+        "1.00",
+        "2.00",
+        60,
+        state="resolved",
+        summary="GPU busy again",
+        started_at=NOW - timedelta(hours=3),
+    )
+
+
+# formatting
+
+
+def test_money_hours_and_numbers_are_formatted_for_people() -> None:
+    assert format_money(Decimal("4.2")) == "$4.20"
+    assert format_money(1234.5) == "$1,234.50"
+    assert format_money(Decimal("-3")) == "-$3.00"
+    assert format_money("0.0042") == "$0.0042"
+    assert format_hours(38.5) == "38.5 h"
+    assert format_hours(Decimal("18.25")) == "18.3 h"
+    assert format_number(1.2, "%") == "1.2%"
+    assert format_number(5, "%") == "5%"
+    assert format_number(Decimal("52.3"), "$") == "$52.30"
+    assert format_number(3, "GB") == "3 GB"
+    assert format_duration(timedelta(minutes=45)) == "45 min"
+    assert format_duration(timedelta(hours=3)) == "3.0 h"
+    assert format_duration(timedelta(days=3)) == "3.0 d"
+
+
+# routing
+
+
+def test_a_rule_without_notify_goes_to_the_default_channels() -> None:
+    router = Router(
+        [Channel("ops", "json://127.0.0.1:1/"), Channel("mail", "mailto://127.0.0.1:2")],
+        default_channels=["ops"],
+    )
+    assert router.channels_for(idle(1, "a", "1", "1", 1)) == ["ops"]
+    assert router.channels_for(idle(1, "a", "1", "1", 1, channels=["mail"])) == ["mail"]
+
+
+def test_routes_add_channels_by_severity_and_labels() -> None:
+    router = Router(
+        [Channel(n, f"json://127.0.0.1:1/{n}") for n in ("ops", "pager", "finance")],
+        default_channels=["ops"],
+        routes=[
+            Route(match={"severity": "critical"}, channels=["pager"]),
+            Route(
+                match={"team": ["finance", "billing"], "severity": "critical"}, channels=["finance"]
+            ),
+        ],
+    )
+    assert router.channels_for(idle(1, "a", "1", "1", 1)) == ["ops"]
+    assert router.channels_for(low_balance("critical")) == ["ops", "pager", "finance"]
+    assert router.channels_for(low_balance("warning")) == ["ops"]
+
+
+def test_with_no_channel_configured_notices_go_to_the_console() -> None:
+    router = Router()
+    assert router.channels_for(idle(1, "a", "1", "1", 1)) == ["console"]
+    assert router.channel("console") is CONSOLE
+    (message,) = build_messages(three_idle(), router, NOW)
+    assert message.channel == "console"
+
+
+def test_a_channel_unknown_at_runtime_is_dropped_not_fatal() -> None:
+    router = Router([Channel("ops", "json://127.0.0.1:1/")], default_channels=["ops"])
+    notice = idle(1, "a", "1", "1", 1, channels=["gone", "ops"])
+    assert router.channels_for(notice) == ["ops"]
+    assert router.channels_for(idle(1, "a", "1", "1", 1, channels=["gone"])) == ["console"]
+
+
+def test_router_rejects_unknown_channel_names_in_its_configuration() -> None:
+    with pytest.raises(ConfigError, match="nope"):
+        Router([Channel("ops", "json://x/")], default_channels=["nope"])
+    with pytest.raises(ConfigError, match="pager"):
+        Router([Channel("ops", "json://x/")], routes=[Route({"severity": "critical"}, ["pager"])])
+
+
+def test_a_channel_repr_never_shows_its_url() -> None:
+    channel = Channel("ops", "json://user:hunter2@127.0.0.1/")
+    assert "hunter2" not in repr(channel)
+    assert channel.scheme == "json"
+
+
+# grouping and templates
+
+
+def test_three_idle_instances_make_one_message_with_a_line_each() -> None:
+    router = Router([Channel("ops", "json://127.0.0.1:1/")], default_channels=["ops"])
+    (message,) = build_messages(three_idle(), router, NOW)
+    assert message.channel == "ops"
+    assert message.title == "[warning] idle-gpu: 3 GPUs idle, $4.20/h wasted"
+    assert message.kind == "warning"
+    assert sorted(message.fingerprints) == ["fp-idle-1", "fp-idle-2", "fp-idle-3"]
+    lines = message.body.splitlines()
+    assert lines[0] == message.title
+    assert lines[1] == (
+        "- notebook-2 (i-0002): GPU idle; 0% vs threshold 5%; idle cost so far $3.00; "
+        "$2.10/h; for 45 min"
+    )
+    assert (
+        "- notebook (i-0001): GPU idle; 1.2% vs threshold 5%; idle cost so far $1.05; $1.40/h"
+        in (message.body)
+    )
+    assert "- dev-box (i-0003): GPU idle; 3.5% vs threshold 5%" in message.body
+    assert len([line for line in lines if line.startswith("- ")]) == 3
+
+
+def test_one_message_per_channel_grouped_by_rule_worst_first_resolved_apart() -> None:
+    router = Router(
+        [Channel("ops", "json://127.0.0.1:1/"), Channel("pager", "json://127.0.0.1:2/")],
+        default_channels=["ops"],
+        routes=[Route({"severity": "critical"}, ["pager"])],
+    )
+    notices = [*three_idle(), low_balance(), resolved_idle()]
+    ops, pager = build_messages(notices, router, NOW)
+    assert (ops.channel, pager.channel) == ("ops", "pager")
+    assert ops.kind == "failure"
+    assert ops.title == "[critical] 4 alerts firing: low-balance, idle-gpu; 1 resolved"
+    body = ops.body
+    assert body.index("[critical] low-balance") < body.index("[warning] idle-gpu")
+    assert "runway 18.3 h" in body
+    assert "$52.30 vs threshold $100.00" in body
+    resolved = body[body.index("Resolved:") :]
+    assert "[resolved] idle-gpu: 1 instance back to normal" in resolved
+    assert "- old-notebook (i-0009): GPU busy again; 60% vs threshold 5%; lasted 3.0 h" in resolved
+    assert "old-notebook" not in body[: body.index("Resolved:")]
+    assert pager.fingerprints == ("fp-balance-critical",)
+    assert pager.title.startswith("[critical] low-balance: balance running low")
+
+
+def test_send_resolved_false_drops_resolved_notices_for_that_channel() -> None:
+    router = Router(
+        [
+            Channel("chat", "json://127.0.0.1:1/"),
+            Channel("mail", "mailto://x", send_resolved=False),
+        ],
+        default_channels=["chat", "mail"],
+    )
+    chat, mail = build_messages([*three_idle(), resolved_idle()], router, NOW)
+    assert "fp-idle-9" in chat.fingerprints and "Resolved:" in chat.body
+    assert "fp-idle-9" not in mail.fingerprints and "Resolved:" not in mail.body
+    # A channel with only resolved notices to tell gets no message at all.
+    (only,) = build_messages([resolved_idle()], router, NOW)
+    assert only.channel == "chat"
+    assert only.kind == "success"
+    assert only.title == "[resolved] idle-gpu: 1 instance back to normal"
+
+
+def test_a_rules_template_override_replaces_its_lines_only() -> None:
+    router = Router()
+    custom = "{{ name }} idle at {{ value|num(unit) }}, burning {{ cost_per_hour_usd|money }}/h ({{ labels.team }})"
+    notices = [idle(1, "notebook", "1.40", "1.05", 1.2, template=custom), low_balance()]
+    (message,) = build_messages(notices, router, NOW)
+    assert "- notebook idle at 1.2%, burning $1.40/h (ml)" in message.body
+    assert "- main (acct-1): balance runway under 24 h" in message.body
+
+
+def test_a_broken_override_falls_back_to_the_default_line() -> None:
+    notice = idle(1, "notebook", "1.40", "1.05", 1.2, template="{{ name | nosuchfilter }}")
+    (message,) = build_messages([notice], Router(), NOW)
+    assert "- notebook (i-0001): GPU idle; 1.2% vs threshold 5%" in message.body
+    assert validate_template("{{ name") is not None
+    assert validate_template("{{ name }} {{ value|money }}") is None
+
+
+def test_missing_values_render_as_nothing_rather_than_failing() -> None:
+    bare = Notice("fp", "failed-tasks", "warning", "firing", "main", "task", "t-1", "", "FAILED")
+    (message,) = build_messages([bare], Router(), NOW)
+    assert message.title == "[warning] failed-tasks: 1 failed task"
+    assert message.body.splitlines()[1] == "- t-1 (t-1): FAILED"
+
+
+def test_a_template_directory_overrides_the_defaults(tmp_path) -> None:
+    (tmp_path / "title.j2").write_text("ALERT {{ firing_count }}")
+    (message,) = build_messages(three_idle(), Router(), NOW, Renderer(tmp_path))
+    assert message.title == "ALERT 3"
+    assert "idle cost so far" in message.body
+
+
+# delivery
+
+
+async def test_real_delivery_to_a_json_receiver(json_sink: JsonSink) -> None:
+    channels = [Channel("ops", json_sink.url)]
+    results: list[DeliveryResult] = []
+    notifier = Notifier(channels, ManualClock(NOW), sleep=Sleeps(), on_result=results.append)
+    messages = build_messages(three_idle(), Router(channels, ["ops"]), NOW)
+    (result,) = await notifier.deliver(messages)
+    assert result.ok and result.attempts == 1 and result.error is None
+    assert result.at == NOW
+    assert sorted(result.fingerprints) == ["fp-idle-1", "fp-idle-2", "fp-idle-3"]
+    assert results == [result]
+    (body,) = json_sink.bodies
+    assert body["title"] == "[warning] idle-gpu: 3 GPUs idle, $4.20/h wasted"
+    assert body["type"] == "warning"
+    for text in ("notebook (i-0001)", "notebook-2 (i-0002)", "dev-box (i-0003)", "$2.10/h"):
+        assert text in body["message"]
+    assert "1.2% vs threshold 5%" in body["message"]
+
+
+async def test_real_delivery_by_mail_to_an_smtp_receiver(smtp_sink: SmtpSink) -> None:
+    channels = [Channel("mail", smtp_sink.mailto_url(to="ops@example.com"))]
+    notifier = Notifier(channels, ManualClock(NOW), sleep=Sleeps())
+    messages = build_messages([*three_idle(), low_balance()], Router(channels, ["mail"]), NOW)
+    (result,) = await notifier.deliver(messages)
+    assert result.ok, result.error
+    (mail,) = smtp_sink.messages
+    assert mail.rcpt_tos == ["ops@example.com"]
+    assert mail.subject == "[critical] 4 alerts firing: low-balance, idle-gpu"
+    assert "notebook-2 (i-0002): GPU idle; 0% vs threshold 5%" in mail.text
+    assert "runway 18.3 h" in mail.text
+
+
+async def test_a_failing_channel_is_retried_with_backoff_then_recorded(
+    json_sink: JsonSink, smtp_sink: SmtpSink
+) -> None:
+    json_sink.fail_next(10)
+    channels = [Channel("hook", json_sink.url), Channel("mail", smtp_sink.mailto_url())]
+    sleeps = Sleeps()
+    recorded: list[DeliveryResult] = []
+    notifier = Notifier(
+        channels,
+        ManualClock(NOW),
+        sleep=sleeps,
+        max_attempts=3,
+        backoff_s=1.0,
+        on_result=recorded.append,
+    )
+    messages = build_messages(three_idle(), Router(channels, ["hook", "mail"]), NOW)
+    hook, mail = await notifier.deliver(messages)
+    assert (hook.channel, hook.ok, hook.attempts) == ("hook", False, 3)
+    assert "500" in (hook.error or "")
+    assert sleeps.calls == [1.0, 2.0]
+    assert len(json_sink.requests) == 3 and json_sink.bodies == []
+    assert mail.ok and len(smtp_sink.messages) == 1
+    assert sorted(r.channel for r in recorded) == ["hook", "mail"]
+
+
+async def test_a_transient_failure_is_delivered_on_retry(json_sink: JsonSink) -> None:
+    json_sink.fail_next(2, status=503)
+    sleeps = Sleeps()
+    notifier = Notifier([Channel("hook", json_sink.url)], ManualClock(NOW), sleep=sleeps)
+    (result,) = await notifier.deliver([Message("hook", "t", "b", "info", ("fp",))])
+    assert result.ok and result.attempts == 3
+    assert sleeps.calls == [1.0, 2.0]
+    assert len(json_sink.bodies) == 1
+
+
+async def test_an_unreachable_receiver_fails_without_raising() -> None:
+    with JsonSink() as sink:
+        url = sink.url
+    notifier = Notifier([Channel("gone", url)], ManualClock(NOW), sleep=Sleeps(), max_attempts=2)
+    (result,) = await notifier.deliver([Message("gone", "t", "b", "info", ("fp",))])
+    assert not result.ok and result.attempts == 2
+    assert "connection" in (result.error or "").lower()
+
+
+async def test_an_invalid_url_is_not_retried() -> None:
+    sleeps = Sleeps()
+    notifier = Notifier([Channel("bad", "nosuchscheme://x")], ManualClock(NOW), sleep=sleeps)
+    (result,) = await notifier.deliver([Message("bad", "t", "b", "info", ())])
+    assert (result.ok, result.attempts, sleeps.calls) == (False, 1, [])
+    assert "invalid apprise URL" in (result.error or "")
+
+
+async def test_a_stalled_channel_times_out_without_holding_up_the_others(
+    json_sink: JsonSink, smtp_sink: SmtpSink
+) -> None:
+    with JsonSink() as stalled:
+        stalled.hold()
+        channels = [Channel("slow", stalled.url), Channel("mail", smtp_sink.mailto_url())]
+        notifier = Notifier(channels, ManualClock(NOW), sleep=Sleeps(), timeout_s=0.5)
+        messages = [Message(c.name, "t", "b", "info", ("fp",)) for c in channels]
+        slow, mail = await notifier.deliver(messages)
+    assert not slow.ok and "timed out" in (slow.error or "")
+    assert mail.ok and len(smtp_sink.messages) == 1
+
+
+async def test_console_fallback_prints_the_message() -> None:
+    stream = io.StringIO()
+    notifier = Notifier([], ManualClock(NOW), sleep=Sleeps(), stream=stream)
+    messages = build_messages(three_idle(), Router(), NOW)
+    (result,) = await notifier.deliver(messages)
+    assert result.ok and result.channel == "console"
+    printed = stream.getvalue()
+    assert printed.startswith("[warning] idle-gpu: 3 GPUs idle, $4.20/h wasted\n")
+    assert "notebook-2 (i-0002)" in printed
+
+
+async def test_send_test_reaches_the_channel(json_sink: JsonSink) -> None:
+    notifier = Notifier([Channel("ops", json_sink.url)], ManualClock(NOW), sleep=Sleeps())
+    result = await notifier.send_test("ops")
+    assert result.ok
+    (body,) = json_sink.bodies
+    assert "test" in body["title"] and "'ops'" in body["message"]
+    unknown = await notifier.send_test("nope")
+    assert not unknown.ok and "unknown channel 'nope'" in (unknown.error or "")
+
+
+async def test_a_failing_result_callback_does_not_break_delivery(json_sink: JsonSink) -> None:
+    def explode(result: DeliveryResult) -> None:
+        raise RuntimeError("database is down")
+
+    notifier = Notifier([Channel("ops", json_sink.url)], ManualClock(NOW), on_result=explode)
+    (result,) = await notifier.deliver([Message("ops", "t", "b", "info", ())])
+    assert result.ok
+
+
+async def test_secrets_in_channel_urls_never_reach_the_logs(
+    json_sink: JsonSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = "Tk9secretWebhookToken77"
+    password = "pw-Zq81secret"
+    with JsonSink() as failing:
+        failing.fail_next(100)
+        good = f"json://bot:{password}@127.0.0.1:{json_sink.port}/hooks/{token}"
+        bad = f"json://127.0.0.1:{failing.port}/hooks/{token}?apikey={password}"
+        channels = [Channel("good", good), Channel("bad", bad)]
+        caplog.set_level(logging.DEBUG)
+        notifier = Notifier(channels, ManualClock(NOW), sleep=Sleeps(), max_attempts=2)
+        with capture_logs() as events:
+            results = await notifier.deliver(
+                [
+                    Message("good", "t", "b", "info", ("a",)),
+                    Message("bad", "t", "b", "info", ("b",)),
+                ]
+            )
+    assert [r.ok for r in results] == [True, False]
+    assert any(e["event"] == "notify.failed" and e["channel"] == "bad" for e in events)
+    assert any(e["event"] == "notify.delivered" and e["scheme"] == "json" for e in events)
+    assert "apprise" in {r.name for r in caplog.records}  # apprise did log, at DEBUG
+    everything = "\n".join(
+        [str(events), caplog.text, *(r.getMessage() for r in caplog.records), str(results)]
+    )
+    assert token not in everything
+    assert password not in everything
+    # The receivers did get the real path: redaction is for logs only.
+    assert json_sink.requests[-1].path == f"/hooks/{token}"
+    assert failing.requests[-1].path.startswith(f"/hooks/{token}")
