@@ -1,0 +1,12 @@
+"""The :class:`Store` facade: the union of the repository mixins, over one engine."""
+
+from __future__ import annotations
+
+from monitor.store.alerting import AlertingRepo
+
+
+class Store(AlertingRepo):
+    """Every repository function of the store (see the package docstring for the list).
+
+    Build it with :func:`monitor.store.open_store`, which migrates the database first.
+    """

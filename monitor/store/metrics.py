@@ -1,0 +1,599 @@
+"""Metric samples, hourly rollups, windowed aggregates and retention.
+
+Raw samples: one row per instance and minute (``metric_samples``). Hourly rollups
+(``metric_hourly``) are computed for every *completed* hour below a watermark (``store_meta``
+key ``rollup_watermark``, epoch seconds, hour-aligned) by :meth:`MetricsRepo.rollup`, which
+:meth:`MetricsRepo.enforce_retention` calls before deleting raw rows older than the raw window.
+Samples that arrive late for an hour already rolled up (backfill after a restart) re-roll that
+hour of that instance at once, so rollups and raw data never disagree.
+
+Windows (:meth:`MetricsRepo.metric_window`) read whole hours below the watermark from the rollups
+and the rest (the edges and the recent, not yet rolled-up part) from the raw table, all
+aggregated in SQL, so long lookbacks cost a few rows per hour per instance.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, case, delete, func, or_, select
+
+from monitor.novita.models import InstanceMetrics, MetricPoint
+from monitor.store import tables as t
+from monitor.store.records import SERIES, GpuAgg, MetricRow, WindowAgg
+from monitor.store.repo import CoreRepo
+from monitor.store.sql import upsert
+from monitor.store.types import (
+    GPU_MISSING,
+    decode_pct,
+    encode_pct,
+    from_epoch,
+    pack_gpus,
+    to_epoch,
+    unpack_gpus,
+)
+
+MINUTE = 60
+HOUR = 3600
+DAY = 86400
+#: an hour is rolled up once it ended at least this long ago (the API lags about a minute)
+ROLLUP_DELAY_S = 300
+WATERMARK = "rollup_watermark"
+RAW_COLS = ("gpu_util", "gpu_mem", "cpu", "mem", "disk", "gpu_utils", "gpu_mems")
+#: hourly columns holding each series' average, and its max/min when kept
+HOURLY_AVG = {
+    "gpu_util": "gpu_util_avg",
+    "gpu_mem": "gpu_mem_avg",
+    "cpu": "cpu_avg",
+    "mem": "mem_avg",
+    "disk": "disk_avg",
+}
+HOURLY_EXTREMES = {"gpu_util": ("gpu_util_max", "gpu_util_min", "gpu_util_n")}
+HOURLY_EXTREMES["gpu_mem"] = ("gpu_mem_max", "gpu_mem_min", "gpu_mem_n")
+
+
+def floor_to(ts: int, step: int) -> int:
+    return ts - ts % step
+
+
+def _gpu_sort_key(gpu_id: str) -> tuple[int, Any]:
+    return (0, int(gpu_id)) if gpu_id.isdigit() else (1, gpu_id)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def minute_rows(metrics: InstanceMetrics, cpu_num: int | None) -> dict[int, dict[str, Any]]:
+    """The series of one metrics response merged into one stored row per minute.
+
+    Several points of a series in the same minute are averaged; per-GPU series are ordered by GPU
+    id (numerically when numeric). Values are in the stored form (tenths, packed bytes).
+    """
+    acc: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+
+    def add(series: str, points: Iterable[MetricPoint]) -> None:
+        for p in points:
+            acc[floor_to(to_epoch(p.timestamp), MINUTE)][series].append(p.value)
+
+    add("gpu_util", metrics.gpu_utilization.avg)
+    add("gpu_mem", metrics.gpu_mem_utilization.avg)
+    add("cpu", metrics.cpu_per_core(cpu_num))
+    add("mem", metrics.mem_utilization)
+    add("disk", metrics.root_disk_utilization)
+    per_gpu: dict[str, list[Any]] = {}
+    for name, series in (
+        ("gpu_utils", metrics.gpu_utilization),
+        ("gpu_mems", metrics.gpu_mem_utilization),
+    ):
+        gpus = sorted(series.gpu_ids, key=lambda g: _gpu_sort_key(g.gpu_id))
+        per_gpu[name] = gpus
+        for index, gpu in enumerate(gpus):
+            add(f"{name}:{index}", gpu.items)
+    out: dict[int, dict[str, Any]] = {}
+    for minute, values in acc.items():
+        row: dict[str, Any] = {}
+        for series in SERIES:
+            row[series] = encode_pct(_mean(values[series])) if values.get(series) else None
+        for name, gpus in per_gpu.items():
+            vec = [
+                _mean(values[f"{name}:{i}"]) if values.get(f"{name}:{i}") else None
+                for i in range(len(gpus))
+            ]
+            row[name] = pack_gpus(vec) if any(v is not None for v in vec) else None
+        out[minute] = row
+    return out
+
+
+@dataclass
+class _HourAcc:
+    """Accumulates one instance-hour of raw rows into a rollup row."""
+
+    n: int = 0
+
+    def __post_init__(self) -> None:
+        self.vals: dict[str, list[int]] = defaultdict(list)
+        self.gpu_u: dict[int, list[int]] = defaultdict(list)
+        self.gpu_m: dict[int, list[int]] = defaultdict(list)
+
+    def add(self, row: Any) -> None:
+        self.n += 1
+        for series in SERIES:
+            value = getattr(row, series)
+            if value is not None:
+                self.vals[series].append(value)
+        for blob, target in ((row.gpu_utils, self.gpu_u), (row.gpu_mems, self.gpu_m)):
+            for i, b in enumerate(bytes(blob or b"")):
+                if b != GPU_MISSING:
+                    target[i].append(b)
+
+    def row(self, instance_key: int, hour: int) -> dict[str, Any]:
+        def avg(values: list[int]) -> int | None:
+            return round(sum(values) / len(values)) if values else None
+
+        out: dict[str, Any] = {"instance_key": instance_key, "ts": hour, "n": self.n}
+        for series, col in HOURLY_AVG.items():
+            out[col] = avg(self.vals[series])
+        for series, (mx, mn, cnt) in HOURLY_EXTREMES.items():
+            values = self.vals[series]
+            out[mx] = max(values) if values else None
+            out[mn] = min(values) if values else None
+            out[cnt] = len(values)
+
+        def vec(source: dict[int, list[int]], fn: Any) -> bytes | None:
+            if not source:
+                return None
+            width = max(source) + 1
+            return bytes(fn(source[i]) if source.get(i) else GPU_MISSING for i in range(width))
+
+        out["gpu_utils_avg"] = vec(self.gpu_u, lambda v: round(sum(v) / len(v)))
+        out["gpu_utils_max"] = vec(self.gpu_u, max)
+        out["gpu_mems_avg"] = vec(self.gpu_m, lambda v: round(sum(v) / len(v)))
+        return out
+
+
+class MetricsRepo(CoreRepo):
+    """Samples, rollups, windows, retention."""
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def upsert_metrics(
+        self, account: str, instance_id: str, metrics: InstanceMetrics, cpu_num: int | None
+    ) -> int:
+        """Merge a metrics response into the per-minute rows; returns rows new or changed.
+
+        A series missing from this response keeps the stored value of that minute (merge, not
+        replace), so re-fetching an overlapping window is idempotent and writes nothing new.
+        """
+        rows = minute_rows(metrics, cpu_num)
+        if not rows:
+            return 0
+        account_id = self.ensure_account(account)
+        m = t.metric_samples.c
+        with self.engine.begin() as conn:
+            key = self._instance_key(conn, account_id, instance_id, create=True)
+            assert key is not None
+            stored = {
+                r.ts: r
+                for r in conn.execute(
+                    select(t.metric_samples).where(
+                        m.instance_key == key, m.ts >= min(rows), m.ts <= max(rows)
+                    )
+                )
+            }
+            changed = []
+            for minute, new in sorted(rows.items()):
+                old = stored.get(minute)
+                merged = {
+                    col: (new[col] if new[col] is not None else getattr(old, col, None))
+                    for col in RAW_COLS
+                }
+                if old is not None and all(
+                    _same(merged[col], getattr(old, col)) for col in RAW_COLS
+                ):
+                    continue
+                changed.append({"instance_key": key, "ts": minute, **merged})
+            upsert(conn, t.metric_samples, changed, keys=["instance_key", "ts"])
+            watermark = self._watermark(conn)
+            if changed and watermark is not None:
+                late = sorted({floor_to(r["ts"], HOUR) for r in changed if r["ts"] < watermark})
+                for hour in late:
+                    self._rollup_range(conn, hour, hour + HOUR, instance_keys=[key])
+        return len(changed)
+
+    def bulk_insert_metrics(self, rows: Iterable[MetricRow], batch: int = 20_000) -> int:
+        """Insert many minute rows fast (Core executemany, no read-back, no merge): for benchmarks
+        and fixtures. Existing (instance, minute) rows are left untouched. Call :meth:`rollup`
+        afterwards so long windows can use the hourly table."""
+        total = 0
+        buffer: list[dict[str, Any]] = []
+        with self.engine.begin() as conn:
+            for r in rows:
+                buffer.append(
+                    {
+                        "instance_key": r.instance_key,
+                        "ts": floor_to(int(r.ts), MINUTE),
+                        "gpu_util": encode_pct(r.gpu_util),
+                        "gpu_mem": encode_pct(r.gpu_mem),
+                        "cpu": encode_pct(r.cpu),
+                        "mem": encode_pct(r.mem),
+                        "disk": encode_pct(r.disk),
+                        "gpu_utils": pack_gpus(r.gpu_utils),
+                        "gpu_mems": pack_gpus(r.gpu_mems),
+                    }
+                )
+                if len(buffer) >= batch:
+                    total += upsert(conn, t.metric_samples, buffer, ["instance_key", "ts"], [])
+                    buffer = []
+            total += upsert(conn, t.metric_samples, buffer, ["instance_key", "ts"], [])
+        return total
+
+    def latest_metric_ts(self, account: str, instance_id: str) -> datetime | None:
+        """Start of the newest stored minute of the instance (raw samples)."""
+        account_id = self.ensure_account(account)
+        m = t.metric_samples.c
+        with self.engine.connect() as conn:
+            key = self._instance_key(conn, account_id, instance_id)
+            if key is None:
+                return None
+            ts = conn.execute(select(func.max(m.ts)).where(m.instance_key == key)).scalar_one()
+        return None if ts is None else from_epoch(ts)
+
+    def samples(
+        self, account: str, instance_id: str, start: datetime, end: datetime
+    ) -> list[MetricRow]:
+        """Raw minute rows in ``[start, end)``, decoded to percents (for reports and tests)."""
+        account_id = self.ensure_account(account)
+        m = t.metric_samples.c
+        with self.engine.connect() as conn:
+            key = self._instance_key(conn, account_id, instance_id)
+            if key is None:
+                return []
+            rows = conn.execute(
+                select(t.metric_samples)
+                .where(m.instance_key == key, m.ts >= to_epoch(start), m.ts < to_epoch(end))
+                .order_by(m.ts)
+            ).all()
+        return [
+            MetricRow(
+                instance_key=r.instance_key,
+                ts=r.ts,
+                gpu_util=decode_pct(r.gpu_util),
+                gpu_mem=decode_pct(r.gpu_mem),
+                cpu=decode_pct(r.cpu),
+                mem=decode_pct(r.mem),
+                disk=decode_pct(r.disk),
+                gpu_utils=tuple(unpack_gpus(r.gpu_utils)),
+                gpu_mems=tuple(unpack_gpus(r.gpu_mems)),
+            )
+            for r in rows
+        ]
+
+    # -- rollups and retention --------------------------------------------------------------
+
+    def _watermark(self, conn: Connection) -> int | None:
+        value = self._meta(conn, WATERMARK)
+        return None if value is None else int(value)
+
+    def _rollup_range(
+        self, conn: Connection, start: int, end: int, instance_keys: Sequence[int] | None = None
+    ) -> int:
+        """(Re)compute the rollups of the hours in ``[start, end)`` from the raw rows."""
+        m = t.metric_samples.c
+        query = select(t.metric_samples).where(m.ts >= start, m.ts < end)
+        if instance_keys is not None:
+            query = query.where(m.instance_key.in_(list(instance_keys)))
+        query = query.order_by(m.instance_key, m.ts)
+        out: list[dict[str, Any]] = []
+        current: tuple[int, int] | None = None
+        acc = _HourAcc()
+        for row in conn.execute(query):
+            group = (row.instance_key, floor_to(row.ts, HOUR))
+            if group != current:
+                if current is not None:
+                    out.append(acc.row(*current))
+                current, acc = group, _HourAcc()
+            acc.add(row)
+        if current is not None:
+            out.append(acc.row(*current))
+        for i in range(0, len(out), 5000):
+            upsert(conn, t.metric_hourly, out[i : i + 5000], keys=["instance_key", "ts"])
+        return len(out)
+
+    def rollup(self, now: datetime, chunk_hours: int = 24) -> int:
+        """Roll up every completed hour not rolled up yet; returns rollup rows written."""
+        limit = floor_to(to_epoch(now) - ROLLUP_DELAY_S, HOUR)
+        written = 0
+        m = t.metric_samples.c
+        while True:
+            with self.engine.begin() as conn:
+                start = self._watermark(conn)
+                if start is None:
+                    first = conn.execute(select(func.min(m.ts))).scalar_one()
+                    if first is None:
+                        return written
+                    start = floor_to(first, HOUR)
+                if start >= limit:
+                    if self._watermark(conn) is None:
+                        self._set_meta(conn, WATERMARK, str(start))
+                    return written
+                end = min(limit, start + chunk_hours * HOUR)
+                written += self._rollup_range(conn, start, end)
+                self._set_meta(conn, WATERMARK, str(end))
+
+    def enforce_retention(
+        self,
+        now: datetime,
+        raw_days: float = 7,
+        rollup_days: float = 365,
+        hourly_bill_days: float = 45,
+    ) -> dict[str, int]:
+        """Roll up completed hours, then delete what is older than the windows. Idempotent.
+
+        Raw samples older than ``raw_days`` (never above the rollup watermark, so nothing is
+        deleted before it is rolled up); rollups, balance samples, daily/weekly/monthly bills,
+        events and closed alerts/silences/notifications older than ``rollup_days``; hourly bills
+        older than ``hourly_bill_days`` (rules look back 30 days at most); collector runs older
+        than ``raw_days``. Returns counts per table.
+        """
+        now_ts = to_epoch(now)
+        counts = {"rolled_up": self.rollup(now)}
+        raw_cut = floor_to(int(now_ts - raw_days * DAY), HOUR)
+        long_cut = int(now_ts - rollup_days * DAY)
+        bill_cut = int(now_ts - hourly_bill_days * DAY)
+        long_dt = from_epoch(long_cut)
+        with self.engine.begin() as conn:
+            watermark = self._watermark(conn)
+            raw_cut = min(raw_cut, watermark) if watermark is not None else None  # type: ignore[assignment]
+
+            def run(name: str, stmt: Any) -> None:
+                counts[name] = conn.execute(stmt).rowcount or 0
+
+            if raw_cut is not None:
+                run(
+                    "metric_samples",
+                    delete(t.metric_samples).where(t.metric_samples.c.ts < raw_cut),
+                )
+            else:
+                counts["metric_samples"] = 0
+            run("metric_hourly", delete(t.metric_hourly).where(t.metric_hourly.c.ts < long_cut))
+            run(
+                "balance_samples",
+                delete(t.balance_samples).where(t.balance_samples.c.ts < long_cut),
+            )
+            u = t.usage_bills.c
+            run(
+                "usage_bills",
+                delete(t.usage_bills).where(
+                    or_(
+                        and_(u.cycle_type == "Hour", u.start_ts < bill_cut),
+                        u.start_ts < long_cut,
+                    )
+                ),
+            )
+            run(
+                "fixed_term_bills",
+                delete(t.fixed_term_bills).where(t.fixed_term_bills.c.start_ts < long_cut),
+            )
+            run("events", delete(t.events).where(t.events.c.ts < long_dt))
+            run(
+                "collector_runs",
+                delete(t.collector_runs).where(
+                    t.collector_runs.c.finished < from_epoch(int(now_ts - raw_days * DAY))
+                ),
+            )
+            a = t.alerts.c
+            run("alerts", delete(t.alerts).where(a.state == "resolved", a.resolved_at < long_dt))
+            run("silences", delete(t.silences).where(t.silences.c.ends_at < long_dt))
+            run(
+                "notifications",
+                delete(t.notifications).where(t.notifications.c.created_at < long_dt),
+            )
+        return counts
+
+    # -- windows ----------------------------------------------------------------------------
+
+    def _keys(
+        self, conn: Connection, account_id: int, instance_ids: Sequence[str] | None
+    ) -> dict[int, str]:
+        c = t.instances.c
+        query = select(c.key, c.instance_id).where(c.account_id == account_id)
+        if instance_ids is not None:
+            query = query.where(c.instance_id.in_(list(instance_ids)))
+        return {r.key: r.instance_id for r in conn.execute(query)}
+
+    def _split(self, conn: Connection, start: int, end: int) -> tuple[int, int]:
+        """``[h0, h1)``: the whole hours of the window that the rollups cover (maybe empty)."""
+        watermark = self._watermark(conn)
+        if watermark is None:
+            return start, start
+        h0 = -(-start // HOUR) * HOUR
+        h1 = min(floor_to(end, HOUR), watermark)
+        if h1 <= h0:
+            return start, start
+        return h0, h1
+
+    def metric_window(
+        self,
+        account: str,
+        instance_ids: Sequence[str] | None,
+        series: str,
+        start: datetime,
+        end: datetime,
+    ) -> dict[str, WindowAgg]:
+        """Aggregate ``series`` over ``[start, end)`` per instance (only those with samples).
+
+        Each sample covers one minute; ``covered_seconds`` = count x 60, capped at the window.
+        For hours read from the rollups, ``max``/``min`` of cpu, mem and disk are those of the
+        hourly averages (the rollups keep true extremes for gpu_util and gpu_mem only).
+        """
+        if series not in SERIES:
+            raise ValueError(f"unknown series {series!r}; expected one of {SERIES}")
+        account_id = self.ensure_account(account)
+        s, e = to_epoch(start), to_epoch(end)
+        if e <= s:
+            return {}
+        m = t.metric_samples.c
+        h = t.metric_hourly.c
+        parts: dict[int, list[tuple[float, float | None, float | None, int, int, int]]] = (
+            defaultdict(list)
+        )
+        with self.engine.connect() as conn:
+            keys = self._keys(conn, account_id, instance_ids)
+            if not keys:
+                return {}
+            h0, h1 = self._split(conn, s, e)
+            col = m[series]
+            ts_if = case((col.is_not(None), m.ts))
+            raw_range = (
+                or_(and_(m.ts >= s, m.ts < h0), and_(m.ts >= h1, m.ts < e))
+                if h1 > h0
+                else and_(m.ts >= s, m.ts < e)
+            )
+            raw = conn.execute(
+                select(
+                    m.instance_key,
+                    func.sum(col),
+                    func.max(col),
+                    func.min(col),
+                    func.count(col),
+                    func.min(ts_if),
+                    func.max(ts_if),
+                )
+                .where(m.instance_key.in_(list(keys)), raw_range)
+                .group_by(m.instance_key)
+            )
+            for key, total, mx, mn, count, first, last in raw:
+                if count:
+                    parts[key].append((float(total), mx, mn, count, first, last))
+            if h1 > h0:
+                avg_col = h[HOURLY_AVG[series]]
+                mx_col, mn_col, n_col = (
+                    (h[c] for c in HOURLY_EXTREMES[series])
+                    if series in HOURLY_EXTREMES
+                    else (avg_col, avg_col, h.n)
+                )
+                n_eff = case((avg_col.is_not(None), n_col), else_=0)
+                ts_h = case((avg_col.is_not(None), h.ts))
+                hourly = conn.execute(
+                    select(
+                        h.instance_key,
+                        func.sum(avg_col * n_eff),
+                        func.max(mx_col),
+                        func.min(mn_col),
+                        func.sum(n_eff),
+                        func.min(ts_h),
+                        func.max(ts_h),
+                    )
+                    .where(h.instance_key.in_(list(keys)), h.ts >= h0, h.ts < h1)
+                    .group_by(h.instance_key)
+                )
+                for key, total, mx, mn, count, first, last in hourly:
+                    if count:
+                        parts[key].append(
+                            (float(total), mx, mn, int(count), first, last + HOUR - MINUTE)
+                        )
+        out: dict[str, WindowAgg] = {}
+        for key, chunks in parts.items():
+            count = sum(c[3] for c in chunks)
+            maxes = [c[1] for c in chunks if c[1] is not None]
+            mins = [c[2] for c in chunks if c[2] is not None]
+            out[keys[key]] = WindowAgg(
+                avg=sum(c[0] for c in chunks) / count / 10.0,
+                max=decode_pct(max(maxes)) if maxes else None,
+                min=decode_pct(min(mins)) if mins else None,
+                count=count,
+                covered_seconds=min(count * MINUTE, e - s),
+                first_ts=from_epoch(min(c[4] for c in chunks)),
+                last_ts=from_epoch(max(c[5] for c in chunks)),
+            )
+        return out
+
+    def per_gpu_window(
+        self,
+        account: str,
+        instance_ids: Sequence[str] | None,
+        start: datetime,
+        end: datetime,
+        series: str = "gpu_util",
+    ) -> dict[str, list[GpuAgg]]:
+        """Per-GPU average and max of ``gpu_util`` (or the average of ``gpu_mem``) over the window.
+
+        Per-GPU values are packed bytes, so they are decoded here rather than in SQL; the rows
+        read are still bounded (minutes at the edges, hours in the middle).
+        """
+        if series not in ("gpu_util", "gpu_mem"):
+            raise ValueError("per-GPU series are gpu_util and gpu_mem")
+        account_id = self.ensure_account(account)
+        s, e = to_epoch(start), to_epoch(end)
+        m = t.metric_samples.c
+        h = t.metric_hourly.c
+        raw_col = m.gpu_utils if series == "gpu_util" else m.gpu_mems
+        sums: dict[int, dict[int, list[float]]] = defaultdict(lambda: defaultdict(lambda: [0.0, 0]))
+        maxes: dict[int, dict[int, float]] = defaultdict(dict)
+        with self.engine.connect() as conn:
+            keys = self._keys(conn, account_id, instance_ids)
+            if not keys or e <= s:
+                return {}
+            h0, h1 = self._split(conn, s, e)
+            raw_range = (
+                or_(and_(m.ts >= s, m.ts < h0), and_(m.ts >= h1, m.ts < e))
+                if h1 > h0
+                else and_(m.ts >= s, m.ts < e)
+            )
+            for key, blob in conn.execute(
+                select(m.instance_key, raw_col).where(
+                    m.instance_key.in_(list(keys)), raw_range, raw_col.is_not(None)
+                )
+            ):
+                for i, b in enumerate(bytes(blob)):
+                    if b != GPU_MISSING:
+                        acc = sums[key][i]
+                        acc[0] += b
+                        acc[1] += 1
+                        maxes[key][i] = max(maxes[key].get(i, 0.0), float(b))
+            if h1 > h0:
+                avg_col = h.gpu_utils_avg if series == "gpu_util" else h.gpu_mems_avg
+                max_col = h.gpu_utils_max if series == "gpu_util" else h.gpu_mems_avg
+                for key, n, avg_blob, max_blob in conn.execute(
+                    select(h.instance_key, h.n, avg_col, max_col).where(
+                        h.instance_key.in_(list(keys)), h.ts >= h0, h.ts < h1, avg_col.is_not(None)
+                    )
+                ):
+                    for i, b in enumerate(bytes(avg_blob)):
+                        if b != GPU_MISSING:
+                            acc = sums[key][i]
+                            acc[0] += b * n
+                            acc[1] += n
+                    for i, b in enumerate(bytes(max_blob or b"")):
+                        if b != GPU_MISSING:
+                            maxes[key][i] = max(maxes[key].get(i, 0.0), float(b))
+        out: dict[str, list[GpuAgg]] = {}
+        for key, gpus in sums.items():
+            out[keys[key]] = [
+                GpuAgg(
+                    index=i,
+                    avg=gpus[i][0] / gpus[i][1] if gpus[i][1] else None,
+                    max=maxes[key].get(i),
+                    count=int(gpus[i][1]),
+                )
+                for i in range(max(gpus) + 1)
+            ]
+        return out
+
+    def gpu_util_avg(
+        self, account: str, instance_id: str, start: datetime, end: datetime
+    ) -> float | None:
+        """Mean GPU utilization (percent) over ``[start, end)``; None without samples."""
+        agg = self.metric_window(account, [instance_id], "gpu_util", start, end).get(instance_id)
+        return None if agg is None else agg.avg
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, bytes | memoryview) or isinstance(b, bytes | memoryview):
+        return (bytes(a) if a is not None else None) == (bytes(b) if b is not None else None)
+    return a == b

@@ -1,0 +1,51 @@
+"""The one dialect-specific helper: ``INSERT ... ON CONFLICT DO UPDATE``.
+
+SQLite and PostgreSQL both support it with the same semantics; SQLAlchemy exposes it per dialect,
+so the dialect of the connection picks the construct and the rest of the store stays portable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Table
+from sqlalchemy.dialects import postgresql, sqlite
+
+
+def _insert(connection: Connection, table: Table) -> Any:
+    name = connection.dialect.name
+    if name == "sqlite":
+        return sqlite.insert(table)
+    if name == "postgresql":
+        return postgresql.insert(table)
+    raise NotImplementedError(f"upsert is not implemented for {name!r}")
+
+
+def upsert(
+    connection: Connection,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    keys: Iterable[str],
+    update: Iterable[str] | None = None,
+) -> int:
+    """Insert ``rows``; on a conflict on ``keys``, overwrite the ``update`` columns.
+
+    ``update=None`` overwrites every non-key column present in the first row; an empty ``update``
+    keeps existing rows untouched (insert-or-ignore). Returns the number of rows sent.
+    """
+    if not rows:
+        return 0
+    keys = list(keys)
+    stmt = _insert(connection, table)
+    if update is None:
+        update = [c for c in rows[0] if c not in keys]
+    update = list(update)
+    if update:
+        stmt = stmt.on_conflict_do_update(
+            index_elements=keys, set_={c: stmt.excluded[c] for c in update}
+        )
+    else:
+        stmt = stmt.on_conflict_do_nothing(index_elements=keys)
+    connection.execute(stmt, list(rows))
+    return len(rows)

@@ -1,0 +1,123 @@
+"""Column types and conversions shared by the tables and the repository.
+
+Why these exist:
+
+* ``UTCDateTime``: SQLite has no time zones; PostgreSQL has ``timestamptz``. This type takes aware
+  datetimes only (a naive one is a bug upstream) and always returns aware UTC datetimes.
+* ``Money``: SQLite stores ``NUMERIC`` as a float, which would lose cents. Amounts are kept as exact
+  integers of micro-dollars (1e-6 USD, finer than every wire scale), so ``SUM`` stays exact in SQL on
+  both databases.
+* Metric values are stored as integer tenths of a percent (``encode_pct``) and per-GPU vectors as
+  one byte per GPU (``pack_gpus``): small integers are what makes a minute of an instance fit in
+  a few dozen bytes on SQLite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+from sqlalchemy import BigInteger, DateTime
+from sqlalchemy.types import TypeDecorator
+
+MICROS = Decimal(1_000_000)
+#: byte meaning "no value for this GPU in this sample"
+GPU_MISSING = 255
+
+
+def to_epoch(when: datetime) -> int:
+    """Aware datetime -> integer Unix seconds (floor)."""
+    if when.tzinfo is None:
+        raise ValueError(f"naive datetime {when!r}: the store takes aware UTC datetimes")
+    return int(when.timestamp() // 1)
+
+
+def from_epoch(seconds: int | float) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+def as_utc(when: datetime | None) -> datetime | None:
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        raise ValueError(f"naive datetime {when!r}: the store takes aware UTC datetimes")
+    return when.astimezone(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC in, aware UTC out, on SQLite and PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        value = as_utc(value)
+        if value is not None and dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def usd_to_micros(value: Decimal | None) -> int | None:
+    if value is None:
+        return None
+    return int((Decimal(value) * MICROS).to_integral_value(rounding=ROUND_HALF_EVEN))
+
+
+def micros_to_usd(value: int | None) -> Decimal | None:
+    if value is None:
+        return None
+    return Decimal(int(value)) / MICROS
+
+
+class Money(TypeDecorator[Decimal]):
+    """Decimal USD in the API, integer micro-dollars in the database."""
+
+    impl = BigInteger
+    cache_ok = True
+
+    def process_bind_param(self, value: Decimal | None, dialect: Any) -> int | None:
+        return usd_to_micros(value)
+
+    def process_result_value(self, value: int | None, dialect: Any) -> Decimal | None:
+        return micros_to_usd(value)
+
+
+def encode_pct(value: float | None) -> int | None:
+    """Percent (float) -> integer tenths of a percent, the stored form of metric values."""
+    if value is None:
+        return None
+    return round(value * 10)
+
+
+def decode_pct(value: int | float | None) -> float | None:
+    if value is None:
+        return None
+    return value / 10.0
+
+
+def pack_gpus(values: Sequence[float | None]) -> bytes | None:
+    """Per-GPU percents -> one byte each (rounded, clamped to 0..100; 255 = missing)."""
+    if not values:
+        return None
+    out = bytearray()
+    for v in values:
+        if v is None:
+            out.append(GPU_MISSING)
+        else:
+            out.append(max(0, min(100, round(v))))
+    return bytes(out)
+
+
+def unpack_gpus(blob: bytes | None) -> list[float | None]:
+    if not blob:
+        return []
+    return [None if b == GPU_MISSING else float(b) for b in bytes(blob)]

@@ -1,0 +1,421 @@
+"""The store: instances and events, balance, bills, products, tasks, runs, alerting CRUD.
+
+Runs on SQLite, and on PostgreSQL too when NOVITA_MONITOR_TEST_PG_URL is set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, text
+
+from monitor.novita.models import (
+    AsyncTask,
+    Balance,
+    FixedTermBill,
+    Instance,
+    Product,
+    TrainingTask,
+    UsageBill,
+)
+from monitor.store import AlertRecord, Store, open_store
+from monitor.store import tables as t
+from monitor.store.testing import pg_url, store_url
+
+T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+
+BACKENDS = [
+    "sqlite",
+    pytest.param(
+        "postgresql",
+        marks=[
+            pytest.mark.postgres,
+            pytest.mark.skipif(pg_url() is None, reason="NOVITA_MONITOR_TEST_PG_URL not set"),
+        ],
+    ),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    s = open_store(store_url(request.param, tmp_path))
+    yield s
+    s.close()
+
+
+def inst(id: str = "i-1", **kw: Any) -> Instance:
+    data: dict[str, Any] = {
+        "id": id,
+        "name": f"name-{id}",
+        "status": "running",
+        "gpuNum": "1",
+        "cpuNum": "8",
+        "billingMode": "onDemand",
+        "productId": "p-4090",
+        "clusterId": "c-1",
+        "endTime": "-1",
+    }
+    data.update(kw)
+    return Instance.model_validate(data)
+
+
+def count(store: Store, table: Any) -> int:
+    with store.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(table)).scalar_one()
+
+
+# -- opening ------------------------------------------------------------------------------------
+
+
+def test_sqlite_open_creates_parent_dir_and_uses_wal(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "monitor.db"
+    store = open_store(f"sqlite:///{path}")
+    try:
+        assert path.exists()
+        with store.engine.connect() as conn:
+            assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+            assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+            assert conn.execute(text("PRAGMA busy_timeout")).scalar() >= 1000
+    finally:
+        store.close()
+
+
+def test_ensure_account_is_stable(store: Store) -> None:
+    a = store.ensure_account("main")
+    b = store.ensure_account("team-b")
+    assert a != b
+    assert store.ensure_account("main") == a
+    assert store.accounts() == ["main", "team-b"]
+
+
+# -- instances ----------------------------------------------------------------------------------
+
+
+def test_instances_upsert_is_idempotent_and_events_only_on_change(store: Store) -> None:
+    events = store.upsert_instances("main", [inst("i-1"), inst("i-2")], T0)
+    assert [(e.kind, e.resource_id) for e in events] == [("appeared", "i-1"), ("appeared", "i-2")]
+    assert (
+        store.upsert_instances("main", [inst("i-1"), inst("i-2")], T0 + timedelta(minutes=1)) == []
+    )
+    assert count(store, t.instances) == 2
+    assert count(store, t.instance_history) == 2
+    rec = store.instances("main")[0]
+    assert rec.first_seen == T0
+    assert rec.last_seen == T0 + timedelta(minutes=1)
+    assert rec.end_time is None
+    assert rec.gpu_count == 1
+
+
+def test_instance_changes_write_history_and_events(store: Store) -> None:
+    store.upsert_instances("main", [inst("i-1")], T0)
+    t1 = T0 + timedelta(minutes=1)
+    end = int((T0 + timedelta(days=30)).timestamp())
+    events = store.upsert_instances(
+        "main",
+        [
+            inst(
+                "i-1",
+                status="exited",
+                billingMode="monthly",
+                endTime=str(end),
+                statusError={"state": "OOM", "message": "killed"},
+            )
+        ],
+        t1,
+    )
+    kinds = {e.kind: e for e in events}
+    assert set(kinds) == {
+        "status_changed",
+        "error_entered",
+        "billing_mode_changed",
+        "end_time_moved",
+    }
+    assert (kinds["status_changed"].old, kinds["status_changed"].new) == ("running", "exited")
+    assert kinds["error_entered"].new == "OOM"
+    assert kinds["billing_mode_changed"].new == "monthly"
+    assert kinds["end_time_moved"].old is None
+    history = store.instance_history("main", "i-1")
+    assert [h.status for h in history] == ["running", "exited"]
+    assert history[1].end_time == datetime.fromtimestamp(end, UTC)
+    # a name change alone is not a tracked change
+    assert store.upsert_instances("main", [inst("i-1", status="exited", billingMode="monthly",
+                                                 endTime=str(end), name="renamed",
+                                                 statusError={"state": "OOM"})], t1) == []  # fmt: skip
+    assert store.instance("main", "i-1").name == "renamed"  # type: ignore[union-attr]
+    assert len(store.instance_history("main", "i-1")) == 2
+    assert len(store.events("main")) == 5
+
+
+def test_disappeared_and_reappeared(store: Store) -> None:
+    store.upsert_instances("main", [inst("i-1"), inst("i-2")], T0)
+    t1 = T0 + timedelta(minutes=1)
+    assert store.upsert_instances("main", [inst("i-1")], t1, complete=False) == []
+    events = store.upsert_instances("main", [inst("i-1")], t1)
+    assert [(e.kind, e.resource_id) for e in events] == [("disappeared", "i-2")]
+    assert [r.instance_id for r in store.instances("main")] == ["i-1"]
+    gone = store.instances("main", include_disappeared=True)[1]
+    assert gone.disappeared_at == t1
+    # listing again without it: no second event
+    assert store.upsert_instances("main", [inst("i-1")], t1 + timedelta(minutes=1)) == []
+    events = store.upsert_instances("main", [inst("i-1"), inst("i-2")], t1 + timedelta(minutes=2))
+    assert [(e.kind, e.resource_id) for e in events] == [("appeared", "i-2")]
+    assert store.instance("main", "i-2").disappeared_at is None  # type: ignore[union-attr]
+
+
+def test_accounts_are_separate(store: Store) -> None:
+    store.upsert_instances("main", [inst("i-1")], T0)
+    events = store.upsert_instances("other", [inst("i-1")], T0)
+    assert [e.account for e in events] == ["other"]
+    assert store.upsert_instances("other", [], T0)[0].kind == "disappeared"
+    assert [r.instance_id for r in store.instances("main")] == ["i-1"]
+
+
+# -- balance, bills, products -------------------------------------------------------------------
+
+
+def test_balance_samples(store: Store) -> None:
+    assert store.latest_balance("main") is None
+    store.add_balance("main", Balance(available_usd=Decimal("100.1234")), T0)
+    store.add_balance(
+        "main",
+        Balance(available_usd=Decimal("99.5"), cash_usd=Decimal(1)),
+        T0 + timedelta(minutes=5),
+    )
+    latest = store.latest_balance("main")
+    assert latest is not None
+    assert latest.available_usd == Decimal("99.5")
+    assert latest.ts == T0 + timedelta(minutes=5)
+    assert [b.available_usd for b in store.balance_samples("main")] == [
+        Decimal("100.1234"),
+        Decimal("99.5"),
+    ]
+
+
+def hour_bill(owner: str, hour: int, amount: str, num: str = "1") -> UsageBill:
+    start = int((T0 + timedelta(hours=hour)).timestamp())
+    return UsageBill.model_validate(
+        {
+            "startTime": str(start),
+            "endTime": str(start + 3600),
+            "category": "gpu",
+            "ownerID": owner,
+            "productId": "p-4090",
+            "billNum0": num,
+            "amount": amount,
+            "payAmount": amount,
+        }
+    )
+
+
+def test_usage_bills_upsert_no_duplicates_and_growing_amount(store: Store) -> None:
+    bills = [
+        hour_bill("i-1", -2, "3500"),
+        hour_bill("i-1", -1, "3500"),
+        hour_bill("i-1", 0, "1000"),
+    ]
+    assert store.upsert_usage_bills("main", "Hour", bills) == 3
+    assert store.upsert_usage_bills("main", "Hour", bills) == 0
+    # the current hour grows
+    assert store.upsert_usage_bills("main", "Hour", [hour_bill("i-1", 0, "2500")]) == 1
+    assert count(store, t.usage_bills) == 3
+    rows = store.bills("main")
+    assert rows[-1]["pay_amount"] == Decimal("0.25")
+    # the same bill under another cycle type is another row
+    assert store.upsert_usage_bills("main", "Day", [hour_bill("i-1", 0, "2500")]) == 1
+    assert count(store, t.usage_bills) == 4
+
+
+def test_spend_running_hours_and_recent_bill(store: Store) -> None:
+    start = T0 - timedelta(hours=10)
+    assert store.spend("main", start, T0) is None
+    assert store.running_hours("main", "i-1", start, T0) is None
+    store.upsert_usage_bills(
+        "main",
+        "Hour",
+        [hour_bill("i-1", -3, "3500"), hour_bill("i-1", -2, "3500"), hour_bill("i-2", -2, "12000"),
+         hour_bill("i-1", -1, "0", num="0")],
+    )  # fmt: skip
+    assert store.spend("main", start, T0) == Decimal("1.90")
+    assert store.spend("main", start, T0, owner_id="i-1") == Decimal("0.70")
+    assert store.running_hours("main", "i-1", start, T0) == 2.0
+    assert store.running_hours("main", "i-3", start, T0) == 0.0
+    assert store.recent_hourly_bill_usd("main", "i-1", T0) == Decimal("0")
+    assert store.recent_hourly_bill_usd("main", "i-2", T0) == Decimal("1.2")
+    assert store.recent_hourly_bill_usd("main", "i-2", T0 + timedelta(hours=6)) is None
+
+
+def test_spend_other_category_is_missing_not_zero(store: Store) -> None:
+    store.upsert_usage_bills("main", "Hour", [hour_bill("i-1", -1, "3500")])
+    assert store.spend("main", T0 - timedelta(hours=2), T0, category="llm") is None
+    assert store.spend("main", T0 - timedelta(hours=2), T0, category=None) == Decimal("0.35")
+
+
+def test_fixed_term_bills_idempotent(store: Store) -> None:
+    bill = FixedTermBill.model_validate(
+        {"startTime": "1764547200", "endTime": "1767225600", "productCategory": "gpu",
+         "ownerID": "i-9", "productId": "p-4090", "amount": "3000000", "payAmount": "3000000",
+         "cycle": "2025-12", "basePrice": "3000000"}
+    )  # fmt: skip
+    assert store.upsert_fixed_term_bills("main", [bill, bill]) == 1
+    assert store.upsert_fixed_term_bills("main", [bill]) == 0
+    assert store.fixed_term_bills("main")[0]["pay_amount"] == Decimal(300)
+
+
+def test_products_and_price_lookup(store: Store) -> None:
+    p = Product.model_validate(
+        {"id": "p-4090", "name": "RTX 4090", "price": "35000", "spotPrice": "17000",
+         "monthlyPrice": [{"month": 1, "price": "20000000"}]}
+    )  # fmt: skip
+    p2 = Product.model_validate({"id": "p-4090", "name": "RTX 4090", "price": "40000"})
+    store.upsert_products("main", [p], "c-1", T0)
+    store.upsert_products("main", [p2], "c-2", T0)
+    store.upsert_products("main", [p], "c-1", T0)
+    price = store.product_price("main", "p-4090", "c-1")
+    assert price is not None
+    assert price.price_usd_per_hour == Decimal("0.35")
+    assert price.spot_price_usd_per_hour == Decimal("0.17")
+    assert price.monthly_price_usd(1) == Decimal(200)
+    assert store.product_price("main", "p-4090", "c-2").price_usd_per_hour == Decimal("0.4")  # type: ignore[union-attr]
+    assert store.product_price("main", "p-4090", "c-9") is not None  # falls back
+    assert store.product_price("main", "nope", "c-1") is None
+    assert count(store, t.products) == 2
+
+
+# -- tasks and runs -----------------------------------------------------------------------------
+
+
+def task(id: str, status: str) -> TrainingTask:
+    return TrainingTask(task_id=id, task_name=f"t-{id}", task_status=status)
+
+
+def test_training_task_events_on_terminal_status(store: Store) -> None:
+    # first sync: an old failed task is history, not news
+    assert (
+        store.upsert_training_tasks("main", [task("a", "RUNNING"), task("old", "FAILED")], T0) == []
+    )
+    t1 = T0 + timedelta(minutes=5)
+    events = store.upsert_training_tasks(
+        "main", [task("a", "FAILED"), task("old", "FAILED"), task("new", "CANCELED")], t1
+    )
+    assert sorted((e.resource_id, e.old, e.new) for e in events) == [
+        ("a", "RUNNING", "FAILED"),
+        ("new", None, "CANCELED"),
+    ]
+    assert store.upsert_training_tasks("main", [task("a", "FAILED")], t1) == []
+    recs = {r.task_id: r for r in store.training_tasks("main")}
+    assert recs["a"].terminal and recs["a"].status_changed_at == t1
+    assert recs["old"].first_seen == T0
+
+
+def test_watched_async_tasks(store: Store) -> None:
+    store.watch_task("main", "task-1", "upscale", T0)
+    store.watch_task("main", "task-1", "upscale v2", T0)
+    watched = store.watched_tasks("main")
+    assert [(w.task_id, w.label, w.terminal) for w in watched] == [("task-1", "upscale v2", False)]
+    t1 = T0 + timedelta(seconds=30)
+    assert (
+        store.update_async_task(
+            "main", AsyncTask(task_id="task-1", status="TASK_STATUS_PROCESSING"), t1
+        )
+        is None
+    )
+    event = store.update_async_task(
+        "main", AsyncTask(task_id="task-1", status="TASK_STATUS_FAILED", reason="nsfw"), t1
+    )
+    assert event is not None and event.kind == "task_finished" and event.new == "TASK_STATUS_FAILED"
+    assert store.watched_tasks("main") == []
+    done = store.watched_tasks("main", include_terminal=True)[0]
+    assert done.reason == "nsfw" and done.last_checked == t1 and done.added_at == T0
+    assert (
+        store.update_async_task(
+            "main", AsyncTask(task_id="task-1", status="TASK_STATUS_FAILED"), t1
+        )
+        is None
+    )
+
+
+def test_collector_runs_and_last_success(store: Store) -> None:
+    assert store.last_success("main", "instances") is None
+    store.record_run("main", "instances", T0, T0 + timedelta(seconds=2), "ok", {"instances": 3})
+    store.record_run(
+        "main",
+        "instances",
+        T0 + timedelta(minutes=1),
+        T0 + timedelta(minutes=1, seconds=1),
+        "failed",
+        error="boom",
+    )
+    store.record_run("main", "metrics", T0, T0 + timedelta(seconds=5), "partial", {"failed": 1})
+    assert store.last_success("main", "instances") == T0 + timedelta(seconds=2)
+    assert store.last_success("main", "metrics") == T0 + timedelta(seconds=5)
+    assert store.last_success("main", "metrics", include_partial=False) is None
+    runs = store.last_runs("main")
+    assert runs["instances"].outcome == "failed" and runs["instances"].error == "boom"
+    assert runs["metrics"].counts == {"failed": 1}
+    with pytest.raises(ValueError):
+        store.record_run("main", "x", T0, T0, "weird")
+
+
+# -- alerts, silences, notifications ------------------------------------------------------------
+
+
+def test_alerts_roundtrip(store: Store) -> None:
+    a = AlertRecord(
+        fingerprint="idle-gpu/main/i-1", rule="idle-gpu", account="main", resource_kind="instance",
+        resource_id="i-1", state="pending", active_since=T0, last_eval_at=T0,
+        labels={"team": "ml"}, values={"gpu_util": 1.5}, summary="idle",
+    )  # fmt: skip
+    b = AlertRecord(
+        fingerprint="monitor/x", rule="monitor-health", account=None, resource_kind="monitor",
+        resource_id="x", state="firing", firing_since=T0,
+    )  # fmt: skip
+    store.save_alerts([a, b])
+    from dataclasses import replace
+
+    store.save_alerts([replace(a, state="firing", firing_since=T0 + timedelta(minutes=1))])
+    loaded = store.load_alerts()
+    assert [x.fingerprint for x in loaded] == ["idle-gpu/main/i-1", "monitor/x"]
+    assert loaded[0].state == "firing" and loaded[0].labels == {"team": "ml"}
+    assert loaded[0].values == {"gpu_util": 1.5}
+    assert loaded[0].active_since == T0
+    assert [x.fingerprint for x in store.load_alerts(account="main")] == ["idle-gpu/main/i-1"]
+    assert store.load_alerts(states=["resolved"]) == []
+    assert store.delete_alerts(["monitor/x"]) == 1
+
+
+def test_silences(store: Store) -> None:
+    sid = store.add_silence(
+        rule="idle-gpu", resource_id="i-1", starts_at=T0, ends_at=T0 + timedelta(hours=2),
+        reason="training tonight", created_at=T0,
+    )  # fmt: skip
+    store.add_silence(rule="spend", starts_at=T0, ends_at=T0 + timedelta(minutes=5), created_at=T0)
+    assert [s.id for s in store.list_silences(T0 + timedelta(hours=1))] == [sid]
+    assert len(store.list_silences(T0 + timedelta(hours=1), include_expired=True)) == 2
+    silence = store.list_silences(T0)[0]
+    assert silence.active(T0 + timedelta(minutes=1)) and not silence.active(T0 + timedelta(hours=3))
+    assert store.remove_silence(sid) is True
+    assert store.remove_silence(sid) is False
+    with pytest.raises(ValueError):
+        store.add_silence(starts_at=T0, ends_at=T0, created_at=T0)
+
+
+def test_notifications(store: Store) -> None:
+    nid = store.record_notification(
+        channel="ops", kind="firing", fingerprints=["a", "b"], created_at=T0
+    )
+    store.update_notification(nid, status="failed", attempts=1, error="timeout")
+    store.update_notification(nid, status="sent", attempts=2, sent_at=T0 + timedelta(seconds=9))
+    (n,) = store.notifications()
+    assert (n.status, n.attempts, n.sent_at, n.error) == (
+        "sent",
+        2,
+        T0 + timedelta(seconds=9),
+        "timeout",
+    )
+    assert n.fingerprints == ["a", "b"]
+    assert store.notifications(status="pending") == []
