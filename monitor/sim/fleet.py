@@ -289,27 +289,76 @@ class FleetSim:
             )
 
         mk("demo-trainer", 2, "4090.16c62g", "onDemand", "running", t - int(3.5 * HOUR))
-        mk("demo-inference", 1, "l40s.16c62g", "onDemand", "running", t - 30 * HOUR,
-           profile="inference", cluster="2")  # fmt: skip
-        mk("demo-notebook", 1, "4090.16c62g", "onDemand", "running", t - 5 * HOUR,
-           profile="idle", name="jupyter-notebook")  # fmt: skip
-        mk("demo-multigpu", 8, "a100.16c100g", "spot", "running", t - 10 * HOUR,
-           profile="partial", idle_gpus=frozenset({6, 7}))  # fmt: skip
+        mk(
+            "demo-inference",
+            1,
+            "l40s.16c62g",
+            "onDemand",
+            "running",
+            t - 30 * HOUR,
+            profile="inference",
+            cluster="2",
+        )
+        mk(
+            "demo-notebook",
+            1,
+            "4090.16c62g",
+            "onDemand",
+            "running",
+            t - 5 * HOUR,
+            profile="idle",
+            name="jupyter-notebook",
+        )
+        mk(
+            "demo-multigpu",
+            8,
+            "a100.16c100g",
+            "spot",
+            "running",
+            t - 10 * HOUR,
+            profile="partial",
+            idle_gpus=frozenset({6, 7}),
+        )
         sub_end = hour_t + 3 * DAY
-        sub = mk("demo-subscription", 1, "h100.16c200g", "monthly", "running",
-                 add_months(sub_end, -1))  # fmt: skip
+        sub = mk(
+            "demo-subscription", 1, "h100.16c200g", "monthly", "running", add_months(sub_end, -1)
+        )
         self._subscription(sub, sub_end)
         lapse_end = hour_t + 2 * DAY
-        lapsing = mk("demo-lapsing", 1, "4090.16c62g", "monthly", "running",
-                     add_months(lapse_end, -1), profile="idle", cluster="3")  # fmt: skip
+        lapsing = mk(
+            "demo-lapsing",
+            1,
+            "4090.16c62g",
+            "monthly",
+            "running",
+            add_months(lapse_end, -1),
+            profile="idle",
+            cluster="3",
+        )
         self._subscription(lapsing, lapse_end)
         mk("demo-allmonth", 1, "4090.16c62g", "onDemand", "running", t - 40 * DAY)
-        mk("demo-stuck", 1, "3090.16c62g", "onDemand", "pulling", t - 45 * 60,
-           image_url="registry.example.com/team/huge-image:latest")  # fmt: skip
-        mk("demo-error", 1, "4090.16c62g", "onDemand", "running", t - 2 * HOUR, profile="idle",
-           status_error=("error", "container exited with code 137 (OOMKilled); restarting"))  # fmt: skip
-        stopped = mk("demo-stopped", 1, "3090.16c62g", "onDemand", "exited", t - 3 * DAY,
-                     no_expiry="0")  # fmt: skip
+        mk(
+            "demo-stuck",
+            1,
+            "3090.16c62g",
+            "onDemand",
+            "pulling",
+            t - 45 * 60,
+            image_url="registry.example.com/team/huge-image:latest",
+        )
+        mk(
+            "demo-error",
+            1,
+            "4090.16c62g",
+            "onDemand",
+            "running",
+            t - 2 * HOUR,
+            profile="idle",
+            status_error=("error", "container exited with code 137 (OOMKilled); restarting"),
+        )
+        stopped = mk(
+            "demo-stopped", 1, "3090.16c62g", "onDemand", "exited", t - 3 * DAY, no_expiry="0"
+        )
         stopped.runs = [[t - 3 * DAY, t - 2 * DAY]]
         stopped.last_stopped_at = t - 2 * DAY
         mk("demo-pending", 1, "4090.16c62g", "", "pending", t - 10 * 60, no_expiry="0")
