@@ -37,6 +37,7 @@ __all__ = [
     "redact_event",
     "redact_text",
     "register_secret",
+    "reset_logging",
 ]
 
 REDACTED = "***"
@@ -238,6 +239,19 @@ def configure_logging(
             logging.NOTSET if number <= logging.DEBUG else logging.WARNING
         )
     logging.captureWarnings(True)
+
+
+def reset_logging() -> None:
+    """Undo :func:`configure_logging` (for tests): remove our handler, structlog defaults."""
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _Handler)]:
+        root.removeHandler(old)
+        old.close()
+    root.setLevel(logging.WARNING)
+    for name in _NOISY:
+        logging.getLogger(name).setLevel(logging.NOTSET)
+    logging.captureWarnings(False)
+    structlog.reset_defaults()
 
 
 def get_logger(name: str | None = None) -> Any:
