@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import io
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 from structlog.testing import capture_logs
 
+import monitor.notify
 from monitor.clock import ManualClock
 from monitor.errors import ConfigError
 from monitor.notify import (
@@ -24,12 +29,14 @@ from monitor.notify import (
     Route,
     Router,
     build_messages,
+    dispatch,
     format_duration,
     format_hours,
     format_money,
     format_number,
     validate_template,
 )
+from monitor.notify.testing import RecordingNotifier
 from tests.receivers import JsonSink, SmtpSink
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -450,3 +457,45 @@ async def test_secrets_in_channel_urls_never_reach_the_logs(
     # The receivers did get the real path: redaction is for logs only.
     assert json_sink.requests[-1].path == f"/hooks/{token}"
     assert failing.requests[-1].path.startswith(f"/hooks/{token}")
+
+
+# the package's surface
+
+
+def test_public_names_are_pinned() -> None:
+    public = {n for n in dir(monitor.notify) if not n.startswith("_")}
+    modules = {"deliver", "model", "redaction", "render", "routing", "testing"}
+    assert sorted(monitor.notify.__all__) == sorted(public - modules)
+
+
+def test_importing_the_package_does_not_load_apprise() -> None:
+    code = "import sys, monitor.notify; print('apprise' in sys.modules)"
+    root = str(Path(monitor.notify.__file__).parents[2])
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=root,
+        env={"PYTHONPATH": root, "PATH": "/usr/bin:/bin"},
+    )
+    assert out.stdout.strip() == "False"
+
+
+def test_a_channel_accepts_the_configs_secret_strings() -> None:
+    channel = Channel("ops", SecretStr("json://127.0.0.1:9/hook"))  # type: ignore[arg-type]
+    assert channel.url == "json://127.0.0.1:9/hook"
+    assert "hook" not in repr(channel)
+
+
+async def test_dispatch_groups_and_delivers_through_any_notifier() -> None:
+    recorder = RecordingNotifier(failing={"pager"})
+    router = Router(
+        [Channel("ops", "json://127.0.0.1:1/"), Channel("pager", "json://127.0.0.1:2/")],
+        default_channels=["ops"],
+        routes=[Route({"severity": "critical"}, ["pager"])],
+    )
+    results = await dispatch([*three_idle(), low_balance()], router, recorder, NOW)
+    assert [(r.channel, r.ok) for r in results] == [("ops", True), ("pager", False)]
+    (sent,) = recorder.messages
+    assert sent.channel == "ops" and len(sent.fingerprints) == 4

@@ -5,10 +5,12 @@
             ──► Notifier.deliver (apprise, retries with backoff, never raises)
                  ──► DeliveryResult per message, for the alert lifecycle to record
 
-Only this package imports apprise; the rule engine hands it plain ``Notice`` values.
+``dispatch(notices, router, notifier, now)`` does both steps; ``monitor.notify.testing`` has a
+``RecordingNotifier`` for tests. Only this package uses apprise, and only when it delivers:
+importing ``monitor.notify`` (e.g. for ``Notice``) does not import apprise.
 """
 
-from monitor.notify.deliver import Notifier, ResultCallback
+from monitor.notify.deliver import Delivers, Notifier, ResultCallback, dispatch
 from monitor.notify.model import (
     CONSOLE,
     Channel,
@@ -18,7 +20,7 @@ from monitor.notify.model import (
     Route,
     severity_rank,
 )
-from monitor.notify.redact import protect, redact, secret_fragments
+from monitor.notify.redaction import protect, redact, secret_fragments
 from monitor.notify.render import (
     Renderer,
     build_messages,
@@ -33,6 +35,7 @@ from monitor.notify.routing import Router
 __all__ = [
     "CONSOLE",
     "Channel",
+    "Delivers",
     "DeliveryResult",
     "Message",
     "Notice",
@@ -42,6 +45,7 @@ __all__ = [
     "Route",
     "Router",
     "build_messages",
+    "dispatch",
     "format_duration",
     "format_hours",
     "format_money",

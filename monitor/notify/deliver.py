@@ -15,27 +15,42 @@ import inspect
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
-import apprise
 import structlog
 
 from monitor.clock import Clock
-from monitor.notify.model import CONSOLE, Channel, DeliveryResult, Message
-from monitor.notify.redact import protect, redact
+from monitor.notify.model import CONSOLE, Channel, DeliveryResult, Message, Notice
+from monitor.notify.redaction import protect, redact
+from monitor.notify.render import Renderer, build_messages
+from monitor.notify.routing import Router
 
-__all__ = ["Notifier", "ResultCallback"]
+__all__ = ["Delivers", "Notifier", "ResultCallback", "dispatch"]
 
 log = structlog.get_logger("monitor.notify")
 
 ResultCallback = Callable[[DeliveryResult], Awaitable[None] | None]
 
-_NOTIFY_TYPES = {
-    "info": apprise.NotifyType.INFO,
-    "success": apprise.NotifyType.SUCCESS,
-    "warning": apprise.NotifyType.WARNING,
-    "failure": apprise.NotifyType.FAILURE,
-}
+_NOTIFY_TYPES = ("info", "success", "warning", "failure")
+
+
+class Delivers(Protocol):
+    """What the alert lifecycle needs: :class:`Notifier`, or ``RecordingNotifier`` in tests."""
+
+    async def deliver(self, messages: Iterable[Message]) -> list[DeliveryResult]: ...
+
+    async def send_test(self, channel_name: str) -> DeliveryResult: ...
+
+
+async def dispatch(
+    notices: Iterable[Notice],
+    router: Router,
+    notifier: Delivers,
+    now: datetime,
+    renderer: Renderer | None = None,
+) -> list[DeliveryResult]:
+    """One evaluation cycle's notifications: group into messages, deliver, return the results."""
+    return await notifier.deliver(build_messages(notices, router, now, renderer))
 
 
 class _Failure(Exception):
@@ -219,6 +234,8 @@ class Notifier:
             stream.write(f"{message.title}\n{message.body}\n\n")
             stream.flush()
             return
+        import apprise  # here, so that importing this package does not load apprise
+
         client = apprise.Apprise()
         try:
             added = client.add(channel.url)
@@ -233,7 +250,9 @@ class Notifier:
             outcome = await client.async_notify(
                 body=message.body,
                 title=message.title,
-                notify_type=_NOTIFY_TYPES.get(message.kind, apprise.NotifyType.INFO),
+                notify_type=apprise.NotifyType(
+                    message.kind if message.kind in _NOTIFY_TYPES else "info"
+                ),
                 body_format=apprise.NotifyFormat.TEXT,
             )
         except Exception as exc:

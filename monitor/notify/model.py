@@ -67,7 +67,7 @@ class Notice:
 
 @dataclass(frozen=True)
 class Channel:
-    """A named notification target. ``url`` is an apprise URL and may hold a secret.
+    """A named notification target. ``url`` is an apprise URL (a str or a ``SecretStr``).
 
     The URL is kept out of ``repr`` so that printing or logging a channel never shows it.
     ``url=None`` is the console: messages are printed to the notifier's stream.
@@ -76,6 +76,12 @@ class Channel:
     name: str
     url: str | None = field(default=None, repr=False)
     send_resolved: bool = True
+
+    def __post_init__(self) -> None:
+        # Accept pydantic's SecretStr (what the config hands out) and keep the plain string.
+        reveal = getattr(self.url, "get_secret_value", None)
+        if callable(reveal):
+            object.__setattr__(self, "url", reveal())
 
     @property
     def scheme(self) -> str:
