@@ -1,0 +1,217 @@
+"""Metric samples: merge by minute, idempotence, windows and coverage, rollups and retention."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from monitor.novita.models import Instance, InstanceMetrics
+from monitor.store import MetricRow, Store, open_store
+from monitor.store import tables as t
+from monitor.store.testing import pg_url, store_url
+
+T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+E0 = int(T0.timestamp())
+
+BACKENDS = [
+    "sqlite",
+    pytest.param(
+        "postgresql",
+        marks=[
+            pytest.mark.postgres,
+            pytest.mark.skipif(pg_url() is None, reason="NOVITA_MONITOR_TEST_PG_URL not set"),
+        ],
+    ),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    s = open_store(store_url(request.param, tmp_path))
+    s.upsert_instances(
+        "main",
+        [
+            Instance(id="i-1", status="running", gpu_num=2, cpu_num=4),
+            Instance(id="i-2", status="running", gpu_num=1, cpu_num=1),
+        ],
+        T0,
+    )
+    yield s
+    s.close()
+
+
+def pts(start: int, values: list[float], step: int = 60) -> list[dict[str, str]]:
+    return [{"timestamp": str(start + i * step), "value": str(v)} for i, v in enumerate(values)]
+
+
+def metrics(start: int, gpu: list[float], **series: list[float]) -> InstanceMetrics:
+    body: dict[str, Any] = {
+        "gpuUtilization": {
+            "avg": pts(start, gpu),
+            "gpuIds": [
+                {"gpuId": "1", "items": pts(start, [v * 2 for v in gpu])},
+                {"gpuId": "0", "items": pts(start, [0.0 for _ in gpu])},
+            ],
+        },
+    }
+    names = {"cpu": "cpuUtilization", "mem": "memUtilization", "disk": "rootDiskUtilization"}
+    for key, values in series.items():
+        body[names[key]] = pts(start, values)
+    return InstanceMetrics.model_validate(body)
+
+
+def raw_count(store: Store) -> int:
+    with store.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(t.metric_samples)).scalar_one()
+
+
+def test_upsert_metrics_merges_by_minute_and_is_idempotent(store: Store) -> None:
+    m = metrics(E0 + 5, [10.0, 20.0, 30.0], cpu=[400.0, 200.0, 0.0])
+    assert store.upsert_metrics("main", "i-1", m, cpu_num=4) == 3
+    assert store.upsert_metrics("main", "i-1", m, cpu_num=4) == 0
+    assert raw_count(store) == 3
+    # an overlapping fetch: one minute changes, one is new, a series missing here is kept
+    m2 = metrics(E0 + 60 + 5, [20.0, 35.0, 40.0])
+    assert store.upsert_metrics("main", "i-1", m2, cpu_num=4) == 2
+    rows = store.samples("main", "i-1", T0, T0 + timedelta(hours=1))
+    assert [r.ts for r in rows] == [E0, E0 + 60, E0 + 120, E0 + 180]
+    assert [r.gpu_util for r in rows] == [10.0, 20.0, 35.0, 40.0]
+    assert [r.cpu for r in rows] == [100.0, 50.0, 0.0, None]  # per core, kept when missing
+    # per-GPU, ordered by GPU id: gpu 0 first
+    assert rows[1].gpu_utils == (0.0, 40.0)
+    assert store.latest_metric_ts("main", "i-1") == T0 + timedelta(minutes=3)
+    assert store.latest_metric_ts("main", "i-2") is None
+
+
+def test_metrics_for_an_unlisted_instance_get_a_stub(store: Store) -> None:
+    assert store.upsert_metrics("main", "i-new", metrics(E0, [5.0]), cpu_num=None) == 1
+    assert [r.instance_id for r in store.instances("main")] == ["i-1", "i-2"]  # not listed yet
+    assert store.upsert_instances("main", [Instance(id="i-new", status="running")], T0)[0].kind == (
+        "appeared"
+    )
+
+
+def test_metric_window_raw_and_coverage(store: Store) -> None:
+    store.upsert_metrics("main", "i-1", metrics(E0, [0, 10, 20, 30, 40]), cpu_num=4)
+    store.upsert_metrics("main", "i-2", metrics(E0 + 120, [50, 50]), cpu_num=1)
+    window = store.metric_window("main", None, "gpu_util", T0, T0 + timedelta(minutes=10))
+    a = window["i-1"]
+    assert (a.avg, a.max, a.min, a.count) == (20.0, 40.0, 0.0, 5)
+    assert a.covered_seconds == 300
+    assert a.first_ts == T0 and a.last_ts == T0 + timedelta(minutes=4)
+    assert window["i-2"].count == 2 and window["i-2"].covered_seconds == 120
+    only = store.metric_window("main", ["i-2"], "gpu_util", T0, T0 + timedelta(minutes=3))
+    assert list(only) == ["i-2"] and only["i-2"].count == 1
+    assert store.metric_window("main", None, "cpu", T0, T0 + timedelta(minutes=10)) == {}
+    assert (
+        store.gpu_util_avg("main", "i-1", T0 + timedelta(minutes=1), T0 + timedelta(minutes=3))
+        == 15.0
+    )
+    assert store.gpu_util_avg("main", "i-1", T0 - timedelta(hours=1), T0) is None
+    with pytest.raises(ValueError):
+        store.metric_window("main", None, "bogus", T0, T0)
+
+
+def test_per_gpu_window(store: Store) -> None:
+    store.upsert_metrics("main", "i-1", metrics(E0, [10, 20, 30]), cpu_num=4)
+    gpus = store.per_gpu_window("main", ["i-1"], T0, T0 + timedelta(minutes=5))["i-1"]
+    assert [(g.index, g.avg, g.max, g.count) for g in gpus] == [
+        (0, 0.0, 0.0, 3),
+        (1, 40.0, 60.0, 3),
+    ]
+
+
+def fill(store: Store, key: int, start: int, minutes: int, gpus: int = 2) -> list[MetricRow]:
+    rows = [
+        MetricRow(
+            instance_key=key,
+            ts=start + i * 60,
+            gpu_util=float(i % 100),
+            gpu_mem=50.0,
+            cpu=25.0,
+            mem=60.0,
+            disk=10.0,
+            gpu_utils=tuple(float((i + g) % 100) for g in range(gpus)),
+            gpu_mems=tuple(50.0 for _ in range(gpus)),
+        )
+        for i in range(minutes)
+    ]
+    assert store.bulk_insert_metrics(rows) == minutes
+    return rows
+
+
+def test_rollup_then_retention_keeps_aggregates(store: Store) -> None:
+    key = store.instance_key("main", "i-1")
+    assert key is not None
+    day0 = E0 - 10 * 86400
+    fill(store, key, day0, 10 * 1440)  # ten days, one sample per minute
+    now = T0
+    before = store.metric_window("main", ["i-1"], "gpu_util", T0 - timedelta(days=9), T0)["i-1"]
+    counts = store.enforce_retention(now, raw_days=7, rollup_days=365)
+    assert counts["rolled_up"] == 10 * 24 - 1  # every completed hour (the last is too recent)
+    assert counts["metric_samples"] == 3 * 1440  # raw older than 7 days deleted
+    assert raw_count(store) == 7 * 1440
+    again = store.enforce_retention(now, raw_days=7, rollup_days=365)
+    assert again["rolled_up"] == 0 and again["metric_samples"] == 0
+    # hourly values: hour h holds minutes 60h..60h+59 -> gpu_util (i % 100)
+    with store.engine.connect() as conn:
+        first = conn.execute(select(t.metric_hourly).where(t.metric_hourly.c.ts == day0)).one()
+    values = [float(i % 100) for i in range(60)]
+    assert first.n == 60 and first.gpu_util_n == 60
+    assert first.gpu_util_max == 590 and first.gpu_util_min == 0
+    assert first.gpu_util_avg == round(sum(values) / 60 * 10)
+    assert first.cpu_avg == 250 and first.mem_avg == 600 and first.disk_avg == 100
+    assert bytes(first.gpu_utils_max) == bytes([59, 60])
+    # the same window, now read mostly from the rollups, gives the same aggregates
+    after = store.metric_window("main", ["i-1"], "gpu_util", T0 - timedelta(days=9), T0)["i-1"]
+    assert after.count == before.count == 9 * 1440
+    assert after.covered_seconds == 9 * 86400
+    assert after.max == before.max and after.min == before.min
+    assert after.avg == pytest.approx(before.avg, abs=0.05)
+    assert after.first_ts == before.first_ts
+    gpus = store.per_gpu_window("main", ["i-1"], T0 - timedelta(days=9), T0)["i-1"]
+    assert [g.count for g in gpus] == [9 * 1440, 9 * 1440]
+    assert gpus[1].max == 99.0
+    # rollups older than a year go too
+    later = store.enforce_retention(T0 + timedelta(days=365 - 5), raw_days=7, rollup_days=365)
+    assert later["metric_hourly"] > 0
+    with store.engine.connect() as conn:
+        oldest = conn.execute(select(func.min(t.metric_hourly.c.ts))).scalar_one()
+    assert oldest >= int((T0 - timedelta(days=5)).timestamp())
+
+
+def test_late_samples_reroll_their_hour(store: Store) -> None:
+    key = store.instance_key("main", "i-1")
+    assert key is not None
+    fill(store, key, E0 - 3 * 3600, 3 * 60)
+    store.rollup(T0)
+    hour = E0 - 3 * 3600
+    window = store.metric_window("main", ["i-1"], "gpu_util", T0 - timedelta(hours=3), T0)
+    assert window["i-1"].count == 180
+    # a backfill changes one minute of an hour that is already rolled up
+    store.upsert_metrics("main", "i-1", metrics(hour, [100.0]), cpu_num=4)
+    with store.engine.connect() as conn:
+        row = conn.execute(
+            select(t.metric_hourly).where(
+                t.metric_hourly.c.instance_key == key, t.metric_hourly.c.ts == hour
+            )
+        ).one()
+    assert row.gpu_util_max == 1000
+
+
+def test_window_mixes_rollups_and_raw_edges(store: Store) -> None:
+    key = store.instance_key("main", "i-1")
+    assert key is not None
+    fill(store, key, E0 - 5 * 3600, 5 * 60)
+    store.rollup(T0)
+    start = T0 - timedelta(hours=4, minutes=30)  # half an hour of raw, then whole hours
+    agg = store.metric_window("main", ["i-1"], "gpu_util", start, T0)["i-1"]
+    expected = [float(i % 100) for i in range(30, 5 * 60)]
+    assert agg.count == len(expected)
+    assert agg.avg == pytest.approx(sum(expected) / len(expected), abs=0.05)
+    assert agg.first_ts == start

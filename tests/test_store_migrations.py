@@ -1,0 +1,121 @@
+"""Migrations: run at open, match the tables, keep data across re-opens and upgrades."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect, text
+
+from monitor.novita.models import Balance, Instance
+from monitor.store import open_store
+from monitor.store.db import (
+    MIGRATIONS_DIR,
+    alembic_config,
+    create_store_engine,
+    current_revision,
+    migrate,
+)
+from monitor.store.facade import Store
+from monitor.store.tables import metadata
+from monitor.store.testing import pg_url, store_url
+
+T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+
+BACKENDS = [
+    "sqlite",
+    pytest.param(
+        "postgresql",
+        marks=[
+            pytest.mark.postgres,
+            pytest.mark.skipif(pg_url() is None, reason="NOVITA_MONITOR_TEST_PG_URL not set"),
+        ],
+    ),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return store_url(request.param, tmp_path)
+
+
+def test_migrations_produce_exactly_the_tables(url: str) -> None:
+    store = open_store(url)
+    try:
+        with store.engine.connect() as conn:
+            ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+            assert compare_metadata(ctx, metadata) == []
+        assert current_revision(store.engine) == "0001"
+    finally:
+        store.close()
+
+
+def test_reopen_keeps_data_and_is_idempotent(url: str) -> None:
+    store = open_store(url)
+    store.upsert_instances("main", [Instance(id="i-1", status="running")], T0)
+    store.add_balance("main", Balance(available_usd=Decimal("12.5")), T0)
+    store.close()
+    for _ in range(2):
+        store = open_store(url)
+        try:
+            assert [r.instance_id for r in store.instances("main")] == ["i-1"]
+            assert store.latest_balance("main").available_usd == Decimal("12.5")  # type: ignore[union-attr]
+        finally:
+            store.close()
+
+
+SECOND_REVISION = '''
+"""A test-only revision: adds a table and a column."""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table("extra_notes", sa.Column("id", sa.Integer(), primary_key=True))
+    with op.batch_alter_table("instances") as batch:
+        batch.add_column(sa.Column("note", sa.Text(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("instances") as batch:
+        batch.drop_column("note")
+    op.drop_table("extra_notes")
+'''
+
+
+def test_upgrade_from_0001_keeps_data(url: str, tmp_path: Path) -> None:
+    store = open_store(url)
+    store.upsert_instances("main", [Instance(id="i-1", status="running", gpu_num=8)], T0)
+    store.close()
+
+    versions = tmp_path / "versions"
+    shutil.copytree(MIGRATIONS_DIR / "versions", versions)
+    (versions / "0002_test.py").write_text(SECOND_REVISION)
+    config = alembic_config()
+    config.set_main_option("version_locations", str(versions))
+    engine = create_store_engine(url)
+    try:
+        migrate(engine, config=config)
+        assert current_revision(engine) == "0002"
+        assert "note" in {c["name"] for c in inspect(engine).get_columns("instances")}
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT instance_id, gpu_count FROM instances")).all()
+        assert [tuple(r) for r in rows] == [("i-1", 8)]
+    finally:
+        engine.dispose()
+    # the packaged migrations still open the upgraded store's data through the facade
+    engine = create_store_engine(url)
+    try:
+        assert Store(engine).instance("main", "i-1").gpu_count == 8  # type: ignore[union-attr]
+    finally:
+        engine.dispose()
