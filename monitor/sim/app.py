@@ -35,6 +35,7 @@ Errors use the envelope ``{"code", "reason", "message", "metadata"}``.
 Control endpoints under ``/_sim/`` (no auth, no faults; not part of the Novita API):
 ``GET /_sim/clock``, ``POST /_sim/clock/advance {"seconds"}``, ``POST /_sim/clock/set {"time"}``,
 ``POST /_sim/profile {"instance_id", "profile"}``, ``GET /_sim/actions``,
+``POST /_sim/topup {"usd"}`` (add credit; the balance may go negative, nothing is stopped),
 ``GET|POST /_sim/faults``, ``GET /_sim/stats``, ``POST /_sim/stats/reset``, ``GET /_sim/summary``,
 and an apprise ``json://`` sink: ``POST /_sim/notify`` records the body,
 ``GET /_sim/notifications`` lists them.
@@ -383,6 +384,11 @@ def create_app(
             return error_response(400, "VALIDATOR_PARAM", str(exc))
         return JSONResponse({"ok": True})
 
+    async def top_up(request: Request) -> Response:
+        body = await request.json()
+        sim.top_up(round(float(body["usd"]) * 10000))
+        return JSONResponse({"balance_usd": sim.balance_10k() / 10000})
+
     async def actions_log(request: Request) -> Response:
         return JSONResponse({"actions": list(sim.actions)})
 
@@ -450,6 +456,7 @@ def create_app(
         Route("/_sim/clock/set", clock_set, methods=["POST"]),
         Route("/_sim/profile", profile, methods=["POST"]),
         Route("/_sim/actions", actions_log, methods=["GET"]),
+        Route("/_sim/topup", top_up, methods=["POST"]),
         Route("/_sim/faults", faults_endpoint, methods=["GET", "POST"]),
         Route("/_sim/stats", stats_get, methods=["GET"]),
         Route("/_sim/stats/reset", stats_reset, methods=["POST"]),

@@ -727,6 +727,12 @@ class FleetSim:
 
     # ------------------------------------------------------------------ control
 
+    def top_up(self, amount_10k: int) -> None:
+        """Add credit (1/10000 USD); negative amounts take it away. The balance may go negative:
+        the simulator does not stop instances when money runs out."""
+        with self._lock:
+            self._initial_10k += amount_10k
+
     def set_profile(self, instance_id: str, profile: str) -> None:
         """Change an instance's utilization profile from now on (history is kept)."""
         if profile not in PROFILES:
