@@ -499,3 +499,12 @@ async def test_dispatch_groups_and_delivers_through_any_notifier() -> None:
     assert [(r.channel, r.ok) for r in results] == [("ops", True), ("pager", False)]
     (sent,) = recorder.messages
     assert sent.channel == "ops" and len(sent.fingerprints) == 4
+
+
+def test_channel_secrets_are_registered_with_the_daemons_log_pipeline() -> None:
+    from monitor.logs import redact_text
+
+    Notifier([Channel("x", "json://me:pw-short7@127.0.0.1/hooks/T0KENabc123456789")], ManualClock())
+    line = redact_text("posting to /hooks/T0KENabc123456789 as me:pw-short7, via hooks")
+    assert "T0KENabc123456789" not in line and "pw-short7" not in line
+    assert "via hooks" in line  # plain words of the URL stay readable elsewhere

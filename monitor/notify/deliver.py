@@ -17,9 +17,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, Protocol, TextIO
 
-import structlog
-
 from monitor.clock import Clock
+from monitor.logs import get_logger
 from monitor.notify.model import CONSOLE, Channel, DeliveryResult, Message, Notice
 from monitor.notify.redaction import protect, redact
 from monitor.notify.render import Renderer, build_messages
@@ -27,7 +26,7 @@ from monitor.notify.routing import Router
 
 __all__ = ["Delivers", "Notifier", "ResultCallback", "dispatch"]
 
-log = structlog.get_logger("monitor.notify")
+log = get_logger("monitor.notify")
 
 ResultCallback = Callable[[DeliveryResult], Awaitable[None] | None]
 

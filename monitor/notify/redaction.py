@@ -10,10 +10,13 @@ that does not depend on it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Iterable
 from urllib.parse import parse_qsl, unquote, urlsplit
+
+from monitor.logs import register_secret
 
 __all__ = ["MASK", "protect", "redact", "secret_fragments"]
 
@@ -32,6 +35,8 @@ def secret_fragments(url: str) -> set[str]:
     try:
         parts = urlsplit(url)
         out.update(p for p in (parts.username, parts.password) if p)
+        if parts.password:
+            out.add(f"{parts.username or ''}:{parts.password}")
         host = parts.hostname or ""
         # apprise puts tokens in the host position (tgram://TOKEN/..., slack://A/B/C).
         if host and "." not in host and host != "localhost" and len(host) >= 4:
@@ -46,6 +51,16 @@ def secret_fragments(url: str) -> set[str]:
         pass
     out.update({unquote(f) for f in out})
     return {f for f in out if f}
+
+
+def _surely_secret(fragment: str) -> bool:
+    if "://" in fragment:
+        return True
+    return (
+        len(fragment) >= 12
+        and any(c.isdigit() for c in fragment)
+        and any(c.isalpha() for c in fragment)
+    )
 
 
 class _Redactor(logging.Filter):
@@ -93,7 +108,14 @@ def protect(urls: Iterable[str | None]) -> None:
     for url in urls:
         if url:
             fragments |= secret_fragments(url)
+            with contextlib.suppress(ValueError):
+                register_secret(urlsplit(url).password)
     _REDACTOR.add(fragments)
+    # The daemon's log pipeline masks these everywhere; only what is surely a secret goes there,
+    # so that ordinary words of a URL path ("services", "hooks") stay readable in other lines.
+    for fragment in fragments:
+        if _surely_secret(fragment):
+            register_secret(fragment)
     with _install_lock:
         if not _installed:
             for name in _LOGGERS:

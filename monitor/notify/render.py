@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-import structlog
 
+from monitor.logs import get_logger
 from monitor.notify.model import Message, Notice, severity_rank
 from monitor.notify.routing import Router
 
@@ -34,7 +34,7 @@ __all__ = [
     "validate_template",
 ]
 
-log = structlog.get_logger("monitor.notify")
+log = get_logger("monitor.notify")
 
 _SUMMED = ("cost_per_hour_usd", "cost_so_far_usd", "monthly_saving_usd")
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-import structlog
-
 from monitor.errors import ConfigError
+from monitor.logs import get_logger
 from monitor.notify.model import CONSOLE, Channel, Notice, Route
 
 __all__ = ["Router"]
 
-log = structlog.get_logger("monitor.notify")
+log = get_logger("monitor.notify")
 
 _NOTICE_FIELDS = ("severity", "rule", "account", "resource_kind", "state")
 
