@@ -906,3 +906,19 @@ def test_public_names() -> None:
 def test_structlog_logger_is_lazy_and_keyless() -> None:
     logger = structlog.get_logger("monitor.novita")
     assert KEY not in repr(logger)
+
+
+@pytest.mark.parametrize("total", ["many", -1, None, ""])
+async def test_unreadable_total_counts_as_absent(make: Any, total: Any) -> None:
+    pages = [[{"id": "a"}, {"id": "b"}], [{"id": "c"}]]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        num = int(request.url.params["pageNum"])
+        chunk = pages[num] if num < len(pages) else []
+        return httpx.Response(200, json={"instances": chunk, "total": total})
+
+    rec = Recorder({f"{GPU}/gpu/instances": handler})
+    async with make(rec) as client:
+        instances = await client.list_instances(page_size=2)
+    assert [i.id for i in instances] == ["a", "b", "c"]
+    assert len(rec.requests) == 2  # the short page ends it

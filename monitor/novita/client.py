@@ -529,7 +529,7 @@ class NovitaClient:
         for _ in range(self.max_pages):
             body = await self._get(path, {"pageSize": page_size, page_param: page})
             items = self._parse_items(model, body, items_key, path)
-            total = parse_int(body.get("total")) if isinstance(body, dict) else None
+            total = _total(body)
             if not items:
                 if page == 0 and (total is None or total > 0):
                     page = 1
@@ -735,6 +735,17 @@ class NovitaClient:
 
     def _now(self) -> datetime | None:
         return self._clock.now() if self._clock is not None else None
+
+
+def _total(body: Any) -> int | None:
+    """The listing's ``total`` (a string or a number); unreadable counts as absent."""
+    if not isinstance(body, dict):
+        return None
+    try:
+        total = parse_int(body.get("total"))
+    except ValueError:
+        return None
+    return total if total is not None and total >= 0 else None
 
 
 def _check_months(months: int) -> None:
