@@ -215,9 +215,9 @@ def problems_from_validation_error(
     seen: set[tuple[int | None, str, str]] = set()
     for err in exc.errors(include_url=False):
         raw_loc = (*prefix, *err["loc"])
-        loc = _clean_loc(raw_loc, data, err["type"], len(prefix)) if data is not None else raw_loc
+        loc = _clean_loc(raw_loc, data, err["type"]) if data is not None else raw_loc
         line = linemap.line_for(loc)
-        message = _message(err, model, loc[len(prefix) :] if model is not None else None)
+        message = _message(err, model, tuple(err["loc"]))
         dotted = format_path(loc) or None
         key = (line, dotted or "", message)
         if key in seen:
@@ -227,40 +227,25 @@ def problems_from_validation_error(
     return problems
 
 
-def _clean_loc(loc: YamlPath, data: Any, err_type: str, start: int) -> YamlPath:
-    """Keep the parts of ``loc`` that exist in ``data``; drop union/tag labels.
+def _clean_loc(loc: YamlPath, data: Any, err_type: str) -> YamlPath:
+    """Keep the parts of ``loc`` that exist in ``data`` (the whole document).
 
-    A part missing from the data is kept only at the end of a "missing" or "unknown key" error
-    (that is the key the user must add or remove).
+    Pydantic puts labels in locations (a union member's name, a discriminator tag, a wrapped
+    validator); they are not in the data and are dropped. A part missing from the data is kept
+    only at the end of a "missing" or "unknown key" error: that is the key to add or remove.
     """
-    out: list[str | int] = list(loc[:start])
+    out: list[str | int] = []
     current = data
-    walked = True
-    for i, part in enumerate(loc[start:], start):
-        last = i == len(loc) - 1
-        if not walked:
-            out.append(part)
-            continue
+    for i, part in enumerate(loc):
         present = (isinstance(current, Mapping) and part in current) or (
             isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current)
         )
         if present:
             out.append(part)
             current = current[part]
-        elif last and err_type in ("missing", "extra_forbidden"):
+        elif i == len(loc) - 1 and err_type in ("missing", "extra_forbidden"):
             out.append(part)
-        elif isinstance(current, Mapping) and isinstance(part, str) and not _is_label(part):
-            # a key the data does not have and that is not a pydantic label: keep the rest as is
-            out.append(part)
-            walked = False
     return tuple(out)
-
-
-def _is_label(part: str) -> bool:
-    """Pydantic names union members and wrapped validators in locations (``function-after[...]``)."""
-    return (
-        "[" in part or part[:1].isupper() or part in {"str", "int", "float", "bool", "list", "dict"}
-    )
 
 
 def _message(err: Any, model: type[BaseModel] | None, loc: YamlPath | None) -> str:
@@ -314,10 +299,13 @@ def _allowed_keys(model: type[BaseModel], path: YamlPath) -> set[str] | None:
                 nxt.extend(typing.get_args(tp)[:1])
             elif typing.get_origin(tp) in (dict, Mapping) and len(typing.get_args(tp)) == 2:
                 nxt.append(typing.get_args(tp)[1])
-        if not nxt:
-            # a union label or a discriminator tag: stay where we are
-            continue
-        candidates = nxt
+        if nxt:
+            candidates = nxt
+        elif isinstance(part, str):
+            # a union label or a discriminator tag: narrow to the members it names, if any
+            tagged = [tp for tp in _members(candidates) if _tagged(tp, part)]
+            if tagged:
+                candidates = tagged
     keys: set[str] = set()
     for tp in _flatten(candidates):
         if _is_model(tp):
@@ -338,6 +326,40 @@ def _flatten(types_: Iterable[Any]) -> Iterator[Any]:
             yield from _flatten(typing.get_args(tp))
         else:
             yield tp
+
+
+def _members(types_: Iterable[Any]) -> Iterator[Any]:
+    """Union members, keeping their ``Annotated`` wrappers (where a ``Tag`` lives)."""
+    for tp in types_:
+        origin = typing.get_origin(tp)
+        if origin in (typing.Union, types.UnionType):
+            yield from _members(typing.get_args(tp))
+        elif origin is typing.Annotated and typing.get_origin(typing.get_args(tp)[0]) in (
+            typing.Union,
+            types.UnionType,
+        ):
+            yield from _members(typing.get_args(tp)[:1])
+        else:
+            yield tp
+
+
+def _tagged(tp: Any, tag: str) -> bool:
+    """Whether a union member is the one pydantic labels ``tag`` (Tag or Literal field)."""
+    if typing.get_origin(tp) is typing.Annotated:
+        base, *meta = typing.get_args(tp)
+        if any(isinstance(m, pydantic.Tag) and m.tag == tag for m in meta):
+            return True
+        tp = base
+    if not _is_model(tp):
+        return getattr(tp, "__name__", None) == tag
+    if tp.__name__ == tag:
+        return True
+    for info in tp.model_fields.values():
+        if typing.get_origin(info.annotation) is typing.Literal and tag in typing.get_args(
+            info.annotation
+        ):
+            return True
+    return False
 
 
 def _is_model(tp: Any) -> bool:

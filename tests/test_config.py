@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 import textwrap
 from pathlib import Path
+from typing import Annotated, Literal
 
+import pydantic
 import pytest
+from pydantic import BaseModel, ConfigDict
+from pydantic import Field as PydField
 from structlog.testing import capture_logs
 
 from monitor.config import (
@@ -21,7 +25,7 @@ from monitor.config import (
 )
 from monitor.errors import ConfigError, Problem
 from monitor.logs import clear_secrets, redact_text
-from monitor.yamlsrc import LineMap, load_yaml_with_lines
+from monitor.yamlsrc import LineMap, load_yaml_with_lines, problems_from_validation_error
 
 ENV = {"HOME": "/home/alice"}
 
@@ -441,8 +445,11 @@ class TestErrorsNameFileLineAndKey:
         p = only(problems_of(path))
 
         assert p.file == str(path)
-        assert p.line in (4, 5)  # PyYAML points at where it noticed the flow collection broke
-        assert p.message.startswith("invalid YAML")
+        assert p.line == 5  # where PyYAML noticed; the message names where the list began
+        assert p.message == (
+            "invalid YAML: expected ',' or ']', but got ':' "
+            "(while parsing a flow sequence at line 4)"
+        )
 
     def test_yaml_tab_indentation_error(self, tmp_path):
         path = write(tmp_path, "accounts:\n  - name: main\n\tapi_key_env: K\n")
@@ -489,6 +496,74 @@ class TestLineMap:
 
     def test_empty_document(self):
         assert load_yaml_with_lines("", "f.yaml") == (None, LineMap({(): 1}))
+
+
+class _Idle(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["idle"]
+    window: int
+
+
+class _Spend(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["spend"]
+    limit: float
+
+
+class _Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    when: Annotated[_Idle | _Spend, PydField(discriminator="kind")]
+    labels: dict[str, str] = {}
+    target: int | list[int] = 0
+
+
+class TestValidationProblems:
+    """The shared helper the rule loader uses too: pydantic's labels never reach the user."""
+
+    def problems(self, text: str, **kw) -> list[Problem]:
+        data, lines = load_yaml_with_lines(text, "r.yaml")
+        with pytest.raises(pydantic.ValidationError) as info:
+            _Rule.model_validate(data)
+        return problems_from_validation_error(
+            info.value, "r.yaml", lines, data=data, model=_Rule, **kw
+        )
+
+    def test_unknown_key_inside_a_discriminated_union(self):
+        text = "name: r\nwhen:\n  kind: idle\n  window: 3\n  windw: 4\n"
+
+        (p,) = self.problems(text, rule="r")
+
+        assert str(p) == (
+            "r.yaml:5: rule r: when.windw: unknown key (expected one of: kind, window)"
+        )
+
+    def test_wrong_type_inside_a_union_member(self):
+        (p,) = self.problems("name: r\nwhen:\n  kind: spend\n  limit: lots\n")
+
+        assert (p.line, p.field) == (4, "when.limit")
+        assert p.message.startswith("'lots' is not valid (expected a valid number")
+
+    def test_plain_union_labels_are_dropped(self):
+        problems = self.problems("name: r\nwhen: {kind: idle, window: 1}\ntarget: [x]\n")
+
+        assert {(p.line, p.field) for p in problems} == {(3, "target"), (3, "target[0]")}
+
+    def test_prefix_for_a_part_validated_alone(self):
+        text = "rules:\n  - name: r\n    when: {kind: idle}\n"
+        data, lines = load_yaml_with_lines(text, "r.yaml")
+        with pytest.raises(pydantic.ValidationError) as info:
+            _Rule.model_validate(data["rules"][0])
+
+        (p,) = problems_from_validation_error(
+            info.value, "r.yaml", lines, data=data, prefix=("rules", 0)
+        )
+
+        assert (p.line, p.field, p.message) == (
+            3,
+            "rules[0].when.window",
+            "missing required key",
+        )
 
 
 class TestLookupOrder:
