@@ -78,15 +78,15 @@ def _judge_idle(
     mem_threshold: float | None,
     needed_s: float,
 ) -> bool | None:
-    """Idle: every sample under the threshold and the window covered. Busy evidence wins over
-    gaps (one busy sample = not idle); gaps alone = unknown (never idle, never resolved)."""
+    """Idle: every utilisation sample under the threshold and the window covered. Busy evidence
+    wins over gaps (one busy sample = not idle); gaps alone = unknown (never idle, never
+    resolved). GPU memory, when the platform reports it, vetoes idleness (one sample at or above
+    its threshold = not idle); its absence does not block (Novita often sends it empty)."""
     if util is not None and util.max >= threshold:
         return False
     if mem_threshold is not None and mem is not None and mem.max >= mem_threshold:
         return False
     if util is None or util.covered_s < needed_s:
-        return None
-    if mem_threshold is not None and (mem is None or mem.covered_s < needed_s):
         return None
     return True
 
@@ -135,7 +135,8 @@ def idle_gpu(params: IdleGpuParams, ctx: EvalContext, resource: Resource) -> Res
         "threshold": params.threshold,
         "window_minutes": params.window.total_seconds() / 60,
         "gpu_count": inst.gpu_count,
-        "hourly_cost_usd": money(inst.hourly_cost_usd),
+        "unit": "%",
+        "cost_per_hour_usd": money(inst.hourly_cost_usd),
     }
     if inst.status != "running" or inst.gpu_count <= 0:
         return Result(False, values)
@@ -164,7 +165,7 @@ def idle_gpu(params: IdleGpuParams, ctx: EvalContext, resource: Resource) -> Res
         hours = (ctx.now - idle_since).total_seconds() / HOUR
         values["idle_since"] = _iso(idle_since)
         values["idle_hours"] = round(hours, 2)
-        values["idle_cost_usd"] = money(inst.hourly_cost_usd * Decimal(str(hours)))
+        values["cost_so_far_usd"] = money(inst.hourly_cost_usd * Decimal(str(hours)))
     return Result(match, values)
 
 
@@ -208,7 +209,7 @@ def underused_gpus(params: UnderusedGpusParams, ctx: EvalContext, resource: Reso
     values["idle_gpus"] = idle
     if inst.hourly_cost_usd is not None and inst.gpu_count:
         per_hour = inst.hourly_cost_usd * idle / inst.gpu_count
-        values["idle_cost_per_hour_usd"] = money(per_hour)
+        values["cost_per_hour_usd"] = money(per_hour)
         values["idle_cost_per_month_usd"] = money(per_hour * Decimal(MONTH_HOURS))
     if idle >= params.min_idle and (params.include_all_idle or busy > 0):
         return Result(True, values)
@@ -325,7 +326,14 @@ def low_balance(params: LowBalanceParams, ctx: EvalContext, resource: Resource) 
         return Result(None if unknown else False, values)
     values["threshold_usd"] = best.usd
     values["threshold_runway_hours"] = best.runway_hours
-    values["value"] = values["runway_hours"] if best.runway_hours else values["balance_usd"]
+    by_runway = (
+        best.runway_hours is not None
+        and runway is not None
+        and (best.usd is None or runway < (best.runway_hours or 0))
+    )
+    values["value"] = values["runway_hours"] if by_runway else values["balance_usd"]
+    values["threshold"] = best.runway_hours if by_runway else best.usd
+    values["unit"] = "h" if by_runway else "$"
     return Result(True, values, severity=best.severity)
 
 
@@ -437,7 +445,7 @@ def failed_task(params: FailedTaskParams, ctx: EvalContext, resource: Resource) 
         values["finished_at"] = _iso(ended)
         return Result(True, values)
     inst = _instance(resource)
-    values = {"status": inst.status, "hourly_cost_usd": money(inst.hourly_cost_usd)}
+    values = {"status": inst.status, "cost_per_hour_usd": money(inst.hourly_cost_usd)}
     if params.error_state and inst.error_state:
         values["error"] = inst.error_state
         return Result(True, values)
@@ -500,6 +508,7 @@ def spend(params: SpendParams, ctx: EvalContext, resource: Resource) -> Result:
             average = float(base) * (params.window / params.baseline)
             values["baseline_usd"] = round(average, 4)
             values["ratio"] = round(float(current) / average, 2) if average > 0 else None
+            values["unit"] = "$"
             values["threshold_ratio"] = params.ratio
             checks.append(
                 float(current) >= params.min_usd and float(current) > params.ratio * average
