@@ -287,7 +287,37 @@ def test_missing_values_render_as_nothing_rather_than_failing() -> None:
     bare = Notice("fp", "failed-tasks", "warning", "firing", "main", "task", "t-1", "", "FAILED")
     (message,) = build_messages([bare], Router(), NOW)
     assert message.title == "[warning] failed-tasks: 1 failed task"
-    assert message.body.splitlines()[1] == "- t-1 (t-1): FAILED"
+    assert message.body.splitlines()[1] == "- t-1: FAILED"
+
+
+def test_savings_and_expiry_are_quoted_in_dollars_and_days() -> None:
+    def notice(rule: str, n: int, values: dict) -> Notice:
+        return Notice(
+            f"fp-{rule}-{n}",
+            rule,
+            "info",
+            "firing",
+            "main",
+            "instance",
+            f"i-{n}",
+            f"box-{n}",
+            "see below",
+            values=values,
+        )
+
+    candidates = [
+        notice("subscription-candidates", 1, {"monthly_saving_usd": Decimal("310.5")}),
+        notice("subscription-candidates", 2, {"monthly_saving_usd": Decimal("89.5")}),
+    ]
+    (message,) = build_messages(candidates, Router(), NOW)
+    assert message.title == (
+        "[info] subscription-candidates: 2 instances cheaper as a subscription, save $400.00/month"
+    )
+    assert "- box-1 (i-1): see below; saves $310.50/month" in message.body
+    expiring = [notice("expiring-subscriptions", 3, {"days_left": 2.5, "value": 71, "unit": "%"})]
+    (message,) = build_messages(expiring, Router(), NOW)
+    assert message.title == "[info] expiring-subscriptions: 1 subscription expiring"
+    assert "- box-3 (i-3): see below; 71%; expires in 2.5 d" in message.body
 
 
 def test_a_template_directory_overrides_the_defaults(tmp_path) -> None:
