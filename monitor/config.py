@@ -168,9 +168,13 @@ _TOKENISH = re.compile(r"^[A-Za-z0-9_\-+=.~]{20,}$")
 
 
 def _looks_like_token(text: str) -> bool:
-    return bool(
-        _TOKENISH.match(text) and any(c.isdigit() for c in text) and any(c.isalpha() for c in text)
-    )
+    """20+ URL-safe characters with many digits or mixed case: hex, base64, UUIDs, webhook
+    ids; not ``monitoring-receiver01``."""
+    if not _TOKENISH.match(text):
+        return False
+    digits = sum(c.isdigit() for c in text)
+    mixed = any(c.isupper() for c in text) and any(c.islower() for c in text)
+    return digits >= 4 or (mixed and digits >= 1)
 
 
 def inline_url_secret(url: str) -> str | None:
@@ -185,7 +189,8 @@ def inline_url_secret(url: str) -> str | None:
         return f"{scheme}:// URLs carry a token"
     if password:
         return "it contains a password"
-    for segment in [parts.username or "", parts.hostname or "", *parts.path.split("/")]:
+    host_labels = (parts.hostname or "").split(".")
+    for segment in [parts.username or "", *host_labels, *parts.path.split("/")]:
         if _looks_like_token(segment):
             return "it contains what looks like a token"
     for key, value in parse_qsl(parts.query, keep_blank_values=True):

@@ -328,7 +328,12 @@ class TestErrorsNameFileLineAndKey:
 
     @pytest.mark.parametrize(
         "url",
-        ["json://127.0.0.1:8080/", "mailto://mail.example.com?to=ops@example.com", "jsons://h/a/b"],
+        [
+            "json://127.0.0.1:8080/",
+            "mailto://mail.example.com?to=ops@example.com",
+            "jsons://h/a/b",
+            "json://monitoring-receiver01.internal.example.com:8080/alerts",
+        ],
     )
     def test_inline_channel_without_a_secret_is_fine(self, url):
         assert inline_url_secret(url) is None
