@@ -122,8 +122,20 @@ class Notifier:
             ):
                 results[index] = result
 
-        await asyncio.gather(*(run_channel(n, ix) for n, ix in per_channel.items()))
-        return [r for r in results if r is not None]
+        outcomes = await asyncio.gather(
+            *(run_channel(n, ix) for n, ix in per_channel.items()), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+                raise outcome  # cancellation and interrupts are the caller's business
+            if isinstance(outcome, Exception):
+                log.error("notify.internal_error", error=redact(repr(outcome)))
+        return [
+            r
+            if r is not None
+            else self._result(messages[i], False, 0, "internal error while delivering")
+            for i, r in enumerate(results)
+        ]
 
     async def send_test(self, channel_name: str) -> DeliveryResult:
         """Send a test message to one channel (``novita-monitor notify-test``)."""
