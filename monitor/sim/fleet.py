@@ -410,7 +410,7 @@ class FleetSim:
             )
             if kind == "subscription":
                 inst.billing_mode = "monthly"
-                end = t - t % HOUR + rng.randint(1, 60) * DAY
+                end = t - t % HOUR + rng.randint(1, 27) * DAY  # bought 1 month before
                 inst.runs = [[add_months(end, -1), None]]
                 inst.created_at = add_months(end, -1)
                 self._add(inst)
