@@ -97,13 +97,11 @@ class _Redactor(logging.Filter):
 
 
 _REDACTOR = _Redactor()
-_installed = False
 _install_lock = threading.Lock()
 
 
 def protect(urls: Iterable[str | None]) -> None:
     """Register the secrets of ``urls`` and make sure the third-party loggers are filtered."""
-    global _installed
     fragments: set[str] = set()
     for url in urls:
         if url:
@@ -117,10 +115,10 @@ def protect(urls: Iterable[str | None]) -> None:
         if _surely_secret(fragment):
             register_secret(fragment)
     with _install_lock:
-        if not _installed:
-            for name in _LOGGERS:
-                logging.getLogger(name).addFilter(_REDACTOR)
-            _installed = True
+        for name in _LOGGERS:
+            logger = logging.getLogger(name)
+            if _REDACTOR not in logger.filters:  # checked each time: a logging reset may drop it
+                logger.addFilter(_REDACTOR)
 
 
 def redact(text: str, urls: Iterable[str | None] = ()) -> str:
