@@ -126,6 +126,9 @@ class TaskSpec(StrictModel):
     reason: str | None = None
     created: str | int | None = None
     finished: str | int | None = None
+    changes: list[dict[str, Any]] = Field(
+        default_factory=list, description="[{at: -5m, status: FAILED}]: later field values"
+    )
 
 
 class StaleSpec(StrictModel):
@@ -269,6 +272,28 @@ class _Scenario:
             labels=dict(fields["labels"]),
         )
 
+    def task(self, spec: TaskSpec, t: datetime) -> TaskFact | None:
+        created = self.rel(spec.created)
+        if created is not None and created > t:
+            return None  # not listed yet
+        fields = spec.model_dump()
+        finished = self.rel(spec.finished)
+        for change in spec.changes:
+            when = self.rel(change.get("at", 0))
+            if when is not None and when <= t:
+                fields.update({k: v for k, v in change.items() if k != "at"})
+                if "status" in change and spec.finished is None:
+                    finished = when
+        return TaskFact(
+            id=spec.id,
+            kind=fields["kind"],
+            status=fields["status"],
+            name=fields["name"] or spec.id,
+            reason=fields["reason"],
+            created_at=created,
+            finished_at=finished,
+        )
+
     def facts(self, t: datetime) -> InMemoryFacts:
         case, account = self.case, self.case.account
         stale: list[str] = []
@@ -282,18 +307,7 @@ class _Scenario:
         balance = _value_at(self.balance, t)
         burn = _value_at(self.burn, t)
         instances = [i for i in (self.instance(s, t) for s in case.instances) if i is not None]
-        tasks = [
-            TaskFact(
-                id=s.id,
-                kind=s.kind,
-                status=s.status,
-                name=s.name or s.id,
-                reason=s.reason,
-                created_at=self.rel(s.created),
-                finished_at=self.rel(s.finished),
-            )
-            for s in case.tasks
-        ]
+        tasks = [task for task in (self.task(s, t) for s in case.tasks) if task is not None]
         return InMemoryFacts(
             instance_list={account: instances},
             metrics=self.metrics,
