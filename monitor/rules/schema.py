@@ -1,0 +1,75 @@
+"""JSON Schema of rule files, generated from the same pydantic models the loader validates with
+(for ``novita-monitor schema`` and editors' YAML plugins).
+
+The ``when`` tree is recursive and open to every registered condition, so its schema is built
+here: ``all``/``any``/``not``, a comparison, or exactly one built-in with its own parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic.json_schema import models_json_schema
+
+import monitor.rules.conditions  # noqa: F401  (registers the built-in conditions)
+from monitor.rules.model import RuleModel
+from monitor.rules.registry import conditions
+from monitor.rules.tree import CompareModel
+
+SCHEMA_ID = "https://novita-monitor.invalid/schemas/rules.json"
+REF = "#/$defs/{model}"
+
+
+def rule_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a rule file."""
+    specs = list(conditions)
+    models = [RuleModel, CompareModel, *(s.params for s in specs)]
+    refs, top = models_json_schema(
+        [(m, "validation") for m in models], ref_template=REF, by_alias=True
+    )
+    defs: dict[str, Any] = dict(top.get("$defs", {}))
+
+    def ref_of(model: type) -> dict[str, Any]:
+        return refs[(model, "validation")]
+
+    rule = defs[RuleModel.__name__]
+    rule["properties"]["when"] = {"$ref": "#/$defs/Condition"}
+    rule["properties"]["actions"] = {
+        "description": "not supported yet: remedial actions come in a later release",
+        "type": "array",
+        "maxItems": 0,
+    }
+    condition = "#/$defs/Condition"
+    branches: list[dict[str, Any]] = [
+        _single("all", {"type": "array", "minItems": 1, "items": {"$ref": condition}}),
+        _single("any", {"type": "array", "minItems": 1, "items": {"$ref": condition}}),
+        _single("not", {"$ref": condition}),
+        ref_of(CompareModel),
+    ]
+    for spec in specs:
+        params = dict(ref_of(spec.params))
+        branch = _single(spec.name, {"anyOf": [params, {"type": "null"}]})
+        branch["description"] = f"{spec.doc} (resources: {', '.join(sorted(spec.resources))})"
+        branches.append(branch)
+    defs["Condition"] = {"description": "a condition tree node", "anyOf": branches}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "novita-monitor rule file",
+        "type": "object",
+        "properties": {
+            "rules": {"type": "array", "items": {"$ref": REF.format(model="RuleModel")}}
+        },
+        "required": ["rules"],
+        "additionalProperties": False,
+        "$defs": defs,
+    }
+
+
+def _single(key: str, value: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {key: value},
+        "required": [key],
+        "additionalProperties": False,
+    }
