@@ -2,7 +2,7 @@
 
 Nothing is stored per minute, so a fleet of 5000 instances costs no memory for its history and any
 window can be answered at once. Randomness comes from a 64-bit mixing hash (splitmix64 finaliser)
-of the inputs, so the same seed always gives the same numbers.
+of the inputs (segment boundaries cached), so the same seed always gives the same numbers.
 
 Profiles (all values are percentages):
 
@@ -18,44 +18,61 @@ Profiles (all values are percentages):
 from __future__ import annotations
 
 import zlib
+from functools import lru_cache
 
 PROFILES = ("trainer", "inference", "idle", "partial")
 
 _MASK = (1 << 64) - 1
 
 
-def mix(*parts: int) -> int:
-    """A deterministic 64-bit hash of integers (splitmix64 steps)."""
-    h = 0x9E3779B97F4A7C15
-    for p in parts:
-        h = ((h ^ (p & _MASK)) * 0xBF58476D1CE4E5B9) & _MASK
-        h ^= h >> 31
-        h = (h * 0x94D049BB133111EB) & _MASK
-        h ^= h >> 29
-    return h
+_M = (
+    0x9E3779B97F4A7C15,
+    0xC2B2AE3D27D4EB4F,
+    0x165667B19E3779F9,
+    0xD6E8FEB86659FD93,
+    0xFF51AFD7ED558CCD,
+)
 
 
-def unit(*parts: int) -> float:
+def mix(a: int, b: int = 0, c: int = 0, d: int = 0, e: int = 0) -> int:
+    """A deterministic 64-bit hash of up to five integers (splitmix64 finaliser)."""
+    z = (a * _M[0] + b * _M[1] + c * _M[2] + d * _M[3] + e * _M[4] + 0x632BE59BD9B4E019) & _MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    return z ^ (z >> 31)
+
+
+def unit(a: int, b: int = 0, c: int = 0, d: int = 0, e: int = 0) -> float:
     """A deterministic number in [0, 1)."""
-    return mix(*parts) / 18446744073709551616.0
+    return mix(a, b, c, d, e) / 18446744073709551616.0
 
 
 def key_of(seed: int, instance_id: str) -> int:
-    return mix(seed, zlib.crc32(instance_id.encode()))
+    return mix(seed, zlib.crc32(instance_id.encode()), 0x5EED)
+
+
+@lru_cache(maxsize=65536)
+def _trainer_dip(key: int, seg: int) -> tuple[float, float]:
+    start = 300 + unit(key, seg, 1) * 1200
+    return start, start + 120 + unit(key, seg, 2) * 120
 
 
 def _in_trainer_dip(key: int, t: int) -> bool:
     seg, offset = divmod(t, 1800)
-    start = 300 + unit(key, seg, 1) * 1200
-    length = 120 + unit(key, seg, 2) * 120
-    return start <= offset < start + length
+    start, end = _trainer_dip(key, seg)
+    return start <= offset < end
+
+
+@lru_cache(maxsize=65536)
+def _inference_burst(key: int, seg: int) -> tuple[float, float]:
+    start = unit(key, seg, 5) * 540
+    return start, start + 180 + unit(key, seg, 6) * 180
 
 
 def _in_inference_burst(key: int, t: int) -> bool:
     seg, offset = divmod(t, 900)
-    start = unit(key, seg, 5) * 540
-    length = 180 + unit(key, seg, 6) * 180
-    if start <= offset < start + length:
+    start, end = _inference_burst(key, seg)
+    if start <= offset < end:
         return True
     return unit(key, t // 60, 7) < 0.15
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 from types import TracebackType
-from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -117,7 +116,6 @@ def run_simulator(
     error_rate: float = 0.0,
     speed: float = 1.0,
     host: str = "127.0.0.1",
-    **_: Any,
 ) -> None:
     """Serve the simulator until interrupted (``novita-monitor simulator``).
 
