@@ -46,14 +46,16 @@ BUILTIN_MONITOR_RULE = Rule(
 
 @dataclass(frozen=True)
 class EvalResult:
-    """``states`` holds every fingerprint passed in plus the new ones (resolved and inactive
-    included: the store decides what to keep); ``transitions`` and ``notifications_due`` are in
-    a deterministic order (account, rule, resource)."""
+    """``states`` holds every fingerprint passed in plus those that became active (resolved
+    and inactive ones included: the store decides what to keep); ``changed`` names those that
+    differ from the input, so the store writes only them. ``transitions`` and
+    ``notifications_due`` are in a deterministic order (account, rule, resource)."""
 
     states: dict[str, AlertState]
     transitions: list[Transition] = field(default_factory=list)
     notifications_due: list[Notification] = field(default_factory=list)
     inhibited_accounts: dict[str, list[str]] = field(default_factory=dict)
+    changed: set[str] = field(default_factory=set)  # fingerprints whose state differs from input
 
     def firing(self) -> list[AlertState]:
         return [s for s in self.states.values() if s.state == "firing"]
@@ -158,9 +160,13 @@ def evaluate(
     notes: list[Notification] = []
     inhibited_accounts: dict[str, list[str]] = {}
     seen: set[str] = set()
+    changed: set[str] = set()
 
     def record(outcome: Outcome) -> None:
-        out[outcome.state.fingerprint] = outcome.state
+        fp = outcome.state.fingerprint
+        if states.get(fp) is not outcome.state:
+            changed.add(fp)
+        out[fp] = outcome.state
         if outcome.transition is not None:
             transitions.append(outcome.transition)
         if outcome.notification is not None:
@@ -174,21 +180,29 @@ def evaluate(
         stale = set(cached.stale_collectors(account, now))
         if stale:
             inhibited_accounts[account] = sorted(stale)
+        resources: dict[str, list[Resource]] = {}
         for rule in rules:
             inhibited = _inhibited(rule, stale)
-            for res in resources_for(rule.resource, account, cached):
+            if rule.resource not in resources:
+                resources[rule.resource] = resources_for(rule.resource, account, cached)
+            for res in resources[rule.resource]:
                 fp = fingerprint(account, rule.name, res.kind, res.id)
                 seen.add(fp)
-                old = states.get(fp) or AlertState(
-                    fp, account, rule.name, res.kind, res.id, severity=rule.severity
-                )
-                old = replace(old, resource_name=res.name or old.resource_name)
+                prior = states.get(fp)
                 if inhibited:
-                    record(step(rule, old, None, now, silenced=True, inhibited=True))
-                    continue
-                ctx = EvalContext(cached, account, now, rule.severity, old)
+                    continue  # neither fire nor resolve, and stay quiet
+                ctx = EvalContext(cached, account, now, rule.severity, prior)
                 result = rule.when.evaluate(ctx, res)
                 match = _apply_missing(rule, result)
+                if prior is None:
+                    if not match:
+                        continue  # never active: nothing to remember
+                    prior = AlertState(
+                        fp, account, rule.name, res.kind, res.id, severity=rule.severity
+                    )
+                old = prior
+                if res.name and res.name != old.resource_name:
+                    old = replace(old, resource_name=res.name)
                 record(
                     step(
                         rule,
@@ -198,7 +212,7 @@ def evaluate(
                         silenced=is_silenced(replace(old, labels=dict(rule.labels))),
                         values=result.values,
                         severity=result.severity,
-                        summary=summarize(rule, res, result.values),
+                        summary=summarize(rule, res, result.values) if match else "",
                         notify_resolved=notify_resolved,
                     )
                 )
@@ -246,7 +260,7 @@ def evaluate(
                 notify_resolved=notify_resolved,
             )
         )
-    return EvalResult(out, transitions, notes, inhibited_accounts)
+    return EvalResult(out, transitions, notes, inhibited_accounts, changed)
 
 
 def _apply_missing(rule: Rule, result: Result) -> bool | None:

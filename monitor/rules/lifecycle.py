@@ -216,9 +216,11 @@ def step(
     ``match`` None (missing data) and ``inhibited`` keep the state as it is: neither fire nor
     resolve, and notify nothing (an inhibited alert is muted like a silenced one).
     """
-    cur = replace(old, last_eval_at=now)
     if match is None or inhibited:
-        return Outcome(cur)
+        return Outcome(old)
+    if not match and old.state not in ("pending", "firing"):
+        return Outcome(old)  # nothing to do: the common case, kept cheap
+    cur = replace(old, last_eval_at=now)
     new = cur
     if match:
         fresh = cur.state not in ("pending", "firing")
