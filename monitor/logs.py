@@ -48,6 +48,9 @@ LogFormat = Literal["auto", "json", "console"]
 
 # Loggers that are chatty at INFO (one line per HTTP request or job run): WARNING unless debug.
 _NOISY = ("httpx", "httpcore", "apscheduler", "urllib3", "requests")
+# Loggers that libraries give their own handlers (uvicorn's default LOGGING_CONFIG, alembic's
+# fileConfig): those handlers would print around the pipeline, unredacted. We take them back.
+_ADOPTED = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi", "alembic", "sqlalchemy")
 
 # ---------------------------------------------------------------------------------------------
 # secrets
@@ -182,6 +185,10 @@ def configure_logging(
     ``auto`` renders for people on a terminal and JSON lines otherwise. Logs go to stderr, not
     stdout, so commands that print JSON (``status --json``) stay parseable. Calling it again
     replaces the previous setup (SIGHUP reload).
+
+    uvicorn and alembic install handlers of their own; this removes them so their records go
+    through the pipeline too. Start uvicorn with ``log_config=None`` (and keep alembic's env.py
+    free of ``fileConfig``) so they do not put them back afterwards.
     """
     stream = stream if stream is not None else sys.stderr
     tty = _is_tty(stream)
@@ -238,6 +245,11 @@ def configure_logging(
         logging.getLogger(name).setLevel(
             logging.NOTSET if number <= logging.DEBUG else logging.WARNING
         )
+    for name in _ADOPTED:
+        adopted = logging.getLogger(name)
+        for h in list(adopted.handlers):
+            adopted.removeHandler(h)
+        adopted.propagate = True
     logging.captureWarnings(True)
 
 

@@ -123,6 +123,20 @@ class TestLevelsAndStdlib:
         logging.getLogger("httpx").info("HTTP Request: GET /x 200")
         assert [e["event"] for e in json_lines(out)] == ["HTTP Request: GET /x 200"]
 
+    def test_library_handlers_are_taken_back(self):
+        """uvicorn's default config gives its loggers their own handlers and no propagation."""
+        own = io.StringIO()
+        uvicorn_error = logging.getLogger("uvicorn.error")
+        uvicorn_error.addHandler(logging.StreamHandler(own))
+        uvicorn_error.propagate = False
+        out = io.StringIO()
+
+        configure_logging("json", "info", stream=out)
+        uvicorn_error.warning("port busy")
+
+        assert own.getvalue() == ""
+        assert json_lines(out)[0]["logger"] == "uvicorn.error"
+
     def test_reconfiguring_replaces_the_handler(self):
         first, second = io.StringIO(), io.StringIO()
         configure_logging("json", "info", stream=first)
