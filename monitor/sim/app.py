@@ -1,7 +1,7 @@
 """The simulated Novita API as a Starlette (ASGI) app over a :class:`FleetSim`.
 
 Paths, parameters and JSON shapes follow ``shared/novita-api/wire-format.md``. Quirks emitted on
-purpose (each one is covered by ``tests/test_sim_quirks.py``):
+purpose (each one is covered by ``tests/test_sim_quirks.py`` or ``tests/test_sim_wire.py``):
 
 1. Numbers as strings: instance ``gpuNum``, ``cpuNum``, ``memory``, ``endTime``, ``createdAt``;
    all balance and bill money; bill ``startTime``/``endTime``; metric ``timestamp``. But
