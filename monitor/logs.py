@@ -23,6 +23,7 @@ import threading
 from collections.abc import Mapping
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
+from pathlib import PurePath
 from typing import IO, Any, Literal
 
 import structlog
@@ -156,6 +157,19 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     """Our handler, recognisable so that reconfiguring replaces it instead of adding another."""
 
 
+def _json_default(value: Any) -> Any:
+    """Money and times as their plain text (``"4.20"``, ISO 8601), anything else as repr."""
+    if isinstance(value, (datetime, date, time)):
+        return value.isoformat()
+    if isinstance(value, (Decimal, PurePath)):
+        return str(value)
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    return repr(value)
+
+
 def _level_number(level: str | int) -> int:
     if isinstance(level, int):
         return level
@@ -205,7 +219,7 @@ def configure_logging(
         timestamper,
     ]
     renderer: Processor = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(default=_json_default)
         if use_json
         else structlog.dev.ConsoleRenderer(colors=tty)
     )

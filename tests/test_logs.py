@@ -53,6 +53,28 @@ class TestFormatSelection:
         assert line["timestamp"].endswith("Z")
         assert datetime.fromisoformat(line["timestamp"]).utcoffset().total_seconds() == 0
 
+    def test_json_renders_money_times_and_paths_as_text(self):
+        from datetime import UTC, timedelta
+        from decimal import Decimal
+        from pathlib import Path
+
+        out = io.StringIO()
+        configure_logging("json", "info", stream=out)
+
+        get_logger("x").info(
+            "values",
+            cost=Decimal("4.20"),
+            at=datetime(2026, 1, 2, 3, 4, tzinfo=UTC),
+            took=timedelta(seconds=90),
+            path=Path("/var/lib/x.db"),
+        )
+
+        line = json_lines(out)[0]
+        assert line["cost"] == "4.20"
+        assert line["at"] == "2026-01-02T03:04:00+00:00"
+        assert line["took"] == 90.0
+        assert line["path"] == "/var/lib/x.db"
+
     def test_auto_is_console_on_a_terminal(self):
         out = FakeTTY()
         configure_logging("auto", "info", stream=out)
