@@ -81,8 +81,7 @@ class TestValidConfig:
         assert cfg.stale_after == 3
         assert cfg.log.format == "auto"
         assert cfg.channels == {}
-        if os.geteuid() != 0:
-            assert cfg.database == "sqlite:////state/novita-monitor/monitor.db"
+        assert cfg.database == default_database_url({"XDG_STATE_HOME": "/state"}, os.geteuid())
         assert cfg.rule_paths == [shipped_rules_dir()]
         assert shipped_rules_dir().parts[-2:] == ("monitor", "shipped_rules")
 
@@ -130,6 +129,15 @@ class TestValidConfig:
         assert cfg.routes[0].match == {"severity": "critical"}
         assert cfg.line_for("channels", "ops") == 17
         assert cfg.line_for("accounts", 1, "api_key_env") == 7
+
+    def test_default_database_for_a_user_and_for_root(self):
+        env = {"XDG_STATE_HOME": "/state"}
+
+        user = Config.from_yaml(MINIMAL, env=env, euid=1000)
+        root = Config.from_yaml(MINIMAL, env=env, euid=0)
+
+        assert user.database == "sqlite:////state/novita-monitor/monitor.db"
+        assert root.database == "sqlite:////var/lib/novita-monitor/monitor.db"
 
     def test_empty_rules_list_means_no_rules(self, tmp_path):
         cfg = Config.load(write(tmp_path, MINIMAL + "rules: []\n"), env=ENV)
