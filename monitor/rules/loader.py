@@ -50,8 +50,11 @@ def rule_files(paths: Iterable[Path | str]) -> tuple[list[Path], list[Problem]]:
 class _Reporter:
     """Collects problems for one rule, mapping document paths to lines."""
 
-    def __init__(self, filename: str, linemap: LineMap, rule: str, rule_path: Path_) -> None:
+    def __init__(
+        self, filename: str, linemap: LineMap, rule: str, rule_path: Path_, document: Any
+    ) -> None:
         self.filename = filename
+        self.document = document
         self.linemap = linemap
         self.rule = rule
         self.rule_path = rule_path
@@ -77,7 +80,13 @@ class _Reporter:
     ) -> None:
         full = (*self.rule_path, *path)
         for problem in problems_from_validation_error(
-            exc, self.filename, self.linemap, self.rule, data=data, model=model, prefix=full
+            exc,
+            self.filename,
+            self.linemap,
+            self.rule,
+            data=self.document,
+            model=model,
+            prefix=full,
         ):
             self.problems.append(
                 dataclasses.replace(problem, field=_strip(problem.field, self.rule_path))
@@ -135,7 +144,7 @@ def _load_file(path: Path) -> tuple[list[_Entry], list[Problem]]:
         rule_path: Path_ = ("rules", index)
         name = raw.get("name") if isinstance(raw, dict) else None
         label = name if isinstance(name, str) and name else f"#{index + 1}"
-        report = _Reporter(filename, linemap, label, rule_path)
+        report = _Reporter(filename, linemap, label, rule_path, data)
         if not isinstance(raw, dict):
             report.error((), "a rule is a mapping (expected name, resource, when, ...)")
             problems.extend(report.problems)
