@@ -357,5 +357,11 @@ class InMemoryFacts:
     def history_start(self, account: str) -> datetime | None:
         if account in self.history_starts:
             return self.history_starts[account]
-        firsts = [s[0][0] for s in self.metrics.values() if s]
+        everything = [
+            *self.metrics.values(),
+            *self.gpu_metrics.values(),
+            *self.running.values(),
+            self.spend_rate.get(account, []),
+        ]
+        firsts = [s[0][0] - timedelta(seconds=SAMPLE_STEP_S) for s in everything if s]
         return min(firsts) if firsts else None
