@@ -1,0 +1,332 @@
+"""The engine and the alert lifecycle: for, repeat, resolve, hysteresis, restarts, silences,
+stale-data inhibition and missing data, all driven by explicit ``now`` values."""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import fields
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from monitor.notify.model import Notice
+from monitor.rules import (
+    AlertState,
+    BalanceFact,
+    EvalResult,
+    InMemoryFacts,
+    InstanceFact,
+    RuleSet,
+    Silence,
+    evaluate,
+    fingerprint,
+    load_rules,
+)
+
+T0 = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
+MIN = timedelta(minutes=1)
+
+BALANCE_RULE = """\
+rules:
+  - name: low
+    resource: account
+    when: {low_balance: {usd: 10}}
+    severity: warning
+    repeat_interval: 4h
+"""
+
+
+def rules(tmp_path: Path, text: str = BALANCE_RULE) -> RuleSet:
+    path = tmp_path / "r.yaml"
+    path.write_text(textwrap.dedent(text))
+    return load_rules([path])
+
+
+def with_extra(text: str, extra: str) -> str:
+    return text.rstrip("\n") + "\n" + textwrap.indent(textwrap.dedent(extra), "    ")
+
+
+def balance(usd: float | None, stale: list[str] | None = None) -> InMemoryFacts:
+    return InMemoryFacts(
+        balances={"acme": BalanceFact(Decimal(str(usd)), T0)} if usd is not None else {},
+        burn_rates={"acme": Decimal(1)},
+        stale={"acme": stale} if stale else {},
+        account_names=["acme"],
+    )
+
+
+class Run:
+    """Evaluate repeatedly, feeding states back as the daemon does."""
+
+    def __init__(self, ruleset: RuleSet) -> None:
+        self.ruleset = ruleset
+        self.states: dict[str, AlertState] = {}
+        self.silences: list[Silence] = []
+
+    def at(self, when: datetime, facts: InMemoryFacts) -> EvalResult:
+        result = evaluate(self.ruleset, facts, when, self.states, self.silences)
+        self.states = result.states
+        return result
+
+    def state(self, rule: str = "low", resource: str = "acme", kind: str = "account") -> str:
+        st = self.states.get(fingerprint("acme", rule, kind, resource))
+        return st.state if st else "absent"
+
+
+def told(result: EvalResult) -> list[tuple[str, str]]:
+    return [(n.rule, n.state) for n in result.notifications_due]
+
+
+def test_fires_at_the_first_evaluation_and_notifies_once(tmp_path: Path) -> None:
+    run = Run(rules(tmp_path))
+    first = run.at(T0, balance(5))
+    assert run.state() == "firing" and told(first) == [("low", "firing")]
+    (transition,) = first.transitions
+    assert (transition.from_state, transition.to_state) == ("inactive", "firing")
+    assert told(run.at(T0 + MIN, balance(5))) == []
+    assert told(run.at(T0 + 2 * MIN, balance(4))) == []
+
+
+def test_for_holds_pending_then_fires(tmp_path: Path) -> None:
+    run = Run(rules(tmp_path, with_extra(BALANCE_RULE, "for: 5m")))
+    assert told(run.at(T0, balance(5))) == [] and run.state() == "pending"
+    assert told(run.at(T0 + 4 * MIN, balance(5))) == [] and run.state() == "pending"
+    assert told(run.at(T0 + 5 * MIN, balance(5))) == [("low", "firing")]
+    assert run.state() == "firing"
+
+
+def test_pending_that_clears_goes_inactive_without_notice(tmp_path: Path) -> None:
+    run = Run(rules(tmp_path, with_extra(BALANCE_RULE, "for: 5m")))
+    run.at(T0, balance(5))
+    result = run.at(T0 + 2 * MIN, balance(50))
+    assert run.state() == "inactive" and told(result) == []
+    # a new episode starts the `for` clock again
+    run.at(T0 + 3 * MIN, balance(5))
+    assert told(run.at(T0 + 7 * MIN, balance(5))) == [] and run.state() == "pending"
+
+
+def test_repeat_interval_reminds_and_survives_a_restart(tmp_path: Path) -> None:
+    ruleset = rules(tmp_path)
+    run = Run(ruleset)
+    run.at(T0, balance(5))
+    saved = dict(run.states)  # what the store persisted
+    restarted = Run(ruleset)
+    restarted.states = saved
+    assert told(restarted.at(T0 + 10 * MIN, balance(5))) == []  # no re-send after a restart
+    assert told(restarted.at(T0 + 4 * 60 * MIN - MIN, balance(5))) == []
+    reminder = restarted.at(T0 + 4 * 60 * MIN, balance(5))
+    assert told(reminder) == [("low", "firing")] and reminder.notifications_due[0].reminder
+    assert told(restarted.at(T0 + 5 * 60 * MIN, balance(5))) == []
+
+
+def test_repeat_interval_zero_never_repeats(tmp_path: Path) -> None:
+    run = Run(rules(tmp_path, BALANCE_RULE.replace("repeat_interval: 4h", "repeat_interval: 0")))
+    run.at(T0, balance(5))
+    assert told(run.at(T0 + 48 * 60 * MIN, balance(5))) == []
+
+
+def test_resolve_notifies_and_keep_firing_for_delays_it(tmp_path: Path) -> None:
+    run = Run(rules(tmp_path, with_extra(BALANCE_RULE, "keep_firing_for: 10m")))
+    run.at(T0, balance(5))
+    assert told(run.at(T0 + MIN, balance(50))) == [] and run.state() == "firing"
+    assert told(run.at(T0 + 9 * MIN, balance(50))) == [] and run.state() == "firing"
+    resolved = run.at(T0 + 10 * MIN, balance(50))  # 10 min after it last held
+    assert told(resolved) == [("low", "resolved")] and run.state() == "resolved"
+    note = resolved.notifications_due[0]
+    assert note.resolved_at == T0 + 10 * MIN and note.firing_since == T0
+    # firing again is a new episode with a new firing notice
+    assert told(run.at(T0 + 12 * MIN, balance(5))) == [("low", "firing")]
+
+
+def test_a_match_during_keep_firing_for_extends_it(tmp_path: Path) -> None:
+    run = Run(rules(tmp_path, with_extra(BALANCE_RULE, "keep_firing_for: 10m")))
+    run.at(T0, balance(5))
+    run.at(T0 + 5 * MIN, balance(50))
+    run.at(T0 + 8 * MIN, balance(5))
+    run.at(T0 + 16 * MIN, balance(50))
+    assert run.state() == "firing"
+    run.at(T0 + 18 * MIN, balance(50))
+    assert run.state() == "resolved"
+
+
+def test_clear_threshold_hysteresis_prevents_flapping(tmp_path: Path) -> None:
+    run = Run(rules(tmp_path))
+    notes = []
+    for minute, usd in enumerate([9.5, 10.2, 9.8, 10.9, 9.9, 10.5]):
+        notes += told(run.at(T0 + minute * MIN, balance(usd)))
+    assert notes == [("low", "firing")] and run.state() == "firing"
+    assert told(run.at(T0 + 10 * MIN, balance(11.5))) == [("low", "resolved")]
+
+
+def test_severity_escalation_notifies(tmp_path: Path) -> None:
+    text = """\
+    rules:
+      - name: low
+        resource: account
+        when:
+          low_balance:
+            levels: [{usd: 10, severity: warning}, {usd: 3, severity: critical}]
+    """
+    run = Run(rules(tmp_path, text))
+    assert told(run.at(T0, balance(8))) == [("low", "firing")]
+    escalated = run.at(T0 + MIN, balance(2))
+    assert told(escalated) == [("low", "firing")]
+    assert escalated.notifications_due[0].severity == "critical"
+    assert told(run.at(T0 + 2 * MIN, balance(3.1))) == []  # holds critical inside the band
+    assert run.states[fingerprint("acme", "low", "account", "acme")].severity == "critical"
+
+
+def test_missing_data_neither_fires_nor_resolves(tmp_path: Path) -> None:
+    run = Run(rules(tmp_path))
+    assert told(run.at(T0, balance(None))) == [] and run.state() == "absent"
+    run.at(T0 + MIN, balance(5))
+    result = run.at(T0 + 2 * MIN, balance(None))
+    assert run.state() == "firing" and told(result) == [] and result.transitions == []
+
+
+@pytest.mark.parametrize(
+    ("on_missing", "expected"), [("match", "firing"), ("no_match", "resolved")]
+)
+def test_on_missing_can_say_otherwise(tmp_path: Path, on_missing: str, expected: str) -> None:
+    run = Run(rules(tmp_path, with_extra(BALANCE_RULE, f"on_missing: {on_missing}")))
+    run.at(T0, balance(5) if expected == "resolved" else balance(None))
+    run.at(T0 + MIN, balance(None))
+    assert run.state() == expected
+
+
+def test_silenced_alerts_change_state_but_notify_nothing_until_the_silence_ends(
+    tmp_path: Path,
+) -> None:
+    run = Run(rules(tmp_path))
+    run.silences = [Silence("s1", ends_at=T0 + 30 * MIN, rule="lo*", reason="known")]
+    assert told(run.at(T0, balance(5))) == [] and run.state() == "firing"
+    assert told(run.at(T0 + 29 * MIN, balance(5))) == []
+    # the silence expired: the firing that was never told is told now
+    assert told(run.at(T0 + 30 * MIN, balance(5))) == [("low", "firing")]
+
+
+def test_silence_scope_and_silenced_resolution(tmp_path: Path) -> None:
+    run = Run(rules(tmp_path))
+    run.silences = [Silence("other", ends_at=T0 + 60 * MIN, rule="low", resource_id="other-*")]
+    assert told(run.at(T0, balance(5))) == [("low", "firing")]  # a silence for someone else
+    run.silences = [Silence("s", ends_at=T0 + 60 * MIN, rule="low", account="acme")]
+    assert told(run.at(T0 + MIN, balance(50))) == [] and run.state() == "resolved"
+    not_yet = Silence("later", starts_at=T0 + 2 * 60 * MIN, ends_at=T0 + 3 * 60 * MIN)
+    assert not not_yet.active(T0) and not_yet.active(T0 + 2 * 60 * MIN)
+    assert not not_yet.active(T0 + 3 * 60 * MIN)
+
+
+IDLE = """\
+rules:
+  - name: idle
+    resource: instance
+    when: {idle_gpu: {window: 30m}}
+"""
+
+
+def idle_facts(util: float, stale: list[str] | None = None, present: bool = True) -> InMemoryFacts:
+    inst = InstanceFact(
+        "i-1", "nb", "running", "onDemand", 1, last_started_at=T0 - timedelta(hours=5)
+    )
+    samples = [(T0 - timedelta(hours=5) + k * MIN, util) for k in range(1, 5 * 60 + 60)]
+    return InMemoryFacts(
+        instance_list={"acme": [inst] if present else []},
+        metrics={("i-1", "gpu_util"): samples},
+        stale={"acme": stale} if stale else {},
+        account_names=["acme"],
+    )
+
+
+def test_stale_collectors_inhibit_dependent_alerts_and_raise_one_monitor_alert(
+    tmp_path: Path,
+) -> None:
+    run = Run(rules(tmp_path, IDLE))
+    assert told(run.at(T0, idle_facts(0))) == [("idle", "firing")]
+    # metrics stale: the (now busy) instance neither resolves nor re-notifies
+    held = run.at(T0 + MIN, idle_facts(90, stale=["metrics"]))
+    assert run.state("idle", "i-1", "instance") == "firing"
+    assert told(held) == [("monitor-cannot-see-account", "firing")]
+    assert held.inhibited_accounts == {"acme": ["metrics"]}
+    assert run.state("monitor-cannot-see-account", "acme", "monitor") == "firing"
+    # a collector the rule does not read does not hold it
+    run2 = Run(rules(tmp_path, IDLE))
+    run2.at(T0, idle_facts(0))
+    run2.at(T0 + MIN, idle_facts(90, stale=["bills"]))
+    assert run2.state("idle", "i-1", "instance") == "resolved"
+    # fresh again: the held alert resolves and the monitor alert too
+    fresh = run.at(T0 + 2 * MIN, idle_facts(90))
+    assert sorted(told(fresh)) == [("idle", "resolved"), ("monitor-cannot-see-account", "resolved")]
+
+
+def test_shipped_monitor_rule_replaces_the_builtin_one(tmp_path: Path) -> None:
+    text = IDLE + "  - {name: cannot-see, resource: monitor, when: {collector_stale: {}}}\n"
+    run = Run(rules(tmp_path, text))
+    result = run.at(T0, idle_facts(0, stale=["instances"]))
+    assert told(result) == [("cannot-see", "firing")]
+
+
+def test_a_vanished_resource_resolves(tmp_path: Path) -> None:
+    run = Run(rules(tmp_path, with_extra(IDLE, "keep_firing_for: 1h")))
+    run.at(T0, idle_facts(0))
+    gone = run.at(T0 + MIN, idle_facts(0, present=False))
+    assert run.state("idle", "i-1", "instance") == "resolved"
+    assert told(gone) == [("idle", "resolved")]
+    assert gone.transitions[0].reason == "resource gone"
+
+
+def test_a_removed_rule_resolves_silently(tmp_path: Path) -> None:
+    run = Run(rules(tmp_path))
+    run.at(T0, balance(5))
+    run.ruleset = rules(tmp_path, IDLE)
+    result = run.at(T0 + MIN, balance(5))
+    assert run.state() == "resolved" and told(result) == []
+    assert [t.reason for t in result.transitions] == ["rule removed"]
+
+
+def test_evaluation_is_deterministic_and_fingerprints_stable(tmp_path: Path) -> None:
+    ruleset = rules(tmp_path, IDLE)
+    a = evaluate(ruleset, idle_facts(0), T0, {}, [])
+    b = evaluate(ruleset, idle_facts(0), T0, {}, [])
+    assert a == b
+    assert fingerprint("acme", "idle", "instance", "i-1") == fingerprint(
+        "acme", "idle", "instance", "i-1"
+    )
+    assert fingerprint("acme", "idle", "instance", "i-1") != fingerprint(
+        "acme", "idle", "instance", "i-2"
+    )
+    assert a.changed == set(a.states)
+
+
+def test_notifications_carry_what_a_notice_needs(tmp_path: Path) -> None:
+    text = with_extra(
+        IDLE,
+        """\
+        notify: [ops]
+        labels: {team: ml}
+        summary: "{{ resource_name }} idle"
+        description: Idle GPU.
+        """,
+    )
+    run = Run(rules(tmp_path, text))
+    facts = idle_facts(1)
+    facts.instance_list["acme"] = [
+        InstanceFact("i-1", "nb", "running", "onDemand", 1, last_started_at=T0 - timedelta(hours=5),
+                     hourly_cost_usd=Decimal("0.8"))
+    ]  # fmt: skip
+    (note,) = run.at(T0, facts).notifications_due
+    notice = Notice(**note.notice_fields())
+    assert {f.name for f in fields(Notice)} == set(note.notice_fields())
+    assert (notice.rule, notice.state, notice.account) == ("idle", "firing", "acme")
+    assert (notice.resource_kind, notice.resource_id, notice.resource_name) == (
+        "instance",
+        "i-1",
+        "nb",
+    )
+    assert notice.channels == ["ops"] and notice.labels == {"team": "ml"}
+    assert notice.template == "{{ resource_name }} idle" and notice.started_at == T0
+    assert notice.values["value"] == 1 and notice.values["threshold"] == 5
+    assert notice.values["cost_per_hour_usd"] == 0.8
+    assert "nb (i-1)" in notice.summary and "threshold 5" in notice.summary
+    assert note.description == "Idle GPU."
