@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from monitor.rules.conditions import CollectorStaleParams
@@ -87,7 +88,7 @@ def resources_for(kind: str, account: str, facts: CachedFacts) -> list[Resource]
         burn = facts.burn_rate(account)
         runway = None
         if balance is not None and burn is not None and burn > 0:
-            runway = float(max(balance.available_usd, 0) / burn)
+            runway = float(max(balance.available_usd, Decimal(0)) / burn)
         fields = {
             "account": account,
             "balance_usd": money(balance.available_usd) if balance else None,
@@ -221,8 +222,8 @@ def evaluate(
     for fp, old in sorted(states.items()):
         if fp in seen or old.state not in ("pending", "firing"):
             continue
-        rule = by_name.get(old.rule)
-        if rule is None:
+        known = by_name.get(old.rule)
+        if known is None:
             gone = replace(old, state="resolved" if old.state == "firing" else "inactive")
             gone = replace(gone, resolved_at=now if old.state == "firing" else old.resolved_at)
             record(
@@ -246,9 +247,9 @@ def evaluate(
             continue
         if old.account not in account_set:
             continue
-        if _inhibited(rule, set(inhibited_accounts.get(old.account, ()))):
+        if _inhibited(known, set(inhibited_accounts.get(old.account, ()))):
             continue
-        quick = replace(rule, keep_firing_for=timedelta(0))  # a vanished resource cannot linger
+        quick = replace(known, keep_firing_for=timedelta(0))  # a vanished resource cannot linger
         record(
             step(
                 quick,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 import monitor.rules.conditions  # noqa: F401  (registers the built-in conditions)
@@ -23,7 +24,7 @@ REF = "#/$defs/{model}"
 def rule_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of a rule file."""
     specs = list(conditions)
-    models = [RuleModel, CompareModel, *(s.params for s in specs)]
+    models: list[type[BaseModel]] = [RuleModel, CompareModel, *(s.params for s in specs)]
     refs, top = models_json_schema(
         [(m, "validation") for m in models], ref_template=REF, by_alias=True
     )

@@ -312,8 +312,10 @@ class _Scenario:
             instance_list={account: instances},
             metrics=self.metrics,
             gpu_metrics=self.gpu_metrics,
-            balances={account: BalanceFact(_dec(balance), t)} if balance is not None else {},
-            burn_rates={account: _dec(burn)} if burn is not None else {},
+            balances={account: BalanceFact(Decimal(str(balance)), t)}
+            if balance is not None
+            else {},
+            burn_rates={account: Decimal(str(burn))} if burn is not None else {},
             spend_rate={account: self.spend},
             running=self.running,
             task_list={account: tasks},
@@ -419,8 +421,9 @@ def run_case(case: TestCase, ruleset: RuleSet) -> list[str]:
     checks = sorted(((scen.now + parse_offset(e.at)), i) for i, e in enumerate(case.expect))
     if not checks:
         return ["no expect entries"]
-    first = scen.rel(case.start) if case.start is not None else checks[0][0]
-    first = min(first, checks[0][0])  # type: ignore[type-var]
+    first: datetime = checks[0][0]
+    if case.start is not None:
+        first = min(first, scen.now + parse_offset(case.start))
     last = checks[-1][0]
     silences = [
         Silence(

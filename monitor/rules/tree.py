@@ -151,7 +151,8 @@ def _prepare_value(op: str, value: Any) -> Any:
 
 
 class Node(Protocol):
-    needs: frozenset[str]
+    @property
+    def needs(self) -> frozenset[str]: ...
 
     def evaluate(self, ctx: EvalContext, resource: Resource) -> Result: ...
 
