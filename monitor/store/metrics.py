@@ -16,16 +16,17 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
+from itertools import groupby
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, delete, func, or_, select
+from sqlalchemy import Connection, and_, bindparam, case, delete, func, or_, select, update
 
 from monitor.novita.models import InstanceMetrics, MetricPoint
 from monitor.store import tables as t
 from monitor.store.records import SERIES, GpuAgg, MetricRow, WindowAgg
 from monitor.store.repo import CoreRepo
+from monitor.store.sql import insert_ignore as _insert_ignore
 from monitor.store.sql import upsert
 from monitor.store.types import (
     GPU_MISSING,
@@ -54,6 +55,12 @@ HOURLY_AVG = {
 }
 HOURLY_EXTREMES = {"gpu_util": ("gpu_util_max", "gpu_util_min", "gpu_util_n")}
 HOURLY_EXTREMES["gpu_mem"] = ("gpu_mem_max", "gpu_mem_min", "gpu_mem_n")
+HOURLY_SCALARS = [
+    "instance_key", "ts", "n",
+    "gpu_util_avg", "gpu_util_max", "gpu_util_min", "gpu_util_n",
+    "gpu_mem_avg", "gpu_mem_max", "gpu_mem_min", "gpu_mem_n",
+    "cpu_avg", "mem_avg", "disk_avg",
+]  # fmt: skip
 
 
 def floor_to(ts: int, step: int) -> int:
@@ -109,51 +116,27 @@ def minute_rows(metrics: InstanceMetrics, cpu_num: int | None) -> dict[int, dict
     return out
 
 
-@dataclass
-class _HourAcc:
-    """Accumulates one instance-hour of raw rows into a rollup row."""
+def _gpu_vectors(blobs: list[bytes]) -> tuple[bytes | None, bytes | None]:
+    """Per-GPU average and max of a group of packed vectors (255 = missing is skipped)."""
+    blobs = [bytes(b) for b in blobs if b]
+    if not blobs:
+        return None, None
+    width = max(len(b) for b in blobs)
+    missing = bytes([GPU_MISSING])
+    if all(len(b) == width and missing not in b for b in blobs):  # the common case, in C
+        columns = list(zip(*blobs, strict=True))
+        avg = bytes([int(sum(c) / len(c) + 0.5) for c in columns])
+        return avg, bytes([max(c) for c in columns])
+    avgs, maxes = [], []
+    for i in range(width):
+        values = [b[i] for b in blobs if i < len(b) and b[i] != GPU_MISSING]
+        avgs.append(int(sum(values) / len(values) + 0.5) if values else GPU_MISSING)
+        maxes.append(max(values) if values else GPU_MISSING)
+    return bytes(avgs), bytes(maxes)
 
-    n: int = 0
 
-    def __post_init__(self) -> None:
-        self.vals: dict[str, list[int]] = defaultdict(list)
-        self.gpu_u: dict[int, list[int]] = defaultdict(list)
-        self.gpu_m: dict[int, list[int]] = defaultdict(list)
-
-    def add(self, row: Any) -> None:
-        self.n += 1
-        for series in SERIES:
-            value = getattr(row, series)
-            if value is not None:
-                self.vals[series].append(value)
-        for blob, target in ((row.gpu_utils, self.gpu_u), (row.gpu_mems, self.gpu_m)):
-            for i, b in enumerate(bytes(blob or b"")):
-                if b != GPU_MISSING:
-                    target[i].append(b)
-
-    def row(self, instance_key: int, hour: int) -> dict[str, Any]:
-        def avg(values: list[int]) -> int | None:
-            return round(sum(values) / len(values)) if values else None
-
-        out: dict[str, Any] = {"instance_key": instance_key, "ts": hour, "n": self.n}
-        for series, col in HOURLY_AVG.items():
-            out[col] = avg(self.vals[series])
-        for series, (mx, mn, cnt) in HOURLY_EXTREMES.items():
-            values = self.vals[series]
-            out[mx] = max(values) if values else None
-            out[mn] = min(values) if values else None
-            out[cnt] = len(values)
-
-        def vec(source: dict[int, list[int]], fn: Any) -> bytes | None:
-            if not source:
-                return None
-            width = max(source) + 1
-            return bytes(fn(source[i]) if source.get(i) else GPU_MISSING for i in range(width))
-
-        out["gpu_utils_avg"] = vec(self.gpu_u, lambda v: round(sum(v) / len(v)))
-        out["gpu_utils_max"] = vec(self.gpu_u, max)
-        out["gpu_mems_avg"] = vec(self.gpu_m, lambda v: round(sum(v) / len(v)))
-        return out
+def _hour_expr(ts: Any) -> Any:
+    return ts - ts % HOUR
 
 
 class MetricsRepo(CoreRepo):
@@ -168,68 +151,90 @@ class MetricsRepo(CoreRepo):
 
         A series missing from this response keeps the stored value of that minute (merge, not
         replace), so re-fetching an overlapping window is idempotent and writes nothing new.
+        CPU is normalised per core with ``cpu_num``.
         """
-        rows = minute_rows(metrics, cpu_num)
-        if not rows:
+        return self.upsert_metrics_many(account, [(instance_id, metrics, cpu_num)])
+
+    def upsert_metrics_many(
+        self, account: str, items: Iterable[tuple[str, InstanceMetrics, int | None]]
+    ) -> int:
+        """:meth:`upsert_metrics` for many instances in one transaction (one write lock on
+        SQLite instead of one per instance); ``items`` are ``(instance_id, metrics, cpu_num)``."""
+        prepared = [(iid, minute_rows(m, cpu)) for iid, m, cpu in items]
+        prepared = [(iid, rows) for iid, rows in prepared if rows]
+        if not prepared:
             return 0
         account_id = self.ensure_account(account)
         m = t.metric_samples.c
-        with self.engine.begin() as conn:
-            key = self._instance_key(conn, account_id, instance_id, create=True)
-            assert key is not None
-            stored = {
-                r.ts: r
-                for r in conn.execute(
-                    select(t.metric_samples).where(
-                        m.instance_key == key, m.ts >= min(rows), m.ts <= max(rows)
-                    )
-                )
-            }
-            changed = []
-            for minute, new in sorted(rows.items()):
-                old = stored.get(minute)
-                merged = {
-                    col: (new[col] if new[col] is not None else getattr(old, col, None))
-                    for col in RAW_COLS
-                }
-                if old is not None and all(
-                    _same(merged[col], getattr(old, col)) for col in RAW_COLS
-                ):
-                    continue
-                changed.append({"instance_key": key, "ts": minute, **merged})
-            upsert(conn, t.metric_samples, changed, keys=["instance_key", "ts"])
-            watermark = self._watermark(conn)
-            if changed and watermark is not None:
-                late = sorted({floor_to(r["ts"], HOUR) for r in changed if r["ts"] < watermark})
-                for hour in late:
-                    self._rollup_range(conn, hour, hour + HOUR, instance_keys=[key])
-        return len(changed)
-
-    def bulk_insert_metrics(self, rows: Iterable[MetricRow], batch: int = 20_000) -> int:
-        """Insert many minute rows fast (Core executemany, no read-back, no merge): for benchmarks
-        and fixtures. Existing (instance, minute) rows are left untouched. Call :meth:`rollup`
-        afterwards so long windows can use the hourly table."""
         total = 0
-        buffer: list[dict[str, Any]] = []
         with self.engine.begin() as conn:
-            for r in rows:
-                buffer.append(
-                    {
-                        "instance_key": r.instance_key,
-                        "ts": floor_to(int(r.ts), MINUTE),
-                        "gpu_util": encode_pct(r.gpu_util),
-                        "gpu_mem": encode_pct(r.gpu_mem),
-                        "cpu": encode_pct(r.cpu),
-                        "mem": encode_pct(r.mem),
-                        "disk": encode_pct(r.disk),
-                        "gpu_utils": pack_gpus(r.gpu_utils),
-                        "gpu_mems": pack_gpus(r.gpu_mems),
+            watermark = self._watermark(conn)
+            for instance_id, rows in prepared:
+                key = self._instance_key(conn, account_id, instance_id, create=True)
+                assert key is not None
+                stored = {
+                    r.ts: r
+                    for r in conn.execute(
+                        select(t.metric_samples).where(
+                            m.instance_key == key, m.ts >= min(rows), m.ts <= max(rows)
+                        )
+                    )
+                }
+                changed = []
+                for minute, new in sorted(rows.items()):
+                    old = stored.get(minute)
+                    merged = {
+                        col: (new[col] if new[col] is not None else getattr(old, col, None))
+                        for col in RAW_COLS
                     }
-                )
+                    if old is not None and all(
+                        _same(merged[col], getattr(old, col)) for col in RAW_COLS
+                    ):
+                        continue
+                    changed.append({"instance_key": key, "ts": minute, **merged})
+                upsert(conn, t.metric_samples, changed, keys=["instance_key", "ts"])
+                total += len(changed)
+                if changed and watermark is not None:
+                    late = {floor_to(r["ts"], HOUR) for r in changed if r["ts"] < watermark}
+                    for hour in sorted(late):
+                        self._rollup_range(conn, hour, hour + HOUR, instance_keys=[key])
+        return total
+
+    def bulk_insert_metrics(self, rows: Iterable[MetricRow], batch: int = 50_000) -> int:
+        """Insert many minute rows fast, for benchmarks and fixtures: one compiled statement
+        run through the driver's ``executemany``, no read-back and no merge (a row whose
+        (instance, minute) exists is skipped). Call :meth:`rollup` afterwards so long windows
+        can use the hourly table. Returns the number of rows sent."""
+        cols = ("instance_key", "ts", *RAW_COLS)
+        total = 0
+        with self.engine.begin() as conn:
+            stmt = _insert_ignore(conn, t.metric_samples, ["instance_key", "ts"])
+            compiled = stmt.compile(dialect=conn.dialect, column_keys=list(cols))
+            order = compiled.positiontup if compiled.positional else None
+            buffer: list[Any] = []
+
+            def flush() -> None:
+                if buffer:
+                    conn.exec_driver_sql(compiled.string, buffer)
+                    buffer.clear()
+
+            for r in rows:
+                values = {
+                    "instance_key": r.instance_key,
+                    "ts": int(r.ts) - int(r.ts) % MINUTE,
+                    "gpu_util": None if r.gpu_util is None else round(r.gpu_util * 10),
+                    "gpu_mem": None if r.gpu_mem is None else round(r.gpu_mem * 10),
+                    "cpu": None if r.cpu is None else round(r.cpu * 10),
+                    "mem": None if r.mem is None else round(r.mem * 10),
+                    "disk": None if r.disk is None else round(r.disk * 10),
+                    "gpu_utils": pack_gpus(r.gpu_utils),
+                    "gpu_mems": pack_gpus(r.gpu_mems),
+                }
+                buffer.append(tuple(values[k] for k in order) if order else values)
+                total += 1
                 if len(buffer) >= batch:
-                    total += upsert(conn, t.metric_samples, buffer, ["instance_key", "ts"], [])
-                    buffer = []
-            total += upsert(conn, t.metric_samples, buffer, ["instance_key", "ts"], [])
+                    flush()
+            flush()
         return total
 
     def latest_metric_ts(self, account: str, instance_id: str) -> datetime | None:
@@ -282,27 +287,73 @@ class MetricsRepo(CoreRepo):
     def _rollup_range(
         self, conn: Connection, start: int, end: int, instance_keys: Sequence[int] | None = None
     ) -> int:
-        """(Re)compute the rollups of the hours in ``[start, end)`` from the raw rows."""
+        """(Re)compute the rollups of the hours in ``[start, end)`` from the raw rows.
+
+        Scalar aggregates are one ``INSERT ... SELECT ... GROUP BY`` in the database; the
+        per-GPU vectors (packed bytes) are aggregated here and written with one
+        ``executemany`` UPDATE.
+        """
         m = t.metric_samples.c
-        query = select(t.metric_samples).where(m.ts >= start, m.ts < end)
-        if instance_keys is not None:
-            query = query.where(m.instance_key.in_(list(instance_keys)))
-        query = query.order_by(m.instance_key, m.ts)
-        out: list[dict[str, Any]] = []
-        current: tuple[int, int] | None = None
-        acc = _HourAcc()
-        for row in conn.execute(query):
-            group = (row.instance_key, floor_to(row.ts, HOUR))
-            if group != current:
-                if current is not None:
-                    out.append(acc.row(*current))
-                current, acc = group, _HourAcc()
-            acc.add(row)
-        if current is not None:
-            out.append(acc.row(*current))
-        for i in range(0, len(out), 5000):
-            upsert(conn, t.metric_hourly, out[i : i + 5000], keys=["instance_key", "ts"])
-        return len(out)
+        h = t.metric_hourly.c
+        if instance_keys is None:  # by key, so that both tables are read by primary key
+            instance_keys = list(conn.execute(select(t.instances.c.key)).scalars())
+        if not instance_keys:
+            return 0
+        where = [m.instance_key.in_(list(instance_keys)), m.ts >= start, m.ts < end]
+        h_where = [h.instance_key.in_(list(instance_keys)), h.ts >= start, h.ts < end]
+        conn.execute(delete(t.metric_hourly).where(*h_where))
+        hour = _hour_expr(m.ts)
+
+        def avg(col: Any) -> Any:
+            return func.round(func.avg(col))
+
+        scalars = (
+            select(
+                m.instance_key,
+                hour.label("ts"),
+                func.count().label("n"),
+                avg(m.gpu_util),
+                func.max(m.gpu_util),
+                func.min(m.gpu_util),
+                func.count(m.gpu_util),
+                avg(m.gpu_mem),
+                func.max(m.gpu_mem),
+                func.min(m.gpu_mem),
+                func.count(m.gpu_mem),
+                avg(m.cpu),
+                avg(m.mem),
+                avg(m.disk),
+            )
+            .where(*where)
+            .group_by(m.instance_key, hour)
+        )
+        conn.execute(t.metric_hourly.insert().from_select(HOURLY_SCALARS, scalars))
+        written = conn.execute(
+            select(func.count()).select_from(t.metric_hourly).where(*h_where)
+        ).scalar_one()
+        blobs = conn.execute(
+            select(m.instance_key, m.ts, m.gpu_utils, m.gpu_mems)
+            .where(*where, (m.gpu_utils.is_not(None)) | (m.gpu_mems.is_not(None)))
+            .order_by(m.instance_key, m.ts)
+        )
+        updates = []
+        for (key, hour_ts), group in groupby(blobs, key=lambda r: (r[0], r[1] - r[1] % HOUR)):
+            rows = list(group)
+            util_avg, util_max = _gpu_vectors([r[2] for r in rows])
+            mem_avg, _ = _gpu_vectors([r[3] for r in rows])
+            updates.append({"k": key, "h": hour_ts, "ua": util_avg, "um": util_max, "ma": mem_avg})
+        if updates:
+            conn.execute(
+                update(t.metric_hourly)
+                .where(h.instance_key == bindparam("k"), h.ts == bindparam("h"))
+                .values(
+                    gpu_utils_avg=bindparam("ua"),
+                    gpu_utils_max=bindparam("um"),
+                    gpu_mems_avg=bindparam("ma"),
+                ),
+                updates,
+            )
+        return int(written)
 
     def rollup(self, now: datetime, chunk_hours: int = 24) -> int:
         """Roll up every completed hour not rolled up yet; returns rollup rows written."""
@@ -353,14 +404,20 @@ class MetricsRepo(CoreRepo):
             def run(name: str, stmt: Any) -> None:
                 counts[name] = conn.execute(stmt).rowcount or 0
 
+            # by instance key, so that the deletes seek the primary key instead of a full scan
+            keys = list(conn.execute(select(t.instances.c.key)).scalars())
+            m, h = t.metric_samples.c, t.metric_hourly.c
             if raw_cut is not None:
                 run(
                     "metric_samples",
-                    delete(t.metric_samples).where(t.metric_samples.c.ts < raw_cut),
+                    delete(t.metric_samples).where(m.instance_key.in_(keys), m.ts < raw_cut),
                 )
             else:
                 counts["metric_samples"] = 0
-            run("metric_hourly", delete(t.metric_hourly).where(t.metric_hourly.c.ts < long_cut))
+            run(
+                "metric_hourly",
+                delete(t.metric_hourly).where(h.instance_key.in_(keys), h.ts < long_cut),
+            )
             run(
                 "balance_samples",
                 delete(t.balance_samples).where(t.balance_samples.c.ts < long_cut),

@@ -231,6 +231,7 @@ class CoreRepo(StoreBase):
         events: list[Event] = []
         history: list[dict[str, Any]] = []
         seen: set[str] = set()
+        only_seen: list[int] = []
 
         def event(kind: str, instance_id: str, old: Any = None, new: Any = None) -> None:
             events.append(
@@ -278,10 +279,12 @@ class CoreRepo(StoreBase):
                 if "end_time" in changes:
                     event(END_TIME_MOVED, inst.id, old.end_time, values["end_time"])
                 values.update(last_seen=now, disappeared_at=None)
-                unchanged = all(getattr(old, f) == v for f, v in values.items() if f != "last_seen")
-                if unchanged:
-                    values = {"last_seen": now}
-                conn.execute(update(t.instances).where(c.key == key).values(**values))
+                if all(getattr(old, f) == v for f, v in values.items() if f != "last_seen"):
+                    only_seen.append(key)  # the common case: one UPDATE for all of them
+                else:
+                    conn.execute(update(t.instances).where(c.key == key).values(**values))
+            if only_seen:
+                conn.execute(update(t.instances).where(c.key.in_(only_seen)).values(last_seen=now))
             if complete:
                 for instance_id, old in existing.items():
                     if instance_id in seen or old.disappeared_at is not None:

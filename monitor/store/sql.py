@@ -22,6 +22,11 @@ def _insert(connection: Connection, table: Table) -> Any:
     raise NotImplementedError(f"upsert is not implemented for {name!r}")
 
 
+def insert_ignore(connection: Connection, table: Table, keys: Iterable[str]) -> Any:
+    """``INSERT ... ON CONFLICT (keys) DO NOTHING`` for ``table`` (statement only)."""
+    return _insert(connection, table).on_conflict_do_nothing(index_elements=list(keys))
+
+
 def upsert(
     connection: Connection,
     table: Table,

@@ -108,13 +108,12 @@ def pack_gpus(values: Sequence[float | None]) -> bytes | None:
     """Per-GPU percents -> one byte each (rounded, clamped to 0..100; 255 = missing)."""
     if not values:
         return None
-    out = bytearray()
-    for v in values:
-        if v is None:
-            out.append(GPU_MISSING)
-        else:
-            out.append(max(0, min(100, round(v))))
-    return bytes(out)
+    return bytes(
+        [
+            GPU_MISSING if v is None else 0 if v <= 0 else 100 if v >= 100 else int(v + 0.5)
+            for v in values
+        ]
+    )
 
 
 def unpack_gpus(blob: bytes | None) -> list[float | None]:
