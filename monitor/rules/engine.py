@@ -72,7 +72,9 @@ def _uses(node: Node, name: str) -> bool:
     return child is not None and _uses(child, name)
 
 
-def resources_for(kind: str, account: str, facts: CachedFacts) -> list[Resource]:
+def resources_for(
+    kind: str, account: str, facts: CachedFacts, now: datetime | None = None
+) -> list[Resource]:
     """The resources a rule of ``kind`` is evaluated against, for one account."""
     if kind == "instance":
         return [
@@ -97,7 +99,9 @@ def resources_for(kind: str, account: str, facts: CachedFacts) -> list[Resource]
         }
         return [Resource("account", account, account, account, fields)]
     if kind == "monitor":
-        return [Resource("monitor", account, account, account, {"account": account})]
+        stale = facts.stale_collectors(account, now) if now is not None else []
+        fields_ = {"account": account, "stale_collectors": sorted(stale)}
+        return [Resource("monitor", account, account, account, fields_)]
     raise ValueError(f"unknown resource kind {kind!r}")
 
 
@@ -185,7 +189,7 @@ def evaluate(
         for rule in rules:
             inhibited = _inhibited(rule, stale)
             if rule.resource not in resources:
-                resources[rule.resource] = resources_for(rule.resource, account, cached)
+                resources[rule.resource] = resources_for(rule.resource, account, cached, now)
             for res in resources[rule.resource]:
                 fp = fingerprint(account, rule.name, res.kind, res.id)
                 seen.add(fp)
