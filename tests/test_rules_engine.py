@@ -3,6 +3,8 @@ stale-data inhibition and missing data, all driven by explicit ``now`` values.""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
@@ -330,3 +332,17 @@ def test_notifications_carry_what_a_notice_needs(tmp_path: Path) -> None:
     assert notice.values["cost_per_hour_usd"] == 0.8
     assert "nb (i-1)" in notice.summary and "threshold 5" in notice.summary
     assert note.description == "Idle GPU."
+
+
+def test_the_rules_package_imports_no_database_http_scheduler_or_apprise_code() -> None:
+    code = (
+        "import sys, monitor.rules, monitor.rules.testing\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in "
+        "('sqlalchemy', 'sqlmodel', 'httpx', 'apscheduler', 'apprise', 'alembic')]\n"
+        "print(','.join(sorted(bad)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )  # fmt: skip
+    assert out.stdout.strip() == ""

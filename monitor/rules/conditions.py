@@ -389,6 +389,7 @@ def expiring_subscription(
         return Result(None, values)
     util = 0.0 if agg is None else agg.avg * min(1.0, agg.covered_s / span)
     values["util_avg"] = round(util, 1)
+    values["unit"] = "%"
     values["lookback_days"] = round(span / 86400, 1)
     checks: list[bool | None] = []
     if params.min_util is not None:
@@ -454,8 +455,9 @@ def failed_task(params: FailedTaskParams, ctx: EvalContext, resource: Resource) 
     if inst.status_since is None:
         return Result(None, values)
     stuck = ctx.now - inst.status_since
-    values["stuck_minutes"] = round(stuck.total_seconds() / 60)
-    values["threshold_minutes"] = params.stuck_after.total_seconds() / 60
+    values["stuck_minutes"] = values["value"] = round(stuck.total_seconds() / 60)
+    values["threshold_minutes"] = values["threshold"] = params.stuck_after.total_seconds() / 60
+    values["unit"] = "min"
     if inst.hourly_cost_usd is not None:
         values["stuck_cost_usd"] = money(
             inst.hourly_cost_usd * Decimal(str(stuck.total_seconds() / HOUR))
@@ -496,6 +498,7 @@ def spend(params: SpendParams, ctx: EvalContext, resource: Resource) -> Result:
     if current is None:
         return Result(None, values)
     values["spend_usd"] = values["value"] = money(current)
+    values["unit"] = "$"
     checks: list[bool | None] = []
     if params.above_usd is not None:
         values["threshold_usd"] = params.above_usd
@@ -508,7 +511,6 @@ def spend(params: SpendParams, ctx: EvalContext, resource: Resource) -> Result:
             average = float(base) * (params.window / params.baseline)
             values["baseline_usd"] = round(average, 4)
             values["ratio"] = round(float(current) / average, 2) if average > 0 else None
-            values["unit"] = "$"
             values["threshold_ratio"] = params.ratio
             checks.append(
                 float(current) >= params.min_usd and float(current) > params.ratio * average
@@ -570,6 +572,7 @@ def subscription_candidate(
         values[f"hours_per_month_{round(lookback.total_seconds() / 86400)}d"] = round(scaled, 1)
     steady = min(per_month)
     values["value"] = round(steady, 1)
+    values["unit"] = "h"
     values["utilization"] = round(steady / MONTH_HOURS, 3)
     values["monthly_saving_usd"] = round(float(price) * steady - float(monthly), 2)
     return Result(steady >= break_even * (1 + params.margin), values)
