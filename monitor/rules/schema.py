@@ -7,16 +7,20 @@ here: ``all``/``any``/``not``, a comparison, or exactly one built-in with its ow
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
 import monitor.rules.conditions  # noqa: F401  (registers the built-in conditions)
+from monitor.rules.durations import format_duration
 from monitor.rules.model import RuleModel
 from monitor.rules.registry import conditions
 from monitor.rules.tree import CompareModel
 
+_DELTA = TypeAdapter(timedelta)
 SCHEMA_ID = "https://novita-monitor.invalid/schemas/rules.json"
 REF = "#/$defs/{model}"
 
@@ -53,6 +57,7 @@ def rule_schema() -> dict[str, Any]:
         branch["description"] = f"{spec.doc} (resources: {', '.join(sorted(spec.resources))})"
         branches.append(branch)
     defs["Condition"] = {"description": "a condition tree node", "anyOf": branches}
+    _readable_defaults(defs)
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": SCHEMA_ID,
@@ -65,6 +70,30 @@ def rule_schema() -> dict[str, Any]:
         "additionalProperties": False,
         "$defs": defs,
     }
+
+
+_ISO_DURATION = re.compile(r"^-?P(?:\d+D)?(?:T(?:\d+H)?(?:\d+M)?(?:\d+(?:\.\d+)?S)?)?$")
+
+
+def _readable_defaults(node: Any) -> None:
+    """Pydantic renders timedelta defaults as ISO 8601 (``PT30M``); show them as a rule file
+    spells them (``30m``)."""
+    if isinstance(node, dict):
+        default = node.get("default")
+        if isinstance(default, str) and _ISO_DURATION.match(default):
+            node["default"] = format_duration(_DELTA.validate_python(default))
+        elif isinstance(default, list):
+            node["default"] = [
+                format_duration(_DELTA.validate_python(d))
+                if isinstance(d, str) and _ISO_DURATION.match(d)
+                else d
+                for d in default
+            ]
+        for value in node.values():
+            _readable_defaults(value)
+    elif isinstance(node, list):
+        for value in node:
+            _readable_defaults(value)
 
 
 def _single(key: str, value: dict[str, Any]) -> dict[str, Any]:
