@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -288,3 +289,10 @@ def test_schema_validates_shipped_files_and_rejects_mistakes() -> None:
         },
     ):
         assert list(validator.iter_errors(bad)), bad
+
+
+def test_schema_spells_duration_defaults_as_rule_files_do() -> None:
+    text = json.dumps(rule_schema())
+    assert '"PT' not in text and '"P7D"' not in text
+    idle = rule_schema()["$defs"]["IdleGpuParams"]["properties"]
+    assert idle["window"]["default"] == "30m" and idle["threshold"]["default"] == 5
