@@ -10,7 +10,7 @@ Profiles (all values are percentages):
   segment (never 30 minutes low); CPU high during the dips.
 * ``inference``: bursty. Baseline 3-12 %, one guaranteed burst (55-95 %, 3-6 min) in every
   15-minute segment plus random one-minute bursts.
-* ``idle``: a forgotten notebook, GPU 0-2 %, model still loaded in VRAM.
+* ``idle``: a forgotten notebook, GPU 0-2 %, VRAM nearly empty (2-5 %: the kernel finished).
 * ``partial``: a multi-GPU box; GPUs listed in the instance's idle set behave like ``idle``, the
   others like ``trainer``.
 """
@@ -97,7 +97,7 @@ def gpu_mem_util(profile: str, key: int, gpu: int, t: int, gpu_idle: bool = Fals
     if profile == "partial" and gpu_idle:
         return round(r * 1.5, 2)
     if profile == "idle":
-        return round(18 + r * 4, 2)
+        return round(2 + r * 3, 2)
     if profile == "inference":
         return round(45 + r * 10, 2)
     return round(72 + r * 12, 2)
