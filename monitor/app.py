@@ -34,16 +34,16 @@ def load_config(explicit: str | None, env: Mapping[str, str] | None = None) -> C
             "no configuration file found: pass --config FILE, set NOVITA_MONITOR_CONFIG, or "
             "create ./novita-monitor.yaml (see README, Configuration)"
         )
-    return Config.load(path)
+    return Config.load(path, env=env)
 
 
 def collect_settings(config: Config, rules_window_s: int = 0) -> CollectSettings:
     m = config.metrics
     return CollectSettings(
-        metrics_interval_s=m.interval_s,
-        metrics_lag_s=m.lag_s,
-        backfill_min_s=m.backfill_min_s,
-        backfill_max_s=m.backfill_max_s,
+        metrics_interval_s=int(m.interval_s),
+        metrics_lag_s=int(m.lag_s),
+        backfill_min_s=int(m.backfill_min_s),
+        backfill_max_s=int(m.backfill_max_s),
         rules_window_s=rules_window_s,
         retention_raw_days=config.retention.raw_days,
         retention_rollup_days=config.retention.rollup_days,
@@ -52,7 +52,7 @@ def collect_settings(config: Config, rules_window_s: int = 0) -> CollectSettings
 
 def intervals(config: Config) -> dict[str, int]:
     """Collector name -> interval in seconds, from the config's schedules over the defaults."""
-    configured = config.schedules.model_dump() if config.schedules is not None else {}
+    configured = config.schedules.model_dump()
     return {name: int(configured.get(name) or dflt) for name, dflt in DEFAULT_INTERVALS.items()}
 
 

@@ -49,7 +49,7 @@ class Daemon:
                     await run_collector(ctx, name, self.clock)
 
                 self.scheduler.add(f"{ctx.account}:{name}", interval, job)
-        retention_s = app.config.schedules.retention if app.config.schedules else 3600
+        retention_s = app.config.schedules.retention
         for ctx in app.contexts:
 
             async def retention(ctx=ctx) -> None:
