@@ -14,6 +14,7 @@ aggregated in SQL, so long lookbacks cost a few rows per hour per instance.
 
 from __future__ import annotations
 
+import operator
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -116,14 +117,17 @@ def minute_rows(metrics: InstanceMetrics, cpu_num: int | None) -> dict[int, dict
     return out
 
 
+_MISSING = bytes([GPU_MISSING])
+
+
 def _gpu_vectors(blobs: list[bytes]) -> tuple[bytes | None, bytes | None]:
     """Per-GPU average and max of a group of packed vectors (255 = missing is skipped)."""
     blobs = [bytes(b) for b in blobs if b]
     if not blobs:
         return None, None
-    width = max(len(b) for b in blobs)
-    missing = bytes([GPU_MISSING])
-    if all(len(b) == width and missing not in b for b in blobs):  # the common case, in C
+    width = max(map(len, blobs))
+    joined = b"".join(blobs)
+    if len(joined) == width * len(blobs) and _MISSING not in joined:  # common case, in C
         columns = list(zip(*blobs, strict=True))
         avg = bytes([int(sum(c) / len(c) + 0.5) for c in columns])
         return avg, bytes([max(c) for c in columns])
@@ -331,11 +335,12 @@ class MetricsRepo(CoreRepo):
         written = conn.execute(
             select(func.count()).select_from(t.metric_hourly).where(*h_where)
         ).scalar_one()
-        blobs = conn.execute(
+        result = conn.execute(
             select(m.instance_key, m.ts, m.gpu_utils, m.gpu_mems)
             .where(*where, (m.gpu_utils.is_not(None)) | (m.gpu_mems.is_not(None)))
             .order_by(m.instance_key, m.ts)
         )
+        blobs = (row for part in result.partitions(10_000) for row in part)
         updates = []
         for (key, hour_ts), group in groupby(blobs, key=lambda r: (r[0], r[1] - r[1] % HOUR)):
             rows = list(group)
@@ -355,7 +360,7 @@ class MetricsRepo(CoreRepo):
             )
         return int(written)
 
-    def rollup(self, now: datetime, chunk_hours: int = 24) -> int:
+    def rollup(self, now: datetime, chunk_hours: int = 6) -> int:
         """Roll up every completed hour not rolled up yet; returns rollup rows written."""
         limit = floor_to(to_epoch(now) - ROLLUP_DELAY_S, HOUR)
         written = 0
@@ -506,27 +511,23 @@ class MetricsRepo(CoreRepo):
             h0, h1 = self._split(conn, s, e)
             col = m[series]
             ts_if = case((col.is_not(None), m.ts))
-            raw_range = (
-                or_(and_(m.ts >= s, m.ts < h0), and_(m.ts >= h1, m.ts < e))
-                if h1 > h0
-                else and_(m.ts >= s, m.ts < e)
-            )
-            raw = conn.execute(
-                select(
-                    m.instance_key,
-                    func.sum(col),
-                    func.max(col),
-                    func.min(col),
-                    func.count(col),
-                    func.min(ts_if),
-                    func.max(ts_if),
+            for lo, hi in _raw_ranges(s, e, h0, h1):
+                raw = conn.execute(
+                    select(
+                        m.instance_key,
+                        func.sum(col),
+                        func.max(col),
+                        func.min(col),
+                        func.count(col),
+                        func.min(ts_if),
+                        func.max(ts_if),
+                    )
+                    .where(m.instance_key.in_(list(keys)), m.ts >= lo, m.ts < hi)
+                    .group_by(m.instance_key)
                 )
-                .where(m.instance_key.in_(list(keys)), raw_range)
-                .group_by(m.instance_key)
-            )
-            for key, total, mx, mn, count, first, last in raw:
-                if count:
-                    parts[key].append((float(total), mx, mn, count, first, last))
+                for key, total, mx, mn, count, first, last in raw:
+                    if count:
+                        parts[key].append((float(total), mx, mn, count, first, last))
             if h1 > h0:
                 avg_col = h[HOURLY_AVG[series]]
                 mx_col, mn_col, n_col = (
@@ -597,38 +598,28 @@ class MetricsRepo(CoreRepo):
             if not keys or e <= s:
                 return {}
             h0, h1 = self._split(conn, s, e)
-            raw_range = (
-                or_(and_(m.ts >= s, m.ts < h0), and_(m.ts >= h1, m.ts < e))
-                if h1 > h0
-                else and_(m.ts >= s, m.ts < e)
-            )
-            for key, blob in conn.execute(
-                select(m.instance_key, raw_col).where(
-                    m.instance_key.in_(list(keys)), raw_range, raw_col.is_not(None)
-                )
-            ):
-                for i, b in enumerate(bytes(blob)):
-                    if b != GPU_MISSING:
-                        acc = sums[key][i]
-                        acc[0] += b
-                        acc[1] += 1
-                        maxes[key][i] = max(maxes[key].get(i, 0.0), float(b))
+            raw_blobs: dict[int, list[bytes]] = defaultdict(list)
+            for lo, hi in _raw_ranges(s, e, h0, h1):
+                for key, blob in conn.execute(
+                    select(m.instance_key, raw_col).where(
+                        m.instance_key.in_(list(keys)), m.ts >= lo, m.ts < hi, raw_col.is_not(None)
+                    )
+                ):
+                    raw_blobs[key].append(bytes(blob))
+            for key, blobs in raw_blobs.items():
+                _add_columns(blobs, sums[key], maxes[key])
             if h1 > h0:
                 avg_col = h.gpu_utils_avg if series == "gpu_util" else h.gpu_mems_avg
                 max_col = h.gpu_utils_max if series == "gpu_util" else h.gpu_mems_avg
+                hours: dict[int, list[tuple[int, bytes, bytes]]] = defaultdict(list)
                 for key, n, avg_blob, max_blob in conn.execute(
                     select(h.instance_key, h.n, avg_col, max_col).where(
                         h.instance_key.in_(list(keys)), h.ts >= h0, h.ts < h1, avg_col.is_not(None)
                     )
                 ):
-                    for i, b in enumerate(bytes(avg_blob)):
-                        if b != GPU_MISSING:
-                            acc = sums[key][i]
-                            acc[0] += b * n
-                            acc[1] += n
-                    for i, b in enumerate(bytes(max_blob or b"")):
-                        if b != GPU_MISSING:
-                            maxes[key][i] = max(maxes[key].get(i, 0.0), float(b))
+                    hours[key].append((n, bytes(avg_blob), bytes(max_blob or avg_blob)))
+                for key, rows in hours.items():
+                    _add_hourly_columns(rows, sums[key], maxes[key])
         out: dict[str, list[GpuAgg]] = {}
         for key, gpus in sums.items():
             out[keys[key]] = [
@@ -648,6 +639,67 @@ class MetricsRepo(CoreRepo):
         """Mean GPU utilization (percent) over ``[start, end)``; None without samples."""
         agg = self.metric_window(account, [instance_id], "gpu_util", start, end).get(instance_id)
         return None if agg is None else agg.avg
+
+
+def _raw_ranges(s: int, e: int, h0: int, h1: int) -> list[tuple[int, int]]:
+    """The parts of ``[s, e)`` read from the raw table: all of it, or the edges around the
+    rollup hours ``[h0, h1)``. Separate ranges (not one OR) keep primary-key range scans."""
+    if h1 <= h0:
+        return [(s, e)]
+    return [(lo, hi) for lo, hi in ((s, h0), (h1, e)) if hi > lo]
+
+
+def _add_columns(blobs: list[bytes], sums: dict[int, list[float]], maxes: dict[int, float]) -> None:
+    """Add per-GPU packed vectors to running sums/counts and maxima (missing bytes skipped)."""
+    width = max(len(b) for b in blobs)
+    missing = bytes([GPU_MISSING])
+    if all(len(b) == width and missing not in b for b in blobs):  # common case, in C
+        for i, column in enumerate(zip(*blobs, strict=True)):
+            acc = sums[i]
+            acc[0] += sum(column)
+            acc[1] += len(column)
+            maxes[i] = max(maxes.get(i, 0.0), float(max(column)))
+        return
+    for blob in blobs:
+        for i, b in enumerate(blob):
+            if b != GPU_MISSING:
+                acc = sums[i]
+                acc[0] += b
+                acc[1] += 1
+                maxes[i] = max(maxes.get(i, 0.0), float(b))
+
+
+def _add_hourly_columns(
+    rows: list[tuple[int, bytes, bytes]], sums: dict[int, list[float]], maxes: dict[int, float]
+) -> None:
+    """Like :func:`_add_columns` for hourly rows ``(n, avg vector, max vector)``, weighting each
+    hour's averages by its number of samples."""
+    ns = [r[0] for r in rows]
+    avgs = [r[1] for r in rows]
+    width = max(len(b) for b in avgs)
+    missing = bytes([GPU_MISSING])
+    if all(len(b) == width and missing not in b for b in avgs):  # common case, in C
+        total_n = sum(ns)
+        for i, column in enumerate(zip(*avgs, strict=True)):
+            acc = sums[i]
+            acc[0] += sum(map(operator.mul, column, ns))
+            acc[1] += total_n
+    else:
+        for n, blob, _ in rows:
+            for i, b in enumerate(blob):
+                if b != GPU_MISSING:
+                    acc = sums[i]
+                    acc[0] += b * n
+                    acc[1] += n
+    tops = [r[2] for r in rows]
+    if all(len(b) == width and missing not in b for b in tops):
+        for i, column in enumerate(zip(*tops, strict=True)):
+            maxes[i] = max(maxes.get(i, 0.0), float(max(column)))
+        return
+    for blob in tops:
+        for i, b in enumerate(blob):
+            if b != GPU_MISSING and b > maxes.get(i, -1.0):
+                maxes[i] = float(b)
 
 
 def _same(a: Any, b: Any) -> bool:
