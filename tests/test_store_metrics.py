@@ -215,3 +215,28 @@ def test_window_mixes_rollups_and_raw_edges(store: Store) -> None:
     assert agg.count == len(expected)
     assert agg.avg == pytest.approx(sum(expected) / len(expected), abs=0.05)
     assert agg.first_ts == start
+
+
+def test_upsert_metrics_many_in_one_transaction(store: Store) -> None:
+    items = [
+        ("i-1", metrics(E0, [10.0, 20.0]), 4),
+        ("i-2", metrics(E0, [30.0]), 1),
+        ("i-2", InstanceMetrics(), 1),  # an empty response writes nothing
+    ]
+    assert store.upsert_metrics_many("main", items) == 3
+    assert store.upsert_metrics_many("main", items) == 0
+    window = store.metric_window("main", None, "gpu_util", T0, T0 + timedelta(minutes=5))
+    assert {k: v.avg for k, v in window.items()} == {"i-1": 15.0, "i-2": 30.0}
+
+
+def test_history_inserted_below_the_watermark_is_rolled_up(store: Store) -> None:
+    key = store.instance_key("main", "i-1")
+    assert key is not None
+    store.rollup(T0)  # nothing yet: no watermark is set
+    fill(store, key, E0 - 2 * 3600, 60)
+    assert store.rollup(T0) == 1
+    # a bulk backfill of an older hour, below the watermark now
+    fill(store, key, E0 - 5 * 3600, 60)
+    agg = store.metric_window("main", ["i-1"], "gpu_util", T0 - timedelta(hours=6), T0)["i-1"]
+    assert agg.count == 120
+    assert agg.first_ts == T0 - timedelta(hours=5)

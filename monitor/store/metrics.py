@@ -208,7 +208,8 @@ class MetricsRepo(CoreRepo):
         """Insert many minute rows fast, for benchmarks and fixtures: one compiled statement
         run through the driver's ``executemany``, no read-back and no merge (a row whose
         (instance, minute) exists is skipped). Call :meth:`rollup` afterwards so long windows
-        can use the hourly table. Returns the number of rows sent."""
+        can use the hourly table (hours already below the rollup watermark are re-rolled here).
+        Returns the number of rows sent."""
         cols = ("instance_key", "ts", *RAW_COLS)
         total = 0
         with self.engine.begin() as conn:
@@ -216,6 +217,8 @@ class MetricsRepo(CoreRepo):
             compiled = stmt.compile(dialect=conn.dialect, column_keys=list(cols))
             order = compiled.positiontup if compiled.positional else None
             buffer: list[Any] = []
+            keys: set[int] = set()
+            oldest = 2**62
 
             def flush() -> None:
                 if buffer:
@@ -236,9 +239,14 @@ class MetricsRepo(CoreRepo):
                 }
                 buffer.append(tuple(values[k] for k in order) if order else values)
                 total += 1
+                keys.add(r.instance_key)
+                oldest = min(oldest, values["ts"])
                 if len(buffer) >= batch:
                     flush()
             flush()
+            watermark = self._watermark(conn)
+            if watermark is not None and oldest < watermark:  # history below the rollups
+                self._rollup_range(conn, floor_to(oldest, HOUR), watermark, sorted(keys))
         return total
 
     def latest_metric_ts(self, account: str, instance_id: str) -> datetime | None:
@@ -361,24 +369,30 @@ class MetricsRepo(CoreRepo):
         return int(written)
 
     def rollup(self, now: datetime, chunk_hours: int = 6) -> int:
-        """Roll up every completed hour not rolled up yet; returns rollup rows written."""
+        """Roll up every completed hour not rolled up yet; returns rollup rows written.
+
+        Works in chunks of ``chunk_hours`` (one transaction each, bounded memory) and jumps over
+        stretches without raw samples.
+        """
         limit = floor_to(to_epoch(now) - ROLLUP_DELAY_S, HOUR)
         written = 0
         m = t.metric_samples.c
         while True:
             with self.engine.begin() as conn:
-                start = self._watermark(conn)
-                if start is None:
-                    first = conn.execute(select(func.min(m.ts))).scalar_one()
-                    if first is None:
-                        return written
-                    start = floor_to(first, HOUR)
-                if start >= limit:
-                    if self._watermark(conn) is None:
-                        self._set_meta(conn, WATERMARK, str(start))
+                watermark = self._watermark(conn)
+                keys = list(conn.execute(select(t.instances.c.key)).scalars())
+                query = select(func.min(m.ts)).where(m.instance_key.in_(keys))
+                if watermark is not None:
+                    query = query.where(m.ts >= watermark)
+                first = conn.execute(query).scalar_one() if keys else None
+                if first is None or floor_to(first, HOUR) >= limit:
+                    # nothing (more) to roll up: an existing watermark advances to the limit
+                    if watermark is not None and watermark < limit:
+                        self._set_meta(conn, WATERMARK, str(limit))
                     return written
+                start = floor_to(first, HOUR)
                 end = min(limit, start + chunk_hours * HOUR)
-                written += self._rollup_range(conn, start, end)
+                written += self._rollup_range(conn, start, end, instance_keys=keys)
                 self._set_meta(conn, WATERMARK, str(end))
 
     def enforce_retention(
