@@ -94,11 +94,11 @@ def minute_rows(metrics: InstanceMetrics, cpu_num: int | None) -> dict[int, dict
     add("mem", metrics.mem_utilization)
     add("disk", metrics.root_disk_utilization)
     per_gpu: dict[str, list[Any]] = {}
-    for name, series in (
+    for name, gpu_series in (
         ("gpu_utils", metrics.gpu_utilization),
         ("gpu_mems", metrics.gpu_mem_utilization),
     ):
-        gpus = sorted(series.gpu_ids, key=lambda g: _gpu_sort_key(g.gpu_id))
+        gpus = sorted(gpu_series.gpu_ids, key=lambda g: _gpu_sort_key(g.gpu_id))
         per_gpu[name] = gpus
         for index, gpu in enumerate(gpus):
             add(f"{name}:{index}", gpu.items)
@@ -184,7 +184,7 @@ class MetricsRepo(CoreRepo):
                         )
                     )
                 }
-                changed = []
+                changed: list[dict[str, Any]] = []
                 for minute, new in sorted(rows.items()):
                     old = stored.get(minute)
                     merged = {
@@ -199,7 +199,9 @@ class MetricsRepo(CoreRepo):
                 upsert(conn, t.metric_samples, changed, keys=["instance_key", "ts"])
                 total += len(changed)
                 if changed and watermark is not None:
-                    late = {floor_to(r["ts"], HOUR) for r in changed if r["ts"] < watermark}
+                    late = {
+                        floor_to(int(r["ts"]), HOUR) for r in changed if int(r["ts"]) < watermark
+                    }
                     for hour in sorted(late):
                         self._rollup_range(conn, hour, hour + HOUR, instance_keys=[key])
         return total
@@ -226,9 +228,10 @@ class MetricsRepo(CoreRepo):
                     buffer.clear()
 
             for r in rows:
-                values = {
+                minute = int(r.ts) - int(r.ts) % MINUTE
+                values: dict[str, Any] = {
                     "instance_key": r.instance_key,
-                    "ts": int(r.ts) - int(r.ts) % MINUTE,
+                    "ts": minute,
                     "gpu_util": None if r.gpu_util is None else round(r.gpu_util * 10),
                     "gpu_mem": None if r.gpu_mem is None else round(r.gpu_mem * 10),
                     "cpu": None if r.cpu is None else round(r.cpu * 10),
@@ -240,7 +243,7 @@ class MetricsRepo(CoreRepo):
                 buffer.append(tuple(values[k] for k in order) if order else values)
                 total += 1
                 keys.add(r.instance_key)
-                oldest = min(oldest, values["ts"])
+                oldest = min(oldest, minute)
                 if len(buffer) >= batch:
                     flush()
             flush()

@@ -47,7 +47,7 @@ from monitor.store.records import (
     WatchedTask,
 )
 from monitor.store.sql import upsert
-from monitor.store.types import Money, as_utc, from_epoch, micros_to_usd, to_epoch, usd_to_micros
+from monitor.store.types import Money, from_epoch, micros_to_usd, to_epoch, usd_to_micros
 
 #: the instance fields whose change writes a history row
 TRACKED = (
@@ -224,8 +224,8 @@ class CoreRepo(StoreBase):
         ``complete=True`` (the listing holds every instance), known instances missing from it are
         marked disappeared; a disappeared instance that shows up again "appears" again.
         """
-        now = as_utc(now)
-        assert now is not None
+        if now.tzinfo is None:
+            raise ValueError("upsert_instances needs an aware datetime")
         account_id = self.ensure_account(account)
         c = t.instances.c
         events: list[Event] = []
@@ -779,7 +779,9 @@ class CoreRepo(StoreBase):
                         "created_at": task.created_at,
                         "first_seen": old.first_seen if old else now,
                         "last_seen": now,
-                        "status_changed_at": now if changed else old.status_changed_at,
+                        "status_changed_at": (
+                            now if changed or old is None else old.status_changed_at
+                        ),
                         "models": [m.model_dump() for m in task.models],
                     }
                 )
