@@ -419,3 +419,12 @@ def test_notifications(store: Store) -> None:
     )
     assert n.fingerprints == ["a", "b"]
     assert store.notifications(status="pending") == []
+
+
+def test_bills_keyed_by_requested_product_category(store: Store) -> None:
+    bill = hour_bill("i-1", -1, "3500")
+    assert store.upsert_usage_bills("main", "Hour", [bill], product_category="summary") == 1
+    assert store.upsert_usage_bills("main", "Hour", [bill], product_category="gpu") == 1
+    window = (T0 - timedelta(hours=2), T0)
+    assert store.spend("main", *window) == Decimal("0.35")  # gpu only, not summary + gpu
+    assert store.spend("main", *window, category="summary") == Decimal("0.35")

@@ -1,4 +1,4 @@
-"""The database layer: SQLModel/SQLAlchemy Core tables, alembic migrations, repository functions.
+"""The database layer: SQLAlchemy Core tables, alembic migrations, repository functions.
 
 Usage::
 
@@ -10,10 +10,30 @@ Usage::
     agg = store.metric_window("main", None, "gpu_util", now - timedelta(minutes=30), now)
     store.close()
 
+The :class:`Store` (one per process; every call is its own short transaction, thread-safe):
+
+* accounts: ``ensure_account``, ``accounts``, ``instance_key``;
+* instances: ``upsert_instances`` (-> events), ``instances``, ``instance``,
+  ``instance_history``, ``events``;
+* metrics: ``upsert_metrics``, ``upsert_metrics_many``, ``latest_metric_ts``, ``samples``,
+  ``bulk_insert_metrics``, ``rollup``, ``enforce_retention``;
+* windows (SQL aggregates, rollups beyond the raw part): ``metric_window``, ``per_gpu_window``,
+  ``gpu_util_avg``;
+* money: ``add_balance``, ``latest_balance``, ``balance_samples``, ``upsert_usage_bills``,
+  ``upsert_fixed_term_bills``, ``bills``, ``fixed_term_bills``, ``spend``, ``running_hours``,
+  ``recent_hourly_bill_usd``, ``upsert_products``, ``product_price``;
+* tasks and runs: ``upsert_training_tasks`` (-> events), ``training_tasks``, ``watch_task``,
+  ``watched_tasks``, ``update_async_task`` (-> event), ``record_run``, ``last_success``,
+  ``last_runs``;
+* rule state: ``load_alerts``, ``save_alerts``, ``delete_alerts``, ``add_silence``,
+  ``list_silences``, ``remove_silence``, ``record_notification``, ``update_notification``,
+  ``notifications``.
+
 Modules: ``db`` (engine, pragmas, migrations), ``tables`` (schema), ``types`` (UTC datetimes,
 money as micro-dollars, metric encodings), ``sql`` (the dialect-chosen upsert), ``repo`` (accounts,
 instances, events, balance, bills, products, tasks, runs), ``metrics`` (samples, rollups, windows,
-retention), ``alerting`` (alerts, silences, notifications), ``records`` (returned dataclasses).
+retention), ``alerting`` (alerts, silences, notifications), ``records`` (returned dataclasses),
+``testing`` (fresh SQLite/PostgreSQL URLs for tests).
 """
 
 from monitor.store.db import create_store_engine, migrate, open_store

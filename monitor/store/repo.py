@@ -461,8 +461,9 @@ class CoreRepo(StoreBase):
         """Upsert pay-as-you-go bills; returns the number of rows new or changed.
 
         Key: (account, cycle type, category, ownerID, productId, startTime); the current period's
-        amount grows between fetches and is updated in place. ``category`` is the bill's own
-        ``category``, or ``product_category`` (the request's filter) when the bill has none.
+        amount grows between fetches and is updated in place. ``category`` is the request's
+        ``productCategory`` when given (pass it: ``spend(category="gpu")`` then means exactly the
+        bills fetched with ``productCategory=gpu``), else the bill's own ``category``.
         """
         account_id = self.ensure_account(account)
         rows: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -472,7 +473,7 @@ class CoreRepo(StoreBase):
             row = {
                 "account_id": account_id,
                 "cycle_type": cycle_type,
-                "category": bill.category or product_category or "",
+                "category": product_category or bill.category or "",
                 "owner_id": bill.owner_id or "",
                 "product_id": bill.product_id or "",
                 "start_ts": to_epoch(bill.start_time),
