@@ -428,3 +428,28 @@ def test_bills_keyed_by_requested_product_category(store: Store) -> None:
     window = (T0 - timedelta(hours=2), T0)
     assert store.spend("main", *window) == Decimal("0.35")  # gpu only, not summary + gpu
     assert store.spend("main", *window, category="summary") == Decimal("0.35")
+
+
+def test_store_is_shared_by_threads(store: Store) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(i: int) -> None:
+        store.record_run("main", f"c{i % 4}", T0, T0 + timedelta(seconds=i), "ok", {"i": i})
+        store.add_balance("main", Balance(available_usd=Decimal(i)), T0 + timedelta(seconds=i))
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(work, range(40)))
+    assert count(store, t.collector_runs) == 40
+    assert count(store, t.balance_samples) == 40
+
+
+def test_events_query_filters(store: Store) -> None:
+    store.upsert_instances("main", [inst("i-1"), inst("i-2")], T0)
+    store.upsert_instances("main", [inst("i-1", status="exited")], T0 + timedelta(minutes=1))
+    since = T0 + timedelta(seconds=30)
+    assert [(e.kind, e.resource_id) for e in store.events("main", since=since)] == [
+        ("status_changed", "i-1"),
+        ("disappeared", "i-2"),
+    ]
+    assert [e.resource_id for e in store.events(kinds=["appeared"])] == ["i-1", "i-2"]
+    assert store.events("main", resource_id="i-2", until=since)[0].kind == "appeared"
