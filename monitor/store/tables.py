@@ -183,7 +183,8 @@ usage_bills = Table(
     Column("amount", Money),
     Column("voucher_amount", Money),
     Column("pay_amount", Money),
-    Index("ix_usage_bills_account_start", "account_id", "cycle_type", "start_ts"),
+    # no secondary index: the key's prefix (account, cycle, category, owner) serves the
+    # queries, and a secondary index on a WITHOUT ROWID table repeats the whole key
     sqlite_with_rowid=False,
 )
 

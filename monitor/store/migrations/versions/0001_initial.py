@@ -268,11 +268,6 @@ def upgrade() -> None:
         ),
         sqlite_with_rowid=False,
     )
-    with op.batch_alter_table("usage_bills", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_usage_bills_account_start", ["account_id", "cycle_type", "start_ts"], unique=False
-        )
-
     op.create_table(
         "watched_tasks",
         sa.Column("account_id", sa.Integer(), nullable=False),
@@ -369,9 +364,6 @@ def downgrade() -> None:
 
     op.drop_table("instance_history")
     op.drop_table("watched_tasks")
-    with op.batch_alter_table("usage_bills", schema=None) as batch_op:
-        batch_op.drop_index("ix_usage_bills_account_start")
-
     op.drop_table("usage_bills")
     op.drop_table("training_tasks")
     op.drop_table("products")
