@@ -119,3 +119,32 @@ def test_upgrade_from_0001_keeps_data(url: str, tmp_path: Path) -> None:
         assert Store(engine).instance("main", "i-1").gpu_count == 8  # type: ignore[union-attr]
     finally:
         engine.dispose()
+
+
+def test_concurrent_opens_migrate_once(url: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def open_and_use(i: int) -> int:
+        store = open_store(url)
+        try:
+            return store.ensure_account(f"acct-{i % 2}")
+        finally:
+            store.close()
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        ids = list(pool.map(open_and_use, range(8)))
+    assert len(set(ids)) == 2
+    engine = create_store_engine(url)
+    try:
+        assert current_revision(engine) == "0001"
+    finally:
+        engine.dispose()
+
+
+def test_in_memory_sqlite_store() -> None:
+    store = open_store("sqlite://")
+    try:
+        store.upsert_instances("main", [Instance(id="i-1", status="running")], T0)
+        assert [r.instance_id for r in store.instances("main")] == ["i-1"]
+    finally:
+        store.close()

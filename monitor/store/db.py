@@ -18,13 +18,16 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from monitor.store.facade import Store
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+#: PostgreSQL advisory lock id held while migrating (any constant unique to this application)
+MIGRATION_LOCK = 0x4E4F5649
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -66,12 +69,45 @@ def alembic_config(connection: Any = None) -> Config:
     return config
 
 
+def _sqlite_migration_engine(url: Any) -> Engine:
+    """A one-connection engine whose transactions are real and exclusive (``BEGIN IMMEDIATE``).
+
+    Python's sqlite3 runs DDL outside any transaction by default, so a migration would be
+    neither atomic nor serialised against another process opening the same file. This engine
+    takes the write lock first (others wait up to the busy timeout, then find the schema at head).
+    """
+    engine = create_engine(url, poolclass=NullPool)
+
+    def on_connect(dbapi_connection: Any, record: Any) -> None:
+        _sqlite_pragmas(dbapi_connection, record)
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+
+    def on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    event.listen(engine, "connect", on_connect)
+    event.listen(engine, "begin", on_begin)
+    return engine
+
+
 def migrate(engine: Engine, revision: str = "head", config: Config | None = None) -> None:
-    """Upgrade the schema to ``revision`` (idempotent)."""
-    with engine.begin() as connection:
-        cfg = config or alembic_config()
-        cfg.attributes["connection"] = connection
-        command.upgrade(cfg, revision)
+    """Upgrade the schema to ``revision`` (idempotent, atomic, safe against a concurrent open)."""
+    database = engine.url.database
+    sqlite = engine.dialect.name == "sqlite" and database not in (None, "", ":memory:")
+    target = _sqlite_migration_engine(engine.url) if sqlite else engine
+    try:
+        with target.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # replicas starting together: one migrates, the others wait and then find head
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK}
+                )
+            cfg = config or alembic_config()
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, revision)
+    finally:
+        if sqlite:
+            target.dispose()
 
 
 def current_revision(engine: Engine) -> str | None:
