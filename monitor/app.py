@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,14 @@ import structlog
 from monitor.clock import Clock, SystemClock
 from monitor.collect.collectors import DEFAULT_INTERVALS, AccountContext, CollectSettings
 from monitor.collect.runner import RunReport, run_all_accounts
-from monitor.config import Config, find_config_path, resolve_api_key
+from monitor.config import Config, find_config_path, resolve_api_key, resolve_channel_url
 from monitor.errors import ConfigError
+from monitor.evaluate import CycleReport, Evaluator
 from monitor.logs import register_secret
+from monitor.notify import Channel, Notifier, Route, Router
 from monitor.novita.client import NovitaClient
+from monitor.rules import RuleSet, load_rules
+from monitor.rules.tree import BuiltinNode
 from monitor.store.db import Store, open_store
 
 log = structlog.get_logger("monitor.app")
@@ -56,6 +61,90 @@ def intervals(config: Config) -> dict[str, int]:
     return {name: int(configured.get(name) or dflt) for name, dflt in DEFAULT_INTERVALS.items()}
 
 
+def load_ruleset(config: Config) -> RuleSet:
+    """The configuration's rules, checked against its channel names (raises RuleError)."""
+    return load_rules(config.rule_paths, known_channels=set(config.channels) | {"console"})
+
+
+def _metric_windows(node: Any) -> list[timedelta]:
+    """Windows/lookbacks of the metric-reading conditions in a ``when`` tree."""
+    if isinstance(node, BuiltinNode):
+        if "metrics" not in node.spec.needs:
+            return []
+        return [
+            value
+            for name in ("window", "lookback")
+            if isinstance(value := getattr(node.params, name, None), timedelta)
+        ]
+    children = list(getattr(node, "children", ()))
+    if getattr(node, "child", None) is not None:
+        children.append(node.child)
+    return [w for child in children for w in _metric_windows(child)]
+
+
+def _rules_window(ruleset: RuleSet) -> int:
+    """The longest metric window any rule reads (seconds): the first-sight backfill covers it."""
+    windows = [w for rule in ruleset for w in _metric_windows(rule.when)]
+    return int(max(windows, default=timedelta(0)).total_seconds())
+
+
+def build_router(config: Config, env: Mapping[str, str]) -> Router:
+    channels = {
+        name: Channel(name, resolve_channel_url(name, ch, env), send_resolved=ch.send_resolved)
+        for name, ch in config.channels.items()
+    }
+    routes = [Route(r.match, list(r.channels)) for r in config.routes]
+    return Router(channels, list(config.default_channels), routes)
+
+
+@dataclass
+class OnceResult:
+    reports: list[RunReport]
+    cycle: CycleReport | None
+
+    def summary_lines(self) -> list[str]:
+        if self.cycle is None:
+            return []
+        firing = self.cycle.firing
+        lines = [f"{len(firing)} alert(s) firing"]
+        for a in sorted(firing, key=lambda a: (a.account, a.rule, a.resource_id)):
+            name = f" ({a.resource_name})" if a.resource_name else ""
+            lines.append(f"  [{a.severity}] {a.rule}: {a.resource_id}{name}: {a.summary}")
+        for d in self.cycle.deliveries:
+            state = "delivered" if d.ok else f"FAILED after {d.attempts} attempt(s): {d.error}"
+            lines.append(f"notification to {d.channel}: {state}")
+        return lines
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "runs": [
+                {
+                    "account": r.account,
+                    "collector": r.collector,
+                    "outcome": r.outcome,
+                    "counts": r.counts,
+                    "error": r.error,
+                }
+                for r in self.reports
+            ],
+            "firing": [
+                {
+                    "account": a.account,
+                    "rule": a.rule,
+                    "resource": a.resource_id,
+                    "name": a.resource_name,
+                    "severity": a.severity,
+                    "summary": a.summary,
+                }
+                for a in (self.cycle.firing if self.cycle else [])
+            ],
+            "deliveries": [
+                {"channel": d.channel, "ok": d.ok, "attempts": d.attempts, "error": d.error}
+                for d in (self.cycle.deliveries if self.cycle else [])
+            ],
+        }
+
+
 @dataclass
 class App:
     """A running configuration: the store, one client per account, the clock."""
@@ -65,6 +154,8 @@ class App:
     store: Store
     contexts: list[AccountContext] = field(default_factory=list)
     transport_factory: Any = None  # tests: account name -> httpx transport
+    ruleset: RuleSet | None = None
+    evaluator: Evaluator | None = None
 
     @classmethod
     def open(
@@ -74,12 +165,16 @@ class App:
         env: Mapping[str, str] | None = None,
         transport_factory: Any = None,
         rules_window_s: int = 0,
+        notifier_factory: Any = None,
     ) -> App:
         env = os.environ if env is None else env
+        ruleset = load_ruleset(config)
+        router = build_router(config, env)
         store = open_store(config.database)
         app = cls(config=config, clock=clock or SystemClock(), store=store)
         app.transport_factory = transport_factory
-        settings = collect_settings(config, rules_window_s)
+        app.ruleset = ruleset
+        settings = collect_settings(config, max(rules_window_s, _rules_window(ruleset)))
         for account in config.accounts:
             key = resolve_api_key(account, env)
             secret = key.get_secret_value()
@@ -93,6 +188,16 @@ class App:
             )
             store.ensure_account(account.name)
             app.contexts.append(AccountContext(account.name, client, store, settings))
+        notifier = notifier_factory(router, app.clock) if notifier_factory else None
+        app.evaluator = Evaluator(
+            store,
+            ruleset,
+            router,
+            notifier or Notifier(router.channels, app.clock),
+            [c.account for c in app.contexts],
+            intervals(config),
+            config.stale_after,
+        )
         return app
 
     def context(self, account: str | None) -> AccountContext:
@@ -108,6 +213,27 @@ class App:
 
     async def collect(self, names: list[str] | None = None) -> list[RunReport]:
         return await run_all_accounts(self.contexts, self.clock, names)
+
+    async def evaluate(self) -> CycleReport:
+        assert self.evaluator is not None
+        return await self.evaluator.cycle(self.clock.now())
+
+    async def once(self, names: list[str] | None = None) -> OnceResult:
+        """Every collector once, then one evaluation with delivery of what is due."""
+        reports = await self.collect(names)
+        cycle = await self.evaluate() if self.ruleset is not None else None
+        return OnceResult(reports, cycle)
+
+    def validate_rules(self) -> None:
+        """Rules are loaded (and validated) at open; nothing more to do."""
+
+    def extra_jobs(self) -> list[tuple[str, float, Any]]:
+        """Scheduler jobs beyond the collectors: the rule evaluation."""
+
+        async def evaluate() -> None:
+            await self.evaluate()
+
+        return [("evaluate", float(self.config.schedules.evaluate), evaluate)]
 
     async def aclose(self) -> None:
         for ctx in self.contexts:

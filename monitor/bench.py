@@ -159,7 +159,10 @@ async def _one(
             "rows_written": rows,
             "metric_rows": metric_rows,
             "bytes_per_instance_day": None if per_row is None else per_row * 1440,
-            "failed": [f"{r.collector}: {r.error}" for r in failed + [s for s in steady if s.outcome != "ok"]],
+            "failed": [
+                f"{r.collector}: {r.error}"
+                for r in failed + [s for s in steady if s.outcome != "ok"]
+            ],
         }
     finally:
         sim.close()

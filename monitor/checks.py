@@ -21,7 +21,9 @@ def known_channels(config: Config) -> set[str]:
     return set(config.channels) | {"console"}
 
 
-def check_rules(paths: list[Path], channels: set[str] | None) -> tuple[RuleSet | None, list[Problem]]:
+def check_rules(
+    paths: list[Path], channels: set[str] | None
+) -> tuple[RuleSet | None, list[Problem]]:
     try:
         return load_rules(paths, known_channels=channels), []
     except RuleError as exc:

@@ -85,7 +85,9 @@ def cli() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--api-key", default=None, help="Accept only this key (default: any non-empty key).")
 @click.option("--latency-ms", type=float, default=0.0, show_default=True)
-@click.option("--max-concurrency", type=int, default=0, help="Requests served at once (0: no limit).")
+@click.option(
+    "--max-concurrency", type=int, default=0, help="Requests served at once (0: no limit)."
+)
 @click.option("--rate-limit", type=float, default=0.0, help="Requests per second (0: no limit).")
 @click.option("--error-rate", type=float, default=0.0, help="Share of requests answered 500/503.")
 @click.option("--speed", type=float, default=1.0, show_default=True, help="Clock speed factor.")
@@ -265,7 +267,9 @@ def bench() -> None:
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--runs", type=int, default=1, show_default=True, help="Repeat, report the median.")
 @handle_errors
-def bench_collect(instances: int, latency_ms: float, concurrency: int, seed: int, runs: int) -> None:
+def bench_collect(
+    instances: int, latency_ms: float, concurrency: int, seed: int, runs: int
+) -> None:
     """Time a steady-state collection cycle against a simulated fleet, vs concurrency 1."""
     from monitor.bench import bench_collect as run_bench
 
@@ -281,7 +285,9 @@ def main() -> None:
 
 
 @cli.command()
-@click.option("--config-schema", is_flag=True, help="Print the configuration file's schema instead.")
+@click.option(
+    "--config-schema", is_flag=True, help="Print the configuration file's schema instead."
+)
 @handle_errors
 def schema(config_schema: bool) -> None:
     """Print the JSON Schema of rule files (for editors)."""

@@ -39,16 +39,15 @@ def hourly_cost(store: Any, account: str, inst: Any, now: datetime) -> Decimal |
     billed = store.recent_hourly_bill_usd(account, inst.instance_id, now)
     if listed is None:
         return billed
-    if billed is not None and billed > 0:
-        if abs(listed - billed) / billed > BILL_TOLERANCE:
-            log.warning(
-                "price_differs_from_bills",
-                account=account,
-                instance=inst.instance_id,
-                listed_usd_per_hour=str(listed),
-                billed_usd_per_hour=str(billed),
-            )
-            return billed
+    if billed is not None and billed > 0 and abs(listed - billed) / billed > BILL_TOLERANCE:
+        log.warning(
+            "price_differs_from_bills",
+            account=account,
+            instance=inst.instance_id,
+            listed_usd_per_hour=str(listed),
+            billed_usd_per_hour=str(billed),
+        )
+        return billed
     return listed
 
 

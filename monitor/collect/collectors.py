@@ -20,8 +20,9 @@ from monitor.novita.models import InstanceMetrics
 
 #: usage bills: how far back a first collection looks (the API caps one request at 31 days)
 BILLS_BACKFILL = timedelta(days=30)
-#: hourly bills: how far back a first collection looks, and the overlap of later ones
-HOURLY_BACKFILL = timedelta(hours=48)
+#: hourly bills: how far back a first collection looks (a spend baseline compares the last day
+#: with the 7 before it), and the overlap of later ones
+HOURLY_BACKFILL = timedelta(days=8)
 HOURLY_OVERLAP = timedelta(hours=3)
 DAILY_OVERLAP = timedelta(days=2)
 

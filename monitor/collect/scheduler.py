@@ -70,7 +70,7 @@ class Scheduler:
             self._aps.shutdown(wait=False)
         pending = {t for t in self._inflight if not t.done()}
         if pending:
-            done, still = await asyncio.wait(pending, timeout=timeout_s)
+            _done, still = await asyncio.wait(pending, timeout=timeout_s)
             for t in still:
                 t.cancel()
             if still:
