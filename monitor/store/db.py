@@ -12,6 +12,8 @@ upgraded daemon upgrades its database and keeps the data.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +32,30 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 MIGRATION_LOCK = 0x4E4F5649
 
 
+def _switch_to_wal(cursor: Any, attempts: int = 100) -> None:
+    """``PRAGMA journal_mode=WAL`` (persistent in the file, so done once per database).
+
+    SQLite does not call the busy handler for this switch, so when several openers create a new
+    database at once, the losers retry briefly here instead of failing with "database is locked".
+    """
+    for attempt in range(attempts):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     """Every new SQLite connection: WAL, foreign keys, and waiting (not failing) on a lock."""
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+            _switch_to_wal(cursor)
+        cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
     finally:
         cursor.close()
