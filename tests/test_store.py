@@ -453,3 +453,27 @@ def test_events_query_filters(store: Store) -> None:
     ]
     assert [e.resource_id for e in store.events(kinds=["appeared"])] == ["i-1", "i-2"]
     assert store.events("main", resource_id="i-2", until=since)[0].kind == "appeared"
+
+
+def test_first_success_survives_retention(store: Store) -> None:
+    assert store.first_success("main", "usage_bills") is None
+    store.record_run("main", "usage_bills", T0, T0 + timedelta(seconds=1), "failed", error="x")
+    assert store.first_success("main", "usage_bills") is None
+    store.record_run("main", "usage_bills", T0, T0 + timedelta(seconds=2), "ok")
+    store.record_run("main", "usage_bills", T0 + timedelta(days=9), T0 + timedelta(days=9), "ok")
+    counts = store.enforce_retention(T0 + timedelta(days=10))
+    assert counts["collector_runs"] == 2
+    assert store.first_success("main", "usage_bills") == T0 + timedelta(seconds=2)
+    assert store.last_success("main", "usage_bills") == T0 + timedelta(days=9)
+
+
+def test_gpu_hours_by_owner(store: Store) -> None:
+    store.upsert_usage_bills(
+        "main",
+        "Hour",
+        [hour_bill("i-1", -3, "3500", num="2"), hour_bill("i-1", -2, "3500", num="2"),
+         hour_bill("i-2", -2, "3500", num="8"), hour_bill("i-2", -9, "3500", num="8")],
+    )  # fmt: skip
+    hours = store.gpu_hours_by_owner("main", T0 - timedelta(hours=5), T0)
+    assert hours == {"i-1": 4.0, "i-2": 8.0}
+    assert store.gpu_hours_by_owner("main", T0 - timedelta(hours=5), T0, cycle_type="Day") == {}

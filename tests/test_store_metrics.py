@@ -240,3 +240,13 @@ def test_history_inserted_below_the_watermark_is_rolled_up(store: Store) -> None
     agg = store.metric_window("main", ["i-1"], "gpu_util", T0 - timedelta(hours=6), T0)["i-1"]
     assert agg.count == 120
     assert agg.first_ts == T0 - timedelta(hours=5)
+
+
+def test_latest_metric_times_and_batch_alias(store: Store) -> None:
+    assert store.latest_metric_times("main") == {}
+    batch = [("i-1", metrics(E0, [1.0, 2.0]), 4), ("i-2", metrics(E0 + 300, [3.0]), 1)]
+    assert store.upsert_metrics_batch("main", batch) == 3
+    assert store.latest_metric_times("main") == {
+        "i-1": T0 + timedelta(minutes=1),
+        "i-2": T0 + timedelta(minutes=5),
+    }

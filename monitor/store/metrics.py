@@ -206,6 +206,22 @@ class MetricsRepo(CoreRepo):
                         self._rollup_range(conn, hour, hour + HOUR, instance_keys=[key])
         return total
 
+    def upsert_metrics_batch(
+        self, account: str, batch: Iterable[tuple[str, InstanceMetrics, int | None]]
+    ) -> int:
+        """Alias of :meth:`upsert_metrics_many` (the name the collectors use)."""
+        return self.upsert_metrics_many(account, batch)
+
+    def latest_metric_times(self, account: str) -> dict[str, datetime]:
+        """Newest stored minute per instance of the account (instances without samples are
+        absent). One correlated ``max`` per instance, each a primary-key lookup."""
+        account_id = self.ensure_account(account)
+        i, m = t.instances.c, t.metric_samples.c
+        newest = select(func.max(m.ts)).where(m.instance_key == i.key).scalar_subquery().label("ts")
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(i.instance_id, newest).where(i.account_id == account_id))
+            return {iid: from_epoch(ts) for iid, ts in rows if ts is not None}
+
     def bulk_insert_metrics(self, rows: Iterable[MetricRow], batch: int = 50_000) -> int:
         """Insert many minute rows fast, for benchmarks and fixtures: one compiled statement
         run through the driver's ``executemany``, no read-back and no merge (a row whose

@@ -630,6 +630,36 @@ class CoreRepo(StoreBase):
             ).scalar_one()
         return float(hours)
 
+    def gpu_hours_by_owner(
+        self,
+        account: str,
+        start: datetime,
+        end: datetime,
+        cycle_type: str = "Hour",
+        category: str = "gpu",
+    ) -> dict[str, float]:
+        """Sum of ``billNum0`` per ``ownerID`` (instance) over bills starting in ``[start, end)``.
+
+        For GPU bills ``billNum0`` is "number of cards x billing time" (wire-format §2.6; the
+        time unit is taken to be hours, unconfirmed), so dividing by the GPU count gives hours.
+        """
+        account_id = self.ensure_account(account)
+        u = t.usage_bills.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(u.owner_id, func.sum(u.bill_num0))
+                .where(
+                    u.account_id == account_id,
+                    u.cycle_type == cycle_type,
+                    u.category == category,
+                    u.start_ts >= to_epoch(start),
+                    u.start_ts < to_epoch(end),
+                    u.owner_id != "",
+                )
+                .group_by(u.owner_id)
+            )
+            return {owner: float(total or 0) for owner, total in rows}
+
     def recent_hourly_bill_usd(
         self, account: str, instance_id: str, now: datetime, lookback_hours: int = 3
     ) -> Decimal | None:
@@ -912,6 +942,10 @@ class CoreRepo(StoreBase):
             raise ValueError(f"outcome must be one of {sorted(RUN_OUTCOMES)}, got {outcome!r}")
         account_id = self.ensure_account(account)
         with self.engine.begin() as conn:
+            if outcome != "failed":
+                first_key = f"first_success:{account_id}:{collector}"
+                if self._meta(conn, first_key) is None:  # kept when old runs are pruned
+                    self._set_meta(conn, first_key, str(to_epoch(finished)))
             conn.execute(
                 insert(t.collector_runs).values(
                     account_id=account_id,
@@ -937,6 +971,24 @@ class CoreRepo(StoreBase):
                     c.account_id == account_id,
                     c.collector == collector,
                     c.outcome.in_(outcomes),
+                )
+            ).scalar_one_or_none()
+
+    def first_success(self, account: str, collector: str) -> datetime | None:
+        """When ``collector`` first finished ``ok`` or ``partial`` for the account (kept in
+        ``store_meta``, so retention of old runs does not move it): how far back the collected
+        history reaches."""
+        account_id = self.ensure_account(account)
+        c = t.collector_runs.c
+        with self.engine.connect() as conn:
+            value = self._meta(conn, f"first_success:{account_id}:{collector}")
+            if value is not None:
+                return from_epoch(int(value))
+            return conn.execute(
+                select(func.min(c.finished)).where(
+                    c.account_id == account_id,
+                    c.collector == collector,
+                    c.outcome.in_(["ok", "partial"]),
                 )
             ).scalar_one_or_none()
 
