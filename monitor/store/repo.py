@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import Connection, Engine, and_, func, insert, select, update
 
@@ -60,6 +60,7 @@ TRACKED = (
     "error_state",
 )
 RUN_OUTCOMES = frozenset({"ok", "partial", "failed"})
+_PRICES: Any = object()  # product_price() without a billing mode: the whole price record
 
 
 class StoreBase:
@@ -728,11 +729,58 @@ class CoreRepo(StoreBase):
                 keys=["account_id", "product_id", "cluster_id"],
             )
 
+    @overload
     def product_price(
-        self, account: str, product_id: str, cluster_id: str | None = None
+        self, account: str, product_id: str | None, cluster_id: str | None = None
+    ) -> ProductPrice | None: ...
+
+    @overload
+    def product_price(
+        self, account: str, product_id: str | None, cluster_id: str | None, billing_mode: str | None
+    ) -> Decimal | None: ...
+
+    def product_price(
+        self,
+        account: str,
+        product_id: str | None,
+        cluster_id: str | None = None,
+        billing_mode: Any = _PRICES,
+    ) -> ProductPrice | Decimal | None:
+        """Prices of a product in a cluster (falling back to the listing without a cluster
+        filter, then to the most recently updated listing of any cluster).
+
+        With three arguments: the :class:`ProductPrice` record. With a ``billing_mode`` as
+        fourth argument: the per-GPU hourly price in USD for that mode (see
+        :meth:`hourly_price_usd`).
+        """
+        if billing_mode is not _PRICES:
+            return self.hourly_price_usd(account, product_id, cluster_id, billing_mode)
+        return self._product_prices(account, product_id, cluster_id)
+
+    def hourly_price_usd(
+        self,
+        account: str,
+        product_id: str | None,
+        cluster_id: str | None,
+        billing_mode: str | None = "onDemand",
+    ) -> Decimal | None:
+        """Listed per-GPU hourly price: the spot price for ``spot`` (the on-demand price when no
+        spot price is listed), the on-demand price otherwise; None for ``monthly`` (prepaid) and
+        for unknown products."""
+        if billing_mode == "monthly":
+            return None
+        price = self._product_prices(account, product_id, cluster_id)
+        if price is None:
+            return None
+        if billing_mode == "spot" and price.spot_price_usd_per_hour:
+            return price.spot_price_usd_per_hour
+        return price.price_usd_per_hour
+
+    def _product_prices(
+        self, account: str, product_id: str | None, cluster_id: str | None
     ) -> ProductPrice | None:
-        """Prices of a product in a cluster; falls back to the listing without a cluster filter,
-        then to the most recently updated listing of any cluster."""
+        if not product_id:
+            return None
         account_id = self.ensure_account(account)
         p = t.products.c
         with self.engine.connect() as conn:
