@@ -483,3 +483,13 @@ def test_gpu_hours_by_owner(store: Store) -> None:
     hours = store.gpu_hours_by_owner("main", T0 - timedelta(hours=5), T0)
     assert hours == {"i-1": 4.0, "i-2": 8.0}
     assert store.gpu_hours_by_owner("main", T0 - timedelta(hours=5), T0, cycle_type="Day") == {}
+
+
+def test_alert_details_roundtrip(store: Store) -> None:
+    a = AlertRecord(
+        fingerprint="fp", rule="low-balance", account="main", resource_kind="account",
+        resource_id="main", state="firing", resource_name="Main account", severity="critical",
+        last_match_at=T0, notified_severity="warning",
+    )  # fmt: skip
+    store.save_alerts([a])
+    assert store.load_alerts() == [a]

@@ -26,6 +26,7 @@ from monitor.store.tables import metadata
 from monitor.store.testing import pg_url, store_url
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+HEAD = "0002"
 
 BACKENDS = [
     "sqlite",
@@ -50,7 +51,7 @@ def test_migrations_produce_exactly_the_tables(url: str) -> None:
         with store.engine.connect() as conn:
             ctx = MigrationContext.configure(conn, opts={"compare_type": True})
             assert compare_metadata(ctx, metadata) == []
-        assert current_revision(store.engine) == "0001"
+        assert current_revision(store.engine) == HEAD
     finally:
         store.close()
 
@@ -69,13 +70,13 @@ def test_reopen_keeps_data_and_is_idempotent(url: str) -> None:
             store.close()
 
 
-SECOND_REVISION = '''
-"""A test-only revision: adds a table and a column."""
+EXTRA_REVISION = '''
+"""A test-only revision on top of head: adds a table and a column."""
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "test_extra"
+down_revision = "{head}"
 branch_labels = None
 depends_on = None
 
@@ -94,29 +95,46 @@ def downgrade() -> None:
 
 
 def test_upgrade_from_0001_keeps_data(url: str, tmp_path: Path) -> None:
-    store = open_store(url)
-    store.upsert_instances("main", [Instance(id="i-1", status="running", gpu_num=8)], T0)
-    store.close()
+    engine = create_store_engine(url)
+    try:
+        migrate(engine, revision="0001")
+        assert current_revision(engine) == "0001"
+        Store(engine).upsert_instances(
+            "main", [Instance(id="i-1", status="running", gpu_num=8)], T0
+        )
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO alerts (fingerprint, rule, resource_kind, resource_id, state)"
+                    " VALUES ('fp', 'idle-gpu', 'instance', 'i-1', 'firing')"
+                )
+            )
+    finally:
+        engine.dispose()
 
+    store = open_store(url)  # upgrades 0001 -> head
+    try:
+        assert current_revision(store.engine) == HEAD
+        assert store.instance("main", "i-1").gpu_count == 8  # type: ignore[union-attr]
+        (alert,) = store.load_alerts()
+        assert (alert.fingerprint, alert.state, alert.severity) == ("fp", "firing", None)
+    finally:
+        store.close()
+
+    # and a future revision on top of head keeps the data too
     versions = tmp_path / "versions"
     shutil.copytree(MIGRATIONS_DIR / "versions", versions)
-    (versions / "0002_test.py").write_text(SECOND_REVISION)
+    (versions / "9999_test.py").write_text(EXTRA_REVISION.replace("{head}", HEAD))
     config = alembic_config()
     config.set_main_option("version_locations", str(versions))
     engine = create_store_engine(url)
     try:
         migrate(engine, config=config)
-        assert current_revision(engine) == "0002"
+        assert current_revision(engine) == "test_extra"
         assert "note" in {c["name"] for c in inspect(engine).get_columns("instances")}
         with engine.connect() as conn:
             rows = conn.execute(text("SELECT instance_id, gpu_count FROM instances")).all()
         assert [tuple(r) for r in rows] == [("i-1", 8)]
-    finally:
-        engine.dispose()
-    # the packaged migrations still open the upgraded store's data through the facade
-    engine = create_store_engine(url)
-    try:
-        assert Store(engine).instance("main", "i-1").gpu_count == 8  # type: ignore[union-attr]
     finally:
         engine.dispose()
 
@@ -136,7 +154,7 @@ def test_concurrent_opens_migrate_once(url: str) -> None:
     assert len(set(ids)) == 2
     engine = create_store_engine(url)
     try:
-        assert current_revision(engine) == "0001"
+        assert current_revision(engine) == HEAD
     finally:
         engine.dispose()
 

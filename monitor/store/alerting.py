@@ -38,6 +38,10 @@ def _alert(row: Any) -> AlertRecord:
         labels=dict(row.labels or {}),
         values=dict(row._mapping["values"] or {}),
         summary=row.summary or "",
+        resource_name=row.resource_name,
+        severity=row.severity,
+        last_match_at=row.last_match_at,
+        notified_severity=row.notified_severity,
     )
 
 
@@ -108,6 +112,10 @@ class AlertingRepo(MetricsRepo):
                     "labels": dict(alert.labels),
                     "values": dict(alert.values),
                     "summary": alert.summary,
+                    "resource_name": alert.resource_name,
+                    "severity": alert.severity,
+                    "last_match_at": alert.last_match_at,
+                    "notified_severity": alert.notified_severity,
                 }
             )
         with self.engine.begin() as conn:

@@ -199,6 +199,10 @@ class AlertRecord:
     labels: dict[str, Any] = field(default_factory=dict)
     values: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
+    resource_name: str | None = None
+    severity: str | None = None
+    last_match_at: datetime | None = None
+    notified_severity: str | None = None
 
 
 @dataclass(frozen=True)

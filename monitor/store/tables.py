@@ -287,6 +287,11 @@ alerts = Table(
     Column("labels", JSON),
     Column("values", JSON),
     Column("summary", Text),
+    # revision 0002
+    Column("resource_name", Text),
+    Column("severity", String(32)),
+    Column("last_match_at", UTCDateTime),
+    Column("notified_severity", String(32)),
     Index("ix_alerts_state", "state"),
 )
 
