@@ -32,7 +32,6 @@ from monitor.store.sql import upsert
 from monitor.store.types import (
     GPU_MISSING,
     decode_pct,
-    encode_pct,
     from_epoch,
     pack_gpus,
     to_epoch,
@@ -79,39 +78,50 @@ def _mean(values: list[float]) -> float:
 def minute_rows(metrics: InstanceMetrics, cpu_num: int | None) -> dict[int, dict[str, Any]]:
     """The series of one metrics response merged into one stored row per minute.
 
-    Several points of a series in the same minute are averaged; per-GPU series are ordered by GPU
-    id (numerically when numeric). Values are in the stored form (tenths, packed bytes).
+    Several points of a series in the same minute are averaged; CPU is divided by ``cpu_num``
+    (the API sums it over cores); per-GPU series are ordered by GPU id (numerically when
+    numeric). Values are in the stored form (tenths, packed bytes).
     """
-    acc: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    acc: dict[int, dict[str, list[float]]] = {}
 
-    def add(series: str, points: Iterable[MetricPoint]) -> None:
+    def add(series: str, points: Iterable[MetricPoint], scale: float = 1.0) -> None:
         for p in points:
-            acc[floor_to(to_epoch(p.timestamp), MINUTE)][series].append(p.value)
+            ts = int(p.timestamp.timestamp())
+            minute = ts - ts % MINUTE
+            row = acc.get(minute)
+            if row is None:
+                row = acc[minute] = {}
+            values = row.get(series)
+            if values is None:
+                row[series] = [p.value * scale]
+            else:
+                values.append(p.value * scale)
 
     add("gpu_util", metrics.gpu_utilization.avg)
     add("gpu_mem", metrics.gpu_mem_utilization.avg)
-    add("cpu", metrics.cpu_per_core(cpu_num))
+    add("cpu", metrics.cpu_utilization, 1.0 / cpu_num if cpu_num and cpu_num > 1 else 1.0)
     add("mem", metrics.mem_utilization)
     add("disk", metrics.root_disk_utilization)
-    per_gpu: dict[str, list[Any]] = {}
+    widths: dict[str, int] = {}
     for name, gpu_series in (
         ("gpu_utils", metrics.gpu_utilization),
         ("gpu_mems", metrics.gpu_mem_utilization),
     ):
         gpus = sorted(gpu_series.gpu_ids, key=lambda g: _gpu_sort_key(g.gpu_id))
-        per_gpu[name] = gpus
+        widths[name] = len(gpus)
         for index, gpu in enumerate(gpus):
             add(f"{name}:{index}", gpu.items)
     out: dict[int, dict[str, Any]] = {}
     for minute, values in acc.items():
         row: dict[str, Any] = {}
         for series in SERIES:
-            row[series] = encode_pct(_mean(values[series])) if values.get(series) else None
-        for name, gpus in per_gpu.items():
-            vec = [
-                _mean(values[f"{name}:{i}"]) if values.get(f"{name}:{i}") else None
-                for i in range(len(gpus))
-            ]
+            got = values.get(series)
+            row[series] = round(sum(got) / len(got) * 10) if got else None
+        for name, width in widths.items():
+            vec = []
+            for i in range(width):
+                got = values.get(f"{name}:{i}")
+                vec.append(sum(got) / len(got) if got else None)
             row[name] = pack_gpus(vec) if any(v is not None for v in vec) else None
         out[minute] = row
     return out
@@ -163,48 +173,63 @@ class MetricsRepo(CoreRepo):
         self, account: str, items: Iterable[tuple[str, InstanceMetrics, int | None]]
     ) -> int:
         """:meth:`upsert_metrics` for many instances in one transaction (one write lock on
-        SQLite instead of one per instance); ``items`` are ``(instance_id, metrics, cpu_num)``."""
+        SQLite instead of one per instance); ``items`` are ``(instance_id, metrics, cpu_num)``.
+
+        The stored rows to merge with are read in one query when the windows are close (the
+        steady state), one query per instance otherwise (backfills).
+        """
         prepared = [(iid, minute_rows(m, cpu)) for iid, m, cpu in items]
         prepared = [(iid, rows) for iid, rows in prepared if rows]
         if not prepared:
             return 0
         account_id = self.ensure_account(account)
         m = t.metric_samples.c
-        total = 0
+        changed: list[dict[str, Any]] = []
         with self.engine.begin() as conn:
             watermark = self._watermark(conn)
+            keyed: list[tuple[int, dict[int, dict[str, Any]]]] = []
             for instance_id, rows in prepared:
                 key = self._instance_key(conn, account_id, instance_id, create=True)
                 assert key is not None
-                stored = {
-                    r.ts: r
+                keyed.append((key, rows))
+            lo = min(min(rows) for _, rows in keyed)
+            hi = max(max(rows) for _, rows in keyed)
+            stored: dict[tuple[int, int], Any] = {}
+            if hi - lo <= 2 * HOUR:
+                ranges = [([k for k, _ in keyed], lo, hi)]
+            else:
+                ranges = [([k], min(rows), max(rows)) for k, rows in keyed]
+            for keys, start, end in ranges:
+                for i in range(0, len(keys), 500):
                     for r in conn.execute(
                         select(t.metric_samples).where(
-                            m.instance_key == key, m.ts >= min(rows), m.ts <= max(rows)
+                            m.instance_key.in_(keys[i : i + 500]), m.ts >= start, m.ts <= end
                         )
-                    )
-                }
-                changed: list[dict[str, Any]] = []
+                    ):
+                        stored[(r.instance_key, r.ts)] = r
+            for key, rows in keyed:
                 for minute, new in sorted(rows.items()):
-                    old = stored.get(minute)
+                    old = stored.get((key, minute))
+                    if old is None:
+                        changed.append({"instance_key": key, "ts": minute, **new})
+                        continue
                     merged = {
-                        col: (new[col] if new[col] is not None else getattr(old, col, None))
+                        col: (new[col] if new[col] is not None else getattr(old, col))
                         for col in RAW_COLS
                     }
-                    if old is not None and all(
-                        _same(merged[col], getattr(old, col)) for col in RAW_COLS
-                    ):
+                    if all(_same(merged[col], getattr(old, col)) for col in RAW_COLS):
                         continue
                     changed.append({"instance_key": key, "ts": minute, **merged})
-                upsert(conn, t.metric_samples, changed, keys=["instance_key", "ts"])
-                total += len(changed)
-                if changed and watermark is not None:
-                    late = {
-                        floor_to(int(r["ts"]), HOUR) for r in changed if int(r["ts"]) < watermark
-                    }
-                    for hour in sorted(late):
-                        self._rollup_range(conn, hour, hour + HOUR, instance_keys=[key])
-        return total
+            upsert(conn, t.metric_samples, changed, keys=["instance_key", "ts"])
+            if watermark is not None:  # late samples below the watermark: re-roll their hours
+                late = {
+                    (int(r["instance_key"]), floor_to(int(r["ts"]), HOUR))
+                    for r in changed
+                    if int(r["ts"]) < watermark
+                }
+                for key, hour in sorted(late):
+                    self._rollup_range(conn, hour, hour + HOUR, instance_keys=[key])
+        return len(changed)
 
     def upsert_metrics_batch(
         self, account: str, batch: Iterable[tuple[str, InstanceMetrics, int | None]]
