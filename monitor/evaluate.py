@@ -140,8 +140,9 @@ class Evaluator:
                 rule=tr.rule,
                 account=tr.account,
                 resource=tr.resource_id,
-                old=tr.old,
-                new=tr.new,
+                old=tr.from_state,
+                new=tr.to_state,
+                reason=tr.reason,
             )
         return result
 

@@ -34,7 +34,7 @@ def stale_collectors(
 def hourly_cost(store: Any, account: str, inst: Any, now: datetime) -> Decimal | None:
     if inst.status != "running" or inst.billing_mode not in ("onDemand", "spot"):
         return None
-    price = store.product_price(account, inst.product_id, inst.cluster_id, inst.billing_mode)
+    price = store.hourly_price_usd(account, inst.product_id, inst.cluster_id, inst.billing_mode)
     listed = price * inst.gpu_count if price is not None and inst.gpu_count else None
     billed = store.recent_hourly_bill_usd(account, inst.instance_id, now)
     if listed is None:

@@ -1,0 +1,228 @@
+"""Collect end to end against the in-process simulator: once, then status; idempotence;
+incremental metrics; fault injection leaves healthy parts complete and errors recorded."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from monitor.app import intervals
+from monitor.clock import ManualClock
+from monitor.collect.collectors import CollectSettings, metrics_window
+from monitor.novita.client import RetryPolicy
+from monitor.sim import catalog
+from monitor.status import fleet_status
+from tests.helpers import open_app
+
+
+def _status(app: Any) -> dict[str, Any]:
+    data = fleet_status(
+        app.store, ["main"], app.clock.now(), intervals(app.config), app.config.stale_after
+    )
+    return data["accounts"][0]
+
+
+def _count(app: Any, table: str) -> int:
+    with app.store.engine.connect() as conn:
+        return int(conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one())
+
+
+async def test_once_then_status_matches_the_simulator(
+    tmp_path: Path, sim_app: Any, demo_sim: Any, clock: ManualClock
+) -> None:
+    app = open_app(tmp_path, sim_app, clock)
+    try:
+        result = await app.once()
+    finally:
+        await app.aclose()
+    outcomes = {r.collector: r.outcome for r in result.reports}
+    assert set(outcomes.values()) == {"ok"}, result.reports
+
+    app = open_app(tmp_path, sim_app, clock)
+    try:
+        acc = _status(app)
+    finally:
+        await app.aclose()
+    # balance: 1/10000 USD on the wire
+    assert acc["balance_usd"] == pytest.approx(demo_sim.balance_10k() / 10_000, abs=1e-4)
+    assert acc["stale"] == []
+    by_id = {i["id"]: i for i in acc["instances"]}
+    assert set(by_id) == {i.id for i in demo_sim.instances()}
+
+    trainer = by_id["demo-trainer"]
+    sim_trainer = next(i for i in demo_sim.instances() if i.id == "demo-trainer")
+    # products: 1/100000 USD per GPU-hour, per cluster, times the GPU count
+    per_gpu = Decimal(catalog.hourly_price(sim_trainer.product_id, sim_trainer.cluster_id))
+    assert trainer["hourly_cost_usd"] == pytest.approx(float(per_gpu / 100_000 * 2), abs=1e-4)
+    assert trainer["gpu_count"] == 2 and trainer["billing_mode"] == "onDemand"
+    assert trainer["gpu_util_avg_15m"] is not None and trainer["gpu_util_avg_15m"] > 40
+    assert trainer["expires_at"] is None  # endTime "-1"
+
+    notebook = by_id["demo-notebook"]
+    assert notebook["gpu_util_avg_15m"] is not None and notebook["gpu_util_avg_15m"] < 5
+
+    sub = by_id["demo-subscription"]
+    assert sub["billing_mode"] == "monthly"
+    assert sub["hourly_cost_usd"] is None  # prepaid
+    assert sub["expires_at"] == (clock.now() + timedelta(days=3)).isoformat().replace("+00:00", "Z")
+    pending = by_id["demo-pending"]
+    assert pending["status"] == "pending" and pending["billing_mode"] is None
+    assert pending["expires_at"] is None  # endTime "0"
+    assert by_id["demo-stopped"]["hourly_cost_usd"] is None
+
+    # burn rate and runway from the same numbers
+    burn = sum(i["hourly_cost_usd"] or 0 for i in acc["instances"])
+    assert acc["burn_rate_usd_per_hour"] == pytest.approx(burn, abs=1e-3)
+    assert acc["runway_hours"] == pytest.approx(acc["balance_usd"] / burn, rel=1e-3)
+    # the simulator's own burn rate agrees with the monitor's (prices x GPUs)
+    assert burn == pytest.approx(demo_sim.burn_10k_per_hour() / 10_000, rel=0.02)
+
+
+async def test_cpu_is_stored_per_core(tmp_path: Path, sim_app: Any, clock: ManualClock) -> None:
+    app = open_app(tmp_path, sim_app, clock)
+    try:
+        await app.collect(["instances", "metrics"])
+        samples = app.store.samples(
+            "main", "demo-trainer", clock.now() - timedelta(hours=1), clock.now()
+        )
+    finally:
+        await app.aclose()
+    cpus = [s["cpu"] for s in samples if s.get("cpu") is not None]
+    assert cpus and max(cpus) <= 100.0  # the wire sums over cores (up to 100 x cpuNum)
+
+
+async def test_collecting_twice_never_duplicates(
+    tmp_path: Path, sim_app: Any, clock: ManualClock
+) -> None:
+    app = open_app(tmp_path, sim_app, clock)
+    try:
+        await app.collect()
+        counts = {t: _count(app, t) for t in ("metric_samples", "usage_bills", "instances")}
+        second = await app.collect()
+        again = {t: _count(app, t) for t in counts}
+    finally:
+        await app.aclose()
+    assert counts == again
+    metrics = next(r for r in second if r.collector == "metrics")
+    assert metrics.counts["rows"] == 0  # nothing new at the same instant
+
+
+async def test_steady_state_fetches_only_new_minutes(
+    tmp_path: Path, sim_app: Any, demo_sim: Any, clock: ManualClock
+) -> None:
+    app = open_app(tmp_path, sim_app, clock)
+    try:
+        await app.collect(["instances", "metrics"])
+        before = _count(app, "metric_samples")
+        clock.advance(60)
+        steady = await app.collect(["instances", "metrics"])
+        after = _count(app, "metric_samples")
+    finally:
+        await app.aclose()
+    running = sum(1 for i in demo_sim.instances() if i.status == "running")
+    metrics = next(r for r in steady if r.collector == "metrics")
+    assert metrics.outcome == "ok"
+    # one new minute per running instance (the overlap re-reads stored minutes without writing)
+    assert after - before == running
+    assert metrics.counts["rows"] == running
+
+
+def test_metrics_window_backfill_and_overlap() -> None:
+    now = ManualClock().now()
+    settings = CollectSettings(rules_window_s=7200)
+    start, end = metrics_window(None, now, settings)
+    assert end - start == timedelta(seconds=7200 + 60)  # longest rule window + lag
+    start, _ = metrics_window(now - timedelta(minutes=1), now, settings)
+    assert now - start == timedelta(minutes=3)  # last sample - (lag + interval)
+    start, _ = metrics_window(now - timedelta(days=3), now, settings)
+    assert now - start == timedelta(seconds=7260)  # a long gap: backfill again, not 3 days
+    start, end = metrics_window(now, now, settings)
+    assert end - start >= timedelta(seconds=60)  # never shorter than the API's minimum
+    big = CollectSettings(rules_window_s=3 * 86400)
+    start, _ = metrics_window(None, now, big)
+    assert now - start == timedelta(hours=24)  # at most 24 h
+
+
+async def test_one_failing_instance_does_not_stop_the_others(
+    tmp_path: Path, sim_app: Any, demo_sim: Any, clock: ManualClock
+) -> None:
+    faults = sim_app.state.faults
+    app = open_app(tmp_path, sim_app, clock)
+    try:
+        await app.collect(["instances"])
+        faults.fail_next("/openapi/v1/metrics/gpu/instance", 400, "RESOURCE_NOT_FOUND", count=1)
+        (report,) = await app.collect(["metrics"])
+        keys = app.store.latest_metric_times("main")
+        runs = app.store.last_runs("main")
+    finally:
+        await app.aclose()
+    running = {i.id for i in demo_sim.instances() if i.status == "running"}
+    assert report.outcome == "partial"
+    assert "RESOURCE_NOT_FOUND" in (report.error or "")
+    assert report.counts["fetched"] == len(running) - 1
+    assert len(keys) == len(running) - 1
+    assert runs["metrics"].outcome == "partial" and "RESOURCE_NOT_FOUND" in runs["metrics"].error
+
+
+async def test_server_errors_and_malformed_bodies_are_recorded_not_stored(
+    tmp_path: Path, sim_app: Any, clock: ManualClock
+) -> None:
+    faults = sim_app.state.faults
+    app = open_app(tmp_path, sim_app, clock)
+    app.contexts[0].client.retry = RetryPolicy(sleep=_no_sleep)  # retries without waiting
+    try:
+        await app.collect(["balance"])
+        balances = len(app.store.balance_samples("main"))
+        # the balance endpoint keeps failing past the retry budget: recorded, nothing stored
+        faults.fail_next("/openapi/v1/billing/balance/detail", 500, "UNKNOWN", count=50)
+        faults.fail_next("/v3/user", 500, "UNKNOWN", count=50)
+        (failed,) = await app.collect(["balance"])
+        # 429 storm on instances: retried until it passes
+        faults.fail_next("/gpu-instance/openapi/v1/gpu/instances", 429, "RATE_LIMIT_EXCEEDED", 3)
+        (ok,) = await app.collect(["instances"])
+        faults.malformed_rate = 1.0
+        (bad,) = await app.collect(["training_tasks"])
+        faults.malformed_rate = 0.0
+        after = len(app.store.balance_samples("main"))
+        runs = app.store.last_runs("main")
+    finally:
+        await app.aclose()
+    assert failed.outcome == "failed" and "UNKNOWN" in (failed.error or "")
+    assert after == balances
+    assert ok.outcome == "ok"
+    assert bad.outcome == "failed"
+    assert runs["balance"].outcome == "failed"
+
+
+async def _no_sleep(_seconds: float) -> None:
+    return None
+
+
+async def test_unreachable_api_makes_data_stale_not_wrong(
+    tmp_path: Path, sim_app: Any, clock: ManualClock
+) -> None:
+    app = open_app(tmp_path, sim_app, clock)
+    try:
+        await app.collect()
+        fresh = _status(app)
+        before = {i["id"]: i["status"] for i in fresh["instances"]}
+        faults = sim_app.state.faults
+        app.contexts[0].client.retry = RetryPolicy(sleep=_no_sleep)
+        faults.error_rate = 1.0  # every request fails for a long while
+        clock.advance(3600)
+        reports = await app.collect()
+        faults.error_rate = 0.0
+        stale = _status(app)
+    finally:
+        await app.aclose()
+    assert fresh["stale"] == []
+    assert all(r.outcome == "failed" for r in reports if r.collector != "async_tasks")
+    assert {"instances", "metrics", "balance"} <= set(stale["stale"])
+    # the last known facts are kept as they were, never blanked or guessed
+    assert {i["id"]: i["status"] for i in stale["instances"]} == before
+    assert stale["balance_usd"] == fresh["balance_usd"]
