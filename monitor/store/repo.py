@@ -233,6 +233,7 @@ class CoreRepo(StoreBase):
         history: list[dict[str, Any]] = []
         seen: set[str] = set()
         only_seen: list[int] = []
+        new_rows: list[dict[str, Any]] = []
 
         def event(kind: str, instance_id: str, old: Any = None, new: Any = None) -> None:
             events.append(
@@ -252,16 +253,13 @@ class CoreRepo(StoreBase):
                 old = existing.get(inst.id)
                 if old is None or old.first_seen is None:
                     values.update(first_seen=now, last_seen=now, disappeared_at=None)
-                    if old is None:
-                        key = conn.execute(
-                            insert(t.instances)
-                            .values(account_id=account_id, instance_id=inst.id, **values)
-                            .returning(c.key)
-                        ).scalar_one()
+                    if old is None:  # inserted together below, history once keys are known
+                        new_rows.append(
+                            {"account_id": account_id, "instance_id": inst.id, **values}
+                        )
                     else:  # a stub created by a metrics upsert before the first listing
-                        key = old.key
-                        conn.execute(update(t.instances).where(c.key == key).values(**values))
-                    history.append({"instance_key": key, "ts": now, **_tracked(values)})
+                        conn.execute(update(t.instances).where(c.key == old.key).values(**values))
+                        history.append({"instance_key": old.key, "ts": now, **_tracked(values)})
                     event(APPEARED, inst.id, None, values["status"])
                     continue
                 key = old.key
@@ -286,6 +284,24 @@ class CoreRepo(StoreBase):
                     conn.execute(update(t.instances).where(c.key == key).values(**values))
             if only_seen:
                 conn.execute(update(t.instances).where(c.key.in_(only_seen)).values(last_seen=now))
+            if new_rows:
+                conn.execute(insert(t.instances), new_rows)
+                ids = [r["instance_id"] for r in new_rows]
+                keys: dict[str, int] = {}
+                for i in range(0, len(ids), 500):
+                    for instance_id, key in conn.execute(
+                        select(c.instance_id, c.key).where(
+                            c.account_id == account_id, c.instance_id.in_(ids[i : i + 500])
+                        )
+                    ):
+                        keys[instance_id] = key
+                history.extend(
+                    {"instance_key": keys[r["instance_id"]], "ts": now, **_tracked(r)}
+                    for r in new_rows
+                )
+                with self._lock:
+                    for instance_id, key in keys.items():
+                        self._instance_keys[(account_id, instance_id)] = key
             if complete:
                 for instance_id, old in existing.items():
                     if instance_id in seen or old.disappeared_at is not None:
