@@ -30,10 +30,11 @@ The :class:`Store` (one per process; every call is its own short transaction, th
   ``notifications``.
 
 Modules: ``db`` (engine, pragmas, migrations), ``tables`` (schema), ``types`` (UTC datetimes,
-money as micro-dollars, metric encodings), ``sql`` (the dialect-chosen upsert), ``repo`` (accounts,
-instances, events, balance, bills, products, tasks, runs), ``metrics`` (samples, rollups, windows,
-retention), ``alerting`` (alerts, silences, notifications), ``records`` (returned dataclasses),
-``testing`` (fresh SQLite/PostgreSQL URLs for tests).
+money as micro-dollars, metric encodings), ``sql`` (the dialect-chosen upsert), ``base`` (engine,
+caches, meta), ``repo`` (instances, events), ``money`` (balance, bills, prices), ``tasks``
+(training/async tasks, collector runs), ``metrics`` (samples, rollups, windows, retention),
+``alerting`` (alerts, silences, notifications), ``facade`` (:class:`Store`), ``records``
+(returned dataclasses), ``testing`` (fresh SQLite/PostgreSQL URLs for tests).
 """
 
 from monitor.store.db import create_store_engine, migrate, open_store

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 
 from monitor.store import tables as t
-from monitor.store.metrics import MetricsRepo
+from monitor.store.base import StoreBase
 from monitor.store.records import AlertRecord, NotificationRecord, Silence
 from monitor.store.sql import upsert
 
@@ -74,7 +74,7 @@ def _notification(row: Any) -> NotificationRecord:
     )
 
 
-class AlertingRepo(MetricsRepo):
+class AlertingRepo(StoreBase):
     # -- alerts -----------------------------------------------------------------------------
 
     def load_alerts(

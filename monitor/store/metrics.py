@@ -25,8 +25,8 @@ from sqlalchemy import Connection, and_, bindparam, case, delete, func, or_, sel
 
 from monitor.novita.models import InstanceMetrics, MetricPoint
 from monitor.store import tables as t
+from monitor.store.base import StoreBase
 from monitor.store.records import SERIES, GpuAgg, MetricRow, WindowAgg
-from monitor.store.repo import CoreRepo
 from monitor.store.sql import insert_ignore as _insert_ignore
 from monitor.store.sql import upsert
 from monitor.store.types import (
@@ -153,7 +153,7 @@ def _hour_expr(ts: Any) -> Any:
     return ts - ts % HOUR
 
 
-class MetricsRepo(CoreRepo):
+class MetricsRepo(StoreBase):
     """Samples, rollups, windows, retention."""
 
     # -- writing ----------------------------------------------------------------------------

@@ -1,0 +1,134 @@
+"""The base of the store's repository mixins: engine, account and instance-key caches, meta.
+
+Every call opens its own short transaction (``engine.begin()``), so one ``Store`` can be shared by
+the daemon's threads and coroutines. Nothing in the store reads the clock: callers pass ``now``.
+Results are plain frozen records (``monitor.store.records``), usable after the call returned.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+
+from sqlalchemy import Connection, Engine, insert, select
+
+from monitor.store import tables as t
+from monitor.store.records import (
+    Event,
+)
+from monitor.store.sql import upsert
+
+
+class StoreBase:
+    """Engine, and caches of account ids and instance keys (they never change once assigned)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._lock = threading.Lock()
+        self._account_ids: dict[str, int] = {}
+        self._account_names: dict[int, str] = {}
+        self._instance_keys: dict[tuple[int, str], int] = {}
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self.engine.dispose()
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    # -- accounts ---------------------------------------------------------------------------
+
+    def ensure_account(self, name: str) -> int:
+        """The integer id of account ``name``, created on first use."""
+        with self._lock:
+            cached = self._account_ids.get(name)
+        if cached is not None:
+            return cached
+        with self.engine.begin() as conn:
+            upsert(conn, t.accounts, [{"name": name}], keys=["name"], update=[])
+            account_id = conn.execute(
+                select(t.accounts.c.id).where(t.accounts.c.name == name)
+            ).scalar_one()
+        with self._lock:
+            self._account_ids[name] = account_id
+            self._account_names[account_id] = name
+        return account_id
+
+    def accounts(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(t.accounts.c.name).order_by(t.accounts.c.id)).scalars())
+
+    def _account_name(self, conn: Connection, account_id: int) -> str:
+        with self._lock:
+            name = self._account_names.get(account_id)
+        if name is None:
+            name = conn.execute(
+                select(t.accounts.c.name).where(t.accounts.c.id == account_id)
+            ).scalar_one()
+            with self._lock:
+                self._account_names[account_id] = name
+        return name
+
+    # -- instance keys ----------------------------------------------------------------------
+
+    def _instance_key(
+        self, conn: Connection, account_id: int, instance_id: str, create: bool = False
+    ) -> int | None:
+        with self._lock:
+            key = self._instance_keys.get((account_id, instance_id))
+        if key is not None:
+            return key
+        c = t.instances.c
+        key = conn.execute(
+            select(c.key).where(c.account_id == account_id, c.instance_id == instance_id)
+        ).scalar_one_or_none()
+        if key is None and create:
+            upsert(
+                conn,
+                t.instances,
+                [{"account_id": account_id, "instance_id": instance_id, "name": "", "status": ""}],
+                keys=["account_id", "instance_id"],
+                update=[],
+            )
+            key = conn.execute(
+                select(c.key).where(c.account_id == account_id, c.instance_id == instance_id)
+            ).scalar_one()
+        if key is not None:
+            with self._lock:
+                self._instance_keys[(account_id, instance_id)] = key
+        return key
+
+    def instance_key(self, account: str, instance_id: str, create: bool = False) -> int | None:
+        """The integer key the metric tables use for an instance (``create`` makes a stub row)."""
+        account_id = self.ensure_account(account)
+        with self.engine.begin() as conn:
+            return self._instance_key(conn, account_id, instance_id, create=create)
+
+    # -- events -----------------------------------------------------------------------------
+
+    def _write_events(self, conn: Connection, account_id: int, events: Iterable[Event]) -> None:
+        rows = [
+            {
+                "account_id": account_id,
+                "ts": e.ts,
+                "kind": e.kind,
+                "resource_kind": e.resource_kind,
+                "resource_id": e.resource_id,
+                "old": e.old,
+                "new": e.new,
+            }
+            for e in events
+        ]
+        if rows:
+            conn.execute(insert(t.events), rows)
+
+    # -- meta -------------------------------------------------------------------------------
+
+    def _meta(self, conn: Connection, key: str) -> str | None:
+        return conn.execute(
+            select(t.store_meta.c.value).where(t.store_meta.c.key == key)
+        ).scalar_one_or_none()
+
+    def _set_meta(self, conn: Connection, key: str, value: str) -> None:
+        upsert(conn, t.store_meta, [{"key": key, "value": value}], keys=["key"])

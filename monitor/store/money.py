@@ -1,0 +1,458 @@
+"""Money: balance samples, usage and fixed-term bills (natural keys, growing amounts), product
+prices, and the queries ``status`` and the rules make of them (spend, running hours, prices)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, overload
+
+from sqlalchemy import and_, func, select
+
+from monitor.novita.models import (
+    Balance,
+    FixedTermBill,
+    Product,
+    UsageBill,
+)
+from monitor.store import tables as t
+from monitor.store.base import StoreBase
+from monitor.store.records import (
+    BalanceSample,
+    ProductPrice,
+)
+from monitor.store.sql import upsert
+from monitor.store.types import Money, from_epoch, micros_to_usd, to_epoch, usd_to_micros
+
+_PRICES: Any = object()  # product_price() without a billing mode: the whole price record
+
+
+class MoneyRepo(StoreBase):
+    """Balance, bills, products."""
+
+    # -- balance ----------------------------------------------------------------------------
+
+    def add_balance(self, account: str, balance: Balance, now: datetime) -> None:
+        """One balance sample at ``now`` (a second sample in the same second replaces it)."""
+        account_id = self.ensure_account(account)
+        row = {
+            "account_id": account_id,
+            "ts": to_epoch(now),
+            "available": balance.available_usd,
+            "cash": balance.cash_usd,
+            "credit_limit": balance.credit_limit_usd,
+            "pending_charges": balance.pending_charges_usd,
+            "outstanding_invoices": balance.outstanding_invoices_usd,
+            "source": balance.source or "",
+        }
+        with self.engine.begin() as conn:
+            upsert(conn, t.balance_samples, [row], keys=["account_id", "ts"])
+
+    def latest_balance(self, account: str) -> BalanceSample | None:
+        samples = self.balance_samples(account, latest_only=True)
+        return samples[0] if samples else None
+
+    def balance_samples(
+        self,
+        account: str,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        latest_only: bool = False,
+    ) -> list[BalanceSample]:
+        """Balance samples in ``[start, end)``, oldest first (or only the latest one)."""
+        account_id = self.ensure_account(account)
+        b = t.balance_samples.c
+        query = select(t.balance_samples).where(b.account_id == account_id)
+        if start is not None:
+            query = query.where(b.ts >= to_epoch(start))
+        if end is not None:
+            query = query.where(b.ts < to_epoch(end))
+        query = query.order_by(b.ts.desc()).limit(1) if latest_only else query.order_by(b.ts)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [
+            BalanceSample(
+                account=account,
+                ts=from_epoch(r.ts),
+                available_usd=r.available,
+                cash_usd=r.cash,
+                credit_limit_usd=r.credit_limit,
+                pending_charges_usd=r.pending_charges,
+                outstanding_invoices_usd=r.outstanding_invoices,
+                source=r.source,
+            )
+            for r in rows
+        ]
+
+    # -- bills ------------------------------------------------------------------------------
+
+    def upsert_usage_bills(
+        self,
+        account: str,
+        cycle_type: str,
+        bills: Sequence[UsageBill],
+        product_category: str | None = None,
+    ) -> int:
+        """Upsert pay-as-you-go bills; returns the number of rows new or changed.
+
+        Key: (account, cycle type, category, ownerID, productId, startTime); the current period's
+        amount grows between fetches and is updated in place. ``category`` is the request's
+        ``productCategory`` when given (pass it: ``spend(category="gpu")`` then means exactly the
+        bills fetched with ``productCategory=gpu``), else the bill's own ``category``.
+        """
+        account_id = self.ensure_account(account)
+        rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for bill in bills:
+            if bill.start_time is None:
+                continue
+            row = {
+                "account_id": account_id,
+                "cycle_type": cycle_type,
+                "category": product_category or bill.category or "",
+                "owner_id": bill.owner_id or "",
+                "product_id": bill.product_id or "",
+                "start_ts": to_epoch(bill.start_time),
+                "end_ts": to_epoch(bill.end_time) if bill.end_time else None,
+                "product_name": bill.product_name,
+                "billing_method": bill.billing_method,
+                "bill_num0": float(bill.bill_num0) if bill.bill_num0 is not None else None,
+                "amount": bill.amount,
+                "voucher_amount": bill.voucher_amount,
+                "pay_amount": bill.pay_amount
+                if bill.pay_amount is not None
+                else bill.pay_amount_display,
+            }
+            rows[_bill_key(row, USAGE_KEY)] = row
+        return self._upsert_changed(t.usage_bills, USAGE_KEY, list(rows.values()))
+
+    def upsert_fixed_term_bills(self, account: str, bills: Sequence[FixedTermBill]) -> int:
+        """Upsert subscription bills (key: account, category, ownerID, productId, startTime)."""
+        account_id = self.ensure_account(account)
+        rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for bill in bills:
+            if bill.start_time is None:
+                continue
+            row = {
+                "account_id": account_id,
+                "category": bill.product_category or "",
+                "owner_id": bill.owner_id or "",
+                "product_id": bill.product_id or "",
+                "start_ts": to_epoch(bill.start_time),
+                "end_ts": to_epoch(bill.end_time) if bill.end_time else None,
+                "product_name": bill.product_name,
+                "trade_mode": bill.trade_mode,
+                "trade_type": bill.trade_type,
+                "cycle": bill.cycle,
+                "bill_num": bill.bill_num,
+                "base_price": bill.base_price,
+                "amount": bill.amount,
+                "voucher_amount": bill.voucher_amount,
+                "pay_amount": bill.pay_amount
+                if bill.pay_amount is not None
+                else bill.pay_amount_display,
+                "create_ts": to_epoch(bill.create_time) if bill.create_time else None,
+            }
+            rows[_bill_key(row, FIXED_KEY)] = row
+        return self._upsert_changed(t.fixed_term_bills, FIXED_KEY, list(rows.values()))
+
+    def _upsert_changed(self, table: Any, keys: Sequence[str], rows: list[dict[str, Any]]) -> int:
+        """Upsert only the rows that are new or differ from what is stored; count them."""
+        if not rows:
+            return 0
+        cols = list(rows[0])
+        account_id = rows[0]["account_id"]
+        starts = [r["start_ts"] for r in rows]
+        with self.engine.begin() as conn:
+            stored = {
+                _bill_key(dict(r._mapping), keys): dict(r._mapping)
+                for r in conn.execute(
+                    select(*(table.c[c] for c in cols)).where(
+                        table.c.account_id == account_id,
+                        table.c.start_ts >= min(starts),
+                        table.c.start_ts <= max(starts),
+                    )
+                )
+            }
+            changed = [r for r in rows if stored.get(_bill_key(r, keys)) != _normalised(table, r)]
+            upsert(conn, table, changed, keys=keys)
+        return len(changed)
+
+    def bills(
+        self,
+        account: str,
+        cycle_type: str | None = "Hour",
+        start: datetime | None = None,
+        end: datetime | None = None,
+        owner_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Usage bills as dicts (money as Decimal USD), by start time; for reports and tests."""
+        account_id = self.ensure_account(account)
+        u = t.usage_bills.c
+        query = select(t.usage_bills).where(u.account_id == account_id)
+        if cycle_type is not None:
+            query = query.where(u.cycle_type == cycle_type)
+        if start is not None:
+            query = query.where(u.start_ts >= to_epoch(start))
+        if end is not None:
+            query = query.where(u.start_ts < to_epoch(end))
+        if owner_id is not None:
+            query = query.where(u.owner_id == owner_id)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query.order_by(u.start_ts))]
+
+    def fixed_term_bills(self, account: str) -> list[dict[str, Any]]:
+        account_id = self.ensure_account(account)
+        f = t.fixed_term_bills.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.fixed_term_bills).where(f.account_id == account_id).order_by(f.start_ts)
+            )
+            return [dict(r._mapping) for r in rows]
+
+    def spend(
+        self,
+        account: str,
+        start: datetime,
+        end: datetime,
+        category: str = "gpu",
+        owner_id: str | None = None,
+    ) -> Decimal | None:
+        """Money paid in hourly bills starting in ``[start, end)``; None when no bill is stored.
+
+        ``category=None`` sums every category. The paid amount is ``payAmount`` (after vouchers).
+        """
+        account_id = self.ensure_account(account)
+        u = t.usage_bills.c
+        query = select(func.sum(u.pay_amount), func.count()).where(
+            u.account_id == account_id,
+            u.cycle_type == "Hour",
+            u.start_ts >= to_epoch(start),
+            u.start_ts < to_epoch(end),
+        )
+        if category is not None:
+            query = query.where(u.category == category)
+        if owner_id is not None:
+            query = query.where(u.owner_id == owner_id)
+        with self.engine.connect() as conn:
+            total, count = conn.execute(query).one()
+        if not count:
+            return None
+        return total if total is not None else Decimal(0)
+
+    def running_hours(
+        self, account: str, instance_id: str, start: datetime, end: datetime
+    ) -> float | None:
+        """Hours the instance was billed by usage in ``[start, end)`` (number of hourly GPU bills
+        with a positive quantity or amount); None when no hourly bill is stored for the account in
+        the window (unknown, rather than zero)."""
+        account_id = self.ensure_account(account)
+        u = t.usage_bills.c
+        window = and_(
+            u.account_id == account_id,
+            u.cycle_type == "Hour",
+            u.start_ts >= to_epoch(start),
+            u.start_ts < to_epoch(end),
+        )
+        billed = (u.bill_num0 > 0) | (u.pay_amount > 0) | (u.amount > 0)
+        with self.engine.connect() as conn:
+            any_bill = conn.execute(select(func.count()).where(window)).scalar_one()
+            if not any_bill:
+                return None
+            hours = conn.execute(
+                select(func.count(func.distinct(u.start_ts))).where(
+                    window, u.owner_id == instance_id, u.category == "gpu", billed
+                )
+            ).scalar_one()
+        return float(hours)
+
+    def gpu_hours_by_owner(
+        self,
+        account: str,
+        start: datetime,
+        end: datetime,
+        cycle_type: str = "Hour",
+        category: str = "gpu",
+    ) -> dict[str, float]:
+        """Sum of ``billNum0`` per ``ownerID`` (instance) over bills starting in ``[start, end)``.
+
+        For GPU bills ``billNum0`` is "number of cards x billing time" (wire-format §2.6; the
+        time unit is taken to be hours, unconfirmed), so dividing by the GPU count gives hours.
+        """
+        account_id = self.ensure_account(account)
+        u = t.usage_bills.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(u.owner_id, func.sum(u.bill_num0))
+                .where(
+                    u.account_id == account_id,
+                    u.cycle_type == cycle_type,
+                    u.category == category,
+                    u.start_ts >= to_epoch(start),
+                    u.start_ts < to_epoch(end),
+                    u.owner_id != "",
+                )
+                .group_by(u.owner_id)
+            )
+            return {owner: float(total or 0) for owner, total in rows}
+
+    def recent_hourly_bill_usd(
+        self, account: str, instance_id: str, now: datetime, lookback_hours: int = 3
+    ) -> Decimal | None:
+        """The instance's latest complete hourly GPU bill (ended by ``now``, within the lookback)."""
+        account_id = self.ensure_account(account)
+        u = t.usage_bills.c
+        now_ts = to_epoch(now)
+        with self.engine.connect() as conn:
+            latest = conn.execute(
+                select(func.max(u.start_ts)).where(
+                    u.account_id == account_id,
+                    u.cycle_type == "Hour",
+                    u.category == "gpu",
+                    u.owner_id == instance_id,
+                    u.start_ts >= now_ts - lookback_hours * 3600,
+                    func.coalesce(u.end_ts, u.start_ts + 3600) <= now_ts,
+                )
+            ).scalar_one_or_none()
+            if latest is None:
+                return None
+            total = conn.execute(
+                select(func.sum(u.pay_amount)).where(
+                    u.account_id == account_id,
+                    u.cycle_type == "Hour",
+                    u.category == "gpu",
+                    u.owner_id == instance_id,
+                    u.start_ts == latest,
+                )
+            ).scalar_one()
+        return total if total is not None else Decimal(0)
+
+    # -- products ---------------------------------------------------------------------------
+
+    def upsert_products(
+        self,
+        account: str,
+        products: Sequence[Product],
+        cluster_id: str | None,
+        now: datetime | None = None,
+    ) -> int:
+        """Store product prices as listed for ``cluster_id`` ("" or None: no cluster filter)."""
+        account_id = self.ensure_account(account)
+        rows = {
+            p.id: {
+                "account_id": account_id,
+                "product_id": p.id,
+                "cluster_id": cluster_id or "",
+                "name": p.name or "",
+                "price_per_hour": p.price_usd_per_hour,
+                "spot_price_per_hour": p.spot_price_usd_per_hour,
+                "monthly_prices": {
+                    str(mp.month): str(mp.price_usd)
+                    for mp in p.monthly_price
+                    if mp.month is not None and mp.price_usd is not None
+                },
+                "available_deploy": p.available_deploy,
+                "updated_at": now,
+            }
+            for p in products
+        }
+        with self.engine.begin() as conn:
+            return upsert(
+                conn,
+                t.products,
+                list(rows.values()),
+                keys=["account_id", "product_id", "cluster_id"],
+            )
+
+    @overload
+    def product_price(
+        self, account: str, product_id: str | None, cluster_id: str | None = None
+    ) -> ProductPrice | None: ...
+
+    @overload
+    def product_price(
+        self, account: str, product_id: str | None, cluster_id: str | None, billing_mode: str | None
+    ) -> Decimal | None: ...
+
+    def product_price(
+        self,
+        account: str,
+        product_id: str | None,
+        cluster_id: str | None = None,
+        billing_mode: Any = _PRICES,
+    ) -> ProductPrice | Decimal | None:
+        """Prices of a product in a cluster (falling back to the listing without a cluster
+        filter, then to the most recently updated listing of any cluster).
+
+        With three arguments: the :class:`ProductPrice` record. With a ``billing_mode`` as
+        fourth argument: the per-GPU hourly price in USD for that mode (see
+        :meth:`hourly_price_usd`).
+        """
+        if billing_mode is not _PRICES:
+            return self.hourly_price_usd(account, product_id, cluster_id, billing_mode)
+        return self._product_prices(account, product_id, cluster_id)
+
+    def hourly_price_usd(
+        self,
+        account: str,
+        product_id: str | None,
+        cluster_id: str | None,
+        billing_mode: str | None = "onDemand",
+    ) -> Decimal | None:
+        """Listed per-GPU hourly price: the spot price for ``spot`` (the on-demand price when no
+        spot price is listed), the on-demand price otherwise; None for ``monthly`` (prepaid) and
+        for unknown products."""
+        if billing_mode == "monthly":
+            return None
+        price = self._product_prices(account, product_id, cluster_id)
+        if price is None:
+            return None
+        if billing_mode == "spot" and price.spot_price_usd_per_hour:
+            return price.spot_price_usd_per_hour
+        return price.price_usd_per_hour
+
+    def _product_prices(
+        self, account: str, product_id: str | None, cluster_id: str | None
+    ) -> ProductPrice | None:
+        if not product_id:
+            return None
+        account_id = self.ensure_account(account)
+        p = t.products.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.products).where(p.account_id == account_id, p.product_id == product_id)
+            ).all()
+        if not rows:
+            return None
+        by_cluster = {r.cluster_id: r for r in rows}
+        row = by_cluster.get(cluster_id or "") or by_cluster.get("")
+        if row is None:
+            row = max(rows, key=lambda r: (r.updated_at is not None, r.updated_at or 0))
+        return ProductPrice(
+            product_id=row.product_id,
+            cluster_id=row.cluster_id,
+            name=row.name,
+            price_usd_per_hour=row.price_per_hour,
+            spot_price_usd_per_hour=row.spot_price_per_hour,
+            monthly_prices_usd={int(k): Decimal(v) for k, v in (row.monthly_prices or {}).items()},
+            available_deploy=row.available_deploy,
+            updated_at=row.updated_at,
+        )
+
+
+USAGE_KEY = ("account_id", "cycle_type", "category", "owner_id", "product_id", "start_ts")
+FIXED_KEY = ("account_id", "category", "owner_id", "product_id", "start_ts")
+
+
+def _bill_key(row: dict[str, Any], keys: Sequence[str]) -> tuple[Any, ...]:
+    return tuple(row[k] for k in keys)
+
+
+def _normalised(table: Any, row: dict[str, Any]) -> dict[str, Any]:
+    """A row as it reads back from the database (money rounded to micro-dollars)."""
+    out = {}
+    for name, value in row.items():
+        if isinstance(table.c[name].type, Money):
+            value = micros_to_usd(usd_to_micros(value))
+        out[name] = value
+    return out
