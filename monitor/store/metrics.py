@@ -222,13 +222,12 @@ class MetricsRepo(StoreBase):
                     changed.append({"instance_key": key, "ts": minute, **merged})
             upsert(conn, t.metric_samples, changed, keys=["instance_key", "ts"])
             if watermark is not None:  # late samples below the watermark: re-roll their hours
-                late = {
-                    (int(r["instance_key"]), floor_to(int(r["ts"]), HOUR))
-                    for r in changed
-                    if int(r["ts"]) < watermark
-                }
-                for key, hour in sorted(late):
-                    self._rollup_range(conn, hour, hour + HOUR, instance_keys=[key])
+                late: dict[int, set[int]] = defaultdict(set)  # hour -> instance keys
+                for row in changed:
+                    if int(row["ts"]) < watermark:
+                        late[floor_to(int(row["ts"]), HOUR)].add(int(row["instance_key"]))
+                for hour, hour_keys in sorted(late.items()):
+                    self._rollup_range(conn, hour, hour + HOUR, instance_keys=sorted(hour_keys))
         return len(changed)
 
     def upsert_metrics_batch(
