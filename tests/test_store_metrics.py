@@ -250,3 +250,11 @@ def test_latest_metric_times_and_batch_alias(store: Store) -> None:
         "i-1": T0 + timedelta(minutes=1),
         "i-2": T0 + timedelta(minutes=5),
     }
+
+
+def test_database_bytes_grow_with_samples(store: Store) -> None:
+    before = store.database_bytes()
+    key = store.instance_key("main", "i-1")
+    assert key is not None
+    fill(store, key, E0, 3 * 1440)
+    assert store.database_bytes() > before

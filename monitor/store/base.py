@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 
-from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy import Connection, Engine, func, insert, select
 
 from monitor.store import tables as t
 from monitor.store.records import (
@@ -36,6 +36,20 @@ class StoreBase:
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
+
+    def database_bytes(self) -> int:
+        """Size of the database: SQLite pages in use (after a WAL checkpoint, free pages not
+        counted) or PostgreSQL's ``pg_database_size``. For ``bench collect``'s bytes figures."""
+        with self.engine.connect() as conn:
+            if self.dialect == "sqlite":
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+                pages = conn.exec_driver_sql("PRAGMA page_count").scalar_one()
+                free = conn.exec_driver_sql("PRAGMA freelist_count").scalar_one()
+                size = conn.exec_driver_sql("PRAGMA page_size").scalar_one()
+                return int((pages - free) * size)
+            return int(
+                conn.execute(select(func.pg_database_size(func.current_database()))).scalar_one()
+            )
 
     # -- accounts ---------------------------------------------------------------------------
 
