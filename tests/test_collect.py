@@ -92,8 +92,11 @@ async def test_cpu_is_stored_per_core(tmp_path: Path, sim_app: Any, clock: Manua
         )
     finally:
         await app.aclose()
-    cpus = [s["cpu"] for s in samples if s.get("cpu") is not None]
-    assert cpus and max(cpus) <= 100.0  # the wire sums over cores (up to 100 x cpuNum)
+    cpus = [s.cpu for s in samples if s.cpu is not None]
+    # the wire sums over cores (up to 100 x cpuNum); stored per core, a busy trainer's cores
+    # are well used but never above 100 %
+    assert len(cpus) >= 50
+    assert 10 < max(cpus) <= 100.0
 
 
 async def test_collecting_twice_never_duplicates(

@@ -63,6 +63,19 @@ class PartialFailure(Exception):
         super().__init__(f"{len(errors)} item(s) failed: " + "; ".join(errors[:5]))
 
 
+class AllFailed(Exception):
+    """Every item of a fan-out failed: the run failed (not partial)."""
+
+
+def _finish(counts: dict[str, int], errors: list[str], items: int) -> dict[str, int]:
+    """Counts when nothing failed; PartialFailure when some items did; AllFailed when all did."""
+    if not errors:
+        return counts
+    if len(errors) >= items:
+        raise AllFailed(f"all {items} failed: " + "; ".join(errors[:5]))
+    raise PartialFailure(counts, errors)
+
+
 Counts = dict[str, int]
 Collector = Callable[[AccountContext, datetime], Awaitable[Counts]]
 
@@ -117,9 +130,7 @@ async def collect_metrics(ctx: AccountContext, now: datetime) -> Counts:
     batch = [(inst.instance_id, m, inst.cpu_num) for r in results if r for inst, m in [r]]
     written = ctx.store.upsert_metrics_batch(ctx.account, batch)
     counts = {"instances": len(running), "fetched": len(batch), "rows": written}
-    if errors:
-        raise PartialFailure(counts, errors)
-    return counts
+    return _finish(counts, errors, len(running))
 
 
 async def collect_balance(ctx: AccountContext, now: datetime) -> Counts:
@@ -145,8 +156,8 @@ async def collect_usage_bills(ctx: AccountContext, now: datetime) -> Counts:
         ctx.client.list_usage_bills("Day", "gpu", day_start, now),
         ctx.client.list_usage_bills("Hour", "gpu", hour_start, now),
     )
-    rows = ctx.store.upsert_usage_bills(ctx.account, "Day", daily)
-    rows += ctx.store.upsert_usage_bills(ctx.account, "Hour", hourly)
+    rows = ctx.store.upsert_usage_bills(ctx.account, "Day", daily, product_category="gpu")
+    rows += ctx.store.upsert_usage_bills(ctx.account, "Hour", hourly, product_category="gpu")
     return {"bills": len(daily) + len(hourly), "rows": rows}
 
 
@@ -172,10 +183,7 @@ async def collect_products(ctx: AccountContext, now: datetime) -> Counts:
             continue
         ctx.store.upsert_products(ctx.account, products, cluster or None, now)
         total += len(products)
-    counts = {"clusters": len(clusters), "products": total}
-    if errors:
-        raise PartialFailure(counts, errors)
-    return counts
+    return _finish({"clusters": len(clusters), "products": total}, errors, len(clusters))
 
 
 async def collect_training_tasks(ctx: AccountContext, now: datetime) -> Counts:
@@ -198,10 +206,7 @@ async def collect_async_tasks(ctx: AccountContext, now: datetime) -> Counts:
         ctx.store.update_async_task(ctx.account, task, now)
 
     await asyncio.gather(*(one(w.task_id) for w in watched))
-    counts = {"watched": len(watched)}
-    if errors:
-        raise PartialFailure(counts, errors)
-    return counts
+    return _finish({"watched": len(watched)}, errors, len(watched))
 
 
 async def enforce_retention(ctx: AccountContext, now: datetime) -> Counts:
