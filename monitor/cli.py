@@ -276,6 +276,9 @@ def bench_collect(
     run_bench(instances, latency_ms, concurrency, seed, runs, echo=click.echo)
 
 
+from monitor import cli_alerts  # noqa: E402,F401  (registers alerts, silence, notify-test)
+
+
 def main() -> None:
     cli.main(prog_name="novita-monitor")
 

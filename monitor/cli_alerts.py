@@ -1,0 +1,372 @@
+"""The alert-facing commands: ``alerts``, ``silence add|list|remove`` and ``notify-test``.
+
+They work on the database the daemon writes (alert states, silences, notifications) and on the
+configured channels; none of them talks to the Novita API. Registered on ``monitor.cli.cli``.
+
+The current time comes from a clock: the system clock, unless the invoking code passes one in
+click's context object (``obj={"clock": ManualClock(...)}``), which is how the tests move time.
+The same object may carry ``env`` (the environment channel URLs are read from).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import json
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+import click
+
+from monitor.cli import _load, cli, config_option, handle_errors
+from monitor.clock import Clock, SystemClock
+from monitor.errors import RuntimeFailure, UserError
+
+_STATE_ORDER = {"firing": 0, "pending": 1, "resolved": 2}
+RECENT = timedelta(hours=24)
+
+
+# ---------------------------------------------------------------------------------------------
+# plumbing
+
+
+def _obj() -> Mapping[str, Any]:
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    return obj if isinstance(obj, Mapping) else {}
+
+
+def _clock() -> Clock:
+    clock = _obj().get("clock")
+    return clock if clock is not None else SystemClock()
+
+
+def _env() -> Mapping[str, str]:
+    env = _obj().get("env")
+    return env if env is not None else os.environ
+
+
+@contextmanager
+def _store(config: Any) -> Iterator[Any]:
+    from monitor.store.db import open_store
+
+    try:
+        store = open_store(config.database)
+    except Exception as exc:  # a database that cannot be opened is a runtime failure
+        raise RuntimeFailure(
+            f"cannot open the database: {type(exc).__name__}: {_first_line(exc)}"
+        ) from None
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else ""
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def _when(value: datetime | None, now: datetime) -> str:
+    """``2026-11-20 12:00 UTC (2h ago)`` / ``(in 1h30m)``."""
+    if value is None:
+        return "-"
+    from monitor.rules.durations import format_duration
+
+    delta = now - value
+    seconds = int(abs(delta.total_seconds())) // 60 * 60
+    span = format_duration(timedelta(seconds=seconds)) if seconds else "now"
+    rel = span if span == "now" else (f"{span} ago" if delta >= timedelta(0) else f"in {span}")
+    return f"{value:%Y-%m-%d %H:%M} UTC ({rel})"
+
+
+def _duration(text: str) -> timedelta:
+    from monitor.rules.durations import parse_duration
+
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise UserError(f"--for: {exc}") from None
+    if value <= timedelta(0):
+        raise UserError("--for: a silence must last longer than 0 (e.g. 30m, 2h, 1d)")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# alerts
+
+
+def _since(rec: Any) -> datetime | None:
+    if rec.state == "resolved":
+        return rec.resolved_at
+    if rec.state == "firing":
+        return rec.firing_since or rec.active_since
+    return rec.active_since
+
+
+def alert_rows(store: Any, now: datetime, include_all: bool = False) -> list[dict[str, Any]]:
+    """Firing and pending alerts, and those resolved in the last 24 h (every stored one with
+    ``include_all``), as plain dicts, most urgent first; ``silenced_by`` lists silence ids."""
+    from monitor.evaluate import to_silence, to_state
+    from monitor.notify import severity_rank
+
+    silences = [to_silence(s) for s in store.list_silences(now)]
+    rows = []
+    for rec in store.load_alerts():
+        recent = rec.resolved_at is not None and now - rec.resolved_at <= RECENT
+        if rec.state == "resolved" and not (include_all or recent):
+            continue
+        state = to_state(rec)
+        by = [int(s.id) for s in silences if s.matches(state, now)]
+        rows.append(
+            {
+                "state": rec.state,
+                "rule": rec.rule,
+                "severity": rec.severity or "",
+                "account": rec.account or "",
+                "resource_kind": rec.resource_kind,
+                "resource_id": rec.resource_id,
+                "resource_name": rec.resource_name or "",
+                "since": _iso(_since(rec)),
+                "active_since": _iso(rec.active_since),
+                "firing_since": _iso(rec.firing_since),
+                "resolved_at": _iso(rec.resolved_at),
+                "last_notified_at": _iso(rec.last_notified_at),
+                "summary": rec.summary,
+                "silenced": bool(by),
+                "silenced_by": by,
+                "fingerprint": rec.fingerprint,
+            }
+        )
+    rows.sort(
+        key=lambda r: (
+            _STATE_ORDER.get(r["state"], 9),
+            -severity_rank(r["severity"]),
+            r["rule"],
+            r["account"],
+            r["resource_id"],
+        )
+    )
+    return rows
+
+
+@cli.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="A machine-readable list.")
+@click.option("--all", "include_all", is_flag=True, help="Every stored alert, not only recent.")
+@handle_errors
+def alerts(config_path: str | None, as_json: bool, include_all: bool) -> None:
+    """Firing and pending alerts, and those resolved in the last 24 hours."""
+    config = _load(config_path)
+    now = _clock().now()
+    with _store(config) as store:
+        rows = alert_rows(store, now, include_all)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no alerts" + ("" if include_all else " (firing, pending or resolved in 24 h)"))
+        return
+    for r in rows:
+        name = f" ({r['resource_name']})" if r["resource_name"] else ""
+        since = _when(datetime.fromisoformat(r["since"]) if r["since"] else None, now)
+        muted = (
+            f"  [silenced by #{', #'.join(map(str, r['silenced_by']))}]" if r["silenced"] else ""
+        )
+        click.echo(
+            f"{r['state']:<8} {r['severity'] or '-':<8} {r['rule']}  {r['account']}  "
+            f"{r['resource_id']}{name}  since {since}{muted}"
+        )
+        if r["summary"]:
+            click.echo(f"    {r['summary']}")
+    counts = {s: sum(1 for r in rows if r["state"] == s) for s in _STATE_ORDER}
+    click.echo(", ".join(f"{n} {s}" for s, n in counts.items()))
+
+
+# ---------------------------------------------------------------------------------------------
+# silences
+
+
+def _rule_names(config: Any) -> list[str]:
+    from monitor.app import load_ruleset
+    from monitor.rules import BUILTIN_MONITOR_RULE
+
+    names = load_ruleset(config).names
+    if BUILTIN_MONITOR_RULE.name not in names:
+        names.append(BUILTIN_MONITOR_RULE.name)
+    return sorted(names)
+
+
+def _silence_row(s: Any, now: datetime) -> dict[str, Any]:
+    state = "expired" if s.ends_at <= now else ("active" if s.starts_at <= now else "scheduled")
+    return {
+        "id": s.id,
+        "state": state,
+        "rule": s.rule,
+        "account": s.account,
+        "resource_id": s.resource_id,
+        "starts_at": _iso(s.starts_at),
+        "ends_at": _iso(s.ends_at),
+        "created_at": _iso(s.created_at),
+        "reason": s.reason,
+    }
+
+
+@cli.group()
+def silence() -> None:
+    """Mute notifications of matching alerts for a while (silences always expire)."""
+
+
+@silence.command("add")
+@config_option
+@click.option("--rule", required=True, help="Rule name (shell globs allowed: 'subscription-*').")
+@click.option(
+    "--instance",
+    "--resource",
+    "resource_id",
+    default=None,
+    help="Instance (or task, account) id; globs allowed. Default: every resource.",
+)
+@click.option("--account", default=None, help="Only this account.")
+@click.option("--for", "duration", required=True, help="How long: 30m, 2h, 1d.")
+@click.option("--reason", required=True, help="Why (shown in silence list).")
+@handle_errors
+def silence_add(
+    config_path: str | None,
+    rule: str,
+    resource_id: str | None,
+    account: str | None,
+    duration: str,
+    reason: str,
+) -> None:
+    """Add a silence; prints its id."""
+    length = _duration(duration)
+    if not reason.strip():
+        raise UserError("--reason: say why (it is shown in silence list)")
+    config = _load(config_path)
+    names = _rule_names(config)
+    if not any(fnmatch.fnmatchcase(n, rule) for n in names):
+        raise UserError(f"--rule: no loaded rule matches {rule!r} (loaded: {', '.join(names)})")
+    accounts = [a.name for a in config.accounts]
+    if account is not None and account not in accounts:
+        raise UserError(
+            f"--account: no account named {account!r} (configured: {', '.join(accounts)})"
+        )
+    now = _clock().now()
+    with _store(config) as store:
+        sid = store.add_silence(
+            starts_at=now,
+            ends_at=now + length,
+            created_at=now,
+            reason=reason.strip(),
+            rule=rule,
+            resource_id=resource_id,
+            account=account,
+        )
+    target = f"rule {rule}" + (f", resource {resource_id}" if resource_id else "")
+    target += f", account {account}" if account else ""
+    click.echo(f"silence #{sid} added: {target}, until {_when(now + length, now)}")
+
+
+@silence.command("list")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="A machine-readable list.")
+@click.option("--all", "include_all", is_flag=True, help="Include expired silences.")
+@handle_errors
+def silence_list(config_path: str | None, as_json: bool, include_all: bool) -> None:
+    """Active (and scheduled) silences; ``--all`` adds the expired ones."""
+    config = _load(config_path)
+    now = _clock().now()
+    with _store(config) as store:
+        rows = [_silence_row(s, now) for s in store.list_silences(now, include_all)]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no silences" + ("" if include_all else " active"))
+        return
+    for r in rows:
+        ends = _when(datetime.fromisoformat(r["ends_at"]), now)
+        click.echo(
+            f"#{r['id']:<4} {r['state']:<9} rule {r['rule'] or '*'}  "
+            f"resource {r['resource_id'] or '*'}  account {r['account'] or '*'}  "
+            f"until {ends}  reason: {r['reason']}"
+        )
+
+
+@silence.command("remove")
+@config_option
+@click.argument("silence_id", metavar="ID")
+@handle_errors
+def silence_remove(config_path: str | None, silence_id: str) -> None:
+    """Remove a silence by id (see silence list)."""
+    try:
+        number = int(silence_id.lstrip("#"))
+    except ValueError:
+        raise UserError(
+            f"silence id must be a number (see silence list), got {silence_id!r}"
+        ) from None
+    config = _load(config_path)
+    with _store(config) as store:
+        removed = store.remove_silence(number)
+    if not removed:
+        raise UserError(f"no silence #{number} (see silence list --all)")
+    click.echo(f"silence #{number} removed")
+
+
+# ---------------------------------------------------------------------------------------------
+# notify-test
+
+
+@cli.command("notify-test")
+@config_option
+@click.option("--channel", required=True, help="A channel name from the configuration.")
+@handle_errors
+def notify_test(config_path: str | None, channel: str) -> None:
+    """Send a test message through one configured channel (one attempt, no retries)."""
+    from monitor.config import resolve_channel_url
+    from monitor.notify import Channel, Notifier
+
+    config = _load(config_path)
+    known = sorted(config.channels)
+    if channel != "console" and channel not in config.channels:
+        listed = ", ".join([*known, "console"])
+        raise UserError(f"--channel: no channel named {channel!r} (configured: {listed})")
+    channels = {}
+    if channel in config.channels:
+        spec = config.channels[channel]
+        url = resolve_channel_url(channel, spec, _env())
+        channels[channel] = Channel(channel, url, send_resolved=spec.send_resolved)
+    clock = _clock()
+    notifier = Notifier(channels, clock, max_attempts=1, timeout_s=30.0)
+    result = asyncio.run(notifier.send_test(channel))
+    _record_test(config, channel, result, clock.now())
+    if not result.ok:
+        raise RuntimeFailure(f"test message to channel {channel!r} failed: {result.error}")
+    click.echo(f"test message delivered to channel {channel!r}")
+
+
+def _record_test(config: Any, channel: str, result: Any, now: datetime) -> None:
+    """Keep the test in the notification history; a database problem does not hide the result."""
+    try:
+        with _store(config) as store:
+            store.record_notification(
+                channel=channel,
+                kind="test",
+                fingerprints=[],
+                created_at=now,
+                status="sent" if result.ok else "failed",
+                attempts=result.attempts,
+                sent_at=result.at if result.ok else None,
+                error=result.error,
+                body="notification test",
+            )
+    except Exception as exc:
+        click.echo(f"warning: the test was not recorded in the database: {exc}", err=True)
