@@ -1,0 +1,350 @@
+"""``novita-monitor bench rules``: time one evaluation of the shipped rules against a big store.
+
+Method (issue "Rules" §7): build a fresh SQLite database holding what the daemon would have after
+``days`` days of watching ``instances`` instances -- the instances (a mix: mostly busy, some idle,
+multi-GPU machines with idle GPUs, monthly subscriptions about to expire, a few stuck starting or
+in error), product prices, a balance, hourly and daily GPU bills, fresh collector runs, one row per
+instance and minute of metrics (bulk loaded, not through the collectors) and the hourly rollups of
+the completed hours. That is ``setup_s``. Then time one :meth:`Evaluator.judge` (facts read from
+the store, the rule engine, alert states saved): ``eval_s``. With ``runs`` > 1 the evaluation is
+repeated on the same database with the alert states cleared before each run (so every run does
+the same work) and the median is reported. The last line printed is one JSON object.
+
+The fleet is generated from ``seed``; the kind of each instance follows a fixed cycle (:data:`MIX`)
+so that even a tiny fleet has idle and busy machines.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, event
+
+from monitor.collect.collectors import DEFAULT_INTERVALS
+from monitor.config import shipped_rules_dir
+from monitor.evaluate import Evaluator
+from monitor.novita.models import Balance, Instance, Product, TrainingTask, UsageBill
+from monitor.rules import load_rules
+from monitor.store import Store, open_store
+from monitor.store import tables as t
+
+ACCOUNT = "main"
+#: the evaluation instant: a fixed minute, so runs are comparable
+NOW = datetime(2026, 6, 1, 12, 30, tzinfo=UTC)
+#: the kinds of instances, cycled by index (20 = one of each per 20 instances)
+MIX = (
+    "busy", "busy8", "busy", "idle", "busy", "underused", "busy", "expiring_busy", "busy8",
+    "spot", "busy", "idle", "busy", "expiring_idle", "busy", "monthly", "busy8", "pulling",
+    "busy", "error",
+)  # fmt: skip
+GPUS = {"busy8": 8, "underused": 4}
+#: profile length in minutes (prime, so hourly aggregates differ from hour to hour)
+PROFILE_MINUTES = 97
+PRODUCTS = {  # id -> (per-GPU $/h, spot $/h, 1-month $ per GPU)
+    "p-h100": (2.56, 1.28, 1280.0),
+    "p-a100": (1.60, 0.80, 800.0),
+    "p-4090": (0.35, 0.18, 170.0),
+}
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One generated instance: its API record and how its metrics look."""
+
+    instance: Instance
+    kind: str
+    gpus: int
+    has_metrics: bool
+    bills: bool  # billed by the hour (pay-as-you-go, running)
+    hours_per_day: int
+
+
+def plan_fleet(n: int, days: int, rng: random.Random) -> list[Planned]:
+    """``n`` instances following :data:`MIX`, created ``days`` (+ up to 3) days before now."""
+    out = []
+    for i in range(n):
+        kind = MIX[i % len(MIX)]
+        gpus = GPUS.get(kind, 1)
+        product = rng.choice(sorted(PRODUCTS))
+        created = NOW - timedelta(days=days, hours=rng.randint(1, 72))
+        raw: dict[str, Any] = {
+            "id": f"bench-{i:05d}-{rng.getrandbits(32):08x}",
+            "name": f"{kind}-{i}",
+            "clusterId": "c-1",
+            "status": "running",
+            "cpuNum": 16 * gpus,
+            "memory": 64 * gpus,
+            "gpuNum": gpus,
+            "productId": product,
+            "productName": product.removeprefix("p-").upper(),
+            "billingMode": "onDemand",
+            "createdAt": str(int(created.timestamp())),
+            "lastStartedAt": str(int(created.timestamp())),
+            "envs": [{"key": "team", "value": rng.choice(["ml", "research", "infra"])}],
+        }
+        if kind == "spot":
+            raw["billingMode"] = "spot"
+        if kind.startswith("expiring") or kind == "monthly":
+            raw["billingMode"] = "monthly"
+            left = timedelta(days=rng.randint(1, 6)) if kind != "monthly" else timedelta(days=20)
+            raw["endTime"] = str(int((NOW + left).timestamp()))
+        if kind == "pulling":
+            raw["status"] = "pulling"
+        if kind == "error":
+            raw["statusError"] = {"state": "error", "message": "GPU fell off the bus"}
+        has_metrics = kind not in ("pulling", "error")
+        bills = raw["billingMode"] in ("onDemand", "spot")
+        hours = 24 if i % 3 == 0 or kind == "idle" else 10
+        out.append(Planned(Instance.model_validate(raw), kind, gpus, has_metrics, bills, hours))
+    return out
+
+
+def _clamp(value: float, high: float = 100.0) -> float:
+    return 0.0 if value < 0 else high if value > high else value
+
+
+def profile(kind: str, gpus: int, rng: random.Random) -> list[tuple[Any, ...]]:
+    """:data:`PROFILE_MINUTES` stored-form rows (without key and ts) for an instance of ``kind``:
+    tenths of a percent for the scalar series, one byte per GPU for the vectors."""
+    rows = []
+    for minute in range(PROFILE_MINUTES):
+        if kind in ("idle", "expiring_idle"):
+            per_gpu = [rng.uniform(0, 3) for _ in range(gpus)]
+            mems = [rng.uniform(1, 6) for _ in range(gpus)]
+        elif kind == "underused":  # half the GPUs work, the others sit at zero
+            half = gpus // 2
+            per_gpu = [rng.uniform(75, 98) if g < half else rng.uniform(0, 2) for g in range(gpus)]
+            mems = [rng.uniform(60, 80) if g < half else rng.uniform(1, 3) for g in range(gpus)]
+        else:  # busy trainers, with a data-loading dip now and then
+            dip = minute % 23 == 0
+            per_gpu = [_clamp(rng.gauss(12 if dip else 88, 6)) for _ in range(gpus)]
+            mems = [_clamp(rng.gauss(70, 5)) for _ in range(gpus)]
+        util_b = bytes(int(v + 0.5) for v in per_gpu)
+        mem_b = bytes(int(v + 0.5) for v in mems)
+        rows.append(
+            (
+                round(sum(per_gpu) / gpus * 10),
+                round(sum(mems) / gpus * 10),
+                round(_clamp(rng.gauss(35, 10)) * 10),
+                round(_clamp(rng.gauss(55, 3)) * 10),
+                round(_clamp(rng.gauss(20, 0.5)) * 10),
+                util_b,
+                mem_b,
+            )
+        )
+    return rows
+
+
+def metric_rows(
+    fleet: list[tuple[int, Planned]], days: int, rng: random.Random
+) -> Iterator[tuple[Any, ...]]:
+    """Stored-form minute rows, instance by instance, over ``[NOW - days, NOW)``."""
+    end = int(NOW.timestamp())
+    start = end - days * 86400
+    for key, plan in fleet:
+        if not plan.has_metrics:
+            continue
+        prof = profile(plan.kind, plan.gpus, rng)
+        offset = rng.randrange(PROFILE_MINUTES)
+        for j, ts in enumerate(range(start, end, 60)):
+            yield (key, ts, *prof[(j + offset) % PROFILE_MINUTES])
+
+
+def _bill(plan: Planned, start: datetime, hours: float, cycle_s: int) -> UsageBill:
+    per_gpu = PRODUCTS[plan.instance.product_id or "p-h100"][0]
+    usd = per_gpu * plan.gpus * hours
+    units = str(round(usd * 10_000))
+    ts = int(start.timestamp())
+    return UsageBill.model_validate(
+        {
+            "startTime": str(ts),
+            "endTime": str(ts + cycle_s),
+            "category": "gpu",
+            "ownerID": plan.instance.id,
+            "productId": plan.instance.product_id,
+            "productName": plan.instance.product_name,
+            "billNum0": str(plan.gpus * hours),
+            "amount": units,
+            "payAmount": units,
+        }
+    )
+
+
+def build(store: Store, n: int, days: int, seed: int, echo: Callable[[str], None]) -> dict:
+    """Fill ``store`` (fresh) with the fleet's history; returns counts for the report."""
+    rng = random.Random(seed)
+    fleet = plan_fleet(n, days, rng)
+    start = NOW - timedelta(days=days)
+    instances = [p.instance for p in fleet]
+    store.upsert_instances(ACCOUNT, instances, start)  # first seen at the start of history
+    store.upsert_instances(ACCOUNT, instances, NOW - timedelta(seconds=30))
+    keys = {i.id: store.instance_key(ACCOUNT, i.id) for i in instances}
+    keyed = sorted((keys[p.instance.id], p) for p in fleet)  # key order: appends to the b-tree
+    products = [
+        Product.model_validate(
+            {
+                "id": pid,
+                "name": pid.removeprefix("p-").upper(),
+                "price": str(round(hourly * 100_000)),
+                "spotPrice": str(round(spot * 100_000)),
+                "monthlyPrice": [{"month": 1, "price": str(round(monthly * 100_000))}],
+                "availableDeploy": True,
+            }
+        )
+        for pid, (hourly, spot, monthly) in PRODUCTS.items()
+    ]
+    store.upsert_products(ACCOUNT, products, "c-1", NOW - timedelta(hours=1))
+    burn = sum(PRODUCTS[p.instance.product_id or "p-h100"][0] * p.gpus for p in fleet if p.bills)
+    store.add_balance(ACCOUNT, Balance(available_usd=round(burn * 36)), NOW - timedelta(minutes=2))
+    hourly, daily = [], []
+    for p in fleet:
+        if not p.bills:
+            continue
+        for h in range(max(days, 8) * 24):  # 8 days at least: spend-surge's 24 h + 7 d
+            hour_start = NOW.replace(minute=0) - timedelta(hours=h + 1)
+            if p.hours_per_day == 24 or hour_start.hour < p.hours_per_day:
+                hourly.append(_bill(p, hour_start, 1, 3600))
+        day0 = NOW.replace(hour=0, minute=0)
+        for d in range(1, 31):  # the daily bills of the last 30 days
+            daily.append(_bill(p, day0 - timedelta(days=d), p.hours_per_day, 86400))
+    store.upsert_usage_bills(ACCOUNT, "Hour", hourly)
+    store.upsert_usage_bills(ACCOUNT, "Day", daily)
+    store.upsert_training_tasks(
+        ACCOUNT,
+        [
+            TrainingTask.model_validate(
+                {
+                    "task_id": "bench-task-failed",
+                    "task_name": "finetune",
+                    "task_status": "FAILED",
+                    "created_at": str(int((NOW - timedelta(hours=3)).timestamp())),
+                }
+            ),
+            TrainingTask.model_validate(
+                {
+                    "task_id": "bench-task-ok",
+                    "task_name": "finetune-2",
+                    "task_status": "SUCCESS",
+                    "created_at": str(int((NOW - timedelta(hours=5)).timestamp())),
+                }
+            ),
+        ],
+        NOW - timedelta(minutes=1),
+    )
+    for name in DEFAULT_INTERVALS:  # collected since the start of history, fresh now
+        store.record_run(ACCOUNT, name, start, start + timedelta(seconds=2), "ok")
+        store.record_run(
+            ACCOUNT, name, NOW - timedelta(seconds=40), NOW - timedelta(seconds=30), "ok"
+        )
+    echo(f"setup: {n} instances, {len(hourly)} hourly + {len(daily)} daily bills; loading metrics")
+    began = time.perf_counter()
+    rows = store.bulk_load_samples(metric_rows(keyed, days, rng))
+    loaded = time.perf_counter() - began
+    echo(f"setup: {rows} metric rows loaded in {loaded:.1f} s; rolling up")
+    began = time.perf_counter()
+    hours = store.rollup(NOW)
+    echo(f"setup: {hours} hourly rollups in {time.perf_counter() - began:.1f} s")
+    return {
+        "metric_rows": rows,
+        "rollup_rows": hours,
+        "kinds": dict(Counter(p.kind for p in fleet)),
+    }
+
+
+class QueryCounter:
+    """Counts the SQL statements sent while attached (SQLAlchemy ``before_cursor_execute``)."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.count = 0
+
+    def _on(self, *_args: Any, **_kwargs: Any) -> None:
+        self.count += 1
+
+    def __enter__(self) -> QueryCounter:
+        event.listen(self.engine, "before_cursor_execute", self._on)
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._on)
+
+
+def evaluator(store: Store) -> Evaluator:
+    ruleset = load_rules([shipped_rules_dir()], known_channels={"console"})
+    return Evaluator(
+        store,
+        ruleset,
+        router=None,  # judge() delivers nothing
+        notifier=None,
+        accounts=[ACCOUNT],
+        intervals=dict(DEFAULT_INTERVALS),
+        stale_after=3.0,
+    )
+
+
+def evaluate_once(store: Store) -> tuple[float, int, Any]:
+    """One timed evaluation from a clean alert table: (seconds, SQL statements, result)."""
+    with store.engine.begin() as conn:
+        conn.execute(delete(t.alerts))
+    ev = evaluator(store)
+    with QueryCounter(store.engine) as counter:
+        began = time.perf_counter()
+        result = ev.judge(NOW)
+        seconds = time.perf_counter() - began
+    return seconds, counter.count, result
+
+
+def bench_rules(
+    instances: int,
+    days: int,
+    seed: int = 1,
+    runs: int = 1,
+    echo: Callable[[str], None] = print,
+    workdir: Path | None = None,
+) -> dict[str, Any]:
+    """Run the benchmark; prints progress and, last, the JSON report (also returned)."""
+    if instances < 1 or days < 1 or runs < 1:
+        raise ValueError("instances, days and runs must be at least 1")
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        store = open_store(f"sqlite:///{Path(tmp) / 'bench.db'}")
+        try:
+            began = time.perf_counter()
+            built = build(store, instances, days, seed, echo)
+            setup_s = time.perf_counter() - began
+            echo(f"setup: {setup_s:.1f} s")
+            times, queries, result = [], 0, None
+            for run in range(runs):
+                seconds, queries, result = evaluate_once(store)
+                times.append(seconds)
+                echo(f"run {run + 1}/{runs}: eval {seconds:.3f} s, {queries} SQL statements")
+        finally:
+            store.close()
+    assert result is not None
+    firing = Counter(s.rule for s in result.firing())
+    eval_s = statistics.median(times)
+    report = {
+        "instances": instances,
+        "days": days,
+        "eval_s": round(eval_s, 4),
+        "per_instance_ms": round(eval_s * 1000 / instances, 4),
+        "setup_s": round(setup_s, 1),
+        "runs": runs,
+        "eval_runs_s": [round(s, 4) for s in times],
+        "alerts_firing": sum(firing.values()),
+        "firing_by_rule": dict(sorted(firing.items())),
+        "queries": queries,
+        "metric_rows": built["metric_rows"],
+        "rollup_rows": built["rollup_rows"],
+    }
+    echo(json.dumps(report))
+    return report
