@@ -279,6 +279,19 @@ def bench_collect(
 from monitor import cli_alerts  # noqa: E402,F401  (registers alerts, silence, notify-test)
 
 
+@bench.command("rules")
+@click.option("--instances", type=int, default=1000, show_default=True)
+@click.option("--days", type=int, default=7, show_default=True)
+@click.option("--runs", type=int, default=1, show_default=True, help="Repeat, report the median.")
+@click.option("--seed", type=int, default=1, show_default=True)
+@handle_errors
+def bench_rules(instances: int, days: int, runs: int, seed: int) -> None:
+    """Time one evaluation of the shipped rules over DAYS of history for N instances."""
+    from monitor.bench_rules import bench_rules as run_bench
+
+    run_bench(instances, days, seed=seed, runs=runs, echo=click.echo)
+
+
 def main() -> None:
     cli.main(prog_name="novita-monitor")
 
