@@ -173,7 +173,19 @@ async def test_demo_scenario_alerts_the_right_resources_once_grouped(
                 if fp in {a.fingerprint for a in first.firing}
             )
             assert again == Counter(), "an alert already notified was sent again"
-            assert len(sink.bodies) == len(mail.messages) == 1 + len(sent(later)) // 2
+            # the only news in those hours: the stuck and the odd-status instances, stuck for 30
+            # minutes since the monitor first saw them, in one message per channel
+            news = [c for c in later if c.deliveries]
+            assert [(c.now - first.now, sorted(firing(c) - fired)) for c in news] == [
+                (
+                    timedelta(minutes=30),
+                    [("instance-error", "demo-pending"), ("instance-error", "demo-stuck")],
+                )
+            ]
+            assert sorted(d.channel for d in news[0].deliveries) == ["mail", "ops"]
+            assert len(sink.bodies) == len(mail.messages) == 2
+            assert sink.bodies[1]["title"].startswith("[warning] instance-error: 2 instances")
+            assert "stuck (demo-stuck)" in sink.bodies[1]["message"]
         finally:
             await app.aclose()
 
