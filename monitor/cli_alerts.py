@@ -343,7 +343,9 @@ def notify_test(config_path: str | None, channel: str) -> None:
     if channel in config.channels:
         spec = config.channels[channel]
         url = resolve_channel_url(channel, spec, _env())
-        channels[channel] = Channel(channel, url, send_resolved=spec.send_resolved)
+        channels[channel] = Channel(
+            channel, url.get_secret_value(), send_resolved=spec.send_resolved
+        )
     clock = _clock()
     notifier = Notifier(channels, clock, max_attempts=1, timeout_s=30.0)
     result = asyncio.run(notifier.send_test(channel))

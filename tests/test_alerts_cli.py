@@ -280,6 +280,19 @@ def test_notify_test_reaches_a_real_receiver(
         store.close()
     assert (note.kind, note.channel, note.status) == ("test", "ops", "sent")
 
+    # a channel whose URL variable is unset: exit 2 naming the variable, nothing sent
+    unset = run(config, clock, "notify-test", "--channel", "other")
+    assert unset.exit_code == 2
+    assert "environment variable UNSET_URL is not set" in unset.output
+    assert len(sink.bodies) == 1
+
+
+def test_notify_test_to_the_console(tmp_path: Path, clock: ManualClock) -> None:
+    result = run(write_config(tmp_path), clock, "notify-test", "--channel", "console")
+    assert result.exit_code == 0, result.output
+    assert "[test] novita-monitor: notification test" in result.stdout
+    assert "channel 'console' (console)" in result.stdout
+
 
 def test_notify_test_failure_exits_1_without_the_secret(
     tmp_path: Path, clock: ManualClock, sink: JsonSink
