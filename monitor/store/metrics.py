@@ -733,12 +733,12 @@ class MetricsRepo(StoreBase):
             h0, h1 = self._split(conn, s, e)
             raw_blobs: dict[int, list[bytes]] = defaultdict(list)
             for lo, hi in _raw_ranges(s, e, h0, h1):
-                for key, blob in conn.execute(
-                    select(m.instance_key, raw_col).where(
-                        m.instance_key.in_(list(keys)), m.ts >= lo, m.ts < hi, raw_col.is_not(None)
-                    )
-                ):
-                    raw_blobs[key].append(bytes(blob))
+                query = select(m.instance_key, raw_col).where(
+                    m.instance_key.in_(list(keys)), m.ts >= lo, m.ts < hi, raw_col.is_not(None)
+                )
+                # thousands of rows per instance-hour: read without per-row result processing
+                for key, blob in _driver_rows(conn, query):
+                    raw_blobs[key].append(blob if type(blob) is bytes else bytes(blob))
             for key, blobs in raw_blobs.items():
                 _add_columns(blobs, sums[key], maxes[key])
             if h1 > h0:
@@ -782,12 +782,31 @@ def _raw_ranges(s: int, e: int, h0: int, h1: int) -> list[tuple[int, int]]:
     return [(lo, hi) for lo, hi in ((s, h0), (h1, e)) if hi > lo]
 
 
+def _driver_rows(conn: Connection, query: Any) -> list[Any]:
+    """Rows of ``query`` as the driver returns them, without SQLAlchemy's per-row result
+    processing (for columns that need none: integers, bytes). Still sent through the
+    connection, so execution events see it."""
+    compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+    params = compiled.construct_params()
+    if compiled.positional:
+        args: Any = tuple(params[name] for name in compiled.positiontup or [])
+    else:
+        args = params
+    result = conn.exec_driver_sql(compiled.string, args)
+    try:
+        return list(result.cursor.fetchall()) if result.cursor is not None else []
+    finally:
+        result.close()
+
+
 def _add_columns(blobs: list[bytes], sums: dict[int, list[float]], maxes: dict[int, float]) -> None:
     """Add per-GPU packed vectors to running sums/counts and maxima (missing bytes skipped)."""
     width = max(len(b) for b in blobs)
     missing = bytes([GPU_MISSING])
-    if all(len(b) == width and missing not in b for b in blobs):  # common case, in C
-        for i, column in enumerate(zip(*blobs, strict=True)):
+    joined = b"".join(blobs)
+    if len(joined) == width * len(blobs) and missing not in joined:  # common case, in C
+        for i in range(width):
+            column = joined[i::width]  # the i-th byte of every vector
             acc = sums[i]
             acc[0] += sum(column)
             acc[1] += len(column)
