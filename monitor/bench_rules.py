@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import random
 import statistics
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -33,6 +34,7 @@ from sqlalchemy import delete, event
 from monitor.collect.collectors import DEFAULT_INTERVALS
 from monitor.config import shipped_rules_dir
 from monitor.evaluate import Evaluator
+from monitor.logs import configure_logging
 from monitor.novita.models import Balance, Instance, Product, TrainingTask, UsageBill
 from monitor.rules import load_rules
 from monitor.store import Store, open_store
@@ -311,10 +313,16 @@ def bench_rules(
     runs: int = 1,
     echo: Callable[[str], None] = print,
     workdir: Path | None = None,
+    logs: str | None = "json",
 ) -> dict[str, Any]:
-    """Run the benchmark; prints progress and, last, the JSON report (also returned)."""
+    """Run the benchmark; prints progress and, last, the JSON report (also returned).
+
+    ``logs``: the log format set up as the daemon would (the evaluation logs every alert
+    transition, to stderr, and that is part of its cost); None leaves logging as it is."""
     if instances < 1 or days < 1 or runs < 1:
         raise ValueError("instances, days and runs must be at least 1")
+    if logs is not None:
+        configure_logging(logs, "info", stream=sys.stderr)  # type: ignore[arg-type]
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         store = open_store(f"sqlite:///{Path(tmp) / 'bench.db'}")
         try:
