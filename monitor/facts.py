@@ -22,6 +22,8 @@ from decimal import Decimal
 from functools import cache
 from typing import Any
 
+from sqlalchemy import select
+
 from monitor.collect.collectors import BILLS_BACKFILL, HOURLY_BACKFILL
 from monitor.novita.models import TRANSITIONAL_STATUSES
 from monitor.rules.facts import (
@@ -32,6 +34,7 @@ from monitor.rules.facts import (
     WindowAgg,
 )
 from monitor.status import stale_collectors
+from monitor.store import tables
 
 #: our collector names -> the names rules use for staleness
 RULE_COLLECTOR = {
@@ -94,15 +97,42 @@ class StoreFacts:
         monthly = price.monthly_price_usd(1)
         return None if monthly is None else monthly * rec.gpu_count
 
-    def _status_since(self, account: str, rec: Any) -> datetime | None:
-        """When the instance entered its current status (first seen, if never seen changing)."""
+    def _status_since(self, account: str, rec: Any, statuses: Sequence[Any] | None) -> Any:
+        """When the instance entered its current status (first seen, if never seen changing).
+
+        ``statuses``: its history as ``(ts, status)`` oldest first, when already read."""
         if rec.status not in TRANSITIONAL_STATUSES:
             return None  # only the stuck-instance check asks; spare the query
+        if statuses is None:
+            history = self.store.instance_history(account, rec.instance_id)
+            statuses = [(change.ts, change.status) for change in history]
         since, previous = rec.first_seen, None
-        for change in self.store.instance_history(account, rec.instance_id):
-            if change.status != previous:
-                since, previous = change.ts, change.status
+        for ts, status in statuses:
+            if status != previous:
+                since, previous = ts, status
         return since if previous == rec.status else rec.first_seen
+
+    def _status_histories(self, recs: Sequence[Any]) -> dict[int, list[tuple[Any, str]]] | None:
+        """``(ts, status)`` histories of the transitional instances among ``recs``, by instance
+        key, in one query (not one per instance); None when the store is not SQL-backed."""
+        keys = [r.key for r in recs if r.status in TRANSITIONAL_STATUSES]
+        engine = getattr(self.store, "engine", None)
+        if engine is None:
+            return None
+        out: dict[int, list[tuple[Any, str]]] = {key: [] for key in keys}
+        if not keys:
+            return out
+        h = tables.instance_history.c
+        with engine.connect() as conn:
+            for i in range(0, len(keys), 500):
+                query = (
+                    select(h.instance_key, h.ts, h.status)
+                    .where(h.instance_key.in_(keys[i : i + 500]))
+                    .order_by(h.instance_key, h.ts, h.id)
+                )
+                for key, ts, status in conn.execute(query):
+                    out[key].append((ts, status))
+        return out
 
     # -- Facts -------------------------------------------------------------------------------
 
@@ -112,7 +142,9 @@ class StoreFacts:
     def instances(self, account: str) -> list[InstanceFact]:
         if account not in self._instances:
             facts = []
-            for rec in self.store.instances(account):
+            recs = self.store.instances(account)
+            histories = self._status_histories(recs)
+            for rec in recs:
                 facts.append(
                     InstanceFact(
                         id=rec.instance_id,
@@ -128,7 +160,9 @@ class StoreFacts:
                         created_at=rec.created_at,
                         last_started_at=rec.last_started_at,
                         first_seen=rec.first_seen,
-                        status_since=self._status_since(account, rec),
+                        status_since=self._status_since(
+                            account, rec, None if histories is None else histories.get(rec.key)
+                        ),
                         error_state=rec.error_state,
                         hourly_cost_usd=self._hourly_cost(account, rec),
                         monthly_price_usd=self._monthly_price(account, rec),

@@ -1,0 +1,77 @@
+"""The rules benchmark at a tiny size: its generated store makes the right rules fire, and it
+prints its report as the last line (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import defaultdict
+from pathlib import Path
+
+from monitor.bench_rules import MIX, build, evaluate_once, plan_fleet
+from monitor.store import open_store
+
+
+def test_fleet_follows_the_mix() -> None:
+    fleet = plan_fleet(len(MIX) + 3, days=1, rng=random.Random(1))
+    assert [p.kind for p in fleet] == [*MIX, *MIX[:3]]
+    assert len({p.instance.id for p in fleet}) == len(fleet)
+    by_kind = {p.kind: p for p in fleet}
+    assert by_kind["busy8"].instance.gpu_num == 8
+    assert by_kind["expiring_idle"].instance.billing_mode == "monthly"
+    assert by_kind["expiring_idle"].instance.end_time is not None
+    assert by_kind["error"].instance.error_state == "error"
+    assert not by_kind["pulling"].has_metrics
+
+
+def test_generated_store_fires_the_expected_rules(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'bench.db'}")
+    try:
+        built = build(store, len(MIX), days=1, seed=3, echo=lambda _line: None)
+        kinds = {p.instance.id: p.kind for p in plan_fleet(len(MIX), 1, random.Random(3))}
+        with_metrics = sum(1 for k in kinds.values() if k not in ("pulling", "error"))
+        assert built["metric_rows"] == with_metrics * 1440
+        assert built["rollup_rows"] > 0  # the completed hours were rolled up
+        seconds, queries, result = evaluate_once(store)
+        firing: dict[str, set[str]] = defaultdict(set)
+        for state in result.firing():
+            firing[state.rule].add(state.resource_id)
+
+        def of(*wanted: str) -> set[str]:
+            return {iid for iid, kind in kinds.items() if kind in wanted}
+
+        assert firing["idle-gpu"] == of("idle")
+        assert firing["underused-gpus"] == of("underused")
+        assert firing["instance-error"] == of("pulling", "error")
+        # with one day of metrics in a 7-day lookback, even the busy one averages under 20 %
+        expiring = firing["subscription-expiring-idle"] | firing["subscription-expiring-used"]
+        assert expiring == of("expiring_idle", "expiring_busy")
+        assert of("expiring_idle") <= firing["subscription-expiring-idle"]
+        assert not firing["idle-gpu"] & of("busy", "busy8", "spot", "underused")
+        assert firing["failed-task"] == {"bench-task-failed"}
+        assert "monitor-cannot-see-account" not in firing  # the collector runs are fresh
+        assert not firing["subscription-candidate"] & of("spot", "monthly", "expiring_busy")
+        assert seconds > 0 and queries > 0
+        # a second run from a clean alert table does the same work and gets the same answer
+        _, again, result2 = evaluate_once(store)
+        assert again <= queries
+        assert {(s.rule, s.resource_id) for s in result2.firing()} == {
+            (s.rule, s.resource_id) for s in result.firing()
+        }
+    finally:
+        store.close()
+
+
+def test_report_is_the_last_line(tmp_path: Path) -> None:
+    from monitor.bench_rules import bench_rules
+
+    lines: list[str] = []
+    report = bench_rules(5, 1, seed=2, runs=2, echo=lines.append, workdir=tmp_path, logs=None)
+    last = json.loads(lines[-1])
+    assert last == report
+    assert {"instances", "days", "eval_s", "per_instance_ms", "setup_s"} <= set(last)
+    assert (last["instances"], last["days"], last["runs"]) == (5, 1, 2)
+    assert abs(last["per_instance_ms"] - last["eval_s"] * 1000 / 5) < 0.01
+    assert len(last["eval_runs_s"]) == 2
+    assert last["firing_by_rule"]["idle-gpu"] == 1  # the fourth instance of the mix is idle
+    assert list(tmp_path.iterdir()) == []  # the temporary database is gone
