@@ -181,6 +181,8 @@ def bench_collect(
 ) -> dict[str, Any]:
     from monitor.logs import configure_logging
 
+    import monitor.app  # noqa: F401  (imports are part of the base, as in the daemon)
+
     configure_logging("json", "error", stream=open(os.devnull, "w"))  # noqa: SIM115
     base_rss = rss_mb()
     results = []

@@ -234,18 +234,35 @@ class NovitaClient:
         headers = {"Accept": "application/json", "Content-Type": "application/json"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
-        self._http = httpx.AsyncClient(
-            base_url=base_url,
-            headers=headers,
-            transport=transport,
-            timeout=httpx.Timeout(timeout),
-            follow_redirects=False,
-        )
+
+        # One single-connection httpx client per request that may be in flight, lent out from a
+        # free list (the free list is the concurrency limit). httpcore 1.0.x re-scans every
+        # pooled connection, and re-queues requests that lose a race for one, on every enqueue
+        # and release, quadratically in the pool size (encode/httpcore#1035): with one shared
+        # pool of 32 connections that costs several ms of CPU per request, more than the rest
+        # of the request. A client that never has more than one request never queues.
+        def make_client(connections: int) -> httpx.AsyncClient:
+            return httpx.AsyncClient(
+                base_url=base_url,
+                headers=headers,
+                transport=transport,
+                timeout=httpx.Timeout(timeout),
+                follow_redirects=False,
+                limits=httpx.Limits(
+                    max_connections=connections, max_keepalive_connections=connections
+                ),
+            )
+
+        if transport is not None:  # tests: an in-process transport, no sockets to pool
+            shared = make_client(max_concurrency)
+            self._clients = [shared] * max_concurrency
+        else:
+            self._clients = [make_client(1) for _ in range(max_concurrency)]
+        self._free: asyncio.Queue[httpx.AsyncClient] | None = None
         self.base_url = base_url
         self.retry = retry or RetryPolicy()
         self.max_pages = max_pages
         self.requests_sent = 0
-        self._semaphore = asyncio.Semaphore(max_concurrency)
         self._log = logger if logger is not None else structlog.get_logger("monitor.novita")
         self._clock = clock
         self._noted: set[tuple[str, str]] = set()
@@ -260,7 +277,16 @@ class NovitaClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        for client in {id(c): c for c in self._clients}.values():
+            await client.aclose()
+
+    def _free_clients(self) -> asyncio.Queue[httpx.AsyncClient]:
+        # made on first use, inside the event loop that uses it
+        if self._free is None:
+            self._free = asyncio.Queue()
+            for client in self._clients:
+                self._free.put_nowait(client)
+        return self._free
 
     # -----------------------------------------------------------------------------------------
     # Account
@@ -688,10 +714,12 @@ class NovitaClient:
         json_body: dict[str, Any] | None,
     ) -> Any:
         is_read = method == "GET"
-        async with self._semaphore:
+        free = self._free_clients()
+        http = await free.get()
+        try:
             self.requests_sent += 1
             try:
-                response = await self._http.request(method, path, params=params, json=json_body)
+                response = await http.request(method, path, params=params, json=json_body)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 raise UnavailableError(
                     f"could not connect: {type(exc).__name__}",
@@ -708,6 +736,8 @@ class NovitaClient:
                     path=path,
                     method=method,
                 ) from exc
+        finally:
+            free.put_nowait(http)
         return self._handle(response, method, path)
 
     def _handle(self, response: httpx.Response, method: str, path: str) -> Any:

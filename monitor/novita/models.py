@@ -20,9 +20,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any
+from functools import lru_cache
+from typing import Annotated, Any, NamedTuple
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator
 
 # ---------------------------------------------------------------------------------------------
 # Lenient scalars
@@ -85,8 +86,20 @@ def money_from_units(value: Any, units_per_usd: int) -> Decimal | None:
     return amount / Decimal(units_per_usd)
 
 
+@lru_cache(maxsize=65536)
+def _timestamp_from_text(text: str) -> datetime | None:
+    # cached: a collection cycle parses the same few minute stamps for every instance and series
+    return _parse_timestamp(text)
+
+
 def parse_timestamp(value: Any) -> datetime | None:
     """Unix seconds (str or int), or ISO 8601 -> aware UTC datetime. Blank -> None."""
+    if type(value) is str:
+        return _timestamp_from_text(value)
+    return _parse_timestamp(value)
+
+
+def _parse_timestamp(value: Any) -> datetime | None:
     value = _blank_to_none(value)
     if value is None:
         return None
@@ -319,7 +332,10 @@ class InstanceList(WireModel):
 # Metrics
 
 
-class MetricPoint(WireModel):
+class MetricPoint(NamedTuple):
+    """One sample of a series: an aware UTC time and a percent. A plain tuple, not a pydantic
+    model: a collection cycle parses tens of thousands of them, and each is checked here."""
+
     timestamp: datetime
     value: float
 
@@ -331,7 +347,7 @@ class MetricPoint(WireModel):
         val = parse_float(raw.get("value"))
         if ts is None or val is None:
             return None
-        return cls(timestamp=ts, value=val)
+        return cls(ts, val)
 
 
 def _points(value: Any) -> list[MetricPoint]:
@@ -343,7 +359,8 @@ def _points(value: Any) -> list[MetricPoint]:
     return out
 
 
-Points = Annotated[list[MetricPoint], BeforeValidator(_points)]
+#: the series parsed by ``_points`` alone (PlainValidator: no second pass over each point)
+Points = Annotated[list[MetricPoint], PlainValidator(_points)]
 
 
 class GpuIdSeries(WireModel):

@@ -163,6 +163,13 @@ class MoneyRepo(StoreBase):
         cols = list(rows[0])
         account_id = rows[0]["account_id"]
         starts = [r["start_ts"] for r in rows]
+        # read back only rows that can match: same window, and the same cycle type and
+        # category when the batch has one (daily bills must not drag in the hourly ones)
+        same = [
+            table.c[k] == rows[0][k]
+            for k in ("cycle_type", "category")
+            if k in keys and len({r[k] for r in rows}) == 1
+        ]
         with self.engine.begin() as conn:
             stored = {
                 _bill_key(dict(r._mapping), keys): dict(r._mapping)
@@ -171,6 +178,7 @@ class MoneyRepo(StoreBase):
                         table.c.account_id == account_id,
                         table.c.start_ts >= min(starts),
                         table.c.start_ts <= max(starts),
+                        *same,
                     )
                 )
             }
