@@ -300,6 +300,11 @@ class StoreFacts:
             ours.remove("async_tasks")
         return sorted({RULE_COLLECTOR.get(name, name) for name in ours})
 
+    def metrics_start(self, account: str) -> datetime | None:
+        first = self.store.first_metric_time(account)
+        # a sample stamped t summarises the minute ending at t
+        return None if first is None else first - timedelta(seconds=60)
+
     def history_start(self, account: str) -> datetime | None:
         candidates = [self._bills_history(account, BILLS_BACKFILL)]
         candidates += [i.first_seen for i in self.instances(account)]

@@ -216,12 +216,6 @@ async def test_demo_scenario_alerts_the_right_resources_once_grouped(
             await app.aclose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: expiring_subscription counts the 7-day lookback from the bills history "
-    "(~30 days) while metrics are backfilled for 24 h only, so the unsampled days read as 0 % "
-    "and the busy demo-subscription (GPU ~90 %) averages ~12 %, classified idle",
-)
 async def test_the_used_subscription_is_told_apart_from_the_lapsing_one(
     tmp_path: Path, sim_app: Any, clock: ManualClock, sink: JsonSink
 ) -> None:

@@ -380,7 +380,8 @@ def expiring_subscription(
     if params.min_util is None and params.max_util is None:
         return Result(True, values)
     start = ctx.now - params.lookback
-    history = ctx.facts.history_start(ctx.account)
+    # the lookback starts no earlier than the stored metrics: an unwatched day is not an idle one
+    history = ctx.facts.metrics_start(ctx.account)
     if history is not None and history > start:
         start = history
     span = (ctx.now - start).total_seconds()

@@ -134,6 +134,9 @@ class CachedFacts:
     def history_start(self, account: str) -> datetime | None:
         return self._get(("history", account), lambda: self._facts.history_start(account))
 
+    def metrics_start(self, account: str) -> datetime | None:
+        return self._get(("metrics_start", account), lambda: self._facts.metrics_start(account))
+
 
 @dataclass
 class EvalContext:

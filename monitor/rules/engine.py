@@ -105,14 +105,23 @@ def resources_for(
     raise ValueError(f"unknown resource kind {kind!r}")
 
 
+def _usd(value: Any) -> str:
+    """$4.20, -$0.26: money as people read it."""
+    try:
+        amount = float(value)
+    except (TypeError, ValueError):
+        return f"${value}"
+    return f"-${-amount:,.2f}" if amount < 0 else f"${amount:,.2f}"
+
+
 _SUMMARY_KEYS = (
     ("value", "value"),
     ("threshold", "threshold"),
     ("runway_hours", "runway {}h"),
-    ("balance_usd", "balance ${}"),
-    ("cost_per_hour_usd", "${}/h"),
-    ("cost_so_far_usd", "${} so far"),
-    ("monthly_saving_usd", "saves ${}/month"),
+    ("balance_usd", "balance {usd}"),
+    ("cost_per_hour_usd", "{usd}/h"),
+    ("cost_so_far_usd", "{usd} so far"),
+    ("monthly_saving_usd", "saves {usd}/month"),
     ("days_left", "{} days left"),
     ("status", "status {}"),
     ("error", "error {}"),
@@ -130,7 +139,12 @@ def summarize(rule: Rule, resource: Resource, values: Mapping[str, Any]) -> str:
         value = values.get(key)
         if value is None or value == "":
             continue
-        parts.append(f"{key} {value}" if fmt == key else fmt.format(value))
+        if fmt == key:
+            parts.append(f"{key} {value}")
+        elif "{usd}" in fmt:
+            parts.append(fmt.format(usd=_usd(value)))
+        else:
+            parts.append(fmt.format(value))
     head = f"{rule.name}: {resource.kind} {who}"
     return f"{head}: {', '.join(parts)}" if parts else head
 

@@ -198,6 +198,12 @@ class Facts(Protocol):
         monitor can know), or ``None`` if nothing is stored."""
         ...
 
+    def metrics_start(self, account: str) -> datetime | None:
+        """The time from which metric samples are stored for this account (the start of what
+        the monitor can know about utilisation; bills may reach further back), or ``None``.
+        Before it, a missing sample means "not watched", not "not used"."""
+        ...
+
 
 # --------------------------------------------------------------------------------------------
 # In-memory implementation
@@ -353,6 +359,13 @@ class InMemoryFacts:
 
     def stale_collectors(self, account: str, now: datetime) -> list[str]:
         return list(self.stale.get(account, []))
+
+    def metrics_start(self, account: str) -> datetime | None:
+        if account in self.history_starts:
+            return self.history_starts[account]
+        series = [*self.metrics.values(), *self.gpu_metrics.values()]
+        firsts = [s[0][0] - timedelta(seconds=SAMPLE_STEP_S) for s in series if s]
+        return min(firsts) if firsts else None
 
     def history_start(self, account: str) -> datetime | None:
         if account in self.history_starts:

@@ -246,6 +246,19 @@ class MetricsRepo(StoreBase):
             rows = conn.execute(select(i.instance_id, newest).where(i.account_id == account_id))
             return {iid: from_epoch(ts) for iid, ts in rows if ts is not None}
 
+    def first_metric_time(self, account: str) -> datetime | None:
+        """Oldest stored sample (raw minute or hourly rollup) of any instance of the account:
+        where the monitor's knowledge of utilisation starts. One ``min`` per instance, each a
+        primary-key lookup."""
+        account_id = self.ensure_account(account)
+        i, m, h = t.instances.c, t.metric_samples.c, t.metric_hourly.c
+        raw = select(func.min(m.ts)).where(m.instance_key == i.key).scalar_subquery()
+        hourly = select(func.min(h.ts)).where(h.instance_key == i.key).scalar_subquery()
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(raw, hourly).where(i.account_id == account_id)).all()
+        firsts = [ts for pair in rows for ts in pair if ts is not None]
+        return from_epoch(min(firsts)) if firsts else None
+
     def bulk_insert_metrics(self, rows: Iterable[MetricRow], batch: int = 50_000) -> int:
         """Insert many minute rows fast, for benchmarks and fixtures: one compiled statement
         run through the driver's ``executemany``, no read-back and no merge (a row whose
