@@ -90,7 +90,11 @@ def _rules_window(ruleset: RuleSet) -> int:
 
 def build_router(config: Config, env: Mapping[str, str]) -> Router:
     channels = {
-        name: Channel(name, resolve_channel_url(name, ch, env), send_resolved=ch.send_resolved)
+        name: Channel(
+            name,
+            resolve_channel_url(name, ch, env).get_secret_value(),
+            send_resolved=ch.send_resolved,
+        )
         for name, ch in config.channels.items()
     }
     routes = [Route(r.match, list(r.channels)) for r in config.routes]
@@ -170,7 +174,7 @@ class App:
         env = os.environ if env is None else env
         ruleset = load_ruleset(config)
         router = build_router(config, env)
-        store = open_store(config.database)
+        store = open_store(config.database_url)
         app = cls(config=config, clock=clock or SystemClock(), store=store)
         app.transport_factory = transport_factory
         app.ruleset = ruleset

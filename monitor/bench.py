@@ -179,9 +179,8 @@ def bench_collect(
     runs: int = 1,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    from monitor.logs import configure_logging
-
     import monitor.app  # noqa: F401  (imports are part of the base, as in the daemon)
+    from monitor.logs import configure_logging
 
     configure_logging("json", "error", stream=open(os.devnull, "w"))  # noqa: SIM115
     base_rss = rss_mb()

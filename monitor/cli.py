@@ -51,7 +51,7 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _setup_logs(config: Any = None, fmt: str | None = None) -> None:
+def _setup_logs(config: Any = None, fmt: Any = None) -> None:
     from monitor.logs import configure_logging
 
     if config is not None:
@@ -196,7 +196,7 @@ def status(config_path: str | None, as_json: bool) -> None:
 
     config = _load(config_path)
     configure_logging("json" if as_json else config.log.format, config.log.level, stream=sys.stderr)
-    store = open_store(config.database)
+    store = open_store(config.database_url)
     try:
         data = fleet_status(
             store,
@@ -242,7 +242,7 @@ def watch_task(config_path: str | None, task_id: str, account: str | None, label
         account = names[0]
     elif account not in names:
         raise UserError(f"no account named {account!r} (configured: {', '.join(names)})")
-    store = open_store(config.database)
+    store = open_store(config.database_url)
     try:
         store.ensure_account(account)
         store.watch_task(account, task_id, label, SystemClock().now())

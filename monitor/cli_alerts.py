@@ -54,7 +54,7 @@ def _store(config: Any) -> Iterator[Any]:
     from monitor.store.db import open_store
 
     try:
-        store = open_store(config.database)
+        store = open_store(config.database_url)
     except Exception as exc:  # a database that cannot be opened is a runtime failure
         raise RuntimeFailure(
             f"cannot open the database: {type(exc).__name__}: {_first_line(exc)}"
