@@ -750,8 +750,12 @@ class MetricsRepo(StoreBase):
                     m.instance_key.in_(list(keys)), m.ts >= lo, m.ts < hi, raw_col.is_not(None)
                 )
                 # thousands of rows per instance-hour: read without per-row result processing
-                for key, blob in _driver_rows(conn, query):
-                    raw_blobs[key].append(blob if type(blob) is bytes else bytes(blob))
+                rows = _driver_rows(conn, query.order_by(m.instance_key, m.ts))
+                for key, group in groupby(rows, key=operator.itemgetter(0)):
+                    raw_blobs[key] += [r[1] for r in group]
+            for key, blobs in raw_blobs.items():
+                if blobs and type(blobs[0]) is not bytes:  # e.g. memoryview from some drivers
+                    raw_blobs[key] = [bytes(b) for b in blobs]
             for key, blobs in raw_blobs.items():
                 _add_columns(blobs, sums[key], maxes[key])
             if h1 > h0:
@@ -814,10 +818,10 @@ def _driver_rows(conn: Connection, query: Any) -> list[Any]:
 
 def _add_columns(blobs: list[bytes], sums: dict[int, list[float]], maxes: dict[int, float]) -> None:
     """Add per-GPU packed vectors to running sums/counts and maxima (missing bytes skipped)."""
-    width = max(len(b) for b in blobs)
+    width = max(map(len, blobs))
     missing = bytes([GPU_MISSING])
     joined = b"".join(blobs)
-    if len(joined) == width * len(blobs) and missing not in joined:  # common case, in C
+    if min(map(len, blobs)) == width and missing not in joined:  # common case, in C
         for i in range(width):
             column = joined[i::width]  # the i-th byte of every vector
             acc = sums[i]
