@@ -35,6 +35,7 @@ from monitor.collect.collectors import DEFAULT_INTERVALS
 from monitor.config import shipped_rules_dir
 from monitor.evaluate import Evaluator
 from monitor.logs import configure_logging
+from monitor.notify import Router
 from monitor.novita.models import Balance, Instance, Product, TrainingTask, UsageBill
 from monitor.rules import load_rules
 from monitor.store import Store, open_store
@@ -190,8 +191,12 @@ def build(store: Store, n: int, days: int, seed: int, echo: Callable[[str], None
     instances = [p.instance for p in fleet]
     store.upsert_instances(ACCOUNT, instances, start)  # first seen at the start of history
     store.upsert_instances(ACCOUNT, instances, NOW - timedelta(seconds=30))
-    keys = {i.id: store.instance_key(ACCOUNT, i.id) for i in instances}
-    keyed = sorted((keys[p.instance.id], p) for p in fleet)  # key order: appends to the b-tree
+    keys: dict[str, int] = {}
+    for inst in instances:
+        key = store.instance_key(ACCOUNT, inst.id)
+        assert key is not None  # just stored
+        keys[inst.id] = key
+    keyed = sorted(((keys[p.instance.id], p) for p in fleet), key=lambda kp: kp[0])  # b-tree order
     products = [
         Product.model_validate(
             {
@@ -286,7 +291,7 @@ def evaluator(store: Store) -> Evaluator:
     return Evaluator(
         store,
         ruleset,
-        router=None,  # judge() delivers nothing
+        router=Router(),  # judge() delivers nothing
         notifier=None,
         accounts=[ACCOUNT],
         intervals=dict(DEFAULT_INTERVALS),
