@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import structlog
@@ -48,7 +49,10 @@ class Daemon:
                 async def job(ctx=ctx, name=name) -> None:
                     await run_collector(ctx, name, self.clock)
 
-                self.scheduler.add(f"{ctx.account}:{name}", interval, job)
+                # due one interval after its last success (a reload keeps the rhythm)
+                last = app.store.last_success(ctx.account, name)
+                first = last + timedelta(seconds=interval) if last else self.clock.now()
+                self.scheduler.add(f"{ctx.account}:{name}", interval, job, first_run=first)
         retention_s = app.config.schedules.retention
         for ctx in app.contexts:
 
@@ -56,8 +60,8 @@ class Daemon:
                 await run_collector(ctx, "retention", self.clock)
 
             self.scheduler.add(f"{ctx.account}:retention", retention_s, retention, run_now=False)
-        for extra in app.extra_jobs():
-            self.scheduler.add(*extra)
+        for name, interval, fn in app.extra_jobs():
+            self.scheduler.add(name, interval, fn, run_now=False)
 
     async def _do_reload(self) -> None:
         try:
@@ -89,6 +93,10 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        # one full, ordered cycle (instances first) and one evaluation before the schedule
+        # starts: no rule judges an account the monitor has not looked at yet
+        await self.app.collect()
+        await self.app.evaluate()
         self._schedule(self.app)
         self.scheduler.start()
         log.info(

@@ -48,7 +48,7 @@ MIN_SECRET_LENGTH = 4
 LogFormat = Literal["auto", "json", "console"]
 
 # Loggers that are chatty at INFO (one line per HTTP request or job run): WARNING unless debug.
-_NOISY = ("httpx", "httpcore", "apscheduler", "urllib3", "requests")
+_NOISY = ("httpx", "httpcore", "apscheduler", "urllib3", "requests", "alembic")
 # Loggers that libraries give their own handlers (uvicorn's default LOGGING_CONFIG, alembic's
 # fileConfig): those handlers would print around the pipeline, unredacted. We take them back.
 _ADOPTED = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi", "alembic", "sqlalchemy")

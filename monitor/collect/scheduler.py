@@ -26,7 +26,18 @@ class Scheduler:
         self._aps = AsyncIOScheduler(timezone=UTC)
         self._inflight: set[asyncio.Task[object]] = set()
 
-    def add(self, name: str, interval_s: float, fn: JobFn, *, run_now: bool = True) -> None:
+    def add(
+        self,
+        name: str,
+        interval_s: float,
+        fn: JobFn,
+        *,
+        run_now: bool = True,
+        first_run: datetime | None = None,
+    ) -> None:
+        """Run ``fn`` every ``interval_s``: first now (``run_now``), at ``first_run``, or after
+        one interval."""
+
         async def job() -> None:
             task = asyncio.current_task()
             if task is not None:
@@ -41,7 +52,9 @@ class Scheduler:
 
         jitter = max(0.0, min(interval_s * 0.05, 5.0))
         kwargs = {}
-        if run_now:
+        if first_run is not None:
+            kwargs["next_run_time"] = max(first_run, datetime.now(UTC))
+        elif run_now:
             kwargs["next_run_time"] = datetime.now(UTC)
         self._aps.add_job(
             job,

@@ -242,7 +242,9 @@ class Notifier:
         """One try. Raises :class:`_Failure` with a redacted reason when it did not deliver."""
         if channel.url is None:
             stream = self.stream or sys.stdout
-            stream.write(f"{message.title}\n{message.body}\n\n")
+            # the body repeats the title as its first headline when there is one group
+            head = "" if message.body.startswith(message.title) else f"{message.title}\n"
+            stream.write(f"{head}{message.body}\n\n")
             stream.flush()
             return
         import apprise  # here, so that importing this package does not load apprise
