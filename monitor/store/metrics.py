@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import operator
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from itertools import groupby
 from typing import Any
@@ -132,14 +132,15 @@ _MISSING = bytes([GPU_MISSING])
 
 def _gpu_vectors(blobs: list[bytes]) -> tuple[bytes | None, bytes | None]:
     """Per-GPU average and max of a group of packed vectors (255 = missing is skipped)."""
-    blobs = [bytes(b) for b in blobs if b]
+    blobs = [b if type(b) is bytes else bytes(b) for b in blobs if b]
     if not blobs:
         return None, None
     width = max(map(len, blobs))
     joined = b"".join(blobs)
     if len(joined) == width * len(blobs) and _MISSING not in joined:  # common case, in C
-        columns = list(zip(*blobs, strict=True))
-        avg = bytes([int(sum(c) / len(c) + 0.5) for c in columns])
+        n = len(blobs)
+        columns = [joined[i::width] for i in range(width)]  # the i-th byte of every vector
+        avg = bytes([int(sum(c) / n + 0.5) for c in columns])
         return avg, bytes([max(c) for c in columns])
     avgs, maxes = [], []
     for i in range(width):
@@ -475,12 +476,12 @@ class MetricsRepo(StoreBase):
         written = conn.execute(
             select(func.count()).select_from(t.metric_hourly).where(*h_where)
         ).scalar_one()
-        result = conn.execute(
+        blobs = _driver_stream(
+            conn,
             select(m.instance_key, m.ts, m.gpu_utils, m.gpu_mems)
             .where(*where, (m.gpu_utils.is_not(None)) | (m.gpu_mems.is_not(None)))
-            .order_by(m.instance_key, m.ts)
+            .order_by(m.instance_key, m.ts),
         )
-        blobs = (row for part in result.partitions(10_000) for row in part)
         updates = []
         for (key, hour_ts), group in groupby(blobs, key=lambda r: (r[0], r[1] - r[1] % HOUR)):
             rows = list(group)
@@ -799,19 +800,36 @@ def _raw_ranges(s: int, e: int, h0: int, h1: int) -> list[tuple[int, int]]:
     return [(lo, hi) for lo, hi in ((s, h0), (h1, e)) if hi > lo]
 
 
-def _driver_rows(conn: Connection, query: Any) -> list[Any]:
-    """Rows of ``query`` as the driver returns them, without SQLAlchemy's per-row result
-    processing (for columns that need none: integers, bytes). Still sent through the
-    connection, so execution events see it."""
+def _driver_result(conn: Connection, query: Any) -> Any:
     compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
     params = compiled.construct_params()
     if compiled.positional:
         args: Any = tuple(params[name] for name in compiled.positiontup or [])
     else:
         args = params
-    result = conn.exec_driver_sql(compiled.string, args)
+    return conn.exec_driver_sql(compiled.string, args)
+
+
+def _driver_rows(conn: Connection, query: Any) -> list[Any]:
+    """Rows of ``query`` as the driver returns them, without SQLAlchemy's per-row result
+    processing (for columns that need none: integers, bytes). Still sent through the
+    connection, so execution events see it."""
+    result = _driver_result(conn, query)
     try:
         return list(result.cursor.fetchall()) if result.cursor is not None else []
+    finally:
+        result.close()
+
+
+def _driver_stream(conn: Connection, query: Any, size: int = 10_000) -> Iterator[Any]:
+    """:func:`_driver_rows` fetched ``size`` rows at a time (bounded memory)."""
+    result = _driver_result(conn, query)
+    try:
+        while result.cursor is not None:
+            part = result.cursor.fetchmany(size)
+            if not part:
+                break
+            yield from part
     finally:
         result.close()
 
