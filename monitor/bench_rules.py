@@ -213,7 +213,17 @@ def build(store: Store, n: int, days: int, seed: int, echo: Callable[[str], None
     store.upsert_products(ACCOUNT, products, "c-1", NOW - timedelta(hours=1))
     burn = sum(PRODUCTS[p.instance.product_id or "p-h100"][0] * p.gpus for p in fleet if p.bills)
     store.add_balance(ACCOUNT, Balance(available_usd=round(burn * 36)), NOW - timedelta(minutes=2))
-    hourly, daily = [], []
+    hourly: list[UsageBill] = []
+    daily: list[UsageBill] = []
+    counts = Counter[str]()
+
+    def flush(force: bool = False) -> None:  # in chunks: bounded memory at 5000 instances
+        for cycle, bills in (("Hour", hourly), ("Day", daily)):
+            if bills and (force or len(bills) >= 20_000):
+                store.upsert_usage_bills(ACCOUNT, cycle, bills)
+                counts[cycle] += len(bills)
+                bills.clear()
+
     for p in fleet:
         if not p.bills:
             continue
@@ -224,8 +234,8 @@ def build(store: Store, n: int, days: int, seed: int, echo: Callable[[str], None
         day0 = NOW.replace(hour=0, minute=0)
         for d in range(1, 31):  # the daily bills of the last 30 days
             daily.append(_bill(p, day0 - timedelta(days=d), p.hours_per_day, 86400))
-    store.upsert_usage_bills(ACCOUNT, "Hour", hourly)
-    store.upsert_usage_bills(ACCOUNT, "Day", daily)
+        flush()
+    flush(force=True)
     store.upsert_training_tasks(
         ACCOUNT,
         [
@@ -253,7 +263,8 @@ def build(store: Store, n: int, days: int, seed: int, echo: Callable[[str], None
         store.record_run(
             ACCOUNT, name, NOW - timedelta(seconds=40), NOW - timedelta(seconds=30), "ok"
         )
-    echo(f"setup: {n} instances, {len(hourly)} hourly + {len(daily)} daily bills; loading metrics")
+    bills = f"{counts['Hour']} hourly + {counts['Day']} daily bills"
+    echo(f"setup: {n} instances, {bills}; loading metrics")
     began = time.perf_counter()
     rows = store.bulk_load_samples(metric_rows(keyed, days, rng))
     loaded = time.perf_counter() - began
