@@ -49,6 +49,8 @@ RULE_COLLECTOR = {
 }
 
 BILLING_STATUSES = frozenset({"running"}) | TRANSITIONAL_STATUSES
+#: statuses of an instance that has not run yet
+CREATING = frozenset({"toCreate", "creating", "pulling", "pending"})
 
 
 class StoreFacts:
@@ -110,7 +112,13 @@ class StoreFacts:
         for ts, status in statuses:
             if status != previous:
                 since, previous = ts, status
-        return since if previous == rec.status else rec.first_seen
+        if previous != rec.status:
+            since = rec.first_seen
+        # never seen in another status and still being created: so since its creation
+        seen = {status for _, status in statuses}
+        if seen <= {rec.status} and rec.status in CREATING and rec.created_at is not None:
+            since = min(since, rec.created_at) if since else rec.created_at
+        return since
 
     def _status_histories(self, recs: Sequence[Any]) -> dict[int, list[tuple[Any, str]]] | None:
         """``(ts, status)`` histories of the transitional instances among ``recs``, by instance
