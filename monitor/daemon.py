@@ -60,8 +60,8 @@ class Daemon:
                 await run_collector(ctx, "retention", self.clock)
 
             self.scheduler.add(f"{ctx.account}:retention", retention_s, retention, run_now=False)
-        for name, interval, fn in app.extra_jobs():
-            self.scheduler.add(name, interval, fn, run_now=False)
+        for job_name, every, fn in app.extra_jobs():
+            self.scheduler.add(job_name, every, fn, run_now=False)
 
     async def _do_reload(self) -> None:
         try:
