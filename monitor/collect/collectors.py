@@ -25,6 +25,11 @@ BILLS_BACKFILL = timedelta(days=30)
 HOURLY_BACKFILL = timedelta(days=8)
 HOURLY_OVERLAP = timedelta(hours=3)
 DAILY_OVERLAP = timedelta(days=2)
+#: instances whose metrics are written in one transaction
+WRITE_BATCH = 200
+#: windows a bills backfill is fetched and stored in (bounded memory)
+HOUR_CHUNK = timedelta(hours=6)
+DAY_CHUNK = timedelta(days=10)
 
 
 @dataclass
@@ -126,10 +131,23 @@ async def collect_metrics(ctx: AccountContext, now: datetime) -> Counts:
             return None
         return inst, metrics
 
-    results = await asyncio.gather(*(fetch(i) for i in running))
-    batch = [(inst.instance_id, m, inst.cpu_num) for r in results if r for inst, m in [r]]
-    written = ctx.store.upsert_metrics_batch(ctx.account, batch)
-    counts = {"instances": len(running), "fetched": len(batch), "rows": written}
+    # written in batches as responses arrive: a first backfill of thousands of instances never
+    # holds every instance's history in memory at once, and the fetching never waits for a write
+    fetched = written = 0
+    batch: list[tuple[str, InstanceMetrics, int | None]] = []
+    for next_done in asyncio.as_completed([fetch(i) for i in running]):
+        result = await next_done
+        if result is None:
+            continue
+        inst, metrics = result
+        batch.append((inst.instance_id, metrics, inst.cpu_num))
+        fetched += 1
+        if len(batch) >= WRITE_BATCH:
+            written += ctx.store.upsert_metrics_batch(ctx.account, batch)
+            batch = []
+    if batch:
+        written += ctx.store.upsert_metrics_batch(ctx.account, batch)
+    counts = {"instances": len(running), "fetched": fetched, "rows": written}
     return _finish(counts, errors, len(running))
 
 
@@ -146,19 +164,33 @@ def _bill_start(ctx: AccountContext, collector: str, now: datetime, first: timed
     return start.replace(minute=0, second=0, microsecond=0)
 
 
+def _windows(start: datetime, end: datetime, step: timedelta) -> list[tuple[datetime, datetime]]:
+    out = []
+    while start < end:
+        out.append((start, min(start + step, end)))
+        start += step
+    return out
+
+
 async def collect_usage_bills(ctx: AccountContext, now: datetime) -> Counts:
     """Pay-as-you-go GPU bills: daily for 30 days (spend baselines, running hours), hourly for
     the recent past (current spend, per-instance hourly cost). The current period's amount grows
-    between fetches; the store's upsert on the natural key updates it."""
-    day_start = _bill_start(ctx, "usage_bills", now, BILLS_BACKFILL, DAILY_OVERLAP)
-    hour_start = _bill_start(ctx, "usage_bills", now, HOURLY_BACKFILL, HOURLY_OVERLAP)
-    daily, hourly = await asyncio.gather(
-        ctx.client.list_usage_bills("Day", "gpu", day_start, now),
-        ctx.client.list_usage_bills("Hour", "gpu", hour_start, now),
-    )
-    rows = ctx.store.upsert_usage_bills(ctx.account, "Day", daily, product_category="gpu")
-    rows += ctx.store.upsert_usage_bills(ctx.account, "Hour", hourly, product_category="gpu")
-    return {"bills": len(daily) + len(hourly), "rows": rows}
+    between fetches; the store's upsert on the natural key updates it.
+
+    The API does not paginate bills, so a first backfill is fetched and stored window by window
+    (6 h of hourly bills, 10 days of daily ones): a fleet of thousands of instances never holds
+    more than one window's bills in memory."""
+    bills = rows = 0
+    plan = [
+        ("Day", _bill_start(ctx, "usage_bills", now, BILLS_BACKFILL, DAILY_OVERLAP), DAY_CHUNK),
+        ("Hour", _bill_start(ctx, "usage_bills", now, HOURLY_BACKFILL, HOURLY_OVERLAP), HOUR_CHUNK),
+    ]
+    for cycle, start, step in plan:
+        for lo, hi in _windows(start, now, step):
+            got = await ctx.client.list_usage_bills(cycle, "gpu", lo, hi)
+            rows += ctx.store.upsert_usage_bills(ctx.account, cycle, got, product_category="gpu")
+            bills += len(got)
+    return {"bills": bills, "rows": rows}
 
 
 async def collect_fixed_term_bills(ctx: AccountContext, now: datetime) -> Counts:
