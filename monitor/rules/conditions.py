@@ -385,7 +385,8 @@ def expiring_subscription(
     if history is not None and history > start:
         start = history
     span = (ctx.now - start).total_seconds()
-    agg = ctx.facts.metric_window(ctx.account, "gpu_util", start, ctx.now).get(inst.id)
+    # read for this instance only: few instances expire, the lookback is long
+    agg = ctx.facts.metric_window(ctx.account, "gpu_util", start, ctx.now, [inst.id]).get(inst.id)
     if span <= 0 or (agg is None and inst.status == "running"):
         return Result(None, values)
     util = 0.0 if agg is None else agg.avg * min(1.0, agg.covered_s / span)

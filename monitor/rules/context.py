@@ -89,11 +89,19 @@ class CachedFacts:
         return self._get(("instances", account), lambda: self._facts.instances(account))
 
     def metric_window(
-        self, account: str, series: str, start: datetime, end: datetime
+        self,
+        account: str,
+        series: str,
+        start: datetime,
+        end: datetime,
+        instance_ids: Sequence[str] | None = None,
     ) -> dict[str, WindowAgg]:
+        """Whole-account windows are cached; a window for a few named instances (a condition
+        that concerns a handful, like expiring subscriptions) is read for those only."""
+        ids = None if instance_ids is None else tuple(sorted(instance_ids))
         return self._get(
-            ("metric", account, series, start, end),
-            lambda: self._facts.metric_window(account, series, start, end),
+            ("metric", account, series, start, end, ids),
+            lambda: self._facts.metric_window(account, series, start, end, ids),
         )
 
     def per_gpu_window(
