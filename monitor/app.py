@@ -16,9 +16,15 @@ from typing import Any
 import structlog
 
 from monitor.clock import Clock, SystemClock
-from monitor.collect.collectors import DEFAULT_INTERVALS, AccountContext, CollectSettings
+from monitor.collect.collectors import COLLECTORS, AccountContext, CollectSettings
 from monitor.collect.runner import RunReport, run_all_accounts
-from monitor.config import Config, find_config_path, resolve_api_key, resolve_channel_url
+from monitor.config import (
+    Config,
+    Schedules,
+    find_config_path,
+    resolve_api_key,
+    resolve_channel_url,
+)
 from monitor.errors import ConfigError
 from monitor.evaluate import CycleReport, Evaluator
 from monitor.logs import register_secret
@@ -55,10 +61,13 @@ def collect_settings(config: Config, rules_window_s: int = 0) -> CollectSettings
     )
 
 
+def schedule_intervals(schedules: Schedules) -> dict[str, int]:
+    """Collector name -> interval in seconds (the defaults live in ``config.Schedules``)."""
+    return {name: int(getattr(schedules, name)) for name in COLLECTORS}
+
+
 def intervals(config: Config) -> dict[str, int]:
-    """Collector name -> interval in seconds, from the config's schedules over the defaults."""
-    configured = config.schedules.model_dump()
-    return {name: int(configured.get(name) or dflt) for name, dflt in DEFAULT_INTERVALS.items()}
+    return schedule_intervals(config.schedules)
 
 
 def load_ruleset(config: Config) -> RuleSet:

@@ -31,8 +31,8 @@ from typing import Any
 
 from sqlalchemy import delete, event
 
-from monitor.collect.collectors import DEFAULT_INTERVALS
-from monitor.config import shipped_rules_dir
+from monitor.app import schedule_intervals
+from monitor.config import Schedules, shipped_rules_dir
 from monitor.evaluate import Evaluator
 from monitor.logs import configure_logging
 from monitor.notify import Router
@@ -258,7 +258,7 @@ def build(store: Store, n: int, days: int, seed: int, echo: Callable[[str], None
         ],
         NOW - timedelta(minutes=1),
     )
-    for name in DEFAULT_INTERVALS:  # collected since the start of history, fresh now
+    for name in schedule_intervals(Schedules()):  # collected since the start of history, fresh now
         store.record_run(ACCOUNT, name, start, start + timedelta(seconds=2), "ok")
         store.record_run(
             ACCOUNT, name, NOW - timedelta(seconds=40), NOW - timedelta(seconds=30), "ok"
@@ -305,7 +305,7 @@ def evaluator(store: Store) -> Evaluator:
         router=Router(),  # judge() delivers nothing
         notifier=None,
         accounts=[ACCOUNT],
-        intervals=dict(DEFAULT_INTERVALS),
+        intervals=schedule_intervals(Schedules()),
         stale_after=3.0,
     )
 

@@ -265,15 +265,3 @@ COLLECTORS: dict[str, Collector] = {
 
 #: what the runner can run by name: the collectors, plus retention (scheduled on its own)
 TASKS: dict[str, Collector] = {**COLLECTORS, "retention": enforce_retention}
-
-#: default intervals (seconds)
-DEFAULT_INTERVALS: dict[str, int] = {
-    "instances": 60,
-    "metrics": 60,
-    "balance": 300,
-    "usage_bills": 3600,
-    "fixed_term_bills": 86400,
-    "products": 86400,
-    "training_tasks": 300,
-    "async_tasks": 30,
-}
