@@ -303,9 +303,6 @@ class StoreFacts:
 
     def stale_collectors(self, account: str, now: datetime) -> list[str]:
         ours = stale_collectors(self.store, account, now, self.intervals, self.stale_after)
-        # async tasks are only polled while some are watched: no watch, no staleness
-        if "async_tasks" in ours and not self.store.watched_tasks(account):
-            ours.remove("async_tasks")
         return sorted({RULE_COLLECTOR.get(name, name) for name in ours})
 
     def metrics_start(self, account: str) -> datetime | None:

@@ -25,6 +25,8 @@ def stale_collectors(
     """Collectors whose last success is older than ``stale_after`` x their interval (or never)."""
     stale = []
     for name, interval in intervals.items():
+        if name == "async_tasks" and not store.watched_tasks(account):
+            continue  # polled only while some task is watched: nothing to be stale about
         last = store.last_success(account, name)
         if last is None or now - last > timedelta(seconds=interval * stale_after):
             stale.append(name)
