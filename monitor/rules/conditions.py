@@ -385,8 +385,16 @@ def expiring_subscription(
     if history is not None and history > start:
         start = history
     span = (ctx.now - start).total_seconds()
-    # read for this instance only: few instances expire, the lookback is long
-    agg = ctx.facts.metric_window(ctx.account, "gpu_util", start, ctx.now, [inst.id]).get(inst.id)
+    # the lookback is long and few instances expire: read the window for those only, all of
+    # them in one query (the same id list for every instance of the account, so it is cached)
+    expiring = [
+        i.id
+        for i in ctx.facts.instances(ctx.account)
+        if i.billing_mode == "monthly"
+        and i.end_time is not None
+        and timedelta(0) < i.end_time - ctx.now <= params.within
+    ]
+    agg = ctx.facts.metric_window(ctx.account, "gpu_util", start, ctx.now, expiring).get(inst.id)
     if span <= 0 or (agg is None and inst.status == "running"):
         return Result(None, values)
     util = 0.0 if agg is None else agg.avg * min(1.0, agg.covered_s / span)
