@@ -103,12 +103,28 @@ def _idle_gpus(
     start, end = ctx.now - params.window, ctx.now
     needed = params.min_coverage * (params.window - params.metric_lag).total_seconds()
     mem_th = params.gpu_memory_threshold
-    util = ctx.facts.metric_window(ctx.account, "gpu_util", start, end).get(inst.id)
-    per_gpu = ctx.facts.per_gpu_window(ctx.account, "gpu_util", start, end).get(inst.id)
+    utils = ctx.facts.metric_window(ctx.account, "gpu_util", start, end)
+    util = utils.get(inst.id)
+    all_idle = isinstance(params, IdleGpuParams) and params.mode == "all"
+    if all_idle and util is not None and util.max >= params.threshold:
+        # the GPUs' average reached the threshold, so some GPU did: not every GPU is idle
+        return [False], util, False
+    # per-GPU rows are many: read them once, for the instances that can still qualify
+    candidates = ctx.facts.memo(
+        ("gpu-candidates", ctx.account, start, end, all_idle, params.threshold),
+        lambda: [
+            i.id
+            for i in ctx.facts.instances(ctx.account)
+            if i.status == "running"
+            and i.gpu_count > (0 if all_idle else 1)
+            and not (all_idle and utils.get(i.id) and utils[i.id].max >= params.threshold)
+        ],
+    )
+    per_gpu = ctx.facts.per_gpu_window(ctx.account, "gpu_util", start, end, candidates).get(inst.id)
     if per_gpu:
         mems: dict[str, GpuAgg] = {}
         if mem_th is not None:
-            gpu_mem = ctx.facts.per_gpu_window(ctx.account, "gpu_mem", start, end)
+            gpu_mem = ctx.facts.per_gpu_window(ctx.account, "gpu_mem", start, end, candidates)
             mems = {g.gpu_id: g for g in gpu_mem.get(inst.id, [])}
         verdicts = [
             _judge_idle(g, mems.get(g.gpu_id), params.threshold, mem_th, needed) for g in per_gpu
@@ -387,13 +403,16 @@ def expiring_subscription(
     span = (ctx.now - start).total_seconds()
     # the lookback is long and few instances expire: read the window for those only, all of
     # them in one query (the same id list for every instance of the account, so it is cached)
-    expiring = [
-        i.id
-        for i in ctx.facts.instances(ctx.account)
-        if i.billing_mode == "monthly"
-        and i.end_time is not None
-        and timedelta(0) < i.end_time - ctx.now <= params.within
-    ]
+    expiring = ctx.facts.memo(
+        ("expiring", ctx.account, params.within),
+        lambda: [
+            i.id
+            for i in ctx.facts.instances(ctx.account)
+            if i.billing_mode == "monthly"
+            and i.end_time is not None
+            and timedelta(0) < i.end_time - ctx.now <= params.within
+        ],
+    )
     agg = ctx.facts.metric_window(ctx.account, "gpu_util", start, ctx.now, expiring).get(inst.id)
     if span <= 0 or (agg is None and inst.status == "running"):
         return Result(None, values)

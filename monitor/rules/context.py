@@ -105,12 +105,23 @@ class CachedFacts:
         )
 
     def per_gpu_window(
-        self, account: str, series: str, start: datetime, end: datetime
+        self,
+        account: str,
+        series: str,
+        start: datetime,
+        end: datetime,
+        instance_ids: Sequence[str] | None = None,
     ) -> dict[str, list[GpuAgg]]:
+        ids = None if instance_ids is None else tuple(sorted(instance_ids))
         return self._get(
-            ("gpu", account, series, start, end),
-            lambda: self._facts.per_gpu_window(account, series, start, end),
+            ("gpu", account, series, start, end, ids),
+            lambda: self._facts.per_gpu_window(account, series, start, end, ids),
         )
+
+    def memo(self, key: tuple[Any, ...], call: Any) -> Any:
+        """Remember ``call()`` under ``key`` for this evaluation (for values a condition derives
+        from the facts once per account rather than once per resource)."""
+        return self._get(("memo", *key), call)
 
     def balance(self, account: str) -> BalanceFact | None:
         return self._get(("balance", account), lambda: self._facts.balance(account))
