@@ -26,10 +26,10 @@ HOURLY_BACKFILL = timedelta(days=8)
 HOURLY_OVERLAP = timedelta(hours=3)
 DAILY_OVERLAP = timedelta(days=2)
 #: instances whose metrics are written in one transaction
-WRITE_BATCH = 200
+WRITE_BATCH = 100
 #: windows a bills backfill is fetched and stored in (bounded memory)
-HOUR_CHUNK = timedelta(hours=6)
-DAY_CHUNK = timedelta(days=10)
+HOUR_CHUNK = timedelta(hours=3)
+DAY_CHUNK = timedelta(days=5)
 
 
 @dataclass
@@ -178,7 +178,7 @@ async def collect_usage_bills(ctx: AccountContext, now: datetime) -> Counts:
     between fetches; the store's upsert on the natural key updates it.
 
     The API does not paginate bills, so a first backfill is fetched and stored window by window
-    (6 h of hourly bills, 10 days of daily ones): a fleet of thousands of instances never holds
+    (3 h of hourly bills, 5 days of daily ones): a fleet of thousands of instances never holds
     more than one window's bills in memory."""
     bills = rows = 0
     plan = [
