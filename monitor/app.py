@@ -166,7 +166,6 @@ class App:
     clock: Clock
     store: Store
     contexts: list[AccountContext] = field(default_factory=list)
-    transport_factory: Any = None  # tests: account name -> httpx transport
     ruleset: RuleSet | None = None
     evaluator: Evaluator | None = None
 
@@ -185,7 +184,6 @@ class App:
         router = build_router(config, env)
         store = open_store(config.database_url)
         app = cls(config=config, clock=clock or SystemClock(), store=store)
-        app.transport_factory = transport_factory
         app.ruleset = ruleset
         settings = collect_settings(config, max(rules_window_s, _rules_window(ruleset)))
         for account in config.accounts:
@@ -236,9 +234,6 @@ class App:
         reports = await self.collect(names)
         cycle = await self.evaluate() if self.ruleset is not None else None
         return OnceResult(reports, cycle)
-
-    def validate_rules(self) -> None:
-        """Rules are loaded (and validated) at open; nothing more to do."""
 
     def extra_jobs(self) -> list[tuple[str, float, Any]]:
         """Scheduler jobs beyond the collectors: the rule evaluation."""

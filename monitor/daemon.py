@@ -39,11 +39,10 @@ class Daemon:
         self.scheduler = Scheduler()
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
-        self.reloads = 0
 
     def _schedule(self, app: App) -> None:
-        self.scheduler.remove_all()
-        for name, interval in intervals(app.config).items():
+        every = {**intervals(app.config), "retention": int(app.config.schedules.retention)}
+        for name, interval in every.items():
             for ctx in app.contexts:
 
                 async def job(ctx=ctx, name=name) -> None:
@@ -53,21 +52,13 @@ class Daemon:
                 last = app.store.last_success(ctx.account, name)
                 first = last + timedelta(seconds=interval) if last else self.clock.now()
                 self.scheduler.add(f"{ctx.account}:{name}", interval, job, first_run=first)
-        retention_s = app.config.schedules.retention
-        for ctx in app.contexts:
-
-            async def retention(ctx=ctx) -> None:
-                await run_collector(ctx, "retention", self.clock)
-
-            self.scheduler.add(f"{ctx.account}:retention", retention_s, retention, run_now=False)
-        for job_name, every, fn in app.extra_jobs():
-            self.scheduler.add(job_name, every, fn, run_now=False)
+        for job_name, seconds, fn in app.extra_jobs():
+            self.scheduler.add(job_name, seconds, fn)
 
     async def _do_reload(self) -> None:
         try:
             config = Config.load(self.config_path)
-            new_app = self._app_factory(config)
-            new_app.validate_rules()
+            new_app = self._app_factory(config)  # loads and validates the rules too
         except UserError as exc:
             log.error("reload_rejected", path=str(self.config_path), error=str(exc))
             return
@@ -82,14 +73,12 @@ class Daemon:
         self.scheduler.start()
         if old is not None:
             await old.aclose()
-        self.reloads += 1
         log.info("reloaded", path=str(self.config_path), jobs=len(self.scheduler.job_ids()))
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         config = Config.load(self.config_path)
         self.app = self._app_factory(config)
-        self.app.validate_rules()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)

@@ -81,13 +81,7 @@ class StoreFacts:
         if rec.billing_mode not in ("onDemand", "spot"):
             return None
         price = self.price(account, rec.product_id, rec.cluster_id)
-        per_gpu = None
-        if price is not None:
-            per_gpu = (
-                price.spot_price_usd_per_hour
-                if rec.billing_mode == "spot" and price.spot_price_usd_per_hour
-                else price.price_usd_per_hour
-            )
+        per_gpu = None if price is None else price.hourly_usd(rec.billing_mode)
         if per_gpu is not None and rec.gpu_count:
             return Decimal(per_gpu) * rec.gpu_count
         return None

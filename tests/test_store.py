@@ -284,10 +284,12 @@ def test_products_and_price_lookup(store: Store) -> None:
     assert store.product_price("main", "p-4090", "c-9") is not None  # falls back
     assert store.product_price("main", "nope", "c-1") is None
     # with a billing mode: the per-GPU hourly price for that mode
-    assert store.product_price("main", "p-4090", "c-1", "onDemand") == Decimal("0.35")
-    assert store.product_price("main", "p-4090", "c-1", "spot") == Decimal("0.17")
-    assert store.product_price("main", "p-4090", "c-2", "spot") == Decimal("0.4")  # no spot price
-    assert store.product_price("main", "p-4090", "c-1", "monthly") is None
+    assert store.hourly_price_usd("main", "p-4090", "c-1", "onDemand") == Decimal("0.35")
+    assert store.hourly_price_usd("main", "p-4090", "c-1", "spot") == Decimal("0.17")
+    assert store.hourly_price_usd("main", "p-4090", "c-2", "spot") == Decimal(
+        "0.4"
+    )  # no spot price
+    assert store.hourly_price_usd("main", "p-4090", "c-1", "monthly") is None
     assert store.hourly_price_usd("main", None, "c-1") is None
     assert count(store, t.products) == 2
 

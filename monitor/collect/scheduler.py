@@ -32,11 +32,10 @@ class Scheduler:
         interval_s: float,
         fn: JobFn,
         *,
-        run_now: bool = True,
         first_run: datetime | None = None,
     ) -> None:
-        """Run ``fn`` every ``interval_s``: first now (``run_now``), at ``first_run``, or after
-        one interval."""
+        """Run ``fn`` every ``interval_s``: first at ``first_run`` (now, if that has passed),
+        or after one interval."""
 
         async def job() -> None:
             task = asyncio.current_task()
@@ -54,8 +53,6 @@ class Scheduler:
         kwargs = {}
         if first_run is not None:
             kwargs["next_run_time"] = max(first_run, datetime.now(UTC))
-        elif run_now:
-            kwargs["next_run_time"] = datetime.now(UTC)
         self._aps.add_job(
             job,
             IntervalTrigger(seconds=interval_s, jitter=jitter or None),
@@ -73,9 +70,6 @@ class Scheduler:
 
     def job_ids(self) -> list[str]:
         return [j.id for j in self._aps.get_jobs()]
-
-    def remove_all(self) -> None:
-        self._aps.remove_all_jobs()
 
     async def stop(self, timeout_s: float = 8.0) -> None:
         """Stop scheduling, wait for jobs in flight up to ``timeout_s``, then cancel the rest."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, overload
+from typing import Any
 
 from sqlalchemy import and_, func, select
 
@@ -24,8 +24,6 @@ from monitor.store.records import (
 )
 from monitor.store.sql import upsert
 from monitor.store.types import Money, from_epoch, micros_to_usd, to_epoch, usd_to_micros
-
-_PRICES: Any = object()  # product_price() without a billing mode: the whole price record
 
 
 class MoneyRepo(StoreBase):
@@ -372,32 +370,11 @@ class MoneyRepo(StoreBase):
                 keys=["account_id", "product_id", "cluster_id"],
             )
 
-    @overload
     def product_price(
         self, account: str, product_id: str | None, cluster_id: str | None = None
-    ) -> ProductPrice | None: ...
-
-    @overload
-    def product_price(
-        self, account: str, product_id: str | None, cluster_id: str | None, billing_mode: str | None
-    ) -> Decimal | None: ...
-
-    def product_price(
-        self,
-        account: str,
-        product_id: str | None,
-        cluster_id: str | None = None,
-        billing_mode: Any = _PRICES,
-    ) -> ProductPrice | Decimal | None:
+    ) -> ProductPrice | None:
         """Prices of a product in a cluster (falling back to the listing without a cluster
-        filter, then to the most recently updated listing of any cluster).
-
-        With three arguments: the :class:`ProductPrice` record. With a ``billing_mode`` as
-        fourth argument: the per-GPU hourly price in USD for that mode (see
-        :meth:`hourly_price_usd`).
-        """
-        if billing_mode is not _PRICES:
-            return self.hourly_price_usd(account, product_id, cluster_id, billing_mode)
+        filter, then to the most recently updated listing of any cluster)."""
         return self._product_prices(account, product_id, cluster_id)
 
     def hourly_price_usd(
@@ -410,14 +387,8 @@ class MoneyRepo(StoreBase):
         """Listed per-GPU hourly price: the spot price for ``spot`` (the on-demand price when no
         spot price is listed), the on-demand price otherwise; None for ``monthly`` (prepaid) and
         for unknown products."""
-        if billing_mode == "monthly":
-            return None
         price = self._product_prices(account, product_id, cluster_id)
-        if price is None:
-            return None
-        if billing_mode == "spot" and price.spot_price_usd_per_hour:
-            return price.spot_price_usd_per_hour
-        return price.price_usd_per_hour
+        return None if price is None else price.hourly_usd(billing_mode)
 
     def _product_prices(
         self, account: str, product_id: str | None, cluster_id: str | None

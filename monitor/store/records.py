@@ -104,6 +104,16 @@ class ProductPrice:
     def monthly_price_usd(self, months: int = 1) -> Decimal | None:
         return self.monthly_prices_usd.get(months)
 
+    def hourly_usd(self, billing_mode: str | None) -> Decimal | None:
+        """Listed per-GPU hourly price for a billing mode: the spot price for ``spot`` (the
+        on-demand price when no spot price is listed), the on-demand price otherwise; None for
+        ``monthly`` (prepaid)."""
+        if billing_mode == "monthly":
+            return None
+        if billing_mode == "spot" and self.spot_price_usd_per_hour:
+            return self.spot_price_usd_per_hour
+        return self.price_usd_per_hour
+
 
 @dataclass(frozen=True)
 class TrainingTaskRecord:
