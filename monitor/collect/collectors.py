@@ -119,13 +119,18 @@ async def collect_metrics(ctx: AccountContext, now: datetime) -> Counts:
     running = [i for i in ctx.store.instances(ctx.account) if i.status == "running"]
     latest = ctx.store.latest_metric_times(ctx.account)
     errors: list[str] = []
+    # At most as many requests in the client's queue as it has connections: the other
+    # collectors' requests (balance, bills, products, task pages) then wait for one round trip,
+    # not behind a thousand metric requests, and their sequential steps overlap this fan-out.
+    lane = asyncio.Semaphore(getattr(ctx.client, "max_concurrency", 8))
 
     async def fetch(inst: Any) -> tuple[Any, InstanceMetrics] | None:
         start, end = metrics_window(latest.get(inst.instance_id), now, ctx.settings)
         try:
-            metrics = await ctx.client.get_metrics(
-                inst.instance_id, start, end, interval_s=ctx.settings.metrics_interval_s
-            )
+            async with lane:
+                metrics = await ctx.client.get_metrics(
+                    inst.instance_id, start, end, interval_s=ctx.settings.metrics_interval_s
+                )
         except (NovitaError, ValueError) as exc:
             errors.append(f"{inst.instance_id}: {_describe(exc)}")
             return None

@@ -21,6 +21,7 @@ The API key is sent only as ``Authorization: Bearer``; it is kept out of reprs, 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -47,6 +48,7 @@ from monitor.novita.errors import (
     error_class_for,
     redact,
 )
+from monitor.novita.transport import AiohttpTransport
 from monitor.novita.models import (
     BILLING_MODES,
     KNOWN_STATUSES,
@@ -77,6 +79,7 @@ __all__ = [
 ]
 
 DEFAULT_BASE_URL = "https://api.novita.ai"
+USER_AGENT = "novita-monitor"
 GPU = "/gpu-instance/openapi/v1"
 INSTANCE_ACTION = f"{GPU}/gpu/instance"
 #: Bills are not paginated; the docs ask for windows of at most 31 days (wire-format §2.6).
@@ -235,31 +238,18 @@ class NovitaClient:
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
 
-        # One single-connection httpx client per request that may be in flight, lent out from a
-        # free list (the free list is the concurrency limit). httpcore 1.0.x re-scans every
-        # pooled connection, and re-queues requests that lose a race for one, on every enqueue
-        # and release, quadratically in the pool size (encode/httpcore#1035): with one shared
-        # pool of 32 connections that costs several ms of CPU per request, more than the rest
-        # of the request. A client that never has more than one request never queues.
-        def make_client(connections: int) -> httpx.AsyncClient:
-            return httpx.AsyncClient(
-                base_url=base_url,
-                headers=headers,
-                transport=transport,
-                timeout=httpx.Timeout(timeout),
-                follow_redirects=False,
-                limits=httpx.Limits(
-                    max_connections=connections, max_keepalive_connections=connections
-                ),
-            )
-
-        if transport is not None:  # tests: an in-process transport, no sockets to pool
-            shared = make_client(max_concurrency)
-            self._clients = [shared] * max_concurrency
-        else:
-            self._clients = [make_client(1) for _ in range(max_concurrency)]
-        self._free: asyncio.Queue[httpx.AsyncClient] | None = None
+        self._headers = httpx.Headers(headers)
+        # the network seam: aiohttp in production (see monitor.novita.transport for why), any
+        # httpx transport in tests; called directly, without httpx.AsyncClient's per-request
+        # machinery (cookies, auth flows, redirects, hooks), none of which this client uses
+        self._transport: httpx.AsyncBaseTransport = transport or AiohttpTransport(
+            max_connections=max_concurrency, timeout=timeout, user_agent=USER_AGENT
+        )
+        self.max_concurrency = max_concurrency
+        self._slots: asyncio.Semaphore | None = None
+        self._slots_loop: asyncio.AbstractEventLoop | None = None
         self.base_url = base_url
+        self._root = base_url.rstrip("/")
         self.retry = retry or RetryPolicy()
         self.max_pages = max_pages
         self.requests_sent = 0
@@ -277,16 +267,15 @@ class NovitaClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        for client in {id(c): c for c in self._clients}.values():
-            await client.aclose()
+        await self._transport.aclose()
 
-    def _free_clients(self) -> asyncio.Queue[httpx.AsyncClient]:
-        # made on first use, inside the event loop that uses it
-        if self._free is None:
-            self._free = asyncio.Queue()
-            for client in self._clients:
-                self._free.put_nowait(client)
-        return self._free
+    def _concurrency(self) -> asyncio.Semaphore:
+        # made on first use, inside the event loop that uses it (a semaphore is bound to one)
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._slots_loop is not loop:
+            self._slots = asyncio.Semaphore(self.max_concurrency)
+            self._slots_loop = loop
+        return self._slots
 
     # -----------------------------------------------------------------------------------------
     # Account
@@ -714,12 +703,14 @@ class NovitaClient:
         json_body: dict[str, Any] | None,
     ) -> Any:
         is_read = method == "GET"
-        free = self._free_clients()
-        http = await free.get()
-        try:
+        request = httpx.Request(
+            method, self._root + path, params=params, headers=self._headers, json=json_body
+        )
+        async with self._concurrency():
             self.requests_sent += 1
             try:
-                response = await http.request(method, path, params=params, json=json_body)
+                response = await self._transport.handle_async_request(request)
+                await response.aread()
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 raise UnavailableError(
                     f"could not connect: {type(exc).__name__}",
@@ -736,8 +727,6 @@ class NovitaClient:
                     path=path,
                     method=method,
                 ) from exc
-        finally:
-            free.put_nowait(http)
         return self._handle(response, method, path)
 
     def _handle(self, response: httpx.Response, method: str, path: str) -> Any:
@@ -758,12 +747,15 @@ class NovitaClient:
         raise err
 
     def _decode_ok(self, response: httpx.Response, method: str, path: str) -> Any:
-        text = response.text
-        if not text.strip():
+        content = response.content
+        if not content.strip():
             return {}
         try:
-            return response.json()
+            # bytes straight to json (UTF-8/16/32 detected by the json module): no charset
+            # sniffing of a decoded str first, which costs more than the parse on small bodies
+            return json.loads(content)
         except ValueError as exc:
+            text = response.text
             if method != "GET":
                 # the platform accepted the action; keep its words for the audit log
                 self._log.warning(
