@@ -48,7 +48,6 @@ from monitor.novita.errors import (
     error_class_for,
     redact,
 )
-from monitor.novita.transport import AiohttpTransport
 from monitor.novita.models import (
     BILLING_MODES,
     KNOWN_STATUSES,
@@ -68,6 +67,7 @@ from monitor.novita.models import (
     UserInfo,
     parse_int,
 )
+from monitor.novita.transport import AiohttpTransport
 
 __all__ = [
     "DEFAULT_BASE_URL",

@@ -41,7 +41,7 @@ def map_error(exc: BaseException) -> httpx.TransportError:
         return httpx.ConnectTimeout(message)
     if isinstance(exc, aiohttp.ClientConnectorError):  # refused, unreachable, DNS, TLS handshake
         return httpx.ConnectError(message)
-    if isinstance(exc, asyncio.TimeoutError):  # SocketTimeoutError and any other timeout
+    if isinstance(exc, TimeoutError):  # SocketTimeoutError and any other timeout
         return httpx.ReadTimeout(message)
     if isinstance(exc, aiohttp.InvalidURL):
         return httpx.UnsupportedProtocol(message)
@@ -95,7 +95,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 content = await resp.read()
                 raw_headers = list(resp.raw_headers)
                 status = resp.status
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise map_error(exc) from exc
         return httpx.Response(status, headers=raw_headers, content=content, request=request)
 
