@@ -6,6 +6,7 @@ everything takes what it needs (including the clock) as arguments.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,6 +36,17 @@ from monitor.rules.tree import BuiltinNode
 from monitor.store.db import Store, open_store
 
 log = structlog.get_logger("monitor.app")
+
+
+def settle_heap() -> None:
+    """Move everything alive after start-up (modules, schemas, compiled statements, the
+    caches the first cycle filled) out of the garbage collector's sight (``gc.freeze``).
+
+    A full collection otherwise re-scans that whole long-lived heap, which stalls the event
+    loop for ~100 ms in the middle of a collection cycle (bench collect at 1000 instances:
+    CPU per steady cycle 1.7 -> 1.4 s). Call once, after the first cycle."""
+    gc.collect()
+    gc.freeze()
 
 
 def load_config(explicit: str | None, env: Mapping[str, str] | None = None) -> Config:

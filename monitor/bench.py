@@ -118,7 +118,7 @@ def _metric_bytes_per_row(db_path: Path) -> float | None:
 async def _one(
     instances: int, latency_ms: float, sim_concurrency: int, client_concurrency: int, seed: int
 ) -> dict[str, Any]:
-    from monitor.app import App
+    from monitor.app import App, settle_heap
     from monitor.config import Config
 
     sim = SimProcess(instances, seed, latency_ms, sim_concurrency)
@@ -141,6 +141,7 @@ async def _one(
         try:
             warm = await app.collect()
             failed = [r for r in warm if r.outcome != "ok"]
+            settle_heap()  # as the daemon does after its first cycle
             sim.advance(60)
             clock.set(sim.now())
             sent0 = client.requests_sent

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import structlog
 
-from monitor.app import App, intervals
+from monitor.app import App, intervals, settle_heap
 from monitor.clock import Clock, SystemClock
 from monitor.collect.runner import run_collector
 from monitor.collect.scheduler import Scheduler
@@ -86,6 +86,7 @@ class Daemon:
         # starts: no rule judges an account the monitor has not looked at yet
         await self.app.collect()
         await self.app.evaluate()
+        settle_heap()  # what the first cycle built (caches, compiled statements) lives on
         self._schedule(self.app)
         self.scheduler.start()
         log.info(

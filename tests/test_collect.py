@@ -229,3 +229,41 @@ async def test_unreachable_api_makes_data_stale_not_wrong(
     # the last known facts are kept as they were, never blanked or guessed
     assert {i["id"]: i["status"] for i in stale["instances"]} == before
     assert stale["balance_usd"] == fresh["balance_usd"]
+
+
+async def test_bills_of_a_period_that_just_ended_are_stored_final(
+    tmp_path: Path, sim_app: Any, demo_sim: Any, clock: ManualClock
+) -> None:
+    """The day's running total is read at 23:59; the next collection, after midnight, must
+    replace it with the final amount (a later cycle re-reads one period plus a margin)."""
+    import httpx
+
+    from monitor.novita.client import NovitaClient
+
+    app = open_app(tmp_path, sim_app, clock)
+    try:
+        await app.collect(["instances", "usage_bills"])
+        clock.advance(11 * 3600 + 59 * 60)  # 2026-11-20 23:59
+        await app.collect(["usage_bills"])
+        day = clock.now().replace(hour=0, minute=0)
+        partial = {b["owner_id"]: b["amount"] for b in app.store.bills("main", "Day", day)}
+        clock.advance(60 * 60)  # 2026-11-21 00:59
+        await app.collect(["usage_bills"])
+        stored = {
+            b["owner_id"]: b["amount"]
+            for b in app.store.bills("main", "Day", day, day + timedelta(days=1))
+        }
+        last_hour = app.store.bills("main", "Hour", day.replace(hour=23), day + timedelta(days=1))
+    finally:
+        await app.aclose()
+    async with NovitaClient("k", "http://sim", transport=httpx.ASGITransport(app=sim_app)) as c:
+        final = {
+            b.owner_id: b.amount
+            for b in await c.list_usage_bills("Day", "gpu", day, day + timedelta(hours=23))
+        }
+    assert final and set(stored) == set(final)
+    assert stored == final
+    assert any(partial[k] < final[k] for k in partial)  # the day did grow after 23:59
+    running = {i.id for i in demo_sim.instances() if i.status == "running"}
+    paygo = {b["owner_id"] for b in last_hour}
+    assert paygo and paygo <= running

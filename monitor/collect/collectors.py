@@ -21,12 +21,19 @@ from monitor.novita.models import InstanceMetrics
 #: usage bills: how far back a first collection looks (the API caps one request at 31 days)
 BILLS_BACKFILL = timedelta(days=30)
 #: hourly bills: how far back a first collection looks (a spend baseline compares the last day
-#: with the 7 before it), and the overlap of later ones
+#: with the 7 before it)
 HOURLY_BACKFILL = timedelta(days=8)
-HOURLY_OVERLAP = timedelta(hours=3)
-DAILY_OVERLAP = timedelta(days=2)
-#: instances whose metrics are written in one transaction
-WRITE_BATCH = 100
+#: A period's amount grows until the period ends (and may settle shortly after): a later
+#: collection re-reads every period that started within one period length plus this margin
+#: before the last successful one, so the final amount of the period that just ended is read
+#: at least once, whatever time zone the platform's days start in.
+SETTLE_MARGIN = timedelta(hours=1)
+HOURLY_OVERLAP = timedelta(hours=1) + SETTLE_MARGIN
+DAILY_OVERLAP = timedelta(days=1) + SETTLE_MARGIN
+#: instances whose metrics are written in one transaction: small enough that a write (which
+#: holds the event loop) ends before the requests in flight meanwhile have their answers
+WRITE_BATCH = 32
+
 #: windows a bills backfill is fetched and stored in (bounded memory)
 HOUR_CHUNK = timedelta(hours=3)
 DAY_CHUNK = timedelta(days=5)
@@ -116,7 +123,7 @@ def metrics_window(
 
 async def collect_metrics(ctx: AccountContext, now: datetime) -> Counts:
     """Metrics of every running instance, fetched concurrently, written in one transaction."""
-    running = [i for i in ctx.store.instances(ctx.account) if i.status == "running"]
+    running = ctx.store.running_instances(ctx.account)
     latest = ctx.store.latest_metric_times(ctx.account)
     errors: list[str] = []
     # At most as many requests in the client's queue as it has connections: the other
@@ -124,28 +131,29 @@ async def collect_metrics(ctx: AccountContext, now: datetime) -> Counts:
     # not behind a thousand metric requests, and their sequential steps overlap this fan-out.
     lane = asyncio.Semaphore(getattr(ctx.client, "max_concurrency", 8))
 
-    async def fetch(inst: Any) -> tuple[Any, InstanceMetrics] | None:
-        start, end = metrics_window(latest.get(inst.instance_id), now, ctx.settings)
+    async def fetch(
+        instance_id: str, cpu_num: int | None
+    ) -> tuple[str, InstanceMetrics, int | None] | None:
+        start, end = metrics_window(latest.get(instance_id), now, ctx.settings)
         try:
             async with lane:
                 metrics = await ctx.client.get_metrics(
-                    inst.instance_id, start, end, interval_s=ctx.settings.metrics_interval_s
+                    instance_id, start, end, interval_s=ctx.settings.metrics_interval_s
                 )
         except (NovitaError, ValueError) as exc:
-            errors.append(f"{inst.instance_id}: {_describe(exc)}")
+            errors.append(f"{instance_id}: {_describe(exc)}")
             return None
-        return inst, metrics
+        return instance_id, metrics, cpu_num
 
     # written in batches as responses arrive: a first backfill of thousands of instances never
     # holds every instance's history in memory at once, and the fetching never waits for a write
     fetched = written = 0
     batch: list[tuple[str, InstanceMetrics, int | None]] = []
-    for next_done in asyncio.as_completed([fetch(i) for i in running]):
+    for next_done in asyncio.as_completed([fetch(iid, cpu) for iid, cpu in running]):
         result = await next_done
         if result is None:
             continue
-        inst, metrics = result
-        batch.append((inst.instance_id, metrics, inst.cpu_num))
+        batch.append(result)
         fetched += 1
         if len(batch) >= WRITE_BATCH:
             written += ctx.store.upsert_metrics_batch(ctx.account, batch)
@@ -207,9 +215,7 @@ async def collect_fixed_term_bills(ctx: AccountContext, now: datetime) -> Counts
 
 async def collect_products(ctx: AccountContext, now: datetime) -> Counts:
     """Prices differ by cluster: ask per cluster the account has instances in."""
-    clusters = sorted(
-        {i.cluster_id for i in ctx.store.instances(ctx.account) if i.cluster_id} | {""}
-    )
+    clusters = ["", *ctx.store.cluster_ids(ctx.account)]
     errors: list[str] = []
     total = 0
     for cluster in clusters:

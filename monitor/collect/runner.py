@@ -76,18 +76,31 @@ async def run_collector(ctx: AccountContext, name: str, clock: Clock) -> RunRepo
     return report
 
 
+#: collectors that read the instance list the ``instances`` collector stores in the same cycle
+NEEDS_INSTANCES = frozenset({"metrics", "products"})
+
+
 async def run_cycle(
     ctx: AccountContext, clock: Clock, names: Iterable[str] | None = None
 ) -> list[RunReport]:
-    """Every collector once for one account: instances first (metrics and products read the
-    instance list it stores), then the rest concurrently."""
+    """Every collector once for one account, all started at once; those that read the
+    instance list (metrics, products) wait for the ``instances`` collector of this cycle.
+
+    Starting the others at once lets their round trips and their parsing overlap the
+    instance listing (two round trips on the critical path) instead of following it."""
     wanted = list(names) if names is not None else list(COLLECTORS)
-    reports: list[RunReport] = []
+    listing: asyncio.Task[RunReport] | None = None
     if "instances" in wanted:
-        reports.append(await run_collector(ctx, "instances", clock))
+        listing = asyncio.ensure_future(run_collector(ctx, "instances", clock))
+
+    async def after_listing(name: str) -> RunReport:
+        if listing is not None and name in NEEDS_INSTANCES:
+            await asyncio.wait([listing])
+        return await run_collector(ctx, name, clock)
+
     rest = [n for n in wanted if n != "instances"]
-    reports += await asyncio.gather(*(run_collector(ctx, n, clock) for n in rest))
-    return reports
+    others = await asyncio.gather(*(after_listing(n) for n in rest))
+    return ([await listing] if listing is not None else []) + list(others)
 
 
 async def run_all_accounts(

@@ -8,7 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import BigInteger, and_, func, select, type_coerce
 
 from monitor.novita.models import (
     Balance,
@@ -23,7 +23,7 @@ from monitor.store.records import (
     ProductPrice,
 )
 from monitor.store.sql import upsert
-from monitor.store.types import Money, from_epoch, micros_to_usd, to_epoch, usd_to_micros
+from monitor.store.types import Money, from_epoch, to_epoch, usd_to_micros
 
 
 class MoneyRepo(StoreBase):
@@ -155,10 +155,19 @@ class MoneyRepo(StoreBase):
         return self._upsert_changed(t.fixed_term_bills, FIXED_KEY, list(rows.values()))
 
     def _upsert_changed(self, table: Any, keys: Sequence[str], rows: list[dict[str, Any]]) -> int:
-        """Upsert only the rows that are new or differ from what is stored; count them."""
+        """Upsert only the rows that are new or differ from what is stored; count them.
+
+        Compared in the stored form (money as integer micro-dollars, read without conversion):
+        a steady-state cycle re-reads thousands of bills that have not changed."""
         if not rows:
             return 0
         cols = list(rows[0])
+        money = [isinstance(table.c[c].type, Money) for c in cols]
+        columns = [
+            type_coerce(table.c[c], BigInteger()) if is_money else table.c[c]
+            for c, is_money in zip(cols, money, strict=True)
+        ]
+        key_at = [cols.index(k) for k in keys]
         account_id = rows[0]["account_id"]
         starts = [r["start_ts"] for r in rows]
         # read back only rows that can match: same window, and the same cycle type and
@@ -168,11 +177,18 @@ class MoneyRepo(StoreBase):
             for k in ("cycle_type", "category")
             if k in keys and len({r[k] for r in rows}) == 1
         ]
+
+        def stored_form(row: dict[str, Any]) -> tuple[Any, ...]:
+            return tuple(
+                usd_to_micros(row[c]) if is_money else row[c]
+                for c, is_money in zip(cols, money, strict=True)
+            )
+
         with self.engine.begin() as conn:
             stored = {
-                _bill_key(dict(r._mapping), keys): dict(r._mapping)
+                tuple(r[i] for i in key_at): tuple(r)
                 for r in conn.execute(
-                    select(*(table.c[c] for c in cols)).where(
+                    select(*columns).where(
                         table.c.account_id == account_id,
                         table.c.start_ts >= min(starts),
                         table.c.start_ts <= max(starts),
@@ -180,7 +196,7 @@ class MoneyRepo(StoreBase):
                     )
                 )
             }
-            changed = [r for r in rows if stored.get(_bill_key(r, keys)) != _normalised(table, r)]
+            changed = [r for r in rows if stored.get(_bill_key(r, keys)) != stored_form(r)]
             upsert(conn, table, changed, keys=keys)
         return len(changed)
 
@@ -425,13 +441,3 @@ FIXED_KEY = ("account_id", "category", "owner_id", "product_id", "start_ts")
 
 def _bill_key(row: dict[str, Any], keys: Sequence[str]) -> tuple[Any, ...]:
     return tuple(row[k] for k in keys)
-
-
-def _normalised(table: Any, row: dict[str, Any]) -> dict[str, Any]:
-    """A row as it reads back from the database (money rounded to micro-dollars)."""
-    out = {}
-    for name, value in row.items():
-        if isinstance(table.c[name].type, Money):
-            value = micros_to_usd(usd_to_micros(value))
-        out[name] = value
-    return out

@@ -218,6 +218,38 @@ class InstancesRepo(StoreBase):
             rows = conn.execute(query.order_by(c.instance_id)).all()
         return [_instance_record(account, row) for row in rows]
 
+    def running_instances(self, account: str) -> list[tuple[str, int | None]]:
+        """``(instance_id, cpu_num)`` of the instances last listed as running: what the
+        metrics collector fans out over (a narrow read; :meth:`instances` builds records)."""
+        account_id = self.ensure_account(account)
+        c = t.instances.c
+        query = select(c.instance_id, c.cpu_num).where(
+            c.account_id == account_id,
+            c.first_seen.is_not(None),
+            c.disappeared_at.is_(None),
+            c.status == "running",
+        )
+        with self.engine.connect() as conn:
+            return [(iid, cpu) for iid, cpu in conn.execute(query.order_by(c.instance_id))]
+
+    def cluster_ids(self, account: str) -> list[str]:
+        """Clusters the account's current instances are in (non-empty ids), sorted."""
+        account_id = self.ensure_account(account)
+        c = t.instances.c
+        query = (
+            select(c.cluster_id)
+            .distinct()
+            .where(
+                c.account_id == account_id,
+                c.first_seen.is_not(None),
+                c.disappeared_at.is_(None),
+                c.cluster_id.is_not(None),
+                c.cluster_id != "",
+            )
+        )
+        with self.engine.connect() as conn:
+            return sorted(cid for (cid,) in conn.execute(query))
+
     def instance(self, account: str, instance_id: str) -> InstanceRecord | None:
         account_id = self.ensure_account(account)
         c = t.instances.c
