@@ -333,21 +333,41 @@ class InstanceList(WireModel):
 
 
 class MetricPoint(NamedTuple):
-    """One sample of a series: an aware UTC time and a percent. A plain tuple, not a pydantic
+    """One sample of a series: Unix seconds and a percent. A plain tuple, not a pydantic
     model: a collection cycle parses tens of thousands of them, and each is checked here."""
 
-    timestamp: datetime
+    ts: int
     value: float
+
+    @property
+    def timestamp(self) -> datetime:
+        return datetime.fromtimestamp(self.ts, tz=UTC)
 
     @classmethod
     def parse(cls, raw: Any) -> MetricPoint | None:
         if not isinstance(raw, dict):
             return None
-        ts = parse_timestamp(raw.get("timestamp"))
-        val = parse_float(raw.get("value"))
+        ts = _epoch(raw.get("timestamp"))
+        value = raw.get("value")
+        val = float(value) if type(value) is float or type(value) is int else parse_float(value)
         if ts is None or val is None:
             return None
         return cls(ts, val)
+
+
+@lru_cache(maxsize=65536)
+def _epoch_from_text(text: str) -> int | None:
+    # cached: a collection cycle parses the same few minute stamps for every instance and series
+    parsed = _parse_timestamp(text)
+    return None if parsed is None else int(parsed.timestamp())
+
+
+def _epoch(value: Any) -> int | None:
+    """A point's timestamp as whole Unix seconds (the forms :func:`parse_timestamp` takes)."""
+    if type(value) is str:
+        return _epoch_from_text(value)
+    parsed = _parse_timestamp(value)
+    return None if parsed is None else int(parsed.timestamp())
 
 
 def _points(value: Any) -> list[MetricPoint]:
@@ -400,10 +420,7 @@ class InstanceMetrics(WireModel):
         """CPU utilization per core (0-100). Unknown ``cpu_num`` leaves values unchanged."""
         if not cpu_num or cpu_num <= 1:
             return list(self.cpu_utilization)
-        return [
-            MetricPoint(timestamp=p.timestamp, value=p.value / cpu_num)
-            for p in self.cpu_utilization
-        ]
+        return [MetricPoint(p.ts, p.value / cpu_num) for p in self.cpu_utilization]
 
 
 # ---------------------------------------------------------------------------------------------

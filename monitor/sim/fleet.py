@@ -203,6 +203,8 @@ class FleetSim:
         self._instances: dict[str, SimInstance] = {}
         self._keys: dict[str, int] = {}
         self._pending: set[str] = set()
+        #: the time everything due was last applied; actions and top-ups reset it
+        self._settled_at: int | None = None
         self._fixed: list[FixedCharge] = []
         self._initial_10k = 0.0
         self.actions: list[dict[str, Any]] = []
@@ -520,6 +522,8 @@ class FleetSim:
         """Apply every scheduled status change and subscription expiry due by now."""
         with self._lock:
             now = self.now_ts()
+            if now == self._settled_at:  # every request of a cycle asks at the same instant
+                return
             for iid in list(self._pending):
                 inst = self._instances[iid]
                 self._apply_due(inst, now)
@@ -529,6 +533,7 @@ class FleetSim:
                     and inst.status not in ("exited", "removed")
                 ):
                     self._pending.discard(iid)
+            self._settled_at = now
 
     def _apply_due(self, inst: SimInstance, now: int) -> None:
         while True:
@@ -594,9 +599,11 @@ class FleetSim:
                     raise SimError(400, "INVALID_REQUEST_BODY", "body must be a JSON object")
                 result: dict[str, Any] = handler(body)
             except SimError as exc:
+                self._settled_at = None
                 entry.update(status=exc.status, result=exc.reason, message=exc.message)
                 self.actions.append(entry)
                 raise
+            self._settled_at = None  # the action may have scheduled changes
             entry.update(status=200, result="ok")
             self.actions.append(entry)
             return result
@@ -732,6 +739,7 @@ class FleetSim:
         the simulator does not stop instances when money runs out."""
         with self._lock:
             self._initial_10k += amount_10k
+            self._settled_at = None  # an expiry may now renew
 
     def set_profile(self, instance_id: str, profile: str) -> None:
         """Change an instance's utilization profile from now on (history is kept)."""

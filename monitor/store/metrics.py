@@ -75,6 +75,24 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
+def _per_minute(points: Iterable[MetricPoint], scale: float = 1.0) -> dict[int, float]:
+    """A series as minute -> value; several points in one minute are averaged."""
+    out: dict[int, float] = {}
+    extra: dict[int, list[float]] | None = None
+    for ts, value in points:
+        minute = ts - ts % MINUTE
+        if minute in out:
+            if extra is None:
+                extra = {}
+            extra.setdefault(minute, [out[minute]]).append(value * scale)
+        else:
+            out[minute] = value * scale
+    if extra:
+        for minute, values in extra.items():
+            out[minute] = sum(values) / len(values)
+    return out
+
+
 def minute_rows(metrics: InstanceMetrics, cpu_num: int | None) -> dict[int, dict[str, Any]]:
     """The series of one metrics response merged into one stored row per minute.
 
@@ -82,46 +100,39 @@ def minute_rows(metrics: InstanceMetrics, cpu_num: int | None) -> dict[int, dict
     (the API sums it over cores); per-GPU series are ordered by GPU id (numerically when
     numeric). Values are in the stored form (tenths, packed bytes).
     """
-    acc: dict[int, dict[str, list[float]]] = {}
-
-    def add(series: str, points: Iterable[MetricPoint], scale: float = 1.0) -> None:
-        for p in points:
-            ts = int(p.timestamp.timestamp())
-            minute = ts - ts % MINUTE
-            row = acc.get(minute)
-            if row is None:
-                row = acc[minute] = {}
-            values = row.get(series)
-            if values is None:
-                row[series] = [p.value * scale]
-            else:
-                values.append(p.value * scale)
-
-    add("gpu_util", metrics.gpu_utilization.avg)
-    add("gpu_mem", metrics.gpu_mem_utilization.avg)
-    add("cpu", metrics.cpu_utilization, 1.0 / cpu_num if cpu_num and cpu_num > 1 else 1.0)
-    add("mem", metrics.mem_utilization)
-    add("disk", metrics.root_disk_utilization)
-    widths: dict[str, int] = {}
-    for name, gpu_series in (
-        ("gpu_utils", metrics.gpu_utilization),
-        ("gpu_mems", metrics.gpu_mem_utilization),
-    ):
-        gpus = sorted(gpu_series.gpu_ids, key=lambda g: _gpu_sort_key(g.gpu_id))
-        widths[name] = len(gpus)
-        for index, gpu in enumerate(gpus):
-            add(f"{name}:{index}", gpu.items)
+    scalars = {
+        "gpu_util": _per_minute(metrics.gpu_utilization.avg),
+        "gpu_mem": _per_minute(metrics.gpu_mem_utilization.avg),
+        "cpu": _per_minute(
+            metrics.cpu_utilization, 1.0 / cpu_num if cpu_num and cpu_num > 1 else 1.0
+        ),
+        "mem": _per_minute(metrics.mem_utilization),
+        "disk": _per_minute(metrics.root_disk_utilization),
+    }
+    vectors = {
+        name: [
+            _per_minute(gpu.items)
+            for gpu in sorted(gpu_series.gpu_ids, key=lambda g: _gpu_sort_key(g.gpu_id))
+        ]
+        for name, gpu_series in (
+            ("gpu_utils", metrics.gpu_utilization),
+            ("gpu_mems", metrics.gpu_mem_utilization),
+        )
+    }
+    minutes: set[int] = set()
+    for values in scalars.values():
+        minutes.update(values)
+    for per_gpu in vectors.values():
+        for values in per_gpu:
+            minutes.update(values)
     out: dict[int, dict[str, Any]] = {}
-    for minute, values in acc.items():
+    for minute in minutes:
         row: dict[str, Any] = {}
         for series in SERIES:
-            got = values.get(series)
-            row[series] = round(sum(got) / len(got) * 10) if got else None
-        for name, width in widths.items():
-            vec = []
-            for i in range(width):
-                got = values.get(f"{name}:{i}")
-                vec.append(sum(got) / len(got) if got else None)
+            value = scalars[series].get(minute)
+            row[series] = None if value is None else round(value * 10)
+        for name, per_gpu in vectors.items():
+            vec = [values.get(minute) for values in per_gpu]
             row[name] = pack_gpus(vec) if any(v is not None for v in vec) else None
         out[minute] = row
     return out
