@@ -24,9 +24,9 @@ BILLS_BACKFILL = timedelta(days=30)
 #: with the 7 before it)
 HOURLY_BACKFILL = timedelta(days=8)
 #: A period's amount grows until the period ends (and may settle shortly after): a later
-#: collection re-reads every period that started within one period length plus this margin
-#: before the last successful one, so the final amount of the period that just ended is read
-#: at least once, whatever time zone the platform's days start in.
+#: collection re-reads every period that ended less than this margin before the last
+#: successful one (those that started less than a period plus the margin before it), so the
+#: final amount of each period is read at least once, whatever time zone its days start in.
 SETTLE_MARGIN = timedelta(hours=1)
 HOURLY_OVERLAP = timedelta(hours=1) + SETTLE_MARGIN
 DAILY_OVERLAP = timedelta(days=1) + SETTLE_MARGIN
@@ -172,9 +172,13 @@ async def collect_balance(ctx: AccountContext, now: datetime) -> Counts:
 
 def _bill_start(ctx: AccountContext, collector: str, now: datetime, first: timedelta,
                 overlap: timedelta) -> datetime:  # fmt: skip
+    """Where a bills request starts: whole hours of history on a first collection; later, the
+    last success minus one period and the settling margin (not rounded to the hour, which
+    would add a period every time)."""
     last = ctx.store.last_success(ctx.account, collector)
-    start = now - first if last is None else max(last - overlap, now - first)
-    return start.replace(minute=0, second=0, microsecond=0)
+    if last is None:
+        return (now - first).replace(minute=0, second=0, microsecond=0)
+    return max(last - overlap, now - first).replace(second=0, microsecond=0)
 
 
 def _windows(start: datetime, end: datetime, step: timedelta) -> list[tuple[datetime, datetime]]:
@@ -193,17 +197,23 @@ async def collect_usage_bills(ctx: AccountContext, now: datetime) -> Counts:
     The API does not paginate bills, so a first backfill is fetched and stored window by window
     (3 h of hourly bills, 5 days of daily ones): a fleet of thousands of instances never holds
     more than one window's bills in memory."""
-    bills = rows = 0
     plan = [
         ("Day", _bill_start(ctx, "usage_bills", now, BILLS_BACKFILL, DAILY_OVERLAP), DAY_CHUNK),
         ("Hour", _bill_start(ctx, "usage_bills", now, HOURLY_BACKFILL, HOURLY_OVERLAP), HOUR_CHUNK),
     ]
-    for cycle, start, step in plan:
+
+    async def one_cycle(cycle: str, start: datetime, step: timedelta) -> tuple[int, int]:
+        bills = rows = 0
         for lo, hi in _windows(start, now, step):
             got = await ctx.client.list_usage_bills(cycle, "gpu", lo, hi)
             rows += ctx.store.upsert_usage_bills(ctx.account, cycle, got, product_category="gpu")
             bills += len(got)
-    return {"bills": bills, "rows": rows}
+        return bills, rows
+
+    # the two cycle types side by side: both are done while the instance listing is still
+    # on the wire, not in the middle of the metrics fan-out
+    done = await asyncio.gather(*(one_cycle(*step) for step in plan))
+    return {"bills": sum(b for b, _ in done), "rows": sum(r for _, r in done)}
 
 
 async def collect_fixed_term_bills(ctx: AccountContext, now: datetime) -> Counts:
