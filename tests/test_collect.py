@@ -141,7 +141,7 @@ def test_metrics_window_backfill_and_overlap() -> None:
     start, end = metrics_window(None, now, settings)
     assert end - start == timedelta(seconds=7200 + 60)  # longest rule window + lag
     start, _ = metrics_window(now - timedelta(minutes=1), now, settings)
-    assert now - start == timedelta(minutes=3)  # last sample - (lag + interval)
+    assert now - start == timedelta(minutes=2)  # last sample - lag
     start, _ = metrics_window(now - timedelta(days=3), now, settings)
     assert now - start == timedelta(seconds=7260)  # a long gap: backfill again, not 3 days
     start, end = metrics_window(now, now, settings)
@@ -267,3 +267,41 @@ async def test_bills_of_a_period_that_just_ended_are_stored_final(
     running = {i.id for i in demo_sim.instances() if i.status == "running"}
     paygo = {b["owner_id"] for b in last_hour}
     assert paygo and paygo <= running
+
+
+async def test_metrics_start_before_the_listing_and_add_the_instances_it_finds_running(
+    tmp_path: Path, sim_app: Any, demo_sim: Any, clock: ManualClock
+) -> None:
+    """Within a full cycle the metrics fan-out starts over the last listing's running
+    instances without waiting for this cycle's listing, then adds those that started since;
+    one that stopped since still has its last minutes fetched."""
+    import asyncio
+    from dataclasses import replace
+
+    from monitor.collect.collectors import collect_instances, collect_metrics
+
+    app = open_app(tmp_path, sim_app, clock)
+    try:
+        await app.collect()
+        assert "demo-stopped" not in app.store.latest_metric_times("main")
+        demo_sim.perform("start", {"instanceId": "demo-stopped"})
+        demo_sim.perform("stop", {"instanceId": "demo-inference"})
+        clock.advance(300)
+        ctx = app.contexts[0]
+        listing: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        metrics = asyncio.create_task(collect_metrics(replace(ctx, listing=listing), clock.now()))
+        await asyncio.sleep(0)  # the fan-out over the last listing is under way
+        await collect_instances(ctx, clock.now())  # this cycle's listing, stored
+        listing.set_result(None)
+        counts = await metrics
+        latest = app.store.latest_metric_times("main")
+        listed = {i.instance_id: i.status for i in app.store.instances("main")}
+    finally:
+        await app.aclose()
+    running_now = {i.id for i in demo_sim.instances() if i.status == "running"}
+    assert listed["demo-stopped"] == "running" and listed["demo-inference"] == "exited"
+    assert counts["instances"] == len(running_now | {"demo-inference"})
+    assert counts["fetched"] == counts["instances"]
+    assert "demo-stopped" in latest  # started 5 min ago: its first minutes are stored
+    stopped_at = clock.now() - timedelta(seconds=240)  # exited 60 s after the stop request
+    assert latest["demo-inference"] >= stopped_at - timedelta(minutes=2)

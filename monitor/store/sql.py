@@ -41,16 +41,21 @@ def upsert(
     """
     if not rows:
         return 0
-    keys = list(keys)
-    stmt = _insert(connection, table)
-    if update is None:
-        update = [c for c in rows[0] if c not in keys]
-    update = list(update)
-    if update:
-        stmt = stmt.on_conflict_do_update(
-            index_elements=keys, set_={c: stmt.excluded[c] for c in update}
-        )
-    else:
-        stmt = stmt.on_conflict_do_nothing(index_elements=keys)
+    keys = tuple(keys)
+    columns = tuple(c for c in rows[0] if c not in keys) if update is None else tuple(update)
+    cache_key = (connection.dialect.name, table, keys, columns)
+    stmt = _UPSERTS.get(cache_key)
+    if stmt is None:  # built once per shape: a collection cycle upserts the same shapes often
+        stmt = _insert(connection, table)
+        if columns:
+            stmt = stmt.on_conflict_do_update(
+                index_elements=list(keys), set_={c: stmt.excluded[c] for c in columns}
+            )
+        else:
+            stmt = stmt.on_conflict_do_nothing(index_elements=list(keys))
+        _UPSERTS[cache_key] = stmt
     connection.execute(stmt, list(rows))
     return len(rows)
+
+
+_UPSERTS: dict[tuple[str, Table, tuple[str, ...], tuple[str, ...]], Any] = {}
