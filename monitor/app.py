@@ -6,13 +6,14 @@ everything takes what it needs (including the clock) as arguments.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -35,7 +36,22 @@ from monitor.rules import RuleSet, load_rules
 from monitor.rules.tree import BuiltinNode
 from monitor.store.db import Store, open_store
 
+T = TypeVar("T")
+
 log = structlog.get_logger("monitor.app")
+
+
+def run_async(main: Coroutine[Any, Any, T]) -> T:
+    """Run the daemon's (or a command's) top coroutine on uvloop when it is installed (it is a
+    dependency on Linux and macOS): its event loop and socket handling cost less CPU per request
+    than asyncio's (bench collect: a few percent of a cycle at 1000 instances). Falls back to
+    the standard loop elsewhere."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - Windows
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 def settle_heap() -> None:

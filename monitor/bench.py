@@ -10,7 +10,6 @@ as the naive baseline. The last line printed is one JSON object.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import os
@@ -180,17 +179,17 @@ def bench_collect(
     runs: int = 1,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    import monitor.app  # noqa: F401  (imports are part of the base, as in the daemon)
+    from monitor.app import run_async  # imports are part of the base, as in the daemon
     from monitor.logs import configure_logging
 
     configure_logging("json", "error", stream=open(os.devnull, "w"))  # noqa: SIM115
     base_rss = rss_mb()
     results = []
     for i in range(runs):
-        fast = asyncio.run(_one(instances, latency_ms, concurrency, concurrency, seed))
+        fast = run_async(_one(instances, latency_ms, concurrency, concurrency, seed))
         echo(f"run {i + 1}: concurrency {concurrency}: {fast['wall_s']:.3f} s, "
              f"{fast['requests']} requests, {fast['rows_written']} rows")  # fmt: skip
-        slow = asyncio.run(_one(instances, latency_ms, concurrency, 1, seed))
+        slow = run_async(_one(instances, latency_ms, concurrency, 1, seed))
         echo(f"run {i + 1}: concurrency 1 (baseline): {slow['wall_s']:.3f} s, "
              f"{slow['requests']} requests")  # fmt: skip
         for f in fast["failed"] + slow["failed"]:
@@ -205,6 +204,7 @@ def bench_collect(
                 "baseline_wall_s": slow["wall_s"],
                 "speedup": slow["wall_s"] / fast["wall_s"],
                 "rows_written": fast["rows_written"],
+                "metric_rows": fast["metric_rows"],
                 "bytes_per_instance_day": fast["bytes_per_instance_day"],
             }
         )
@@ -225,6 +225,7 @@ def bench_collect(
         "baseline_wall_s": med("baseline_wall_s"),
         "speedup": med("speedup"),
         "rows_written": int(med("rows_written")),
+        "metric_rows": int(med("metric_rows")),
         "bytes_per_instance_day": med("bytes_per_instance_day"),
         "base_rss_mb": round(base_rss, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),

@@ -6,7 +6,6 @@ User errors print one clear message, never a traceback.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -136,14 +135,14 @@ def simulator(
 @handle_errors
 def run(config_path: str | None) -> None:
     """Run the daemon in the foreground (SIGTERM/SIGINT stop, SIGHUP reloads)."""
-    from monitor.app import find_config_path
+    from monitor.app import find_config_path, run_async
     from monitor.daemon import Daemon
 
     config = _load(config_path)
     _setup_logs(config)
     path = find_config_path(config_path, os.environ, Path.cwd())
     assert path is not None
-    asyncio.run(Daemon(path).run())
+    run_async(Daemon(path).run())
 
 
 @cli.command()
@@ -155,7 +154,7 @@ def once(config_path: str | None, collectors: tuple[str, ...], as_json: bool) ->
     """Run every collector once, evaluate the rules once, deliver notifications, exit.
 
     Exit status 1 when a collector failed outright."""
-    from monitor.app import App
+    from monitor.app import App, run_async
 
     config = _load(config_path)
     _setup_logs(config, "console" if not as_json else "json")
@@ -167,7 +166,7 @@ def once(config_path: str | None, collectors: tuple[str, ...], as_json: bool) ->
         finally:
             await app.aclose()
 
-    result = asyncio.run(go())
+    result = run_async(go())
     reports = result.reports
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
