@@ -102,7 +102,7 @@ def _describe(exc: BaseException) -> str:
 
 async def collect_instances(ctx: AccountContext, now: datetime) -> Counts:
     instances = await ctx.client.list_instances()
-    events = ctx.store.upsert_instances(ctx.account, instances, now)
+    events = await ctx.store.in_writer(ctx.store.upsert_instances, ctx.account, instances, now)
     return {"instances": len(instances), "events": len(events)}
 
 
@@ -188,10 +188,12 @@ async def collect_metrics(ctx: AccountContext, now: datetime) -> Counts:
             batch.append(item)
             fetched += 1
             if len(batch) >= WRITE_BATCH:
-                written += ctx.store.upsert_metrics_batch(ctx.account, batch)
+                written += await ctx.store.in_writer(
+                    ctx.store.upsert_metrics_batch, ctx.account, batch
+                )
                 batch = []
         if batch:
-            written += ctx.store.upsert_metrics_batch(ctx.account, batch)
+            written += await ctx.store.in_writer(ctx.store.upsert_metrics_batch, ctx.account, batch)
     finally:
         for task in tasks:
             task.cancel()
@@ -201,7 +203,7 @@ async def collect_metrics(ctx: AccountContext, now: datetime) -> Counts:
 
 async def collect_balance(ctx: AccountContext, now: datetime) -> Counts:
     balance = await ctx.client.get_balance()
-    ctx.store.add_balance(ctx.account, balance, now)
+    await ctx.store.in_writer(ctx.store.add_balance, ctx.account, balance, now)
     return {"samples": 1}
 
 
@@ -241,7 +243,9 @@ async def collect_usage_bills(ctx: AccountContext, now: datetime) -> Counts:
         bills = rows = 0
         for lo, hi in _windows(start, now, step):
             got = await ctx.client.list_usage_bills(cycle, "gpu", lo, hi)
-            rows += ctx.store.upsert_usage_bills(ctx.account, cycle, got, product_category="gpu")
+            rows += await ctx.store.in_writer(
+                ctx.store.upsert_usage_bills, ctx.account, cycle, got, product_category="gpu"
+            )
             bills += len(got)
         return bills, rows
 
@@ -254,7 +258,7 @@ async def collect_usage_bills(ctx: AccountContext, now: datetime) -> Counts:
 async def collect_fixed_term_bills(ctx: AccountContext, now: datetime) -> Counts:
     start = _bill_start(ctx, "fixed_term_bills", now, BILLS_BACKFILL, DAILY_OVERLAP)
     bills = await ctx.client.list_fixed_term_bills(start, now, category="gpu")
-    rows = ctx.store.upsert_fixed_term_bills(ctx.account, bills)
+    rows = await ctx.store.in_writer(ctx.store.upsert_fixed_term_bills, ctx.account, bills)
     return {"bills": len(bills), "rows": rows}
 
 
@@ -269,14 +273,16 @@ async def collect_products(ctx: AccountContext, now: datetime) -> Counts:
         except NovitaError as exc:
             errors.append(f"cluster {cluster or '(all)'}: {_describe(exc)}")
             continue
-        ctx.store.upsert_products(ctx.account, products, cluster or None, now)
+        await ctx.store.in_writer(
+            ctx.store.upsert_products, ctx.account, products, cluster or None, now
+        )
         total += len(products)
     return _finish({"clusters": len(clusters), "products": total}, errors, len(clusters))
 
 
 async def collect_training_tasks(ctx: AccountContext, now: datetime) -> Counts:
     tasks = await ctx.client.list_training_tasks()
-    events = ctx.store.upsert_training_tasks(ctx.account, tasks, now)
+    events = await ctx.store.in_writer(ctx.store.upsert_training_tasks, ctx.account, tasks, now)
     return {"tasks": len(tasks), "events": len(events)}
 
 
@@ -291,14 +297,15 @@ async def collect_async_tasks(ctx: AccountContext, now: datetime) -> Counts:
         except NovitaError as exc:
             errors.append(f"{task_id}: {_describe(exc)}")
             return
-        ctx.store.update_async_task(ctx.account, task, now)
+        await ctx.store.in_writer(ctx.store.update_async_task, ctx.account, task, now)
 
     await asyncio.gather(*(one(w.task_id) for w in watched))
     return _finish({"watched": len(watched)}, errors, len(watched))
 
 
 async def enforce_retention(ctx: AccountContext, now: datetime) -> Counts:
-    result = ctx.store.enforce_retention(
+    result = await ctx.store.in_writer(
+        ctx.store.enforce_retention,
         now,
         raw_days=ctx.settings.retention_raw_days,
         rollup_days=ctx.settings.retention_rollup_days,

@@ -403,7 +403,10 @@ class NovitaClient:
         for lo, hi in split_window(start, end):
             params = {**base, "startTime": _unix(lo), "endTime": _unix(hi)}
             body = await self._get(path, params)
-            for bill in self._parse_items(model, body, "bills", path):
+            # a window of a thousand instances' bills takes tens of milliseconds to validate:
+            # done on a worker thread, the event loop keeps serving the requests in flight
+            parsed = await asyncio.to_thread(self._parse_items, model, body, "bills", path)
+            for bill in parsed:
                 # a bill straddling a window boundary comes back twice
                 key = bill.model_dump_json()
                 if key not in seen:

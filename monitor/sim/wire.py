@@ -10,6 +10,7 @@ from __future__ import annotations
 import calendar
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from monitor.sim import catalog, profiles
@@ -171,41 +172,65 @@ def metric_window(
     return start, end, interval
 
 
+Point = dict[str, Any]
+
+
+@lru_cache(maxsize=1 << 17)
+def _sample(
+    key: int, profile: str, gpu_num: int, idle_gpus: frozenset[int], cpu_num: int, t: int
+) -> tuple[tuple[Point, ...], tuple[Point, ...], Point, Point, Point, Point, Point]:
+    """Every series' point at ``t`` for one instance: per-GPU utilization and memory, their
+    averages, CPU (summed over cores), memory, disk. Deterministic, so cached: a collector
+    re-reads the last minutes every cycle. The dicts are shared; never mutate them."""
+    ts = str(t)
+    gpus: list[Point] = []
+    vrams: list[Point] = []
+    for g in range(gpu_num):
+        idle = g in idle_gpus
+        gpus.append({"timestamp": ts, "value": profiles.gpu_util(profile, key, g, t, idle)})
+        vrams.append({"timestamp": ts, "value": profiles.gpu_mem_util(profile, key, g, t, idle)})
+    g_avg = round(sum(p["value"] for p in gpus) / gpu_num, 2)
+    v_avg = round(sum(p["value"] for p in vrams) / gpu_num, 2)
+    # summed over cores: up to 100 x cpuNum
+    summed = round(profiles.cpu_per_core(profile, key, t) * cpu_num, 2)
+    return (
+        tuple(gpus),
+        tuple(vrams),
+        {"timestamp": ts, "value": g_avg},
+        {"timestamp": ts, "value": v_avg},
+        {"timestamp": ts, "value": summed},
+        {"timestamp": ts, "value": profiles.mem_util(profile, key, t)},
+        {"timestamp": ts, "value": profiles.root_disk_util(key, t)},
+    )
+
+
 def metrics_json(sim: FleetSim, inst: SimInstance, start: int, end: int, interval: int) -> dict:
     """Monitor metrics for one instance; empty series unless it is running now."""
     now = sim.now_ts()
-    cpu: list[dict[str, Any]] = []
-    mem: list[dict[str, Any]] = []
-    disk: list[dict[str, Any]] = []
-    gpu_avg: list[dict[str, Any]] = []
-    vram_avg: list[dict[str, Any]] = []
-    per_gpu: list[list[dict[str, Any]]] = [[] for _ in range(inst.gpu_num)]
-    per_vram: list[list[dict[str, Any]]] = [[] for _ in range(inst.gpu_num)]
+    cpu: list[Point] = []
+    mem: list[Point] = []
+    disk: list[Point] = []
+    gpu_avg: list[Point] = []
+    vram_avg: list[Point] = []
+    per_gpu: list[list[Point]] = [[] for _ in range(inst.gpu_num)]
+    per_vram: list[list[Point]] = [[] for _ in range(inst.gpu_num)]
     if inst.status == "running":
         key = sim.key(inst.id)
         last = min(end, now - METRIC_LAG)  # the ~1 minute lag
         t = -(-start // interval) * interval
-        cpu_num = inst.cpu_num
         while t <= last:
             if inst.running_at(t, now):
-                profile = inst.profile_at(t)
-                ts = str(t)
-                g_sum = v_sum = 0.0
+                gpus, vrams, g_avg, v_avg, c, m, d = _sample(
+                    key, inst.profile_at(t), inst.gpu_num, inst.idle_gpus, inst.cpu_num, t
+                )
                 for g in range(inst.gpu_num):
-                    idle = g in inst.idle_gpus
-                    gv = profiles.gpu_util(profile, key, g, t, idle)
-                    vv = profiles.gpu_mem_util(profile, key, g, t, idle)
-                    g_sum += gv
-                    v_sum += vv
-                    per_gpu[g].append({"timestamp": ts, "value": gv})
-                    per_vram[g].append({"timestamp": ts, "value": vv})
-                gpu_avg.append({"timestamp": ts, "value": round(g_sum / inst.gpu_num, 2)})
-                vram_avg.append({"timestamp": ts, "value": round(v_sum / inst.gpu_num, 2)})
-                # summed over cores: up to 100 x cpuNum
-                summed = profiles.cpu_per_core(profile, key, t) * cpu_num
-                cpu.append({"timestamp": ts, "value": round(summed, 2)})
-                mem.append({"timestamp": ts, "value": profiles.mem_util(profile, key, t)})
-                disk.append({"timestamp": ts, "value": profiles.root_disk_util(key, t)})
+                    per_gpu[g].append(gpus[g])
+                    per_vram[g].append(vrams[g])
+                gpu_avg.append(g_avg)
+                vram_avg.append(v_avg)
+                cpu.append(c)
+                mem.append(m)
+                disk.append(d)
             t += interval
     running = inst.status == "running"
     return {
