@@ -305,3 +305,27 @@ async def test_metrics_start_before_the_listing_and_add_the_instances_it_finds_r
     assert "demo-stopped" in latest  # started 5 min ago: its first minutes are stored
     stopped_at = clock.now() - timedelta(seconds=240)  # exited 60 s after the stop request
     assert latest["demo-inference"] >= stopped_at - timedelta(minutes=2)
+
+
+async def test_an_unexpected_error_for_one_instance_is_recorded_not_hung_on(
+    tmp_path: Path, sim_app: Any, demo_sim: Any, clock: ManualClock
+) -> None:
+    app = open_app(tmp_path, sim_app, clock)
+    client = app.contexts[0].client
+    real = client.get_metrics
+
+    async def flaky(instance_id: str, *args: Any, **kwargs: Any) -> Any:
+        if instance_id == "demo-trainer":
+            raise RuntimeError("a bug, not an API error")
+        return await real(instance_id, *args, **kwargs)
+
+    client.get_metrics = flaky
+    try:
+        await app.collect(["instances"])
+        (report,) = await app.collect(["metrics"])
+    finally:
+        await app.aclose()
+    running = sum(1 for i in demo_sim.instances() if i.status == "running")
+    assert report.outcome == "partial"
+    assert report.error is not None and "demo-trainer: RuntimeError" in report.error
+    assert report.counts["fetched"] == running - 1

@@ -495,3 +495,44 @@ def test_alert_details_roundtrip(store: Store) -> None:
     )  # fmt: skip
     store.save_alerts([a])
     assert store.load_alerts() == [a]
+
+
+async def test_writes_run_one_at_a_time_on_one_writer_thread_off_the_event_loop(
+    tmp_path: Path,
+) -> None:
+    """``in_writer`` runs each write on the same dedicated thread (never the event loop's),
+    in the order asked, passes results and errors through, and ``close`` waits for it."""
+    import asyncio
+    import threading
+
+    store = open_store(store_url("sqlite", tmp_path))
+    loop_thread = threading.get_ident()
+    seen: list[tuple[int, str]] = []
+    active = 0
+    overlapped = False
+
+    def write(label: str) -> str:
+        nonlocal active, overlapped
+        active += 1
+        overlapped = overlapped or active > 1
+        seen.append((threading.get_ident(), threading.current_thread().name))
+        store.upsert_instances("main", [inst(f"i-{label}")], T0, complete=False)
+        active -= 1
+        return label
+
+    def fail() -> None:
+        raise ValueError("bad write")
+
+    try:
+        labels = await asyncio.gather(*(store.in_writer(write, str(n)) for n in range(8)))
+        with pytest.raises(ValueError, match="bad write"):
+            await store.in_writer(fail)
+        assert labels == [str(n) for n in range(8)]
+        assert not overlapped
+        assert len({ident for ident, _ in seen}) == 1
+        ident, name = seen[0]
+        assert ident != loop_thread and name.startswith("store-writer")
+        assert {r.instance_id for r in store.instances("main")} == {f"i-{n}" for n in range(8)}
+    finally:
+        store.close()
+    assert store._writer is None

@@ -10,6 +10,7 @@ instance never hides the others.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -137,31 +138,37 @@ async def collect_metrics(ctx: AccountContext, now: datetime) -> Counts:
     """
     latest = ctx.store.latest_metric_times(ctx.account)
     errors: list[str] = []
-    # At most as many requests in the client's queue as it has connections: the other
-    # collectors' requests (balance, bills, products, task pages) then wait for one round trip,
-    # not behind a thousand metric requests, and their sequential steps overlap this fan-out.
-    lane = asyncio.Semaphore(getattr(ctx.client, "max_concurrency", 8))
     done: asyncio.Queue[tuple[str, InstanceMetrics, int | None] | int | None] = asyncio.Queue()
     asked: set[str] = set()
-    tasks: list[asyncio.Future[None]] = []
+    todo: deque[tuple[str, int | None]] = deque()
+    # As many workers as the client has connections: the other collectors' requests (balance,
+    # bills, products, task pages) then wait at most one round trip for a connection, not
+    # behind a thousand metric requests, and their sequential steps overlap this fan-out.
+    width = getattr(ctx.client, "max_concurrency", 8)
+    workers: list[asyncio.Future[None]] = []
 
     async def fetch(instance_id: str, cpu_num: int | None) -> None:
         start, end = metrics_window(latest.get(instance_id), now, ctx.settings)
         try:
-            async with lane:
-                metrics = await ctx.client.get_metrics(
-                    instance_id, start, end, interval_s=ctx.settings.metrics_interval_s
-                )
-        except (NovitaError, ValueError) as exc:
+            metrics = await ctx.client.get_metrics(
+                instance_id, start, end, interval_s=ctx.settings.metrics_interval_s
+            )
+        except Exception as exc:  # NovitaError, ValueError, or a bug: never a lost answer
             errors.append(f"{instance_id}: {_describe(exc)}")
             done.put_nowait(None)
             return
         done.put_nowait((instance_id, metrics, cpu_num))
 
+    async def work() -> None:
+        while todo:
+            await fetch(*todo.popleft())
+
     def launch(instances: list[tuple[str, int | None]]) -> int:
         fresh = [(iid, cpu) for iid, cpu in instances if iid not in asked]
         asked.update(iid for iid, _ in fresh)
-        tasks.extend(asyncio.ensure_future(fetch(iid, cpu)) for iid, cpu in fresh)
+        todo.extend(fresh)
+        idle = width - sum(1 for w in workers if not w.done())
+        workers.extend(asyncio.ensure_future(work()) for _ in range(min(idle, len(todo))))
         return len(fresh)
 
     async def after_listing(listing: asyncio.Future[Any]) -> None:
@@ -169,9 +176,8 @@ async def collect_metrics(ctx: AccountContext, now: datetime) -> Counts:
         done.put_nowait(launch(ctx.store.running_instances(ctx.account)))
 
     outstanding = launch(ctx.store.running_instances(ctx.account))
-    if ctx.listing is not None:
-        tasks.append(asyncio.ensure_future(after_listing(ctx.listing)))
-        outstanding += 1
+    top_up = None if ctx.listing is None else asyncio.ensure_future(after_listing(ctx.listing))
+    outstanding += top_up is not None
     # written in batches as responses arrive: a first backfill of thousands of instances never
     # holds every instance's history in memory at once, and the fetching never waits for a write
     fetched = written = 0
@@ -195,7 +201,7 @@ async def collect_metrics(ctx: AccountContext, now: datetime) -> Counts:
         if batch:
             written += await ctx.store.in_writer(ctx.store.upsert_metrics_batch, ctx.account, batch)
     finally:
-        for task in tasks:
+        for task in [*workers, *([top_up] if top_up else [])]:
             task.cancel()
     counts = {"instances": len(asked), "fetched": fetched, "rows": written}
     return _finish(counts, errors, len(asked))
