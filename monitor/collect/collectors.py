@@ -31,8 +31,9 @@ HOURLY_BACKFILL = timedelta(days=8)
 SETTLE_MARGIN = timedelta(hours=1)
 HOURLY_OVERLAP = timedelta(hours=1) + SETTLE_MARGIN
 DAILY_OVERLAP = timedelta(days=1) + SETTLE_MARGIN
-#: instances whose metrics are written in one transaction: small enough that a write (which
-#: holds the event loop) ends before the requests in flight meanwhile have their answers
+#: instances whose metrics are written in one transaction (on the store's writer thread); at
+#: most two batches of answers wait for the writer, so a first backfill of thousands of
+#: instances never holds much of their history in memory
 WRITE_BATCH = 32
 
 #: windows a bills backfill is fetched and stored in (bounded memory)
@@ -138,7 +139,8 @@ async def collect_metrics(ctx: AccountContext, now: datetime) -> Counts:
     """
     latest = ctx.store.latest_metric_times(ctx.account)
     errors: list[str] = []
-    done: asyncio.Queue[tuple[str, InstanceMetrics, int | None] | int | None] = asyncio.Queue()
+    done: asyncio.Queue[tuple[str, InstanceMetrics, int | None] | int | None]
+    done = asyncio.Queue(maxsize=2 * WRITE_BATCH)  # the fetchers wait when the writer lags
     asked: set[str] = set()
     todo: deque[tuple[str, int | None]] = deque()
     # As many workers as the client has connections: the other collectors' requests (balance,
@@ -155,9 +157,9 @@ async def collect_metrics(ctx: AccountContext, now: datetime) -> Counts:
             )
         except Exception as exc:  # NovitaError, ValueError, or a bug: never a lost answer
             errors.append(f"{instance_id}: {_describe(exc)}")
-            done.put_nowait(None)
+            await done.put(None)
             return
-        done.put_nowait((instance_id, metrics, cpu_num))
+        await done.put((instance_id, metrics, cpu_num))
 
     async def work() -> None:
         while todo:
@@ -173,13 +175,12 @@ async def collect_metrics(ctx: AccountContext, now: datetime) -> Counts:
 
     async def after_listing(listing: asyncio.Future[Any]) -> None:
         await asyncio.wait([listing])  # whatever its outcome: the store has the best list
-        done.put_nowait(launch(ctx.store.running_instances(ctx.account)))
+        await done.put(launch(ctx.store.running_instances(ctx.account)))
 
     outstanding = launch(ctx.store.running_instances(ctx.account))
     top_up = None if ctx.listing is None else asyncio.ensure_future(after_listing(ctx.listing))
     outstanding += top_up is not None
-    # written in batches as responses arrive: a first backfill of thousands of instances never
-    # holds every instance's history in memory at once, and the fetching never waits for a write
+    # written in batches as answers arrive, while the fetching goes on
     fetched = written = 0
     batch: list[tuple[str, InstanceMetrics, int | None]] = []
     try:

@@ -70,7 +70,7 @@ from monitor.novita.models import (
     UserInfo,
     parse_int,
 )
-from monitor.novita.transport import AiohttpTransport, HttpxWire, Reply, Wire
+from monitor.novita.transport import AiohttpWire, HttpxWire, Reply, Wire
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -245,9 +245,7 @@ class NovitaClient:
         # the network seam (monitor.novita.transport): aiohttp in production, any httpx
         # transport in tests
         self._wire: Wire = (
-            AiohttpTransport(
-                max_connections=max_concurrency, timeout=timeout, user_agent=USER_AGENT
-            )
+            AiohttpWire(max_connections=max_concurrency, timeout=timeout, user_agent=USER_AGENT)
             if transport is None
             else HttpxWire(transport)
         )

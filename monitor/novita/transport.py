@@ -7,7 +7,7 @@ request per running instance every minute, so on a fleet of a thousand instances
 decides whether a cycle is bound by the network or by the CPU (``novita-monitor bench collect``).
 
 The client sees one small seam, :class:`Wire`: ``send(method, url, headers, body) -> Reply``,
-failures raised as httpx exceptions. :class:`AiohttpTransport` is the production wire;
+failures raised as httpx exceptions. :class:`AiohttpWire` is the production wire;
 :class:`HttpxWire` carries any ``httpx.AsyncBaseTransport``, so tests pass
 ``httpx.MockTransport`` or ``httpx.ASGITransport(sim_app)``. Building ``httpx.Request`` and
 ``httpx.Response`` objects costs ~0.17 ms per request (URL parsing in pure Python), a fifth of
@@ -30,7 +30,7 @@ from typing import Protocol
 import aiohttp
 import httpx
 
-__all__ = ["AiohttpTransport", "HttpxWire", "Reply", "Wire", "map_error"]
+__all__ = ["AiohttpWire", "HttpxWire", "Reply", "Wire", "map_error"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +83,7 @@ def map_error(exc: BaseException) -> httpx.TransportError:
     return httpx.ReadError(message)  # payload errors, resets, anything else after sending
 
 
-class AiohttpTransport:
+class AiohttpWire:
     """The production :class:`Wire`: keep-alive HTTP/1.1 over one ``aiohttp.ClientSession``
     with at most ``max_connections``.
 
