@@ -329,3 +329,26 @@ async def test_an_unexpected_error_for_one_instance_is_recorded_not_hung_on(
     assert report.outcome == "partial"
     assert report.error is not None and "demo-trainer: RuntimeError" in report.error
     assert report.counts["fetched"] == running - 1
+
+
+async def test_a_backfill_beyond_the_pending_samples_limit_completes_and_writes_everything(
+    tmp_path: Path, sim_app: Any, demo_sim: Any, clock: ManualClock, monkeypatch: Any
+) -> None:
+    """With the memory bound far below one answer, every answer is written before the next
+    request starts: slower, never stuck, nothing lost."""
+    import asyncio
+
+    from monitor.collect import collectors
+
+    monkeypatch.setattr(collectors, "MAX_PENDING_SAMPLES", 10)
+    app = open_app(tmp_path, sim_app, clock)
+    try:
+        await app.collect(["instances"])
+        (report,) = await asyncio.wait_for(app.collect(["metrics"]), timeout=60)
+        samples = _count(app, "metric_samples")
+    finally:
+        await app.aclose()
+    running = sum(1 for i in demo_sim.instances() if i.status == "running")
+    assert report.outcome == "ok", report.error
+    assert report.counts["fetched"] == running
+    assert samples == report.counts["rows"] >= running * 60  # an hour of minutes each

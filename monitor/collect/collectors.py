@@ -31,10 +31,12 @@ HOURLY_BACKFILL = timedelta(days=8)
 SETTLE_MARGIN = timedelta(hours=1)
 HOURLY_OVERLAP = timedelta(hours=1) + SETTLE_MARGIN
 DAILY_OVERLAP = timedelta(days=1) + SETTLE_MARGIN
-#: instances whose metrics are written in one transaction (on the store's writer thread); at
-#: most two batches of answers wait for the writer, so a first backfill of thousands of
-#: instances never holds much of their history in memory
+#: instances whose metrics are written in one transaction (on the store's writer thread)
 WRITE_BATCH = 32
+#: samples fetched and not yet written beyond which no new metrics request starts: a first
+#: backfill of thousands of instances never holds much of their history in memory (about
+#: 15 MB), while a steady cycle (a few samples per instance) never waits for the writer
+MAX_PENDING_SAMPLES = 200_000
 
 #: windows a bills backfill is fetched and stored in (bounded memory)
 HOUR_CHUNK = timedelta(hours=3)
@@ -139,8 +141,10 @@ async def collect_metrics(ctx: AccountContext, now: datetime) -> Counts:
     """
     latest = ctx.store.latest_metric_times(ctx.account)
     errors: list[str] = []
-    done: asyncio.Queue[tuple[str, InstanceMetrics, int | None] | int | None]
-    done = asyncio.Queue(maxsize=2 * WRITE_BATCH)  # the fetchers wait when the writer lags
+    done: asyncio.Queue[tuple[str, InstanceMetrics, int | None] | int | None] = asyncio.Queue()
+    pending = 0  # samples fetched, not yet written
+    room = asyncio.Event()  # set while ``pending`` is within MAX_PENDING_SAMPLES
+    room.set()
     asked: set[str] = set()
     todo: deque[tuple[str, int | None]] = deque()
     # As many workers as the client has connections: the other collectors' requests (balance,
@@ -150,6 +154,7 @@ async def collect_metrics(ctx: AccountContext, now: datetime) -> Counts:
     workers: list[asyncio.Future[None]] = []
 
     async def fetch(instance_id: str, cpu_num: int | None) -> None:
+        nonlocal pending
         start, end = metrics_window(latest.get(instance_id), now, ctx.settings)
         try:
             metrics = await ctx.client.get_metrics(
@@ -157,13 +162,18 @@ async def collect_metrics(ctx: AccountContext, now: datetime) -> Counts:
             )
         except Exception as exc:  # NovitaError, ValueError, or a bug: never a lost answer
             errors.append(f"{instance_id}: {_describe(exc)}")
-            await done.put(None)
+            done.put_nowait(None)
             return
-        await done.put((instance_id, metrics, cpu_num))
+        pending += metrics.sample_count()
+        if pending > MAX_PENDING_SAMPLES:
+            room.clear()
+        done.put_nowait((instance_id, metrics, cpu_num))
 
     async def work() -> None:
         while todo:
-            await fetch(*todo.popleft())
+            await room.wait()
+            if todo:
+                await fetch(*todo.popleft())
 
     def launch(instances: list[tuple[str, int | None]]) -> int:
         fresh = [(iid, cpu) for iid, cpu in instances if iid not in asked]
@@ -175,7 +185,7 @@ async def collect_metrics(ctx: AccountContext, now: datetime) -> Counts:
 
     async def after_listing(listing: asyncio.Future[Any]) -> None:
         await asyncio.wait([listing])  # whatever its outcome: the store has the best list
-        await done.put(launch(ctx.store.running_instances(ctx.account)))
+        done.put_nowait(launch(ctx.store.running_instances(ctx.account)))
 
     outstanding = launch(ctx.store.running_instances(ctx.account))
     top_up = None if ctx.listing is None else asyncio.ensure_future(after_listing(ctx.listing))
@@ -194,10 +204,13 @@ async def collect_metrics(ctx: AccountContext, now: datetime) -> Counts:
                 continue
             batch.append(item)
             fetched += 1
-            if len(batch) >= WRITE_BATCH:
+            if len(batch) >= WRITE_BATCH or not room.is_set():  # full, or memory is
                 written += await ctx.store.in_writer(
                     ctx.store.upsert_metrics_batch, ctx.account, batch
                 )
+                pending -= sum(metrics.sample_count() for _, metrics, _ in batch)
+                if pending <= MAX_PENDING_SAMPLES:
+                    room.set()
                 batch = []
         if batch:
             written += await ctx.store.in_writer(ctx.store.upsert_metrics_batch, ctx.account, batch)

@@ -426,6 +426,14 @@ class InstanceMetrics(WireModel):
         default_factory=GpuSeries, alias="gpuMemUtilization"
     )
 
+    def sample_count(self) -> int:
+        """Points in every series, per-GPU ones included."""
+        series = (self.cpu_utilization, self.mem_utilization, self.root_disk_utilization)
+        gpus = (self.gpu_utilization, self.gpu_mem_utilization)
+        return sum(map(len, series)) + sum(
+            len(g.avg) + sum(len(s.items) for s in g.gpu_ids) for g in gpus
+        )
+
     def cpu_per_core(self, cpu_num: int | None) -> list[MetricPoint]:
         """CPU utilization per core (0-100). Unknown ``cpu_num`` leaves values unchanged."""
         if not cpu_num or cpu_num <= 1:
