@@ -82,8 +82,8 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
-        # one full, ordered cycle (instances first) and one evaluation before the schedule
-        # starts: no rule judges an account the monitor has not looked at yet
+        # one full cycle (every collector) and one evaluation before the schedule starts: no
+        # rule judges an account the monitor has not looked at yet
         await self.app.collect()
         await self.app.evaluate()
         settle_heap()  # what the first cycle built (caches, compiled statements) lives on

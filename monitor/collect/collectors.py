@@ -252,8 +252,8 @@ async def collect_usage_bills(ctx: AccountContext, now: datetime) -> Counts:
     between fetches; the store's upsert on the natural key updates it.
 
     The API does not paginate bills, so a first backfill is fetched and stored window by window
-    (3 h of hourly bills, 5 days of daily ones): a fleet of thousands of instances never holds
-    more than one window's bills in memory."""
+    (3 h of hourly bills, 5 days of daily ones, the two cycle types side by side): a fleet of
+    thousands of instances never holds more than one window of each in memory."""
     plan = [
         ("Day", _bill_start(ctx, "usage_bills", now, BILLS_BACKFILL, DAILY_OVERLAP), DAY_CHUNK),
         ("Hour", _bill_start(ctx, "usage_bills", now, HOURLY_BACKFILL, HOURLY_OVERLAP), HOUR_CHUNK),
@@ -333,8 +333,7 @@ async def enforce_retention(ctx: AccountContext, now: datetime) -> Counts:
     return {k: int(v) for k, v in dict(result).items()}
 
 
-#: every collector by name, in the order a full cycle runs them (instances first: metrics
-#: and products read the instance list it stores)
+#: every collector by name (a full cycle starts them all at once: see ``run_cycle``)
 COLLECTORS: dict[str, Collector] = {
     "instances": collect_instances,
     "metrics": collect_metrics,

@@ -103,8 +103,12 @@ async def run_cycle(
         return await run_collector(cycle_ctx, name, clock)
 
     rest = [n for n in wanted if n != "instances"]
-    others = await asyncio.gather(*(after_listing(n) for n in rest))
-    return ([await listing] if listing is not None else []) + list(others)
+    try:
+        others = await asyncio.gather(*(after_listing(n) for n in rest))
+        return ([await listing] if listing is not None else []) + list(others)
+    finally:
+        if listing is not None and not listing.done():  # cancelled: the listing goes too
+            listing.cancel()
 
 
 async def run_all_accounts(
