@@ -141,7 +141,10 @@ async def collect_metrics(ctx: AccountContext, now: datetime) -> Counts:
     """
     latest = ctx.store.latest_metric_times(ctx.account)
     errors: list[str] = []
-    done: asyncio.Queue[tuple[str, InstanceMetrics, int | None] | int | None] = asyncio.Queue()
+    # an answer with its sample count, None for a failed instance, or (an int) the number of
+    # instances the listing added
+    done: asyncio.Queue[tuple[tuple[str, InstanceMetrics, int | None], int] | int | None]
+    done = asyncio.Queue()
     pending = 0  # samples fetched, not yet written
     room = asyncio.Event()  # set while ``pending`` is within MAX_PENDING_SAMPLES
     room.set()
@@ -164,10 +167,11 @@ async def collect_metrics(ctx: AccountContext, now: datetime) -> Counts:
             errors.append(f"{instance_id}: {_describe(exc)}")
             done.put_nowait(None)
             return
-        pending += metrics.sample_count()
+        samples = metrics.sample_count()
+        pending += samples
         if pending > MAX_PENDING_SAMPLES:
             room.clear()
-        done.put_nowait((instance_id, metrics, cpu_num))
+        done.put_nowait(((instance_id, metrics, cpu_num), samples))
 
     async def work() -> None:
         while todo:
@@ -193,6 +197,7 @@ async def collect_metrics(ctx: AccountContext, now: datetime) -> Counts:
     # written in batches as answers arrive, while the fetching goes on
     fetched = written = 0
     batch: list[tuple[str, InstanceMetrics, int | None]] = []
+    batch_samples = 0
     try:
         while outstanding:
             item = await done.get()
@@ -202,16 +207,18 @@ async def collect_metrics(ctx: AccountContext, now: datetime) -> Counts:
                 continue
             if item is None:
                 continue
-            batch.append(item)
+            answer, samples = item
+            batch.append(answer)
+            batch_samples += samples
             fetched += 1
             if len(batch) >= WRITE_BATCH or not room.is_set():  # full, or memory is
                 written += await ctx.store.in_writer(
                     ctx.store.upsert_metrics_batch, ctx.account, batch
                 )
-                pending -= sum(metrics.sample_count() for _, metrics, _ in batch)
+                pending -= batch_samples
                 if pending <= MAX_PENDING_SAMPLES:
                     room.set()
-                batch = []
+                batch, batch_samples = [], 0
         if batch:
             written += await ctx.store.in_writer(ctx.store.upsert_metrics_batch, ctx.account, batch)
     finally:

@@ -2,8 +2,9 @@
 
 One :class:`NovitaClient` per account. It owns:
 
-* the network seam: an injectable ``httpx.AsyncBaseTransport`` (tests pass ``MockTransport`` or
-  ``ASGITransport(sim_app)``); httpx exceptions are translated here, with ``raise ... from exc``;
+* the network seam (:mod:`monitor.novita.transport`): aiohttp in production, an injectable
+  ``httpx.AsyncBaseTransport`` in tests (``MockTransport``, ``ASGITransport(sim_app)``); the
+  seam's httpx exceptions are translated here, with ``raise ... from exc``;
 * the concurrency limit: one ``asyncio.Semaphore`` shared by every call, held only while a
   request is on the wire (not during backoff);
 * retries (tenacity): exponential backoff with full jitter, ``Retry-After`` honoured, bounded by

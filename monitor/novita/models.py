@@ -334,7 +334,7 @@ class InstanceList(WireModel):
 
 class MetricPoint(NamedTuple):
     """One sample of a series: Unix seconds and a percent. A plain tuple, not a pydantic
-    model: a collection cycle parses tens of thousands of them, and each is checked here."""
+    model: a collection cycle parses tens of thousands of them (checked in ``_points``)."""
 
     ts: int
     value: float
@@ -342,17 +342,6 @@ class MetricPoint(NamedTuple):
     @property
     def timestamp(self) -> datetime:
         return datetime.fromtimestamp(self.ts, tz=UTC)
-
-    @classmethod
-    def parse(cls, raw: Any) -> MetricPoint | None:
-        if not isinstance(raw, dict):
-            return None
-        ts = _epoch(raw.get("timestamp"))
-        value = raw.get("value")
-        val = float(value) if type(value) is float or type(value) is int else parse_float(value)
-        if ts is None or val is None:
-            return None
-        return cls(ts, val)
 
 
 @lru_cache(maxsize=65536)
@@ -372,13 +361,13 @@ def _epoch(value: Any) -> int | None:
 
 def _points(value: Any) -> list[MetricPoint]:
     """A series; points without a usable time or value are skipped. The hot loop of a
-    collection cycle (tens of thousands of points): :meth:`MetricPoint.parse` inlined."""
+    collection cycle (tens of thousands of points), hence the type checks by hand."""
     out: list[MetricPoint] = []
     for raw in _list_or_empty(value) or []:
         if type(raw) is not dict:
             continue
         stamp, value = raw.get("timestamp"), raw.get("value")
-        ts = _epoch_from_text(stamp) if type(stamp) is str else _epoch(stamp)
+        ts = _epoch(stamp)
         if type(value) is not float:
             value = float(value) if type(value) is int else parse_float(value)
         if ts is not None and value is not None:
