@@ -169,6 +169,34 @@ Money100k = Annotated[Decimal | None, BeforeValidator(lambda v: money_from_units
 MoneyUSD = Annotated[Decimal | None, BeforeValidator(_decimal)]
 
 
+def parse_bool(value: Any) -> bool | None:
+    """``true``/``false`` as JSON booleans, 0/1, or their strings; blank -> None."""
+    value = _blank_to_none(value)
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise ValueError(f"expected a boolean, got {value!r}")
+
+
+LenientBool = Annotated[bool | None, BeforeValidator(parse_bool)]
+
+
+def _precise(amount: Decimal | None, precision: int | None) -> Decimal | None:
+    """``amount`` divided by the wire's ``pricePrecision`` (absent, 0 or 1: unchanged).
+
+    The console divides ``discountPrice0`` and ``basePrice`` by ``pricePrecision`` before the
+    1/10000 scale (wire-format §7.2); the OpenAPI docs do not mention it."""
+    if amount is None or not precision or precision == 1:
+        return amount
+    return amount / Decimal(precision)
+
+
 class WireModel(BaseModel):
     """Base: unknown keys ignored, fields filled by alias (wire name) or by Python name."""
 
@@ -304,6 +332,11 @@ class Instance(WireModel):
         default=None, alias="statusError"
     )
     envs: Annotated[list[EnvVar], BeforeValidator(_list_or_empty)] = Field(default_factory=list)
+    # subscription auto-renew (wire-format §7.4: charged about 3 days before endTime)
+    auto_renew: LenientBool = Field(default=None, alias="autoRenew")
+    auto_renew_month: LenientInt = Field(default=None, alias="autoRenewMonth")
+    # days a stopped instance's local data is kept (wire-format §7.5)
+    keep_data_day: LenientInt = Field(default=None, alias="keepDataDay")
 
     @property
     def status_known(self) -> bool:
@@ -451,6 +484,13 @@ class UsageBill(WireModel):
     voucher_amount: Money10k = Field(default=None, alias="voucherAmount")
     pay_amount: Money10k = Field(default=None, alias="payAmount")
     pay_amount_display: MoneyUSD = Field(default=None, alias="payAmountDisplay")
+    price_precision: LenientInt = Field(default=None, alias="pricePrecision")
+
+    @property
+    def unit_price_usd(self) -> Decimal | None:
+        """USD per unit of ``billNum0`` (per card-hour when the time unit is hours):
+        ``discountPrice0`` / ``pricePrecision`` at the 1/10000 scale."""
+        return _precise(self.discount_price0, self.price_precision)
 
 
 class FixedTermBill(WireModel):
@@ -473,6 +513,12 @@ class FixedTermBill(WireModel):
     pay_amount_display: MoneyUSD = Field(default=None, alias="payAmountDisplay")
     create_time: Timestamp = Field(default=None, alias="createTime")
     cycle: OptStr = None
+    price_precision: LenientInt = Field(default=None, alias="pricePrecision")
+
+    @property
+    def base_price_usd(self) -> Decimal | None:
+        """``basePrice`` / ``pricePrecision`` at the 1/10000 scale (wire-format §7.2)."""
+        return _precise(self.base_price, self.price_precision)
 
 
 # ---------------------------------------------------------------------------------------------
