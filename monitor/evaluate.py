@@ -123,7 +123,7 @@ class Evaluator:
 
     def judge(self, now: datetime) -> EvalResult:
         """Evaluate and persist the changed alert states (no delivery)."""
-        facts = StoreFacts(self.store, self.accounts, self.intervals, self.stale_after)
+        facts = StoreFacts(self.store, self.accounts, self.intervals, self.stale_after, now=now)
         states = {r.fingerprint: to_state(r) for r in self.store.load_alerts()}
         silences = [to_silence(s) for s in self.store.list_silences(now)]
         result = evaluate(self.ruleset, facts, now, states, silences)

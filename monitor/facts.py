@@ -1,31 +1,40 @@
-"""The store-backed implementation of the rule engine's :class:`~monitor.rules.Facts`.
+"""The store-backed implementation of the rule engine's :class:`~monitor.rules.Facts`, and the
+figures ``status`` shows: both come from here, computed by :mod:`monitor.economics`.
 
-It sits above both (the engine imports no database code; the store imports no rule code) and
-answers each question with few queries per account, not one per instance: windowed aggregates are
-computed in SQL by the store, prices are cached per product and cluster.
+It sits above the store (which it reads through the store's methods only) and below the rules
+and the commands; it imports no collector, command or wire code. One object answers for one
+evaluation at one ``now`` (it caches): each question costs a few aggregate queries per account,
+not one per instance.
 
-Where the numbers come from:
+Where the numbers come from (the economics module's docstrings give the order of trust):
 
-* hourly cost of an instance: the product's listed price for its cluster (spot price for spot
-  instances) times its GPU count; the instance's latest hourly bill when no price is known;
-* monthly price: the product's 1-month subscription price times the GPU count;
-* spend: hourly GPU bills (backfilled for 8 days at first start); ``None`` before that history;
-* running hours: daily GPU bills' GPU-hours divided by the GPU count (backfilled for 30 days);
+* hourly cost: the product's listed price for its cluster (spot price for spot instances) x
+  GPUs, replaced by the latest complete hourly bill when they differ by more than 10 %;
+* monthly price: the product's 1-month price on the same basis, bounded by its ratio to the
+  hourly price;
+* running hours: the daily bills' card-hours (derived from their money, ``billNum0`` only as a
+  cross-check) in proportion to their overlap with the window, over the GPU count;
+* spend: the hourly bills' paid amounts, in proportion; unknown before the bills' history;
+* idle since: the newest unbroken run of idle minutes in the stored samples;
+* runway: balance over burn, auto-renewal charges subtracted at their time;
 * staleness: each collector's last success against ``stale_after`` x its interval.
+
+Figures that fail their bounds are unknown and listed by :meth:`StoreFacts.data_problems`;
+each is logged once per process with its raw inputs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import cache
 from typing import Any
 
-from sqlalchemy import select
-
-from monitor.collect.collectors import BILLS_BACKFILL, HOURLY_BACKFILL
-from monitor.novita.models import TRANSITIONAL_STATUSES
+from monitor import economics
+from monitor.economics import Bill, HourlyCost, Problem, Runway
+from monitor.logs import get_logger
 from monitor.rules.facts import (
     BalanceFact,
     GpuAgg,
@@ -33,8 +42,8 @@ from monitor.rules.facts import (
     TaskFact,
     WindowAgg,
 )
-from monitor.status import stale_collectors
-from monitor.store import tables
+
+log = get_logger("monitor.facts")
 
 #: our collector names -> the names rules use for staleness
 RULE_COLLECTOR = {
@@ -48,13 +57,49 @@ RULE_COLLECTOR = {
     "async_tasks": "tasks",
 }
 
-BILLING_STATUSES = frozenset({"running"}) | TRANSITIONAL_STATUSES
-#: statuses of an instance that has not run yet
-CREATING = frozenset({"toCreate", "creating", "pulling", "pending"})
+#: how far back the collectors fill the bills at their first run (``monitor.collect``'s
+#: ``BILLS_BACKFILL`` and ``HOURLY_BACKFILL``; a test keeps them equal)
+DAILY_BILLS_HISTORY = timedelta(days=30)
+HOURLY_BILLS_HISTORY = timedelta(days=8)
+#: the window ``status`` reports running hours over, and the idle threshold it uses (the
+#: shipped idle-gpu rule's)
+STATUS_HOURS_WINDOW = timedelta(days=30)
+STATUS_IDLE_THRESHOLD = 5.0
+#: how far back an idle stretch is traced (the raw minutes' default retention)
+IDLE_LOOKBACK = timedelta(days=7)
+#: how far back the latest complete hourly bill is looked for
+HOURLY_BILL_LOOKBACK = timedelta(hours=3)
+
+_logged: set[tuple[str, str, str, str]] = set()
+
+
+def log_problem_once(account: str, problem: Problem) -> None:
+    """Log a figure that failed its bounds, once per process (not once per evaluation)."""
+    key = (account, problem.kind, problem.resource_id, problem.field)
+    if key in _logged:
+        return
+    _logged.add(key)
+    log.warning(
+        "figure_unknown",
+        account=account,
+        kind=problem.kind,
+        resource=problem.resource_id,
+        field=problem.field,
+        raw=problem.raw,
+    )
+
+
+@dataclass
+class _Book:
+    """One account's figures at ``now``, computed once."""
+
+    instances: list[InstanceFact] = field(default_factory=list)
+    costs: dict[str, HourlyCost] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
 
 
 class StoreFacts:
-    """Facts for ``accounts`` read from ``store`` (create one per evaluation: it caches)."""
+    """Facts for ``accounts`` read from ``store`` at ``now`` (one per evaluation: it caches)."""
 
     def __init__(
         self,
@@ -62,117 +107,139 @@ class StoreFacts:
         accounts: Sequence[str],
         intervals: dict[str, int],
         stale_after: float,
+        *,
+        now: datetime,
     ) -> None:
         self.store = store
         self._accounts = list(accounts)
         self.intervals = intervals
         self.stale_after = stale_after
-        self._instances: dict[str, list[InstanceFact]] = {}
+        self.now = now
+        self._books: dict[str, _Book] = {}
+        self._built: set[str] = set()
         self.price = cache(self._price)
+        self._running: dict[tuple[str, datetime, datetime], Any] = {}
 
-    # -- helpers -----------------------------------------------------------------------------
+    # -- the account's book -------------------------------------------------------------
 
     def _price(self, account: str, product_id: str | None, cluster_id: str | None) -> Any:
         if not product_id:
             return None
         return self.store.product_price(account, product_id, cluster_id)
 
-    def _hourly_cost(self, account: str, rec: Any) -> Decimal | None:
-        if rec.billing_mode not in ("onDemand", "spot"):
-            return None
-        price = self.price(account, rec.product_id, rec.cluster_id)
-        per_gpu = None if price is None else price.hourly_usd(rec.billing_mode)
-        if per_gpu is not None and rec.gpu_count:
-            return Decimal(per_gpu) * rec.gpu_count
-        return None
+    def _problem(self, account: str, problem: Problem | None) -> None:
+        if problem is None:
+            return
+        book = self._books.setdefault(account, _Book())
+        book.problems.append(problem)
+        log_problem_once(account, problem)
 
-    def _monthly_price(self, account: str, rec: Any) -> Decimal | None:
-        price = self.price(account, rec.product_id, rec.cluster_id)
-        if price is None or not rec.gpu_count:
-            return None
-        monthly = price.monthly_price_usd(1)
-        return None if monthly is None else monthly * rec.gpu_count
-
-    def _status_since(self, account: str, rec: Any, statuses: Sequence[Any] | None) -> Any:
-        """When the instance entered its current status (first seen, if never seen changing).
-
-        ``statuses``: its history as ``(ts, status)`` oldest first, when already read."""
-        if rec.status not in TRANSITIONAL_STATUSES:
-            return None  # only the stuck-instance check asks; spare the query
-        if statuses is None:
-            history = self.store.instance_history(account, rec.instance_id)
-            statuses = [(change.ts, change.status) for change in history]
-        since, previous = rec.first_seen, None
-        for ts, status in statuses:
-            if status != previous:
-                since, previous = ts, status
-        if previous != rec.status:
-            since = rec.first_seen
-        # never seen in another status and still being created: so since its creation
-        seen = {status for _, status in statuses}
-        if seen <= {rec.status} and rec.status in CREATING and rec.created_at is not None:
-            since = min(since, rec.created_at) if since else rec.created_at
-        return since
-
-    def _status_histories(self, recs: Sequence[Any]) -> dict[int, list[tuple[Any, str]]] | None:
-        """``(ts, status)`` histories of the transitional instances among ``recs``, by instance
-        key, in one query (not one per instance); None when the store is not SQL-backed."""
-        keys = [r.key for r in recs if r.status in TRANSITIONAL_STATUSES]
-        engine = getattr(self.store, "engine", None)
-        if engine is None:
-            return None
-        out: dict[int, list[tuple[Any, str]]] = {key: [] for key in keys}
-        if not keys:
-            return out
-        h = tables.instance_history.c
-        with engine.connect() as conn:
-            for i in range(0, len(keys), 500):
-                query = (
-                    select(h.instance_key, h.ts, h.status)
-                    .where(h.instance_key.in_(keys[i : i + 500]))
-                    .order_by(h.instance_key, h.ts, h.id)
-                )
-                for key, ts, status in conn.execute(query):
-                    out[key].append((ts, status))
+    def _billed_hourly(self, account: str, gpus: dict[str, int]) -> dict[str, Decimal]:
+        """Per instance, the hourly cost its latest *complete* hourly bill shows (the current
+        hour's bill is partial and never used)."""
+        now = self.now
+        start = now - HOURLY_BILL_LOOKBACK
+        rows = self.store.usage_bills_overlapping(account, start, now, cycle_type="Hour")
+        complete = [b for b in map(_bill, rows) if b.period_end <= now]
+        unit = economics.card_hours_by_owner(complete, start, now, now).unit
+        latest: dict[str, Bill] = {}
+        for b in complete:
+            if b.owner_id not in latest or b.start > latest[b.owner_id].start:
+                latest[b.owner_id] = b
+        out: dict[str, Decimal] = {}
+        for owner, b in latest.items():
+            card_hours = economics.bill_card_hours(b, unit).hours
+            usd = economics.billed_hourly_cost(b.amount, card_hours, gpus.get(owner, 1))
+            if usd is not None:
+                out[owner] = usd
         return out
 
-    # -- Facts -------------------------------------------------------------------------------
+    def _book(self, account: str) -> _Book:
+        if account in self._built:
+            return self._books[account]
+        self._built.add(account)
+        book = self._books.setdefault(account, _Book())
+        recs = self.store.instances(account)
+        billed = self._billed_hourly(
+            account, {r.instance_id: int(r.gpu_count or 0) for r in recs}
+        )
+        ceiling = self.store.max_listed_price(account)
+        transitional = [
+            r.instance_id for r in recs if r.status in economics.TRANSITIONAL_STATUSES
+        ]
+        histories = self.store.status_histories(account, transitional) if transitional else {}
+        # the basis of the listed prices (per GPU or per instance), as the bills showed it
+        listed: dict[str, Decimal | None] = {}
+        for rec in recs:
+            price = self.price(account, rec.product_id, rec.cluster_id)
+            mode = rec.billing_mode if rec.billing_mode in economics.HOURLY_MODES else "onDemand"
+            listed[rec.instance_id] = None if price is None else price.hourly_usd(mode)
+        for rec in recs:
+            cost = economics.hourly_cost(
+                status=rec.status,
+                billing_mode=rec.billing_mode or None,
+                gpu_count=int(rec.gpu_count or 0),
+                listed_unit_usd=listed[rec.instance_id],
+                billed_usd=billed.get(rec.instance_id),
+                max_listed_unit_usd=ceiling,
+                resource_id=rec.instance_id,
+            )
+            self._problem(account, cost.problem)
+            if cost.source == "billed":
+                log_problem_once(
+                    account,
+                    Problem(
+                        "price_differs_from_bills",
+                        rec.instance_id,
+                        "hourly_cost_usd",
+                        f"listed={cost.listed_usd} billed={cost.usd}",
+                    ),
+                )
+            book.costs[rec.instance_id] = cost
+        for rec in recs:
+            price = self.price(account, rec.product_id, rec.cluster_id)
+            monthly, problem = economics.monthly_price(
+                monthly_unit_usd=None if price is None else price.monthly_price_usd(1),
+                listed_unit_usd=listed[rec.instance_id],
+                hourly_cost_usd=book.costs[rec.instance_id].usd,
+                gpu_count=int(rec.gpu_count or 0),
+                resource_id=rec.instance_id,
+            )
+            self._problem(account, problem)
+            book.instances.append(
+                InstanceFact(
+                    id=rec.instance_id,
+                    name=rec.name,
+                    status=rec.status,
+                    billing_mode=rec.billing_mode or None,
+                    gpu_count=int(rec.gpu_count or 0),
+                    cpu_num=rec.cpu_num,
+                    product_id=rec.product_id,
+                    product_name=rec.product_name,
+                    cluster_id=rec.cluster_id,
+                    end_time=rec.end_time,
+                    created_at=rec.created_at,
+                    last_started_at=rec.last_started_at,
+                    first_seen=rec.first_seen,
+                    status_since=_status_since(rec, histories.get(rec.instance_id)),
+                    error_state=rec.error_state,
+                    hourly_cost_usd=book.costs[rec.instance_id].usd,
+                    monthly_price_usd=monthly,
+                    labels=dict(rec.envs or {}),
+                    auto_renew=rec.auto_renew,
+                    auto_renew_months=rec.auto_renew_month,
+                    keep_data_day=rec.keep_data_day,
+                )
+            )
+        return book
+
+    # -- Facts ---------------------------------------------------------------------------
 
     def accounts(self) -> list[str]:
         return list(self._accounts)
 
     def instances(self, account: str) -> list[InstanceFact]:
-        if account not in self._instances:
-            facts = []
-            recs = self.store.instances(account)
-            histories = self._status_histories(recs)
-            for rec in recs:
-                facts.append(
-                    InstanceFact(
-                        id=rec.instance_id,
-                        name=rec.name,
-                        status=rec.status,
-                        billing_mode=rec.billing_mode or None,
-                        gpu_count=int(rec.gpu_count or 0),
-                        cpu_num=rec.cpu_num,
-                        product_id=rec.product_id,
-                        product_name=rec.product_name,
-                        cluster_id=rec.cluster_id,
-                        end_time=rec.end_time,
-                        created_at=rec.created_at,
-                        last_started_at=rec.last_started_at,
-                        first_seen=rec.first_seen,
-                        status_since=self._status_since(
-                            account, rec, None if histories is None else histories.get(rec.key)
-                        ),
-                        error_state=rec.error_state,
-                        hourly_cost_usd=self._hourly_cost(account, rec),
-                        monthly_price_usd=self._monthly_price(account, rec),
-                        labels=dict(rec.envs or {}),
-                    )
-                )
-            self._instances[account] = facts
-        return list(self._instances[account])
+        return list(self._book(account).instances)
 
     def metric_window(
         self,
@@ -229,26 +296,77 @@ class StoreFacts:
         return BalanceFact(available_usd=sample.available_usd, as_of=sample.ts)
 
     def burn_rate(self, account: str) -> Decimal | None:
-        costs = [
-            i.hourly_cost_usd
-            for i in self.instances(account)
-            if i.status in BILLING_STATUSES and i.billing_mode in ("onDemand", "spot")
+        return economics.burn_rate(self._book(account).costs.values())
+
+    def runway(self, account: str, now: datetime) -> Runway:
+        balance = self.balance(account)
+        charges = []
+        for inst in self.instances(account):
+            charge = economics.renewal_charge(
+                instance_id=inst.id,
+                billing_mode=inst.billing_mode,
+                end_time=inst.end_time,
+                auto_renew=inst.auto_renew,
+                auto_renew_months=inst.auto_renew_months,
+                monthly_usd=inst.monthly_price_usd,
+                now=now,
+            )
+            if charge is not None:
+                charges.append(charge)
+        return economics.runway(
+            None if balance is None else balance.available_usd,
+            self.burn_rate(account),
+            charges,
+            now,
+        )
+
+    def idle_since(
+        self,
+        account: str,
+        threshold: float,
+        now: datetime,
+        instance_ids: Sequence[str] | None = None,
+    ) -> dict[str, datetime]:
+        insts = {i.id: i for i in self.instances(account)}
+        ids = [
+            iid
+            for iid in (instance_ids if instance_ids is not None else insts)
+            if iid in insts and insts[iid].status == "running"
         ]
-        known = [c for c in costs if c is not None]
-        if costs and not known:
-            return None
-        return sum(known, Decimal(0))
+        if not ids:
+            return {}
+        history = self.metrics_start(account)
+        minutes = self.store.gpu_minutes(account, ids, now - IDLE_LOOKBACK, now)
+        out: dict[str, datetime] = {}
+        for iid in ids:
+            inst = insts[iid]
+            bounds = [
+                t
+                for t in (inst.last_started_at or inst.created_at, history, now - IDLE_LOOKBACK)
+                if t is not None
+            ]
+            since = economics.idle_since(
+                minutes.get(iid, []), threshold, not_before=max(bounds) if bounds else None
+            )
+            if since is not None:
+                out[iid] = since
+        return out
+
+    def _bills_as_of(self, account: str) -> datetime:
+        """When the stored bills were last read: a period's bill counts up to then."""
+        last = self.store.last_success(account, "usage_bills")
+        return min(self.now, last) if last is not None else self.now
 
     def _bills_history(self, account: str, backfill: timedelta) -> datetime | None:
         first = self.store.first_success(account, "usage_bills")
         return None if first is None else first - backfill
 
     def spend(self, account: str, start: datetime, end: datetime) -> Decimal | None:
-        history = self._bills_history(account, HOURLY_BACKFILL)
+        history = self._bills_history(account, HOURLY_BILLS_HISTORY)
         if history is None or history > start:
             return None
-        total = self.store.spend(account, start, end, category="gpu")
-        return Decimal(0) if total is None else total
+        rows = self.store.usage_bills_overlapping(account, start, end, cycle_type="Hour")
+        return economics.spend([_bill(r) for r in rows], start, end, self._bills_as_of(account))
 
     def running_hours(
         self,
@@ -256,18 +374,37 @@ class StoreFacts:
         start: datetime,
         end: datetime,
         instance_ids: Sequence[str] | None = None,
-    ) -> dict[str, float] | None:
-        history = self._bills_history(account, BILLS_BACKFILL)
+    ) -> dict[str, float | None] | None:
+        history = self._bills_history(account, DAILY_BILLS_HISTORY)
         if history is None or history > start:
             return None
-        gpus = {i.id: i.gpu_count for i in self.instances(account)}
-        hours = self.store.gpu_hours_by_owner(account, start, end, cycle_type="Day")
-        wanted = set(instance_ids) if instance_ids is not None else set(gpus)
-        return {
-            iid: float(gpu_hours) / (gpus.get(iid) or 1)
-            for iid, gpu_hours in hours.items()
-            if iid in wanted
-        }
+        key = (account, start, end)
+        if key not in self._running:
+            rows = self.store.usage_bills_overlapping(account, start, end, cycle_type="Day")
+            by_owner = economics.card_hours_by_owner(
+                [_bill(r) for r in rows], start, end, self._bills_as_of(account)
+            )
+            for problem in by_owner.problems:
+                self._problem(account, problem)
+            known = {i.id: i for i in self.instances(account)}
+            strangers = sorted(set(by_owner.hours) - set(known) - self._all_instance_ids(account))
+            for owner in strangers:
+                self._problem(
+                    account, Problem("bill_owner_unknown", owner, "ownerID", "not in the listing")
+                )
+            out: dict[str, float | None] = {}
+            for iid, inst in known.items():
+                hours, problem = economics.running_hours(
+                    by_owner.hours.get(iid, 0.0), inst.gpu_count, end - start, iid
+                )
+                self._problem(account, problem)
+                out[iid] = hours
+            self._running[key] = out
+        wanted = set(instance_ids) if instance_ids is not None else None
+        return {k: v for k, v in self._running[key].items() if wanted is None or k in wanted}
+
+    def _all_instance_ids(self, account: str) -> set[str]:
+        return {r.instance_id for r in self.store.instances(account, include_disappeared=True)}
 
     def tasks(self, account: str) -> list[TaskFact]:
         out = [
@@ -295,8 +432,19 @@ class StoreFacts:
         ]
         return out
 
+    def stale_store_collectors(self, account: str, now: datetime) -> list[str]:
+        """Our collectors (store names) whose data is stale at ``now``."""
+        watching = bool(self.store.watched_tasks(account))
+        last = {
+            name: self.store.last_success(account, name)
+            for name in self.intervals
+            # async tasks are polled only while some task is watched
+            if name != "async_tasks" or watching
+        }
+        return economics.stale(last, self.intervals, self.stale_after, now)
+
     def stale_collectors(self, account: str, now: datetime) -> list[str]:
-        ours = stale_collectors(self.store, account, now, self.intervals, self.stale_after)
+        ours = self.stale_store_collectors(account, now)
         return sorted({RULE_COLLECTOR.get(name, name) for name in ours})
 
     def metrics_start(self, account: str) -> datetime | None:
@@ -305,7 +453,45 @@ class StoreFacts:
         return None if first is None else first - timedelta(seconds=60)
 
     def history_start(self, account: str) -> datetime | None:
-        candidates = [self._bills_history(account, BILLS_BACKFILL)]
+        candidates = [self._bills_history(account, DAILY_BILLS_HISTORY)]
         candidates += [i.first_seen for i in self.instances(account)]
         known = [c for c in candidates if c is not None]
         return min(known) if known else None
+
+    def data_problems(self, account: str) -> list[Problem]:
+        """The figures found unbelievable so far in this evaluation (bounds, units)."""
+        book = self._book(account)
+        seen: dict[tuple[str, str, str], Problem] = {}
+        for p in book.problems:
+            seen.setdefault((p.kind, p.resource_id, p.field), p)
+        return list(seen.values())
+
+
+def _bill(row: Any) -> Bill:
+    return Bill(
+        owner_id=row.owner_id,
+        start=row.start,
+        end=row.end,
+        amount=row.amount,
+        pay_amount=row.pay_amount,
+        unit_price=row.unit_price,
+        bill_num0=row.bill_num0,
+    )
+
+
+def _status_since(rec: Any, statuses: list[tuple[datetime, str]] | None) -> datetime | None:
+    """When the instance entered its current (transitional) status: the first snapshot with
+    it, or its creation when it was never seen in another status while being created."""
+    if rec.status not in economics.TRANSITIONAL_STATUSES:
+        return None  # only the stuck-instance check asks
+    statuses = statuses or []
+    since, previous = rec.first_seen, None
+    for ts, status in statuses:
+        if status != previous:
+            since, previous = ts, status
+    if previous != rec.status:
+        since = rec.first_seen
+    seen = {status for _, status in statuses}
+    if seen <= {rec.status} and rec.status in economics.CREATING_STATUSES and rec.created_at:
+        since = min(since, rec.created_at) if since else rec.created_at
+    return since

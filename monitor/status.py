@@ -1,9 +1,9 @@
-"""The fleet at a glance (``novita-monitor status``), computed from the store only.
+"""The fleet at a glance (``novita-monitor status``).
 
-Hourly cost of a running on-demand or spot instance: the product's hourly price for its cluster
-times ``gpu_count`` (the per-GPU basis of ``price`` is unconfirmed, wire-format §1.4/§2.9), checked
-against the instance's recent hourly bills: when they differ by more than 10 % the bills win and a
-warning is logged. Monthly (prepaid) instances and instances not running cost null per hour.
+Every figure comes from :class:`monitor.facts.StoreFacts`, the same object the rules read, so
+``status`` and the alerts can never disagree; the economics module computes them. An unknown
+figure is ``null`` in JSON and ``?`` in the table, never a guess; the reasons are listed under
+``data_problems``.
 """
 
 from __future__ import annotations
@@ -12,86 +12,85 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import structlog
-
-log = structlog.get_logger("monitor.status")
-
-BILL_TOLERANCE = Decimal("0.10")
+from monitor import economics
+from monitor.facts import STATUS_HOURS_WINDOW, STATUS_IDLE_THRESHOLD, StoreFacts
 
 
-def stale_collectors(
-    store: Any, account: str, now: datetime, intervals: dict[str, int], stale_after: float
-) -> list[str]:
-    """Collectors whose last success is older than ``stale_after`` x their interval (or never)."""
-    stale = []
-    for name, interval in intervals.items():
-        if name == "async_tasks" and not store.watched_tasks(account):
-            continue  # polled only while some task is watched: nothing to be stale about
-        last = store.last_success(account, name)
-        if last is None or now - last > timedelta(seconds=interval * stale_after):
-            stale.append(name)
-    return stale
-
-
-def hourly_cost(store: Any, account: str, inst: Any, now: datetime) -> Decimal | None:
-    if inst.status != "running" or inst.billing_mode not in ("onDemand", "spot"):
-        return None
-    price = store.hourly_price_usd(account, inst.product_id, inst.cluster_id, inst.billing_mode)
-    listed = price * inst.gpu_count if price is not None and inst.gpu_count else None
-    billed = store.recent_hourly_bill_usd(account, inst.instance_id, now)
-    if listed is None:
-        return billed
-    if billed is not None and billed > 0 and abs(listed - billed) / billed > BILL_TOLERANCE:
-        log.warning(
-            "price_differs_from_bills",
-            account=account,
-            instance=inst.instance_id,
-            listed_usd_per_hour=str(listed),
-            billed_usd_per_hour=str(billed),
-        )
-        return billed
-    return listed
-
-
-def _num(value: Decimal | None, places: int = 4) -> float | None:
+def _num(value: Decimal | float | None, places: int = 4) -> float | None:
     return None if value is None else round(float(value), places)
 
 
-def account_status(
-    store: Any, account: str, now: datetime, intervals: dict[str, int], stale_after: float
-) -> dict[str, Any]:
+def _iso(when: datetime | None) -> str | None:
+    return None if when is None else when.isoformat().replace("+00:00", "Z")
+
+
+def account_status(facts: StoreFacts, account: str, now: datetime) -> dict[str, Any]:
+    insts = facts.instances(account)
+    idle = facts.idle_since(account, STATUS_IDLE_THRESHOLD, now)
+    hours = facts.running_hours(account, now - STATUS_HOURS_WINDOW, now)
+    util = facts.metric_window(account, "gpu_util", now - timedelta(minutes=15), now)
     instances = []
-    burn = Decimal(0)
-    for inst in store.instances(account):
-        cost = hourly_cost(store, account, inst, now)
-        if cost is not None:
-            burn += cost
-        util = store.gpu_util_avg(account, inst.instance_id, now - timedelta(minutes=15), now)
+    for inst in insts:
+        since = idle.get(inst.id)
+        ran = None if hours is None else hours.get(inst.id)
+        per_month = economics.per_month(ran, STATUS_HOURS_WINDOW)
+        # the advice compares paying by the hour with a subscription: on-demand only
+        hourly = inst.hourly_cost_usd if inst.billing_mode == "onDemand" else None
+        agg = util.get(inst.id)
         instances.append(
             {
-                "id": inst.instance_id,
+                "id": inst.id,
                 "name": inst.name,
                 "status": inst.status,
-                "billing_mode": inst.billing_mode or None,
-                "gpu_count": int(inst.gpu_count or 0),
-                "gpu_util_avg_15m": None if util is None else round(float(util), 2),
-                "hourly_cost_usd": _num(cost),
-                "expires_at": inst.end_time.isoformat().replace("+00:00", "Z")
-                if inst.end_time
-                else None,
+                "billing_mode": inst.billing_mode,
+                "gpu_count": inst.gpu_count,
+                "gpu_util_avg_15m": None
+                if agg is None
+                else _num(economics.bounded_percent(agg.avg), 2),
+                "hourly_cost_usd": _num(inst.hourly_cost_usd),
+                "monthly_price_usd": _num(inst.monthly_price_usd),
+                "expires_at": _iso(inst.end_time),
+                "auto_renew": inst.auto_renew,
+                "idle_since": _iso(since),
+                "idle_cost_usd": _num(economics.cost_since(inst.hourly_cost_usd, since, now)),
+                "running_hours_30d": _num(ran, 2),
+                "break_even_hours": _num(
+                    economics.break_even_hours(inst.monthly_price_usd, hourly), 1
+                ),
+                "monthly_saving_usd": _num(
+                    economics.monthly_saving(hourly, per_month, inst.monthly_price_usd), 2
+                ),
             }
         )
-    balance = store.latest_balance(account)
-    balance_usd = None if balance is None else balance.available_usd
-    runway = None
-    if balance_usd is not None and burn > 0:
-        runway = balance_usd / burn
+    balance = facts.balance(account)
+    runway = facts.runway(account, now)
+    stored = getattr(facts.store, "data_problems", None)
+    problems = [
+        {"kind": p.kind, "resource_id": p.resource_id, "field": p.field, "raw": p.raw, "count": 1}
+        for p in facts.data_problems(account)
+    ]
+    if stored is not None:
+        problems += [
+            {
+                "kind": p.kind,
+                "resource_id": p.resource_id,
+                "field": p.field,
+                "raw": p.raw,
+                "count": p.count,
+            }
+            for p in stored(account)
+        ]
     return {
         "name": account,
-        "balance_usd": _num(balance_usd, 4),
-        "burn_rate_usd_per_hour": _num(burn),
-        "runway_hours": _num(runway, 2),
-        "stale": stale_collectors(store, account, now, intervals, stale_after),
+        "balance_usd": _num(None if balance is None else balance.available_usd),
+        "burn_rate_usd_per_hour": _num(facts.burn_rate(account)),
+        "runway_hours": _num(runway.hours, 2),
+        "runway_reason": runway.reason,
+        "in_arrears": runway.in_arrears,
+        "renewals_in_runway_usd": _num(runway.charges_usd) if runway.charges_usd else None,
+        "spend_24h_usd": _num(facts.spend(account, now - timedelta(hours=24), now), 2),
+        "stale": facts.stale_store_collectors(account, now),
+        "data_problems": problems,
         "instances": instances,
     }
 
@@ -99,34 +98,56 @@ def account_status(
 def fleet_status(
     store: Any, accounts: list[str], now: datetime, intervals: dict[str, int], stale_after: float
 ) -> dict[str, Any]:
+    facts = StoreFacts(store, accounts, intervals, stale_after, now=now)
     return {
-        "generated_at": now.isoformat().replace("+00:00", "Z"),
-        "accounts": [account_status(store, a, now, intervals, stale_after) for a in accounts],
+        "generated_at": _iso(now),
+        "accounts": [account_status(facts, a, now) for a in accounts],
     }
 
 
+def _money(value: float | None, unknown: str = "?") -> str:
+    if value is None:
+        return unknown
+    return f"-${-value:,.2f}" if value < 0 else f"${value:,.2f}"
+
+
+def _runway(acc: dict[str, Any]) -> str:
+    if acc["in_arrears"]:
+        return "none (in arrears)"
+    if acc["runway_hours"] is not None:
+        return f"{acc['runway_hours']:,.1f} h"
+    return {"no_burn": "unlimited (nothing bills)"}.get(acc["runway_reason"] or "", "?")
+
+
 def render_text(status: dict[str, Any]) -> str:
-    """A plain table for terminals."""
+    """A plain table for terminals: each figure once, unknown ones as ``?``."""
     lines = []
     for acc in status["accounts"]:
-        bal = acc["balance_usd"]
-        runway = acc["runway_hours"]
+        burn = acc["burn_rate_usd_per_hour"]
         lines.append(
-            f"account {acc['name']}: balance "
-            + (f"${bal:,.2f}" if bal is not None else "unknown")
-            + f", burn ${acc['burn_rate_usd_per_hour'] or 0:,.2f}/h, runway "
-            + (f"{runway:,.1f} h" if runway is not None else "n/a")
+            f"account {acc['name']}: balance {_money(acc['balance_usd'])}, "
+            f"burn {_money(burn)}/h, runway {_runway(acc)}, "
+            f"spent {_money(acc['spend_24h_usd'])} in 24 h"
         )
         if acc["stale"]:
             lines.append(f"  STALE: {', '.join(acc['stale'])}")
-        header = f"  {'ID':<22} {'NAME':<20} {'STATUS':<10} {'BILLING':<9} {'GPU':>3} {'UTIL15m':>7} {'$/h':>7}  EXPIRES"
-        lines.append(header)
+        if acc["data_problems"]:
+            kinds = sorted({p["kind"] for p in acc["data_problems"]})
+            lines.append(
+                f"  UNKNOWN FIGURES: {len(acc['data_problems'])} ({', '.join(kinds)}); "
+                "see status --json"
+            )
+        lines.append(
+            f"  {'ID':<22} {'NAME':<20} {'STATUS':<10} {'BILLING':<9} {'GPU':>3} "
+            f"{'UTIL15m':>7} {'$/h':>7} {'IDLE $':>7}  EXPIRES"
+        )
         for i in acc["instances"]:
             util = "-" if i["gpu_util_avg_15m"] is None else f"{i['gpu_util_avg_15m']:.1f}%"
             cost = "-" if i["hourly_cost_usd"] is None else f"{i['hourly_cost_usd']:.2f}"
+            idle = "-" if i["idle_cost_usd"] is None else f"{i['idle_cost_usd']:.2f}"
             lines.append(
                 f"  {i['id'][:22]:<22} {i['name'][:20]:<20} {i['status'][:10]:<10} "
-                f"{(i['billing_mode'] or '-'):<9} {i['gpu_count']:>3} {util:>7} {cost:>7}  "
-                f"{i['expires_at'] or '-'}"
+                f"{(i['billing_mode'] or '-'):<9} {i['gpu_count']:>3} {util:>7} {cost:>7} "
+                f"{idle:>7}  {i['expires_at'] or '-'}"
             )
     return "\n".join(lines)

@@ -104,7 +104,10 @@ def test_idle_gpu_fires_on_a_covered_idle_window_with_money_values() -> None:
     assert r.match is True
     assert r.values["value"] == 1 and r.values["threshold"] == 5
     assert r.values["cost_per_hour_usd"] == 0.8
-    assert r.values["cost_so_far_usd"] == pytest.approx(0.4)  # the 30 min window so far
+    # idle for the whole hour of samples, not just the 30 min window: counted from the first
+    # idle sample, at $0.80/h
+    assert r.values["idle_minutes"] == 60
+    assert r.values["cost_so_far_usd"] == pytest.approx(0.8)
 
 
 @pytest.mark.parametrize(("covered", "expected"), [(30, True), (27, True), (26, None), (10, None)])

@@ -284,13 +284,6 @@ KNOWN_STATUSES = frozenset(
         "toReset", "resetting", "migrating", "freezing", "pending",
     }
 )  # fmt: skip
-TRANSITIONAL_STATUSES = frozenset(
-    {
-        "toCreate", "creating", "pulling", "toStart", "starting", "toStop", "stopping",
-        "toRestart", "restarting", "toRemove", "removing", "toReset", "resetting", "migrating",
-        "pending",
-    }
-)  # fmt: skip
 BILLING_MODES = frozenset({"onDemand", "monthly", "spot"})
 
 

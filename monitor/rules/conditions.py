@@ -10,26 +10,24 @@ evaluation makes a handful of aggregate queries whatever the number of instances
 
 from __future__ import annotations
 
-import math
 from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import Literal
 
 from pydantic import Field, model_validator
 
+from monitor import economics
 from monitor.rules.context import EvalContext, Resource, Result, and3, money, or3
 from monitor.rules.durations import Duration
 from monitor.rules.facts import GpuAgg, InstanceFact, TaskFact, WindowAgg
 from monitor.rules.model import SEVERITY_RANK, StrictModel
 from monitor.rules.registry import conditions
 
-HOUR = 3600.0
-MONTH_HOURS = 730.0  # 365 * 24 / 12, the hours of an average month
-
-TRANSITIONAL = (
-    "toCreate", "creating", "pulling", "toStart", "starting", "toRestart", "restarting",
-    "toReset", "resetting", "migrating", "pending",
-)  # fmt: skip
+HOUR = economics.HOUR_S
+#: the default "stuck" statuses: transitional ones, less the stops and removals (which a
+#: user asked for and which cost nothing)
+TRANSITIONAL = tuple(
+    sorted(economics.TRANSITIONAL_STATUSES - {"toStop", "stopping", "toRemove", "removing"})
+)
 
 
 def _iso(when: datetime | None) -> str | None:
@@ -148,6 +146,7 @@ def idle_gpu(params: IdleGpuParams, ctx: EvalContext, resource: Resource) -> Res
     """
     inst = _instance(resource)
     values: dict[str, object] = {
+        "kind": "idle_gpu",
         "threshold": params.threshold,
         "window_minutes": params.window.total_seconds() / 60,
         "gpu_count": inst.gpu_count,
@@ -171,17 +170,16 @@ def idle_gpu(params: IdleGpuParams, ctx: EvalContext, resource: Resource) -> Res
         if len(verdicts) > 1
         else (inst.gpu_count if verdicts[0] else 0)
     )
-    if match and inst.hourly_cost_usd is not None:
-        since = (
-            ctx.prior.active_since
-            if ctx.active and ctx.prior and ctx.prior.active_since
-            else ctx.now
-        )
-        idle_since = max(since - params.window, started)
-        hours = (ctx.now - idle_since).total_seconds() / HOUR
-        values["idle_since"] = _iso(idle_since)
-        values["idle_hours"] = round(hours, 2)
-        values["cost_so_far_usd"] = money(inst.hourly_cost_usd * Decimal(str(hours)))
+    if match:
+        # how long it has truly been idle: from the first idle sample of the current stretch
+        # (bounded by the last start and the stored history), not from the window's start
+        since = ctx.facts.idle_since(ctx.account, params.threshold, ctx.now, None).get(inst.id)
+        if since is not None:
+            values["idle_since"] = _iso(since)
+            values["idle_minutes"] = round((ctx.now - since).total_seconds() / 60)
+            values["cost_so_far_usd"] = money(
+                economics.cost_since(inst.hourly_cost_usd, since, ctx.now)
+            )
     return Result(match, values)
 
 
@@ -209,7 +207,12 @@ def underused_gpus(params: UnderusedGpusParams, ctx: EvalContext, resource: Reso
     Needs per-GPU samples. Reports the idle count and what the idle GPUs cost per hour.
     """
     inst = _instance(resource)
-    values: dict[str, object] = {"threshold": params.threshold, "gpu_count": inst.gpu_count}
+    values: dict[str, object] = {
+        "kind": "underused_gpus",
+        "threshold": params.threshold,
+        "gpu_count": inst.gpu_count,
+        "window_minutes": params.window.total_seconds() / 60,
+    }
     if inst.status != "running" or inst.gpu_count < 2:
         return Result(False, values)
     started = _uptime_start(ctx, inst)
@@ -223,10 +226,9 @@ def underused_gpus(params: UnderusedGpusParams, ctx: EvalContext, resource: Reso
     idle = sum(1 for v in verdicts if v)
     busy = sum(1 for v in verdicts if v is False)
     values["idle_gpus"] = idle
-    if inst.hourly_cost_usd is not None and inst.gpu_count:
-        per_hour = inst.hourly_cost_usd * idle / inst.gpu_count
-        values["cost_per_hour_usd"] = money(per_hour)
-        values["idle_cost_per_month_usd"] = money(per_hour * Decimal(MONTH_HOURS))
+    per_hour = economics.share_of_cost(inst.hourly_cost_usd, idle, inst.gpu_count)
+    values["cost_per_hour_usd"] = money(per_hour)
+    values["idle_cost_per_month_usd"] = money(economics.per_month_cost(per_hour))
     if idle >= params.min_idle and (params.include_all_idle or busy > 0):
         return Result(True, values)
     if idle + (len(verdicts) - idle - busy) >= params.min_idle and busy > 0:
@@ -296,16 +298,18 @@ def low_balance(params: LowBalanceParams, ctx: EvalContext, resource: Resource) 
         return Result(None)
     burn = ctx.facts.burn_rate(ctx.account)
     bal = float(balance.available_usd)
-    if burn is None:
-        runway: float | None = None
-    elif burn <= 0:
-        runway = math.inf
-    else:
-        runway = max(bal, 0.0) / float(burn)
+    figures = ctx.facts.runway(ctx.account, ctx.now)
+    runway: float | None = figures.hours
+    if runway is None and figures.reason == "no_burn":
+        runway = float("inf")  # nothing bills: the balance lasts (for the comparison only)
     values: dict[str, object] = {
+        "kind": "low_balance",
         "balance_usd": money(balance.available_usd),
         "burn_rate_usd_per_hour": money(burn),
-        "runway_hours": None if runway is None or math.isinf(runway) else round(runway, 1),
+        "runway_hours": None if figures.hours is None else round(figures.hours, 1),
+        "runway_reason": figures.reason,
+        "in_arrears": figures.in_arrears,
+        "renewals_usd": money(figures.charges_usd) if figures.charges_usd else None,
     }
     levels = list(params.levels)
     if params.usd is not None or params.runway_hours is not None:
@@ -386,6 +390,8 @@ def expiring_subscription(
         return Result(False)
     left = inst.end_time - ctx.now
     values: dict[str, object] = {
+        "kind": "expiring_subscription",
+        "auto_renew": inst.auto_renew,
         "end_time": _iso(inst.end_time),
         "days_left": round(left.total_seconds() / 86400, 1),
         "hours_left": round(left.total_seconds() / HOUR, 1),
@@ -463,9 +469,10 @@ def failed_task(params: FailedTaskParams, ctx: EvalContext, resource: Resource) 
         task = resource.obj
         wanted = params.training_statuses if task.kind == "training" else params.async_statuses
         values: dict[str, object] = {
+            "kind": "failed_task",
             "status": task.status,
             "reason": task.reason,
-            "kind": task.kind,
+            "task_kind": task.kind,
         }
         if task.status not in wanted:
             return Result(False, values)
@@ -475,7 +482,11 @@ def failed_task(params: FailedTaskParams, ctx: EvalContext, resource: Resource) 
         values["finished_at"] = _iso(ended)
         return Result(True, values)
     inst = _instance(resource)
-    values = {"status": inst.status, "cost_per_hour_usd": money(inst.hourly_cost_usd)}
+    values = {
+        "kind": "failed_instance",
+        "status": inst.status,
+        "cost_per_hour_usd": money(inst.hourly_cost_usd),
+    }
     if params.error_state and inst.error_state:
         values["error"] = inst.error_state
         return Result(True, values)
@@ -487,10 +498,9 @@ def failed_task(params: FailedTaskParams, ctx: EvalContext, resource: Resource) 
     values["stuck_minutes"] = values["value"] = round(stuck.total_seconds() / 60)
     values["threshold_minutes"] = values["threshold"] = params.stuck_after.total_seconds() / 60
     values["unit"] = "min"
-    if inst.hourly_cost_usd is not None:
-        values["stuck_cost_usd"] = money(
-            inst.hourly_cost_usd * Decimal(str(stuck.total_seconds() / HOUR))
-        )
+    values["stuck_cost_usd"] = money(
+        economics.cost_since(inst.hourly_cost_usd, inst.status_since, ctx.now)
+    )
     return Result(stuck >= params.stuck_after, values)
 
 
@@ -523,7 +533,10 @@ def spend(params: SpendParams, ctx: EvalContext, resource: Resource) -> Result:
     daily average of the previous 7 days). Too little history is missing data, not zero."""
     start = ctx.now - params.window
     current = ctx.facts.spend(ctx.account, start, ctx.now)
-    values: dict[str, object] = {"window_hours": params.window.total_seconds() / HOUR}
+    values: dict[str, object] = {
+        "kind": "spend",
+        "window_hours": params.window.total_seconds() / HOUR,
+    }
     if current is None:
         return Result(None, values)
     values["spend_usd"] = values["value"] = money(current)
@@ -534,15 +547,16 @@ def spend(params: SpendParams, ctx: EvalContext, resource: Resource) -> Result:
         checks.append(float(current) > params.above_usd)
     if params.baseline is not None:
         base = ctx.facts.spend(ctx.account, start - params.baseline, start)
-        if base is None:
+        average = economics.average_per_window(base, params.baseline, params.window)
+        values["baseline_days"] = round(params.baseline.total_seconds() / 86400, 1)
+        if average is None:
             checks.append(None)
         else:
-            average = float(base) * (params.window / params.baseline)
-            values["baseline_usd"] = round(average, 4)
-            values["ratio"] = round(float(current) / average, 2) if average > 0 else None
+            values["baseline_usd"] = money(average)
+            values["ratio"] = round(float(current / average), 2) if average > 0 else None
             values["threshold_ratio"] = params.ratio
             checks.append(
-                float(current) >= params.min_usd and float(current) > params.ratio * average
+                float(current) >= params.min_usd and float(current) > params.ratio * float(average)
             )
     return Result(or3(checks), values)
 
@@ -577,10 +591,11 @@ def subscription_candidate(
     if inst.billing_mode != "onDemand":
         return Result(False)
     price, monthly = inst.hourly_cost_usd, inst.monthly_price_usd
-    if price is None or monthly is None or price <= 0:
+    break_even = economics.break_even_hours(monthly, price)
+    if break_even is None:
         return Result(None)
-    break_even = float(monthly / price)
     values: dict[str, object] = {
+        "kind": "subscription_candidate",
         "hourly_cost_usd": money(price),
         "monthly_price_usd": money(monthly),
         "break_even_hours": round(break_even, 1),
@@ -595,15 +610,16 @@ def subscription_candidate(
         hours = ctx.facts.running_hours(ctx.account, start, ctx.now)
         if hours is None:
             return Result(None, values)
-        span_h = (ctx.now - start).total_seconds() / HOUR
-        scaled = hours.get(inst.id, 0.0) * MONTH_HOURS / span_h
+        scaled = economics.per_month(hours.get(inst.id, 0.0), ctx.now - start)
+        if scaled is None:
+            return Result(None, values)  # unknown hours never make advice
         per_month.append(scaled)
         values[f"hours_per_month_{round(lookback.total_seconds() / 86400)}d"] = round(scaled, 1)
     steady = min(per_month)
     values["value"] = round(steady, 1)
     values["unit"] = "h"
-    values["utilization"] = round(steady / MONTH_HOURS, 3)
-    values["monthly_saving_usd"] = round(float(price) * steady - float(monthly), 2)
+    values["utilization"] = round(steady / economics.MONTH_HOURS, 3)
+    values["monthly_saving_usd"] = money(economics.monthly_saving(price, steady, monthly))
     return Result(steady >= break_even * (1 + params.margin), values)
 
 
@@ -625,4 +641,7 @@ def collector_stale(params: CollectorStaleParams, ctx: EvalContext, resource: Re
     stale = ctx.facts.stale_collectors(ctx.account, ctx.now)
     if params.collectors is not None:
         stale = [c for c in stale if c in params.collectors]
-    return Result(bool(stale), {"collectors": ", ".join(sorted(stale)), "value": len(stale)})
+    return Result(
+        bool(stale),
+        {"kind": "collector_stale", "collectors": ", ".join(sorted(stale)), "value": len(stale)},
+    )

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from monitor.economics import Runway
 from monitor.rules.facts import (
     BalanceFact,
     Facts,
@@ -129,6 +130,18 @@ class CachedFacts:
     def burn_rate(self, account: str) -> Decimal | None:
         return self._get(("burn", account), lambda: self._facts.burn_rate(account))
 
+    def runway(self, account: str, now: datetime) -> Runway:
+        return self._get(("runway", account, now), lambda: self._facts.runway(account, now))
+
+    def idle_since(
+        self, account: str, threshold: float, now: datetime, instance_ids: Sequence[str] | None
+    ) -> dict[str, datetime]:
+        ids = None if instance_ids is None else tuple(instance_ids)
+        return self._get(
+            ("idle_since", account, threshold, now, ids),
+            lambda: self._facts.idle_since(account, threshold, now, ids),
+        )
+
     def spend(self, account: str, start: datetime, end: datetime) -> Decimal | None:
         return self._get(
             ("spend", account, start, end), lambda: self._facts.spend(account, start, end)
@@ -136,7 +149,7 @@ class CachedFacts:
 
     def running_hours(
         self, account: str, start: datetime, end: datetime
-    ) -> dict[str, float] | None:
+    ) -> dict[str, float | None] | None:
         return self._get(
             ("running", account, start, end),
             lambda: self._facts.running_hours(account, start, end),

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 from monitor.rules.conditions import CollectorStaleParams
@@ -88,9 +87,7 @@ def resources_for(
     if kind == "account":
         balance = facts.balance(account)
         burn = facts.burn_rate(account)
-        runway = None
-        if balance is not None and burn is not None and burn > 0:
-            runway = float(max(balance.available_usd, Decimal(0)) / burn)
+        runway = facts.runway(account, now).hours if now is not None else None
         fields = {
             "account": account,
             "balance_usd": money(balance.available_usd) if balance else None,

@@ -24,6 +24,9 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Protocol, runtime_checkable
 
+from monitor import economics
+from monitor.economics import Runway
+
 #: Metric series names a rule may ask about.
 SERIES = ("gpu_util", "gpu_mem", "cpu", "mem", "disk")
 
@@ -57,6 +60,9 @@ class InstanceFact:
     hourly_cost_usd: Decimal | None = None  # current price per hour of the whole instance
     monthly_price_usd: Decimal | None = None  # 1-month subscription price of the whole instance
     labels: Mapping[str, str] = field(default_factory=dict)  # the instance's env vars
+    auto_renew: bool | None = None  # subscription renews itself (charged ~3 days early)
+    auto_renew_months: int | None = None
+    keep_data_day: int | None = None  # days a stopped instance's local data is kept
 
     def field_map(self) -> dict[str, object]:
         """Fields a generic comparison may name (``labels.KEY`` reaches into labels)."""
@@ -160,9 +166,27 @@ class Facts(Protocol):
         ...
 
     def burn_rate(self, account: str) -> Decimal | None:
-        """Current spend rate in USD per hour: the hourly price of every billing instance
-        (running or transitional, on-demand or spot) plus any known hourly storage cost.
-        ``None`` if prices are unknown."""
+        """Current spend rate in USD per hour: the hourly cost of every billing (``running``,
+        on-demand or spot) instance (:func:`monitor.economics.burn_rate`). ``None`` if some
+        billing instance's cost is unknown."""
+        ...
+
+    def runway(self, account: str, now: datetime) -> Runway:
+        """How long the balance lasts at the burn rate, auto-renewal charges subtracted at
+        their time (:func:`monitor.economics.runway`)."""
+        ...
+
+    def idle_since(
+        self,
+        account: str,
+        threshold: float,
+        now: datetime,
+        instance_ids: Sequence[str] | None = None,
+    ) -> dict[str, datetime]:
+        """When each instance's current idle stretch began: the first sample of the unbroken
+        run of samples with every GPU under ``threshold`` % that reaches the newest sample
+        (:func:`monitor.economics.idle_since`; bounded by the last start and by the stored
+        history). Instances not idle now, or without samples, are absent."""
         ...
 
     def spend(self, account: str, start: datetime, end: datetime) -> Decimal | None:
@@ -178,10 +202,13 @@ class Facts(Protocol):
         start: datetime,
         end: datetime,
         instance_ids: Sequence[str] | None = None,
-    ) -> dict[str, float] | None:
-        """Hours each instance was billing (status ``running``) in ``start < t <= end``, from
-        status snapshots; instances never running in the window map to 0 or are absent.
-        ``None`` if the store's history does not reach back to ``start``."""
+    ) -> dict[str, float | None] | None:
+        """Hours each instance was billing in ``start < t <= end``, from its bills' card-hours
+        (:func:`monitor.economics.card_hours_by_owner`, each bill counted in proportion to its
+        overlap with the window) over its GPU count, bounded by the window's length; an
+        instance whose figure is unknown maps to ``None``; instances never billed in the
+        window map to 0 or are absent. ``None`` if the store's history does not reach back to
+        ``start``."""
         ...
 
     def tasks(self, account: str) -> list[TaskFact]:
@@ -322,6 +349,68 @@ class InMemoryFacts:
     def burn_rate(self, account: str) -> Decimal | None:
         return self.burn_rates.get(account)
 
+    def runway(self, account: str, now: datetime) -> Runway:
+        balance = self.balances.get(account)
+        charges = [
+            charge
+            for inst in self.instance_list.get(account, [])
+            if (
+                charge := economics.renewal_charge(
+                    instance_id=inst.id,
+                    billing_mode=inst.billing_mode,
+                    end_time=inst.end_time,
+                    auto_renew=inst.auto_renew,
+                    auto_renew_months=inst.auto_renew_months,
+                    monthly_usd=inst.monthly_price_usd,
+                    now=now,
+                )
+            )
+            is not None
+        ]
+        return economics.runway(
+            None if balance is None else balance.available_usd,
+            self.burn_rate(account),
+            charges,
+            now,
+        )
+
+    def idle_since(
+        self,
+        account: str,
+        threshold: float,
+        now: datetime,
+        instance_ids: Sequence[str] | None = None,
+    ) -> dict[str, datetime]:
+        out: dict[str, datetime] = {}
+        by_id = {i.id: i for i in self.instance_list.get(account, [])}
+        for iid in self._ids(account, instance_ids):
+            per_gpu = [
+                samples
+                for (i, _gpu, name), samples in self.gpu_metrics.items()
+                if i == iid and name == "gpu_util"
+            ]
+            minutes: dict[datetime, float] = {}
+            for samples in per_gpu or [self.metrics.get((iid, "gpu_util"), [])]:
+                for ts, value in samples:
+                    if ts <= now:  # stamped at its minute's end; economics wants the start
+                        start = ts - timedelta(seconds=SAMPLE_STEP_S)
+                        minutes[start] = max(minutes.get(start, value), value)
+            inst = by_id.get(iid)
+            since = economics.idle_since(
+                sorted(minutes.items(), reverse=True),
+                threshold,
+                not_before=self._not_before(account, inst),
+            )
+            if since is not None:
+                out[iid] = since
+        return out
+
+    def _not_before(self, account: str, inst: InstanceFact | None) -> datetime | None:
+        started = None if inst is None else (inst.last_started_at or inst.created_at)
+        history = self.metrics_start(account)
+        known = [t for t in (started, history) if t is not None]
+        return max(known) if known else None
+
     def _covers(self, account: str, samples: Samples, start: datetime) -> bool:
         first = self.history_starts.get(account)
         if first is None:
@@ -343,12 +432,12 @@ class InMemoryFacts:
         start: datetime,
         end: datetime,
         instance_ids: Sequence[str] | None = None,
-    ) -> dict[str, float] | None:
+    ) -> dict[str, float | None] | None:
         ids = self._ids(account, instance_ids)
         everything = [s for iid in ids for s in self.running.get(iid, [])]
         if not self._covers(account, sorted(everything), start):
             return None
-        out: dict[str, float] = {}
+        out: dict[str, float | None] = {}
         for iid in ids:
             minutes = sum(1 for _, v in _window(self.running.get(iid, []), start, end) if v)
             out[iid] = minutes * SAMPLE_STEP_S / 3600

@@ -803,6 +803,39 @@ class MetricsRepo(StoreBase):
         return None if agg is None else agg.avg
 
 
+    def gpu_minutes(
+        self, account: str, instance_ids: Sequence[str], start: datetime, end: datetime
+    ) -> dict[str, list[tuple[datetime, float | None]]]:
+        """Per instance, its minutes in ``[start, end)`` newest first, each with the highest
+        utilisation of any of its GPUs that minute (the across-GPU series when no per-GPU
+        sample was kept; None when neither was): what the start of an idle stretch is found
+        from. Raw minutes only (the rollups lose the per-minute order)."""
+        account_id = self.ensure_account(account)
+        m = t.metric_samples.c
+        out: dict[str, list[tuple[datetime, float | None]]] = {}
+        with self.engine.connect() as conn:
+            keys = self._keys(conn, account_id, list(instance_ids))
+            if not keys:
+                return out
+            query = (
+                select(m.instance_key, m.ts, m.gpu_util, m.gpu_utils)
+                .where(
+                    m.instance_key.in_(list(keys)),
+                    m.ts >= to_epoch(start),
+                    m.ts < to_epoch(end),
+                )
+                .order_by(m.instance_key, m.ts.desc())
+            )
+            for key, ts, avg, per_gpu in conn.execute(query):
+                values = [b for b in (per_gpu or b"") if b != GPU_MISSING]
+                if values:
+                    top: float | None = float(max(values))
+                else:
+                    top = None if avg is None else decode_pct(avg)
+                out.setdefault(keys[key], []).append((from_epoch(ts), top))
+        return out
+
+
 def _raw_ranges(s: int, e: int, h0: int, h1: int) -> list[tuple[int, int]]:
     """The parts of ``[s, e)`` read from the raw table: all of it, or the edges around the
     rollup hours ``[h0, h1)``. Separate ranges (not one OR) keep primary-key range scans."""

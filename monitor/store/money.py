@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import BigInteger, and_, func, select, type_coerce
 
@@ -433,6 +433,67 @@ class MoneyRepo(StoreBase):
             available_deploy=row.available_deploy,
             updated_at=row.updated_at,
         )
+
+
+    # -- reads for the economics (monitor/economics.py computes; these only fetch) ------------
+
+    def usage_bills_overlapping(
+        self,
+        account: str,
+        start: datetime,
+        end: datetime,
+        cycle_type: str,
+        category: str = "gpu",
+    ) -> list[UsageBillRow]:
+        """Usage bills of ``cycle_type`` whose period overlaps ``[start, end)``: one that began
+        before ``start`` and runs into it included (a window counts bills in proportion)."""
+        account_id = self.ensure_account(account)
+        u = t.usage_bills.c
+        period = 86400 if cycle_type == "Day" else 3600
+        query = select(
+            u.owner_id, u.start_ts, u.end_ts, u.amount, u.pay_amount, u.unit_price, u.bill_num0
+        ).where(
+            u.account_id == account_id,
+            u.cycle_type == cycle_type,
+            u.category == category,
+            u.start_ts < to_epoch(end),
+            u.start_ts > to_epoch(start) - period,
+            u.owner_id != "",
+        )
+        with self.engine.connect() as conn:
+            return [
+                UsageBillRow(
+                    owner_id=owner,
+                    start=from_epoch(start_ts),
+                    end=None if end_ts is None else from_epoch(end_ts),
+                    amount=amount,
+                    pay_amount=pay,
+                    unit_price=unit,
+                    bill_num0=num,
+                )
+                for owner, start_ts, end_ts, amount, pay, unit, num in conn.execute(query)
+            ]
+
+    def max_listed_price(self, account: str) -> Decimal | None:
+        """The highest listed hourly price (per unit) of any product of the account."""
+        account_id = self.ensure_account(account)
+        p = t.products.c
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(func.max(p.price_per_hour)).where(p.account_id == account_id)
+            ).scalar_one_or_none()
+
+
+class UsageBillRow(NamedTuple):
+    """The money and quantity of one usage bill, as the economics reads it."""
+
+    owner_id: str
+    start: datetime
+    end: datetime | None
+    amount: Decimal | None
+    pay_amount: Decimal | None
+    unit_price: Decimal | None
+    bill_num0: float | None
 
 
 USAGE_KEY = ("account_id", "cycle_type", "category", "owner_id", "product_id", "start_ts")

@@ -314,5 +314,27 @@ class InstancesRepo(StoreBase):
         ]
 
 
+    def status_histories(
+        self, account: str, instance_ids: Sequence[str]
+    ) -> dict[str, list[tuple[datetime, str]]]:
+        """``(ts, status)`` histories of ``instance_ids``, oldest first, in one query per 500
+        instances (not one per instance): when each entered its current status."""
+        account_id = self.ensure_account(account)
+        h, c = t.instance_history.c, t.instances.c
+        out: dict[str, list[tuple[datetime, str]]] = {iid: [] for iid in instance_ids}
+        ids = list(instance_ids)
+        with self.engine.connect() as conn:
+            for i in range(0, len(ids), 500):
+                query = (
+                    select(c.instance_id, h.ts, h.status)
+                    .join(t.instances, t.instances.c.key == h.instance_key)
+                    .where(c.account_id == account_id, c.instance_id.in_(ids[i : i + 500]))
+                    .order_by(h.instance_key, h.ts, h.id)
+                )
+                for iid, ts, status in conn.execute(query):
+                    out[iid].append((ts, status))
+        return out
+
+
 def _tracked(values: dict[str, Any]) -> dict[str, Any]:
     return {f: values[f] for f in TRACKED}
