@@ -76,9 +76,13 @@ def idle(n: int, name: str, per_hour: str, so_far: str, util: float, **kw: objec
         resource_name=name,
         summary="GPU idle",
         values={
+            "kind": "idle_gpu",
             "value": util,
             "threshold": 5,
             "unit": "%",
+            "gpu_count": 1,
+            "idle_gpus": 1,
+            "idle_minutes": 45,
             "cost_per_hour_usd": Decimal(per_hour),
             "cost_so_far_usd": Decimal(so_far),
         },
@@ -108,7 +112,15 @@ def low_balance(severity: str = "critical", state: str = "firing") -> Notice:
         resource_id="acct-1",
         resource_name="main",
         summary="balance runway under 24 h",
-        values={"value": Decimal("52.3"), "threshold": 100, "unit": "$", "runway_hours": 18.25},
+        values={
+            "kind": "low_balance",
+            "balance_usd": Decimal("52.3"),
+            "burn_rate_usd_per_hour": Decimal("2.86"),
+            "runway_hours": 18.25,
+            "value": 18.3,
+            "threshold": 24,
+            "unit": "h",
+        },
         labels={"team": "finance"},
     )
 
@@ -141,8 +153,9 @@ def test_money_hours_and_numbers_are_formatted_for_people() -> None:
     assert format_number(Decimal("52.3"), "$") == "$52.30"
     assert format_number(3, "GB") == "3 GB"
     assert format_duration(timedelta(minutes=45)) == "45 min"
-    assert format_duration(timedelta(hours=3)) == "3.0 h"
-    assert format_duration(timedelta(days=3)) == "3.0 d"
+    assert format_duration(timedelta(hours=3)) == "3 h"
+    assert format_duration(timedelta(hours=5, minutes=10)) == "5 h 10 min"
+    assert format_duration(timedelta(days=3, hours=2)) == "3 d 2 h"
 
 
 # routing
@@ -213,15 +226,10 @@ def test_three_idle_instances_make_one_message_with_a_line_each() -> None:
     assert sorted(message.fingerprints) == ["fp-idle-1", "fp-idle-2", "fp-idle-3"]
     lines = message.body.splitlines()
     assert lines[0] == message.title
-    assert lines[1] == (
-        "- notebook-2 (i-0002): GPU idle; 0% vs threshold 5%; idle cost so far $3.00; "
-        "$2.10/h; for 45 min"
-    )
-    assert (
-        "- notebook (i-0001): GPU idle; 1.2% vs threshold 5%; idle cost so far $1.05; $1.40/h"
-        in (message.body)
-    )
-    assert "- dev-box (i-0003): GPU idle; 3.5% vs threshold 5%" in message.body
+    # each figure once, labelled: no "value", no repeated price, no "vs threshold"
+    assert lines[1] == "- notebook-2 (i-0002): GPU 0% for 45 min (under 5%), $2.10/h, $3.00 so far"
+    assert "- notebook (i-0001): GPU 1.2% for 45 min (under 5%), $1.40/h, $1.05 so far" in lines
+    assert "- dev-box (i-0003): GPU 3.5% for 45 min (under 5%), $0.70/h, $0.50 so far" in lines
     assert len([line for line in lines if line.startswith("- ")]) == 3
 
 
@@ -238,11 +246,10 @@ def test_one_message_per_channel_grouped_by_rule_worst_first_resolved_apart() ->
     assert ops.title == "[critical] 4 alerts firing: low-balance, idle-gpu; 1 resolved"
     body = ops.body
     assert body.index("[critical] low-balance") < body.index("[warning] idle-gpu")
-    assert "runway 18.3 h" in body
-    assert "$52.30 vs threshold $100.00" in body
+    assert "- main (acct-1): balance $52.30, burning $2.86/h: runway 18.3 h (under 24.0 h)" in body
     resolved = body[body.index("Resolved:") :]
     assert "[resolved] idle-gpu: 1 instance back to normal" in resolved
-    assert "- old-notebook (i-0009): GPU busy again; 60% vs threshold 5%; lasted 3.0 h" in resolved
+    assert "- old-notebook (i-0009): busy again: GPU 60%; was idle 45 min, cost $2.00" in resolved
     assert "old-notebook" not in body[: body.index("Resolved:")]
     assert pager.fingerprints == ("fp-balance-critical",)
     assert pager.title.startswith("[critical] low-balance: balance running low")
@@ -272,13 +279,13 @@ def test_a_rules_template_override_replaces_its_lines_only() -> None:
     notices = [idle(1, "notebook", "1.40", "1.05", 1.2, template=custom), low_balance()]
     (message,) = build_messages(notices, router, NOW)
     assert "- notebook idle at 1.2%, burning $1.40/h (ml)" in message.body
-    assert "- main (acct-1): balance runway under 24 h" in message.body
+    assert "- main (acct-1): balance $52.30, burning $2.86/h: runway 18.3 h" in message.body
 
 
 def test_a_broken_override_falls_back_to_the_default_line() -> None:
     notice = idle(1, "notebook", "1.40", "1.05", 1.2, template="{{ name | nosuchfilter }}")
     (message,) = build_messages([notice], Router(), NOW)
-    assert "- notebook (i-0001): GPU idle; 1.2% vs threshold 5%" in message.body
+    assert "- notebook (i-0001): GPU 1.2% for 45 min (under 5%)" in message.body
     assert validate_template("{{ name") is not None
     assert validate_template("{{ name }} {{ value|money }}") is None
 
@@ -286,7 +293,8 @@ def test_a_broken_override_falls_back_to_the_default_line() -> None:
 def test_missing_values_render_as_nothing_rather_than_failing() -> None:
     bare = Notice("fp", "failed-tasks", "warning", "firing", "main", "task", "t-1", "", "FAILED")
     (message,) = build_messages([bare], Router(), NOW)
-    assert message.title == "[warning] failed-tasks: 1 failed task"
+    # no condition kind: a plain headline, never one guessed from the rule's name
+    assert message.title == "[warning] failed-tasks: 1 task"
     assert message.body.splitlines()[1] == "- t-1: FAILED"
 
 
@@ -305,26 +313,56 @@ def test_savings_and_expiry_are_quoted_in_dollars_and_days() -> None:
             values=values,
         )
 
+    def candidate(saving: str) -> dict:
+        return {
+            "kind": "subscription_candidate",
+            "value": 730,
+            "unit": "h",
+            "break_even_hours": 511.4,
+            "hourly_cost_usd": Decimal("0.35"),
+            "monthly_price_usd": Decimal("179"),
+            "monthly_saving_usd": Decimal(saving),
+        }
+
     candidates = [
-        notice("subscription-candidates", 1, {"monthly_saving_usd": Decimal("310.5")}),
-        notice("subscription-candidates", 2, {"monthly_saving_usd": Decimal("89.5")}),
+        notice("subscription-candidates", 1, candidate("310.5")),
+        notice("subscription-candidates", 2, candidate("89.5")),
     ]
     (message,) = build_messages(candidates, Router(), NOW)
     assert message.title == (
         "[info] subscription-candidates: 2 instances cheaper as a subscription, save $400.00/month"
     )
-    assert "- box-1 (i-1): see below; saves $310.50/month" in message.body
-    expiring = [notice("expiring-subscriptions", 3, {"days_left": 2.5, "value": 71, "unit": "%"})]
+    assert (
+        "- box-1 (i-1): runs 730.0 h/month (break-even 511.4 h): $179.00/month instead of "
+        "$0.35/h saves $310.50/month" in message.body
+    )
+    expiring = [
+        notice(
+            "expiring-subscriptions",
+            3,
+            {
+                "kind": "expiring_subscription",
+                "days_left": 2.5,
+                "util_avg": 71,
+                "lookback_days": 7,
+                "monthly_price_usd": Decimal(179),
+                "auto_renew": False,
+            },
+        )
+    ]
     (message,) = build_messages(expiring, Router(), NOW)
     assert message.title == "[info] expiring-subscriptions: 1 subscription expiring"
-    assert "- box-3 (i-3): see below; 71%; expires in 2.5 d" in message.body
+    assert (
+        "- box-3 (i-3): expires in 2.5 d, GPU 71% over 7 d, $179.00/month, auto-renew off"
+        in message.body
+    )
 
 
 def test_a_template_directory_overrides_the_defaults(tmp_path) -> None:
     (tmp_path / "title.j2").write_text("ALERT {{ firing_count }}")
     (message,) = build_messages(three_idle(), Router(), NOW, Renderer(tmp_path))
     assert message.title == "ALERT 3"
-    assert "idle cost so far" in message.body
+    assert "$1.05 so far" in message.body
 
 
 # delivery
@@ -345,7 +383,7 @@ async def test_real_delivery_to_a_json_receiver(json_sink: JsonSink) -> None:
     assert body["type"] == "warning"
     for text in ("notebook (i-0001)", "notebook-2 (i-0002)", "dev-box (i-0003)", "$2.10/h"):
         assert text in body["message"]
-    assert "1.2% vs threshold 5%" in body["message"]
+    assert "GPU 1.2% for 45 min (under 5%)" in body["message"]
 
 
 async def test_real_delivery_by_mail_to_an_smtp_receiver(smtp_sink: SmtpSink) -> None:
@@ -357,7 +395,7 @@ async def test_real_delivery_by_mail_to_an_smtp_receiver(smtp_sink: SmtpSink) ->
     (mail,) = smtp_sink.messages
     assert mail.rcpt_tos == ["ops@example.com"]
     assert mail.subject == "[critical] 4 alerts firing: low-balance, idle-gpu"
-    assert "notebook-2 (i-0002): GPU idle; 0% vs threshold 5%" in mail.text
+    assert "notebook-2 (i-0002): GPU 0% for 45 min (under 5%)" in mail.text
     assert "runway 18.3 h" in mail.text
 
 

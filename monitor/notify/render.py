@@ -104,17 +104,29 @@ def format_number(x: Any, unit: Any = None) -> str:
 
 
 def format_duration(x: Any) -> str:
-    """``45 min``, ``3.5 h``, ``2.1 d`` for a timedelta (or seconds)."""
+    """``45 min``, ``5 h 10 min``, ``2 d 3 h`` for a timedelta (or seconds)."""
     if _missing(x):
         return ""
     seconds = x.total_seconds() if isinstance(x, timedelta) else float(x)
-    if seconds < 0:
-        seconds = 0
-    if seconds < 2 * 3600:
-        return f"{round(seconds / 60)} min"
-    if seconds < 48 * 3600:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"
+    minutes = max(0, round(seconds / 60))
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+def format_minutes(x: Any) -> str:
+    """A number of minutes as :func:`format_duration` writes it."""
+    d = _dec(x)
+    return "" if d is None else format_duration(float(d) * 60)
+
+
+def _known(x: Any) -> bool:
+    """The template test ``x is known``: defined and not None."""
+    return not _missing(x)
 
 
 def _plural(word: Any, n: Any) -> str:
@@ -158,8 +170,10 @@ def _environment(template_dir: Path | None) -> jinja2.Environment:
         hours=format_hours,
         num=format_number,
         duration=format_duration,
+        minutes=format_minutes,
         plural=_plural,
     )
+    env.tests["known"] = _known
     return env
 
 
@@ -245,11 +259,15 @@ class Renderer:
             totals[key] = sum(found, Decimal(0)) if found else None
         runways = [d for n in notices if (d := _dec(n.values.get("runway_hours"))) is not None]
         totals["runway_hours"] = min(runways) if runways else None
-        gpus = sum(int(_dec(n.values.get("gpu_count")) or 1) for n in notices)
+        gpus = sum(
+            int(_dec(n.values.get("idle_gpus")) or _dec(n.values.get("gpu_count")) or 1)
+            for n in notices
+        )
         lines = [self.line(n, now) for n in notices]
         headline = _one_line(
             self.env.get_template("headline.j2").render(
                 rule=rule,
+                kind=notices[0].values.get("kind"),
                 state=state,
                 severity=severity,
                 count=len(notices),

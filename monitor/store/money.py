@@ -120,6 +120,7 @@ class MoneyRepo(StoreBase):
                 "pay_amount": bill.pay_amount
                 if bill.pay_amount is not None
                 else bill.pay_amount_display,
+                "unit_price": getattr(bill, "unit_price_usd", None),
             }
             rows[_bill_key(row, USAGE_KEY)] = row
         return self._upsert_changed(t.usage_bills, USAGE_KEY, list(rows.values()))

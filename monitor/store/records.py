@@ -62,6 +62,9 @@ class InstanceRecord:
     last_seen: datetime | None
     disappeared_at: datetime | None
     envs: dict[str, str] = field(default_factory=dict)
+    auto_renew: bool | None = None
+    auto_renew_month: int | None = None
+    keep_data_day: int | None = None
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,9 @@ def _instance_values(inst: Instance) -> dict[str, Any]:
         "last_started_at": inst.last_started_at,
         "last_stopped_at": inst.last_stopped_at,
         "envs": inst.env,
+        "auto_renew": inst.auto_renew,
+        "auto_renew_month": inst.auto_renew_month,
+        "keep_data_day": inst.keep_data_day,
     }
 
 
@@ -95,6 +98,9 @@ def _instance_record(account: str, row: Any) -> InstanceRecord:
         last_seen=m["last_seen"],
         disappeared_at=m["disappeared_at"],
         envs=dict(m["envs"] or {}),
+        auto_renew=m["auto_renew"],
+        auto_renew_month=m["auto_renew_month"],
+        keep_data_day=m["keep_data_day"],
     )
 
 
