@@ -32,7 +32,7 @@ Units the API docs leave open (wire-format §6, §7) are not trusted alone:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -301,36 +301,47 @@ def hourly_cost(
     return HourlyCost(chosen, source, listed)
 
 
+def price_units(
+    hourly_cost_usd: Decimal | None, listed_unit_usd: Decimal | None, gpu_count: int
+) -> Decimal:
+    """How many listed units the instance is billed as: its GPU count when the listed price is
+    per GPU, 1 when it is per instance. Shown by the hourly cost over the listed price (snapped
+    to either within :data:`BILL_TOLERANCE`); the GPU count when no cost is known."""
+    gpus = Decimal(max(gpu_count, 1))
+    if hourly_cost_usd is None or listed_unit_usd is None or listed_unit_usd <= 0:
+        return gpus
+    ratio = hourly_cost_usd / listed_unit_usd
+    for snap in (gpus, Decimal(1)):
+        if abs(ratio - snap) <= BILL_TOLERANCE * snap:
+            return snap
+    return ratio
+
+
 def monthly_price(
     *,
     monthly_unit_usd: Decimal | None,
-    listed_unit_usd: Decimal | None,
-    hourly_cost_usd: Decimal | None,
-    gpu_count: int,
+    on_demand_unit_usd: Decimal | None,
+    units: Decimal,
     resource_id: str = "",
 ) -> tuple[Decimal | None, Problem | None]:
-    """The price of a one-month subscription of the whole instance.
-
-    Source: the product's listed 1-month price, on the same basis as its listed hourly price
-    (per GPU or per instance, whichever the bills showed: the monthly figure is scaled by the
-    same factor that turns the listed hourly price into the instance's hourly cost; x GPUs when
-    no hourly cost is known). Bounded: ``monthly / hourly`` must lie within
-    :data:`MONTHLY_RATIO_HOURS`, else the scale or meaning of ``monthlyPrice`` is not what we
-    read and the price is unknown."""
-    if monthly_unit_usd is None or listed_unit_usd is None or listed_unit_usd <= 0:
+    """The price of a one-month subscription of the whole instance: the product's listed
+    1-month price x the listed units the instance is billed as (:func:`price_units`: the
+    monthly price is taken on the same basis as the hourly one). Bounded: the listed monthly
+    price over the listed on-demand hourly price must lie within :data:`MONTHLY_RATIO_HOURS`,
+    else the scale or meaning of ``monthlyPrice`` is not what we read and the price is
+    unknown."""
+    if monthly_unit_usd is None or on_demand_unit_usd is None or on_demand_unit_usd <= 0:
         return None, None
-    ratio = float(monthly_unit_usd / listed_unit_usd)
+    ratio = float(monthly_unit_usd / on_demand_unit_usd)
     low, high = MONTHLY_RATIO_HOURS
     if not low <= ratio <= high:
         return None, Problem(
             "monthly_price_implausible",
             resource_id,
             "monthlyPrice",
-            f"monthly={monthly_unit_usd} hourly={listed_unit_usd} ratio_hours={ratio:.1f}",
+            f"monthly={monthly_unit_usd} hourly={on_demand_unit_usd} ratio_hours={ratio:.1f}",
         )
-    if hourly_cost_usd is not None and hourly_cost_usd > 0:
-        return monthly_unit_usd * (hourly_cost_usd / listed_unit_usd), None
-    return monthly_unit_usd * max(gpu_count, 1), None
+    return monthly_unit_usd * units, None
 
 
 def break_even_hours(monthly_usd: Decimal | None, hourly_usd: Decimal | None) -> float | None:
@@ -349,6 +360,32 @@ def per_month(hours: float | None, window: timedelta) -> float | None:
     if span <= 0:
         return None
     return min(MONTH_HOURS, hours * MONTH_HOURS / span)
+
+
+#: the lookbacks subscription advice sizes for (every one must exceed break-even: steady use)
+ADVICE_LOOKBACKS = (timedelta(days=7), timedelta(days=30))
+
+
+def steady_hours_per_month(
+    hours_in: Callable[[datetime, datetime], float | None],
+    now: datetime,
+    history_start: datetime | None,
+    lookbacks: Iterable[timedelta] = ADVICE_LOOKBACKS,
+) -> tuple[float | None, dict[int, float]]:
+    """The running hours per month an instance sustains: the smallest of its hours over each
+    lookback (cut to the stored history) scaled to a month, so a burst in the last days does
+    not count as steady use. Also each lookback's figure by its length in days. Unknown when
+    any lookback's hours are unknown or no history is stored."""
+    if history_start is None:
+        return None, {}
+    by_days: dict[int, float] = {}
+    for lookback in lookbacks:
+        start = max(now - lookback, history_start)
+        scaled = per_month(hours_in(start, now), now - start)
+        if scaled is None:
+            return None, by_days
+        by_days[round(lookback.total_seconds() / 86400)] = scaled
+    return (min(by_days.values()) if by_days else None), by_days
 
 
 def monthly_saving(
@@ -472,9 +509,7 @@ def spend(
     return total
 
 
-def cost_since(
-    hourly_usd: Decimal | None, since: datetime | None, now: datetime
-) -> Decimal | None:
+def cost_since(hourly_usd: Decimal | None, since: datetime | None, now: datetime) -> Decimal | None:
     """What an instance has cost since ``since`` at its current hourly cost (an idle
     instance's idle cost, a stuck one's cost while stuck). Unknown when either is."""
     if hourly_usd is None or since is None or since > now:

@@ -160,13 +160,9 @@ class StoreFacts:
         self._built.add(account)
         book = self._books.setdefault(account, _Book())
         recs = self.store.instances(account)
-        billed = self._billed_hourly(
-            account, {r.instance_id: int(r.gpu_count or 0) for r in recs}
-        )
+        billed = self._billed_hourly(account, {r.instance_id: int(r.gpu_count or 0) for r in recs})
         ceiling = self.store.max_listed_price(account)
-        transitional = [
-            r.instance_id for r in recs if r.status in economics.TRANSITIONAL_STATUSES
-        ]
+        transitional = [r.instance_id for r in recs if r.status in economics.TRANSITIONAL_STATUSES]
         histories = self.store.status_histories(account, transitional) if transitional else {}
         # the basis of the listed prices (per GPU or per instance), as the bills showed it
         listed: dict[str, Decimal | None] = {}
@@ -200,9 +196,12 @@ class StoreFacts:
             price = self.price(account, rec.product_id, rec.cluster_id)
             monthly, problem = economics.monthly_price(
                 monthly_unit_usd=None if price is None else price.monthly_price_usd(1),
-                listed_unit_usd=listed[rec.instance_id],
-                hourly_cost_usd=book.costs[rec.instance_id].usd,
-                gpu_count=int(rec.gpu_count or 0),
+                on_demand_unit_usd=None if price is None else price.hourly_usd("onDemand"),
+                units=economics.price_units(
+                    book.costs[rec.instance_id].usd,
+                    listed[rec.instance_id],
+                    int(rec.gpu_count or 0),
+                ),
                 resource_id=rec.instance_id,
             )
             self._problem(account, problem)
@@ -384,8 +383,8 @@ class StoreFacts:
             by_owner = economics.card_hours_by_owner(
                 [_bill(r) for r in rows], start, end, self._bills_as_of(account)
             )
-            for problem in by_owner.problems:
-                self._problem(account, problem)
+            for bad in by_owner.problems:
+                self._problem(account, bad)
             known = {i.id: i for i in self.instances(account)}
             strangers = sorted(set(by_owner.hours) - set(known) - self._all_instance_ids(account))
             for owner in strangers:
@@ -394,10 +393,10 @@ class StoreFacts:
                 )
             out: dict[str, float | None] = {}
             for iid, inst in known.items():
-                hours, problem = economics.running_hours(
+                hours, outside = economics.running_hours(
                     by_owner.hours.get(iid, 0.0), inst.gpu_count, end - start, iid
                 )
-                self._problem(account, problem)
+                self._problem(account, outside)
                 out[iid] = hours
             self._running[key] = out
         wanted = set(instance_ids) if instance_ids is not None else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from monitor import economics
@@ -17,6 +18,7 @@ from monitor.facts import STATUS_HOURS_WINDOW, STATUS_IDLE_THRESHOLD, StoreFacts
 
 
 def _num(value: Decimal | float | None, places: int = 4) -> float | None:
+    """Money at 4 places (as the alerts' values), hours at 2, percents at 2."""
     return None if value is None else round(float(value), places)
 
 
@@ -24,16 +26,26 @@ def _iso(when: datetime | None) -> str | None:
     return None if when is None else when.isoformat().replace("+00:00", "Z")
 
 
+def _hours(
+    facts: StoreFacts, account: str, instance_id: str, start: datetime, end: datetime
+) -> float | None:
+    hours = facts.running_hours(account, start, end)
+    return None if hours is None else hours.get(instance_id, 0.0)
+
+
 def account_status(facts: StoreFacts, account: str, now: datetime) -> dict[str, Any]:
     insts = facts.instances(account)
     idle = facts.idle_since(account, STATUS_IDLE_THRESHOLD, now)
     hours = facts.running_hours(account, now - STATUS_HOURS_WINDOW, now)
+    history = facts.history_start(account)
     util = facts.metric_window(account, "gpu_util", now - timedelta(minutes=15), now)
     instances = []
     for inst in insts:
         since = idle.get(inst.id)
         ran = None if hours is None else hours.get(inst.id)
-        per_month = economics.per_month(ran, STATUS_HOURS_WINDOW)
+        steady, _ = economics.steady_hours_per_month(
+            partial(_hours, facts, account, inst.id), now, history
+        )
         # the advice compares paying by the hour with a subscription: on-demand only
         hourly = inst.hourly_cost_usd if inst.billing_mode == "onDemand" else None
         agg = util.get(inst.id)
@@ -58,7 +70,7 @@ def account_status(facts: StoreFacts, account: str, now: datetime) -> dict[str, 
                     economics.break_even_hours(inst.monthly_price_usd, hourly), 1
                 ),
                 "monthly_saving_usd": _num(
-                    economics.monthly_saving(hourly, per_month, inst.monthly_price_usd), 2
+                    economics.monthly_saving(hourly, steady, inst.monthly_price_usd)
                 ),
             }
         )
@@ -88,7 +100,7 @@ def account_status(facts: StoreFacts, account: str, now: datetime) -> dict[str, 
         "runway_reason": runway.reason,
         "in_arrears": runway.in_arrears,
         "renewals_in_runway_usd": _num(runway.charges_usd) if runway.charges_usd else None,
-        "spend_24h_usd": _num(facts.spend(account, now - timedelta(hours=24), now), 2),
+        "spend_24h_usd": _num(facts.spend(account, now - timedelta(hours=24), now)),
         "stale": facts.stale_store_collectors(account, now),
         "data_problems": problems,
         "instances": instances,

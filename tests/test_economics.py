@@ -144,28 +144,21 @@ def test_billed_hourly_cost_of_a_partly_run_hour_is_still_per_hour() -> None:
 
 
 def test_monthly_price_follows_the_basis_the_bills_showed_and_is_bounded() -> None:
+    assert e.price_units(D("0.70"), D("0.35"), 2) == 2  # per GPU
+    assert e.price_units(D("0.35"), D("0.35"), 2) == 1  # per instance: the bills said so
+    assert e.price_units(None, D("0.35"), 2) == 2  # no cost known: per GPU, as listed
     per_gpu, problem = e.monthly_price(
-        monthly_unit_usd=D("179"),
-        listed_unit_usd=D("0.35"),
-        hourly_cost_usd=D("0.70"),
-        gpu_count=2,
+        monthly_unit_usd=D("179"), on_demand_unit_usd=D("0.35"), units=D(2)
     )
     assert problem is None and per_gpu == D("358")
     per_instance, _ = e.monthly_price(
-        monthly_unit_usd=D("179"),
-        listed_unit_usd=D("0.35"),
-        hourly_cost_usd=D("0.35"),
-        gpu_count=2,
+        monthly_unit_usd=D("179"), on_demand_unit_usd=D("0.35"), units=D(1)
     )
     assert per_instance == D("179")
     assert e.break_even_hours(per_gpu, D("0.70")) == e.break_even_hours(per_instance, D("0.35"))
     # a 10x scale error (the console's reading vs ours) puts the ratio at 51 h: unknown
     wrong, problem = e.monthly_price(
-        monthly_unit_usd=D("17.9"),
-        listed_unit_usd=D("0.35"),
-        hourly_cost_usd=D("0.35"),
-        gpu_count=1,
-        resource_id="i-1",
+        monthly_unit_usd=D("17.9"), on_demand_unit_usd=D("0.35"), units=D(1), resource_id="i-1"
     )
     assert wrong is None and problem is not None and problem.kind == "monthly_price_implausible"
 

@@ -185,8 +185,8 @@ async def test_demo_scenario_alerts_the_right_resources_once_grouped(
             assert sorted(d.channel for d in news[0].deliveries) == ["mail", "ops"]
             assert len(sink.bodies) == len(mail.messages) == 2
             assert sink.bodies[1]["title"].startswith(
-                    "[warning] instance-error: 1 instance in error or stuck"
-                )
+                "[warning] instance-error: 1 instance in error or stuck"
+            )
             assert "(demo-pending)" in sink.bodies[1]["message"]
         finally:
             await app.aclose()

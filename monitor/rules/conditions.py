@@ -568,7 +568,7 @@ def spend(params: SpendParams, ctx: EvalContext, resource: Resource) -> Result:
 class SubscriptionCandidateParams(StrictModel):
     margin: float = Field(0.15, ge=0, description="required excess over break-even hours")
     lookbacks: list[Duration] = Field(
-        default_factory=lambda: [timedelta(days=7), timedelta(days=30)],
+        default_factory=lambda: list(economics.ADVICE_LOOKBACKS),
         description="every lookback must exceed break-even (size for steady use)",
     )
     min_history: Duration = Field(timedelta(days=7), description="no advice with less history")
@@ -604,18 +604,16 @@ def subscription_candidate(
     history = ctx.facts.history_start(ctx.account)
     if history is None or ctx.now - history < params.min_history:
         return Result(None, values)
-    per_month: list[float] = []
-    for lookback in params.lookbacks:
-        start = max(ctx.now - lookback, history)
-        hours = ctx.facts.running_hours(ctx.account, start, ctx.now)
-        if hours is None:
-            return Result(None, values)
-        scaled = economics.per_month(hours.get(inst.id, 0.0), ctx.now - start)
-        if scaled is None:
-            return Result(None, values)  # unknown hours never make advice
-        per_month.append(scaled)
-        values[f"hours_per_month_{round(lookback.total_seconds() / 86400)}d"] = round(scaled, 1)
-    steady = min(per_month)
+
+    def hours_in(start: datetime, end: datetime) -> float | None:
+        hours = ctx.facts.running_hours(ctx.account, start, end)
+        return None if hours is None else hours.get(inst.id, 0.0)
+
+    steady, by_days = economics.steady_hours_per_month(hours_in, ctx.now, history, params.lookbacks)
+    for days, scaled in by_days.items():
+        values[f"hours_per_month_{days}d"] = round(scaled, 1)
+    if steady is None:
+        return Result(None, values)  # unknown hours never make advice
     values["value"] = round(steady, 1)
     values["unit"] = "h"
     values["utilization"] = round(steady / economics.MONTH_HOURS, 3)

@@ -802,7 +802,6 @@ class MetricsRepo(StoreBase):
         agg = self.metric_window(account, [instance_id], "gpu_util", start, end).get(instance_id)
         return None if agg is None else agg.avg
 
-
     def gpu_minutes(
         self, account: str, instance_ids: Sequence[str], start: datetime, end: datetime
     ) -> dict[str, list[tuple[datetime, float | None]]]:

@@ -435,7 +435,6 @@ class MoneyRepo(StoreBase):
             updated_at=row.updated_at,
         )
 
-
     # -- reads for the economics (monitor/economics.py computes; these only fetch) ------------
 
     def usage_bills_overlapping(

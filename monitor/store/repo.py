@@ -319,7 +319,6 @@ class InstancesRepo(StoreBase):
             Event(r.name, r.ts, r.kind, r.resource_kind, r.resource_id, r.old, r.new) for r in rows
         ]
 
-
     def status_histories(
         self, account: str, instance_ids: Sequence[str]
     ) -> dict[str, list[tuple[datetime, str]]]:
