@@ -71,6 +71,16 @@ IDLE_LOOKBACK = timedelta(days=7)
 HOURLY_BILL_LOOKBACK = timedelta(hours=3)
 
 _logged: set[tuple[str, str, str, str]] = set()
+UNIT_NAMES = {1: "hours", 60: "minutes", 3600: "seconds"}
+
+
+def log_reading_once(account: str, what: str, reading: str) -> None:
+    """Say once per process how an open unit reads in this account's data (wire-format §7)."""
+    key = (account, "reading", what, reading)
+    if key in _logged:
+        return
+    _logged.add(key)
+    log.info("unit_detected", account=account, what=what, reading=reading)
 
 
 def log_problem_once(account: str, problem: Problem) -> None:
@@ -251,6 +261,19 @@ class StoreFacts:
         out = {}
         for iid, agg in self.store.metric_window(account, instance_ids, series, start, end).items():
             if agg.count and agg.avg is not None:
+                top = agg.max if agg.max is not None else agg.avg
+                if economics.bounded_percent(top) is None:
+                    # a utilisation above 100 % is missing data (e.g. CPU summed over cores)
+                    self._problem(
+                        account,
+                        Problem(
+                            "utilisation_out_of_bounds",
+                            iid,
+                            series,
+                            f"max={top} avg={agg.avg} window={start.isoformat()}/{end.isoformat()}",
+                        ),
+                    )
+                    continue
                 out[iid] = WindowAgg(
                     avg=agg.avg,
                     max=agg.max if agg.max is not None else agg.avg,
@@ -385,6 +408,8 @@ class StoreFacts:
             )
             for bad in by_owner.problems:
                 self._problem(account, bad)
+            if by_owner.unit is not None:
+                log_reading_once(account, "billNum0_time_unit", UNIT_NAMES[by_owner.unit])
             known = {i.id: i for i in self.instances(account)}
             strangers = sorted(set(by_owner.hours) - set(known) - self._all_instance_ids(account))
             for owner in strangers:

@@ -213,6 +213,31 @@ async def test_an_hourly_cost_beyond_bounds_never_reaches_a_message(
         await app.aclose()
 
 
+def gpu_above_100(path: str, query: dict[str, Any], body: Any) -> None:
+    if path.endswith("/metrics/gpu/instance") and query.get("instanceId") == "demo-trainer":
+        gpu = body.get("gpuUtilization") or {}
+        for point in gpu.get("avg") or []:
+            point["value"] = 150.0
+        for series in gpu.get("gpuIds") or []:
+            for point in series.get("items") or []:
+                point["value"] = 150.0
+
+
+async def test_a_utilisation_above_100_percent_is_missing_data(
+    tmp_path: Path, sim_app: Any, clock: ManualClock, sink: JsonSink
+) -> None:
+    app = open_tampered(tmp_path, sim_app, clock, gpu_above_100, channels(sink))
+    try:
+        await Pipeline(app, clock).step()
+        status = status_of(app, clock)
+        trainer = next(i for i in status["instances"] if i["id"] == "demo-trainer")
+        assert trainer["gpu_util_avg_15m"] is None
+        kinds = {(p["kind"], p["resource_id"]) for p in status["data_problems"]}
+        assert ("utilisation_out_of_bounds", "demo-trainer") in kinds
+    finally:
+        await app.aclose()
+
+
 def test_the_facts_bills_history_matches_the_collectors_backfill() -> None:
     from monitor import facts
     from monitor.collect import collectors
