@@ -246,11 +246,11 @@ async def test_bills_of_a_period_that_just_ended_are_stored_final(
         clock.advance(11 * 3600 + 59 * 60)  # 2026-11-20 23:59
         await app.collect(["usage_bills"])
         day = clock.now().replace(hour=0, minute=0)
-        partial = {b["owner_id"]: b["amount"] for b in app.store.bills("main", "Day", day)}
+        partial = {b.owner_id: b.amount for b in app.store.bills("main", "Day", day)}
         clock.advance(60 * 60)  # 2026-11-21 00:59
         await app.collect(["usage_bills"])
         stored = {
-            b["owner_id"]: b["amount"]
+            b.owner_id: b.amount
             for b in app.store.bills("main", "Day", day, day + timedelta(days=1))
         }
         last_hour = app.store.bills("main", "Hour", day.replace(hour=23), day + timedelta(days=1))
@@ -265,7 +265,7 @@ async def test_bills_of_a_period_that_just_ended_are_stored_final(
     assert stored == final
     assert any(partial[k] < final[k] for k in partial)  # the day did grow after 23:59
     running = {i.id for i in demo_sim.instances() if i.status == "running"}
-    paygo = {b["owner_id"] for b in last_hour}
+    paygo = {b.owner_id for b in last_hour}
     assert paygo and paygo <= running
 
 

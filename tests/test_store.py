@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text
 
+from monitor.collect import convert
 from monitor.novita.models import (
     AsyncTask,
     Balance,
@@ -23,7 +24,7 @@ from monitor.novita.models import (
     TrainingTask,
     UsageBill,
 )
-from monitor.store import AlertRecord, Store, open_store
+from monitor.store import AlertRecord, BalanceSample, Store, open_store
 from monitor.store import tables as t
 from monitor.store.testing import pg_url, store_url
 
@@ -48,7 +49,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     s.close()
 
 
-def inst(id: str = "i-1", **kw: Any) -> Instance:
+def inst(id: str = "i-1", **kw: Any) -> dict[str, Any]:
+    """A listed instance as the collector hands it to the store."""
     data: dict[str, Any] = {
         "id": id,
         "name": f"name-{id}",
@@ -61,7 +63,7 @@ def inst(id: str = "i-1", **kw: Any) -> Instance:
         "endTime": "-1",
     }
     data.update(kw)
-    return Instance.model_validate(data)
+    return convert.instance_row(Instance.model_validate(data))
 
 
 def count(store: Store, table: Any) -> int:
@@ -178,25 +180,31 @@ def test_accounts_are_separate(store: Store) -> None:
 # -- balance, bills, products -------------------------------------------------------------------
 
 
+def balance(available: Decimal, ts: datetime, **kw: Any) -> BalanceSample:
+    return convert.balance_sample(Balance(available_usd=available, **kw), ts)
+
+
 def test_balance_samples(store: Store) -> None:
     assert store.latest_balance("main") is None
-    store.add_balance("main", Balance(available_usd=Decimal("100.1234")), T0)
-    store.add_balance(
-        "main",
-        Balance(available_usd=Decimal("99.5"), cash_usd=Decimal(1)),
-        T0 + timedelta(minutes=5),
-    )
+    store.add_balance("main", balance(Decimal("100.1234"), T0))
+    store.add_balance("main", balance(Decimal("99.5"), T0 + timedelta(minutes=5), cash_usd=1))
     latest = store.latest_balance("main")
     assert latest is not None
     assert latest.available_usd == Decimal("99.5")
     assert latest.ts == T0 + timedelta(minutes=5)
+    assert latest.cash_usd == Decimal(1) and latest.source == "balance_detail"
     assert [b.available_usd for b in store.balance_samples("main")] == [
         Decimal("100.1234"),
         Decimal("99.5"),
     ]
 
 
-def hour_bill(owner: str, hour: int, amount: str, num: str = "1") -> UsageBill:
+def hour_bill(owner: str, hour: int, amount: str, num: str = "1") -> dict[str, Any]:
+    """An hourly GPU bill as the collector hands it to the store."""
+    return convert.usage_bill_rows([wire_hour_bill(owner, hour, amount, num)])[0]
+
+
+def wire_hour_bill(owner: str, hour: int, amount: str, num: str = "1") -> UsageBill:
     start = int((T0 + timedelta(hours=hour)).timestamp())
     return UsageBill.model_validate(
         {
@@ -224,7 +232,7 @@ def test_usage_bills_upsert_no_duplicates_and_growing_amount(store: Store) -> No
     assert store.upsert_usage_bills("main", "Hour", [hour_bill("i-1", 0, "2500")]) == 1
     assert count(store, t.usage_bills) == 3
     rows = store.bills("main")
-    assert rows[-1]["pay_amount"] == Decimal("0.25")
+    assert rows[-1].pay_amount == Decimal("0.25")
     # the same bill under another cycle type is another row
     assert store.upsert_usage_bills("main", "Day", [hour_bill("i-1", 0, "2500")]) == 1
     assert count(store, t.usage_bills) == 4
@@ -261,9 +269,12 @@ def test_fixed_term_bills_idempotent(store: Store) -> None:
          "ownerID": "i-9", "productId": "p-4090", "amount": "3000000", "payAmount": "3000000",
          "cycle": "2025-12", "basePrice": "3000000"}
     )  # fmt: skip
-    assert store.upsert_fixed_term_bills("main", [bill, bill]) == 1
-    assert store.upsert_fixed_term_bills("main", [bill]) == 0
-    assert store.fixed_term_bills("main")[0]["pay_amount"] == Decimal(300)
+    rows = convert.fixed_term_bill_rows([bill, bill])
+    assert store.upsert_fixed_term_bills("main", rows) == 1
+    assert store.upsert_fixed_term_bills("main", rows[:1]) == 0
+    stored = store.fixed_term_bills("main")[0]
+    assert stored.pay_amount == Decimal(300) and stored.base_price == Decimal(300)
+    assert (stored.owner_id, stored.cycle, stored.end_ts) == ("i-9", "2025-12", 1767225600)
 
 
 def test_products_and_price_lookup(store: Store) -> None:
@@ -272,9 +283,9 @@ def test_products_and_price_lookup(store: Store) -> None:
          "monthlyPrice": [{"month": 1, "price": "20000000"}]}
     )  # fmt: skip
     p2 = Product.model_validate({"id": "p-4090", "name": "RTX 4090", "price": "40000"})
-    store.upsert_products("main", [p], "c-1", T0)
-    store.upsert_products("main", [p2], "c-2", T0)
-    store.upsert_products("main", [p], "c-1", T0)
+    store.upsert_products("main", convert.product_rows([p]), "c-1", T0)
+    store.upsert_products("main", convert.product_rows([p2]), "c-2", T0)
+    store.upsert_products("main", convert.product_rows([p]), "c-1", T0)
     price = store.product_price("main", "p-4090", "c-1")
     assert price is not None
     assert price.price_usd_per_hour == Decimal("0.35")
@@ -297,8 +308,14 @@ def test_products_and_price_lookup(store: Store) -> None:
 # -- tasks and runs -----------------------------------------------------------------------------
 
 
-def task(id: str, status: str) -> TrainingTask:
-    return TrainingTask(task_id=id, task_name=f"t-{id}", task_status=status)
+def task(id: str, status: str) -> dict[str, Any]:
+    return convert.training_task_rows(
+        [TrainingTask(task_id=id, task_name=f"t-{id}", task_status=status)]
+    )[0]
+
+
+def poll(task_id: str, status: str, **kw: Any) -> dict[str, Any]:
+    return convert.async_task_row(AsyncTask(task_id=task_id, status=status, **kw))
 
 
 def test_training_task_events_on_terminal_status(store: Store) -> None:
@@ -326,25 +343,13 @@ def test_watched_async_tasks(store: Store) -> None:
     watched = store.watched_tasks("main")
     assert [(w.task_id, w.label, w.terminal) for w in watched] == [("task-1", "upscale v2", False)]
     t1 = T0 + timedelta(seconds=30)
-    assert (
-        store.update_async_task(
-            "main", AsyncTask(task_id="task-1", status="TASK_STATUS_PROCESSING"), t1
-        )
-        is None
-    )
-    event = store.update_async_task(
-        "main", AsyncTask(task_id="task-1", status="TASK_STATUS_FAILED", reason="nsfw"), t1
-    )
+    assert store.update_async_task("main", poll("task-1", "TASK_STATUS_PROCESSING"), t1) is None
+    event = store.update_async_task("main", poll("task-1", "TASK_STATUS_FAILED", reason="nsfw"), t1)
     assert event is not None and event.kind == "task_finished" and event.new == "TASK_STATUS_FAILED"
     assert store.watched_tasks("main") == []
     done = store.watched_tasks("main", include_terminal=True)[0]
     assert done.reason == "nsfw" and done.last_checked == t1 and done.added_at == T0
-    assert (
-        store.update_async_task(
-            "main", AsyncTask(task_id="task-1", status="TASK_STATUS_FAILED"), t1
-        )
-        is None
-    )
+    assert store.update_async_task("main", poll("task-1", "TASK_STATUS_FAILED"), t1) is None
 
 
 def test_collector_runs_and_last_success(store: Store) -> None:
@@ -383,9 +388,10 @@ def test_alerts_roundtrip(store: Store) -> None:
         resource_id="x", state="firing", firing_since=T0,
     )  # fmt: skip
     store.save_alerts([a, b])
-    from dataclasses import replace
-
-    store.save_alerts([replace(a, state="firing", firing_since=T0 + timedelta(minutes=1))])
+    fired = AlertRecord(
+        **{**a.model_dump(), "state": "firing", "firing_since": T0 + timedelta(minutes=1)}
+    )
+    store.save_alerts([fired])
     loaded = store.load_alerts()
     assert [x.fingerprint for x in loaded] == ["idle-gpu/main/i-1", "monitor/x"]
     assert loaded[0].state == "firing" and loaded[0].labels == {"team": "ml"}
@@ -430,9 +436,10 @@ def test_notifications(store: Store) -> None:
 
 
 def test_bills_keyed_by_requested_product_category(store: Store) -> None:
-    bill = hour_bill("i-1", -1, "3500")
-    assert store.upsert_usage_bills("main", "Hour", [bill], product_category="summary") == 1
-    assert store.upsert_usage_bills("main", "Hour", [bill], product_category="gpu") == 1
+    bill = wire_hour_bill("i-1", -1, "3500")
+    summary = convert.usage_bill_rows([bill], product_category="summary")
+    assert store.upsert_usage_bills("main", "Hour", summary) == 1
+    assert store.upsert_usage_bills("main", "Hour", convert.usage_bill_rows([bill], "gpu")) == 1
     window = (T0 - timedelta(hours=2), T0)
     assert store.spend("main", *window) == Decimal("0.35")  # gpu only, not summary + gpu
     assert store.spend("main", *window, category="summary") == Decimal("0.35")
@@ -443,7 +450,7 @@ def test_store_is_shared_by_threads(store: Store) -> None:
 
     def work(i: int) -> None:
         store.record_run("main", f"c{i % 4}", T0, T0 + timedelta(seconds=i), "ok", {"i": i})
-        store.add_balance("main", Balance(available_usd=Decimal(i)), T0 + timedelta(seconds=i))
+        store.add_balance("main", balance(Decimal(i), T0 + timedelta(seconds=i)))
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(work, range(40)))
@@ -494,7 +501,7 @@ def test_alert_details_roundtrip(store: Store) -> None:
         last_match_at=T0, notified_severity="warning",
     )  # fmt: skip
     store.save_alerts([a])
-    assert store.load_alerts() == [a]
+    assert [x.model_dump() for x in store.load_alerts()] == [a.model_dump()]
 
 
 async def test_writes_run_one_at_a_time_on_one_writer_thread_off_the_event_loop(

@@ -12,6 +12,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
+from monitor.collect.convert import balance_sample, instance_rows
 from monitor.novita.models import Balance, Instance
 from monitor.store import open_store
 from monitor.store.db import (
@@ -21,12 +22,11 @@ from monitor.store.db import (
     current_revision,
     migrate,
 )
-from monitor.store.facade import Store
 from monitor.store.tables import metadata
 from monitor.store.testing import pg_url, store_url
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
-HEAD = "0002"
+HEAD = "0003"
 
 BACKENDS = [
     "sqlite",
@@ -58,8 +58,8 @@ def test_migrations_produce_exactly_the_tables(url: str) -> None:
 
 def test_reopen_keeps_data_and_is_idempotent(url: str) -> None:
     store = open_store(url)
-    store.upsert_instances("main", [Instance(id="i-1", status="running")], T0)
-    store.add_balance("main", Balance(available_usd=Decimal("12.5")), T0)
+    store.upsert_instances("main", instance_rows([Instance(id="i-1", status="running")]), T0)
+    store.add_balance("main", balance_sample(Balance(available_usd=Decimal("12.5")), T0))
     store.close()
     for _ in range(2):
         store = open_store(url)
@@ -99,10 +99,15 @@ def test_upgrade_from_0001_keeps_data(url: str, tmp_path: Path) -> None:
     try:
         migrate(engine, revision="0001")
         assert current_revision(engine) == "0001"
-        Store(engine).upsert_instances(
-            "main", [Instance(id="i-1", status="running", gpu_num=8)], T0
-        )
-        with engine.begin() as conn:
+        with engine.begin() as conn:  # as the code at 0001 wrote them
+            conn.execute(text("INSERT INTO accounts (id, name) VALUES (1, 'main')"))
+            conn.execute(
+                text(
+                    "INSERT INTO instances (account_id, instance_id, name, status, gpu_count,"
+                    " first_seen) VALUES (1, 'i-1', '', 'running', 8, :t)"
+                ),
+                {"t": T0.replace(tzinfo=None) if engine.dialect.name == "sqlite" else T0},
+            )
             conn.execute(
                 text(
                     "INSERT INTO alerts (fingerprint, rule, resource_kind, resource_id, state)"
@@ -162,7 +167,7 @@ def test_concurrent_opens_migrate_once(url: str) -> None:
 def test_in_memory_sqlite_store() -> None:
     store = open_store("sqlite://")
     try:
-        store.upsert_instances("main", [Instance(id="i-1", status="running")], T0)
+        store.upsert_instances("main", instance_rows([Instance(id="i-1", status="running")]), T0)
         assert [r.instance_id for r in store.instances("main")] == ["i-1"]
     finally:
         store.close()
