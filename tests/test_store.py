@@ -24,7 +24,7 @@ from monitor.novita.models import (
     TrainingTask,
     UsageBill,
 )
-from monitor.store import AlertRecord, BalanceSample, Store, open_store
+from monitor.store import AlertRecord, BalanceSample, DataProblem, Store, open_store
 from monitor.store import tables as t
 from monitor.store.testing import pg_url, store_url
 
@@ -543,3 +543,103 @@ async def test_writes_run_one_at_a_time_on_one_writer_thread_off_the_event_loop(
     finally:
         store.close()
     assert store._writer is None
+
+
+# -- records: new fields, detachment, what the store takes --------------------------------------
+
+
+def test_renewal_fields_are_stored_and_updated_in_place(store: Store) -> None:
+    store.upsert_instances(
+        "main", [inst("i-1", billingMode="monthly", autoRenew=True, autoRenewMonth="3",
+                      keepDataDay="7")], T0
+    )  # fmt: skip
+    rec = store.instance("main", "i-1")
+    assert rec is not None
+    assert (rec.auto_renew, rec.auto_renew_month, rec.keep_data_day) == (True, 3, 7)
+    # switching auto-renew off is stored (not a tracked field: no history row, no event)
+    events = store.upsert_instances(
+        "main", [inst("i-1", billingMode="monthly", autoRenew=False, autoRenewMonth="3",
+                      keepDataDay="7")], T0 + timedelta(minutes=1)
+    )  # fmt: skip
+    assert events == []
+    assert store.instance("main", "i-1").auto_renew is False  # type: ignore[union-attr]
+    assert store.instances("main")[0].auto_renew is False
+    assert len(store.instance_history("main", "i-1")) == 1
+
+
+def test_usage_bill_unit_price_is_usd_per_unit_of_bill_num0(store: Store) -> None:
+    start = int((T0 - timedelta(hours=1)).timestamp())
+    bills = [
+        UsageBill.model_validate(
+            {"startTime": str(start), "endTime": str(start + 3600), "ownerID": owner,
+             "productId": "p-4090", "billNum0": "3600", "discountPrice0": price,
+             "amount": "3500", "payAmount": "3500", **extra}
+        )
+        for owner, price, extra in (
+            ("i-1", "3500", {}),  # 1/10000 USD: $0.35 per unit
+            ("i-2", "35000000", {"pricePrecision": 10000}),  # divided by the precision first
+            ("i-3", None, {}),
+        )
+    ]  # fmt: skip
+    assert store.upsert_usage_bills("main", "Hour", convert.usage_bill_rows(bills, "gpu")) == 3
+    prices = {b.owner_id: b.unit_price for b in store.bills("main")}
+    assert prices == {"i-1": Decimal("0.35"), "i-2": Decimal("0.35"), "i-3": None}
+
+
+def test_listing_rows_are_checked(store: Store) -> None:
+    row = inst("i-1")
+    del row["auto_renew"]
+    with pytest.raises(ValueError, match=r"missing \['auto_renew'\]"):
+        store.upsert_instances("main", [row], T0)
+    with pytest.raises(ValueError, match=r"unknown \['colour'\]"):
+        store.upsert_instances("main", [{**inst("i-1"), "colour": "red"}], T0)
+    assert store.instances("main") == []
+
+
+def test_returned_records_are_detached_and_usable_after_close(tmp_path: Path) -> None:
+    from sqlalchemy import inspect
+
+    store = open_store(store_url("sqlite", tmp_path))
+    store.upsert_instances("main", [inst("i-1", envs=[{"key": "A", "value": "b"}])], T0)
+    store.save_alerts(
+        [AlertRecord(fingerprint="fp", rule="r", account="main", resource_kind="instance",
+                     resource_id="i-1", state="firing", labels={"a": 1})]
+    )  # fmt: skip
+    store.add_balance("main", balance(Decimal(5), T0))
+    records = [*store.instances("main"), *store.load_alerts(), store.latest_balance("main")]
+    store.close()  # the engine is disposed: any lazy load would fail now
+    assert all(inspect(r).detached for r in records)
+    instance, alert, sample = records
+    assert instance.envs == {"A": "b"} and instance.first_seen == T0  # type: ignore[union-attr]
+    assert alert.labels == {"a": 1} and alert.state == "firing"  # type: ignore[union-attr]
+    assert sample.available_usd == Decimal(5)  # type: ignore[union-attr]
+
+
+def problem(kind: str, resource: str, field: str, raw: str | None) -> DataProblem:
+    return DataProblem(kind=kind, resource_id=resource, field=field, raw=raw)
+
+
+def test_data_problems_count_and_keep_the_first_sighting(store: Store) -> None:
+    assert store.data_problems("main") == []
+    t1 = T0 + timedelta(minutes=5)
+    store.record_data_problems(
+        "main",
+        [problem("unparsed", "i-1", "gpuNum", "abc"), problem("out_of_bounds", "i-2",
+         "hourly_cost", "99999"), problem("unparsed", "i-1", "gpuNum", "abd")],
+        T0,
+    )  # fmt: skip
+    store.record_data_problems("main", [problem("unparsed", "i-1", "gpuNum", "x" * 2000)], t1)
+    store.record_data_problems("team-b", [problem("unparsed", "i-1", "gpuNum", "1")], t1)
+    store.record_data_problems("main", [], t1)  # nothing to record: nothing changes
+    got = store.data_problems("main")
+    assert [(p.kind, p.resource_id, p.field, p.count) for p in got] == [
+        ("out_of_bounds", "i-2", "hourly_cost", 1),
+        ("unparsed", "i-1", "gpuNum", 3),  # twice in the first report, once in the second
+    ]
+    oob, unparsed = got
+    assert (oob.raw, oob.first_seen, oob.last_seen) == ("99999", T0, T0)
+    assert (unparsed.first_seen, unparsed.last_seen) == (T0, t1)
+    assert unparsed.raw == "x" * 500  # the latest, cut
+    assert [(p.count, p.raw) for p in store.data_problems("team-b")] == [(1, "1")]
+    with pytest.raises(ValueError, match="aware"):
+        store.record_data_problems("main", [], datetime(2026, 1, 1))

@@ -264,36 +264,3 @@ def test_database_bytes_grow_with_samples(store: Store) -> None:
     assert key is not None
     fill(store, key, E0, 3 * 1440)
     assert store.database_bytes() > before
-
-
-def test_minute_rows_average_a_minute_divide_cpu_by_cores_and_order_gpus_numerically() -> None:
-    from monitor.novita.models import InstanceMetrics
-
-    t = 1_764_547_200  # a whole minute
-    body = {
-        "cpuUtilization": [
-            {"timestamp": str(t), "value": 300},
-            {"timestamp": str(t + 30), "value": 500},  # same minute: averaged (400)
-            {"timestamp": str(t + 60), "value": "200"},
-        ],
-        "memUtilization": [{"timestamp": str(t + 60), "value": 12.34}],
-        "gpuUtilization": {
-            "avg": [{"timestamp": str(t), "value": 50}],
-            "gpuIds": [
-                {"gpuId": "10", "items": [{"timestamp": str(t), "value": 90}]},
-                {"gpuId": "2", "items": [{"timestamp": str(t), "value": 10}]},
-                {"gpuId": "1", "items": [{"timestamp": str(t + 60), "value": 33.6}]},
-            ],
-        },
-    }
-    rows = minute_rows(InstanceMetrics.model_validate(body), cpu_num=8)
-    assert sorted(rows) == [t, t + 60]
-    first, second = rows[t], rows[t + 60]
-    assert first["cpu"] == 500 and second["cpu"] == 250  # tenths of a percent per core
-    assert first["mem"] is None and second["mem"] == 123
-    assert first["gpu_util"] == 500 and second["gpu_util"] is None
-    assert first["disk"] is None and first["gpu_mem"] is None
-    # GPUs in numeric id order (1, 2, 10); 255 where a GPU has no sample in that minute
-    assert list(first["gpu_utils"]) == [255, 10, 90]
-    assert list(second["gpu_utils"]) == [34, 255, 255]
-    assert first["gpu_mems"] is None
