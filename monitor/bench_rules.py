@@ -32,6 +32,7 @@ from typing import Any
 from sqlalchemy import delete, event
 
 from monitor.app import schedule_intervals
+from monitor.collect import convert
 from monitor.config import Schedules, shipped_rules_dir
 from monitor.evaluate import Evaluator
 from monitor.logs import configure_logging
@@ -189,8 +190,9 @@ def build(store: Store, n: int, days: int, seed: int, echo: Callable[[str], None
     fleet = plan_fleet(n, days, rng)
     start = NOW - timedelta(days=days)
     instances = [p.instance for p in fleet]
-    store.upsert_instances(ACCOUNT, instances, start)  # first seen at the start of history
-    store.upsert_instances(ACCOUNT, instances, NOW - timedelta(seconds=30))
+    listing = convert.instance_rows(instances)
+    store.upsert_instances(ACCOUNT, listing, start)  # first seen at the start of history
+    store.upsert_instances(ACCOUNT, listing, NOW - timedelta(seconds=30))
     keys: dict[str, int] = {}
     for inst in instances:
         key = store.instance_key(ACCOUNT, inst.id)
@@ -210,9 +212,10 @@ def build(store: Store, n: int, days: int, seed: int, echo: Callable[[str], None
         )
         for pid, (hourly, spot, monthly) in PRODUCTS.items()
     ]
-    store.upsert_products(ACCOUNT, products, "c-1", NOW - timedelta(hours=1))
+    store.upsert_products(ACCOUNT, convert.product_rows(products), "c-1", NOW - timedelta(hours=1))
     burn = sum(PRODUCTS[p.instance.product_id or "p-h100"][0] * p.gpus for p in fleet if p.bills)
-    store.add_balance(ACCOUNT, Balance(available_usd=round(burn * 36)), NOW - timedelta(minutes=2))
+    balance = Balance(available_usd=round(burn * 36))
+    store.add_balance(ACCOUNT, convert.balance_sample(balance, NOW - timedelta(minutes=2)))
     hourly: list[UsageBill] = []
     daily: list[UsageBill] = []
     counts = Counter[str]()
@@ -220,7 +223,7 @@ def build(store: Store, n: int, days: int, seed: int, echo: Callable[[str], None
     def flush(force: bool = False) -> None:  # in chunks: bounded memory at 5000 instances
         for cycle, bills in (("Hour", hourly), ("Day", daily)):
             if bills and (force or len(bills) >= 20_000):
-                store.upsert_usage_bills(ACCOUNT, cycle, bills)
+                store.upsert_usage_bills(ACCOUNT, cycle, convert.usage_bill_rows(bills))
                 counts[cycle] += len(bills)
                 bills.clear()
 
@@ -238,24 +241,26 @@ def build(store: Store, n: int, days: int, seed: int, echo: Callable[[str], None
     flush(force=True)
     store.upsert_training_tasks(
         ACCOUNT,
-        [
-            TrainingTask.model_validate(
-                {
-                    "task_id": "bench-task-failed",
-                    "task_name": "finetune",
-                    "task_status": "FAILED",
-                    "created_at": str(int((NOW - timedelta(hours=3)).timestamp())),
-                }
-            ),
-            TrainingTask.model_validate(
-                {
-                    "task_id": "bench-task-ok",
-                    "task_name": "finetune-2",
-                    "task_status": "SUCCESS",
-                    "created_at": str(int((NOW - timedelta(hours=5)).timestamp())),
-                }
-            ),
-        ],
+        convert.training_task_rows(
+            [
+                TrainingTask.model_validate(
+                    {
+                        "task_id": "bench-task-failed",
+                        "task_name": "finetune",
+                        "task_status": "FAILED",
+                        "created_at": str(int((NOW - timedelta(hours=3)).timestamp())),
+                    }
+                ),
+                TrainingTask.model_validate(
+                    {
+                        "task_id": "bench-task-ok",
+                        "task_name": "finetune-2",
+                        "task_status": "SUCCESS",
+                        "created_at": str(int((NOW - timedelta(hours=5)).timestamp())),
+                    }
+                ),
+            ]
+        ),
         NOW - timedelta(minutes=1),
     )
     for name in schedule_intervals(Schedules()):  # collected since the start of history, fresh now

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+from monitor.collect import convert
 from monitor.novita.models import Balance, Instance, UsageBill
 from monitor.store import MetricRow, open_store
 from monitor.store import tables as t
@@ -116,7 +117,7 @@ def build(path: Path, n: int, raw_days: int, year: bool, bills: bool, seed: int)
                  gpu_num=8 if i % 2 == 0 else 1, cpu_num=16, product_id="p-h100", cluster_id="c-1")
         for i in range(n)
     ]  # fmt: skip
-    store.upsert_instances("main", instances, NOW)
+    store.upsert_instances("main", convert.instance_rows(instances), NOW)
     for inst in instances:
         key = store.instance_key("main", inst.id)
         assert key is not None
@@ -138,10 +139,11 @@ def build(path: Path, n: int, raw_days: int, year: bool, bills: bool, seed: int)
                          "billNum0": str(inst.gpu_num), "amount": amount, "payAmount": amount}
                     )
                 )  # fmt: skip
-            store.upsert_usage_bills("main", "Hour", hour_bills)
+            store.upsert_usage_bills("main", "Hour", convert.usage_bill_rows(hour_bills))
     if year:
         store.rollup(NOW)  # the last week's hours too, as the daemon would have
-    store.add_balance("main", Balance(available_usd=Decimal(100)), NOW - timedelta(minutes=1))
+    balance = Balance(available_usd=Decimal(100))
+    store.add_balance("main", convert.balance_sample(balance, NOW - timedelta(minutes=1)))
     store.close()
     return time.perf_counter() - started
 

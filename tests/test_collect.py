@@ -14,7 +14,9 @@ import sqlalchemy as sa
 from monitor.app import intervals
 from monitor.clock import ManualClock
 from monitor.collect.collectors import CollectSettings, metrics_window
+from monitor.collect.convert import minute_rows
 from monitor.novita.client import RetryPolicy
+from monitor.novita.models import InstanceMetrics
 from monitor.sim import catalog
 from monitor.status import fleet_status
 from tests.helpers import open_app
@@ -246,11 +248,11 @@ async def test_bills_of_a_period_that_just_ended_are_stored_final(
         clock.advance(11 * 3600 + 59 * 60)  # 2026-11-20 23:59
         await app.collect(["usage_bills"])
         day = clock.now().replace(hour=0, minute=0)
-        partial = {b["owner_id"]: b["amount"] for b in app.store.bills("main", "Day", day)}
+        partial = {b.owner_id: b.amount for b in app.store.bills("main", "Day", day)}
         clock.advance(60 * 60)  # 2026-11-21 00:59
         await app.collect(["usage_bills"])
         stored = {
-            b["owner_id"]: b["amount"]
+            b.owner_id: b.amount
             for b in app.store.bills("main", "Day", day, day + timedelta(days=1))
         }
         last_hour = app.store.bills("main", "Hour", day.replace(hour=23), day + timedelta(days=1))
@@ -265,7 +267,7 @@ async def test_bills_of_a_period_that_just_ended_are_stored_final(
     assert stored == final
     assert any(partial[k] < final[k] for k in partial)  # the day did grow after 23:59
     running = {i.id for i in demo_sim.instances() if i.status == "running"}
-    paygo = {b["owner_id"] for b in last_hour}
+    paygo = {b.owner_id for b in last_hour}
     assert paygo and paygo <= running
 
 
@@ -352,3 +354,75 @@ async def test_a_backfill_beyond_the_pending_samples_limit_completes_and_writes_
     assert report.outcome == "ok", report.error
     assert report.counts["fetched"] == running
     assert samples == report.counts["rows"] >= running * 60  # an hour of minutes each
+
+
+# -- wire -> store (monitor.collect.convert) -----------------------------------------------------
+
+
+def test_minute_rows_average_a_minute_divide_cpu_by_cores_and_order_gpus_numerically() -> None:
+    t = 1_764_547_200  # a whole minute
+    body = {
+        "cpuUtilization": [
+            {"timestamp": str(t), "value": 300},
+            {"timestamp": str(t + 30), "value": 500},  # same minute: averaged (400)
+            {"timestamp": str(t + 60), "value": "200"},
+        ],
+        "memUtilization": [{"timestamp": str(t + 60), "value": 12.34}],
+        "gpuUtilization": {
+            "avg": [{"timestamp": str(t), "value": 50}],
+            "gpuIds": [
+                {"gpuId": "10", "items": [{"timestamp": str(t), "value": 90}]},
+                {"gpuId": "2", "items": [{"timestamp": str(t), "value": 10}]},
+                {"gpuId": "1", "items": [{"timestamp": str(t + 60), "value": 33.6}]},
+            ],
+        },
+    }
+    rows = minute_rows(InstanceMetrics.model_validate(body), cpu_num=8)
+    assert sorted(rows) == [t, t + 60]
+    first, second = rows[t], rows[t + 60]
+    assert first["cpu"] == 500 and second["cpu"] == 250  # tenths of a percent per core
+    assert first["mem"] is None and second["mem"] == 123
+    assert first["gpu_util"] == 500 and second["gpu_util"] is None
+    assert first["disk"] is None and first["gpu_mem"] is None
+    # GPUs in numeric id order (1, 2, 10); 255 where a GPU has no sample in that minute
+    assert list(first["gpu_utils"]) == [255, 10, 90]
+    assert list(second["gpu_utils"]) == [34, 255, 255]
+    assert first["gpu_mems"] is None
+
+
+async def test_collectors_store_renewal_fields_and_bill_unit_prices_as_the_api_sent_them(
+    tmp_path: Path, sim_app: Any, clock: ManualClock
+) -> None:
+    """The collectors convert each payload into the store's records: what the API sent for
+    ``autoRenew``, ``discountPrice0`` (over ``pricePrecision``) and ``basePrice`` is what the
+    store returns."""
+    import httpx
+
+    from monitor.novita.client import NovitaClient
+
+    app = open_app(tmp_path, sim_app, clock)
+    try:
+        await app.collect(["instances", "usage_bills", "fixed_term_bills"])
+        stored = {r.instance_id: r for r in app.store.instances("main")}
+        hourly = app.store.bills("main", "Hour")
+        fixed = app.store.fixed_term_bills("main")
+    finally:
+        await app.aclose()
+    now = clock.now()
+    async with NovitaClient("k", "http://sim", transport=httpx.ASGITransport(app=sim_app)) as c:
+        listed = await c.list_instances()
+        wire_bills = await c.list_usage_bills("Hour", "gpu", now - timedelta(hours=3), now)
+        wire_fixed = await c.list_fixed_term_bills(now - timedelta(days=30), now, category="gpu")
+    assert {i.id: i.auto_renew for i in listed} == {k: r.auto_renew for k, r in stored.items()}
+    assert any(r.auto_renew is not None for r in stored.values())  # the sim sends it
+    by_key = {(b.owner_id, b.start_ts): b.unit_price for b in hourly}
+    sent = {
+        (b.owner_id, int(b.start_time.timestamp())): b.unit_price_usd
+        for b in wire_bills
+        if b.start_time is not None
+    }
+    assert sent and all(v is not None for v in sent.values())
+    assert {k: by_key[k] for k in sent} == sent
+    assert {(b.owner_id, b.base_price) for b in fixed} == {
+        (b.owner_id, b.base_price_usd) for b in wire_fixed
+    }

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text
 
+from monitor.collect import convert
 from monitor.novita.models import (
     AsyncTask,
     Balance,
@@ -23,7 +24,7 @@ from monitor.novita.models import (
     TrainingTask,
     UsageBill,
 )
-from monitor.store import AlertRecord, Store, open_store
+from monitor.store import AlertRecord, BalanceSample, DataProblem, Store, open_store
 from monitor.store import tables as t
 from monitor.store.testing import pg_url, store_url
 
@@ -48,7 +49,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     s.close()
 
 
-def inst(id: str = "i-1", **kw: Any) -> Instance:
+def inst(id: str = "i-1", **kw: Any) -> dict[str, Any]:
+    """A listed instance as the collector hands it to the store."""
     data: dict[str, Any] = {
         "id": id,
         "name": f"name-{id}",
@@ -61,7 +63,7 @@ def inst(id: str = "i-1", **kw: Any) -> Instance:
         "endTime": "-1",
     }
     data.update(kw)
-    return Instance.model_validate(data)
+    return convert.instance_row(Instance.model_validate(data))
 
 
 def count(store: Store, table: Any) -> int:
@@ -178,25 +180,31 @@ def test_accounts_are_separate(store: Store) -> None:
 # -- balance, bills, products -------------------------------------------------------------------
 
 
+def balance(available: Decimal, ts: datetime, **kw: Any) -> BalanceSample:
+    return convert.balance_sample(Balance(available_usd=available, **kw), ts)
+
+
 def test_balance_samples(store: Store) -> None:
     assert store.latest_balance("main") is None
-    store.add_balance("main", Balance(available_usd=Decimal("100.1234")), T0)
-    store.add_balance(
-        "main",
-        Balance(available_usd=Decimal("99.5"), cash_usd=Decimal(1)),
-        T0 + timedelta(minutes=5),
-    )
+    store.add_balance("main", balance(Decimal("100.1234"), T0))
+    store.add_balance("main", balance(Decimal("99.5"), T0 + timedelta(minutes=5), cash_usd=1))
     latest = store.latest_balance("main")
     assert latest is not None
     assert latest.available_usd == Decimal("99.5")
     assert latest.ts == T0 + timedelta(minutes=5)
+    assert latest.cash_usd == Decimal(1) and latest.source == "balance_detail"
     assert [b.available_usd for b in store.balance_samples("main")] == [
         Decimal("100.1234"),
         Decimal("99.5"),
     ]
 
 
-def hour_bill(owner: str, hour: int, amount: str, num: str = "1") -> UsageBill:
+def hour_bill(owner: str, hour: int, amount: str, num: str = "1") -> dict[str, Any]:
+    """An hourly GPU bill as the collector hands it to the store."""
+    return convert.usage_bill_rows([wire_hour_bill(owner, hour, amount, num)])[0]
+
+
+def wire_hour_bill(owner: str, hour: int, amount: str, num: str = "1") -> UsageBill:
     start = int((T0 + timedelta(hours=hour)).timestamp())
     return UsageBill.model_validate(
         {
@@ -224,35 +232,29 @@ def test_usage_bills_upsert_no_duplicates_and_growing_amount(store: Store) -> No
     assert store.upsert_usage_bills("main", "Hour", [hour_bill("i-1", 0, "2500")]) == 1
     assert count(store, t.usage_bills) == 3
     rows = store.bills("main")
-    assert rows[-1]["pay_amount"] == Decimal("0.25")
+    assert rows[-1].pay_amount == Decimal("0.25")
     # the same bill under another cycle type is another row
     assert store.upsert_usage_bills("main", "Day", [hour_bill("i-1", 0, "2500")]) == 1
     assert count(store, t.usage_bills) == 4
 
 
-def test_spend_running_hours_and_recent_bill(store: Store) -> None:
-    start = T0 - timedelta(hours=10)
-    assert store.spend("main", start, T0) is None
-    assert store.running_hours("main", "i-1", start, T0) is None
-    store.upsert_usage_bills(
-        "main",
-        "Hour",
-        [hour_bill("i-1", -3, "3500"), hour_bill("i-1", -2, "3500"), hour_bill("i-2", -2, "12000"),
-         hour_bill("i-1", -1, "0", num="0")],
-    )  # fmt: skip
-    assert store.spend("main", start, T0) == Decimal("1.90")
-    assert store.spend("main", start, T0, owner_id="i-1") == Decimal("0.70")
-    assert store.running_hours("main", "i-1", start, T0) == 2.0
-    assert store.running_hours("main", "i-3", start, T0) == 0.0
-    assert store.recent_hourly_bill_usd("main", "i-1", T0) == Decimal("0")
-    assert store.recent_hourly_bill_usd("main", "i-2", T0) == Decimal("1.2")
-    assert store.recent_hourly_bill_usd("main", "i-2", T0 + timedelta(hours=6)) is None
-
-
-def test_spend_other_category_is_missing_not_zero(store: Store) -> None:
-    store.upsert_usage_bills("main", "Hour", [hour_bill("i-1", -1, "3500")])
-    assert store.spend("main", T0 - timedelta(hours=2), T0, category="llm") is None
-    assert store.spend("main", T0 - timedelta(hours=2), T0, category=None) == Decimal("0.35")
+def test_bills_overlapping_a_window_include_the_one_running_into_it(store: Store) -> None:
+    assert store.usage_bills_overlapping("main", T0 - timedelta(hours=10), T0, "Hour") == []
+    bills = [hour_bill("i-1", h, "3500") for h in (-4, -3, -2, -1)]
+    bills += [{**hour_bill("i-2", -2, "12000"), "category": "llm"}]
+    store.upsert_usage_bills("main", "Hour", bills)
+    # the window starts half-way through the -3 bill: that bill is included (counted in
+    # proportion by the economics), the -4 one is not
+    rows = store.usage_bills_overlapping(
+        "main", T0 - timedelta(hours=2, minutes=30), T0, cycle_type="Hour"
+    )
+    assert sorted((r.owner_id, r.start) for r in rows) == [
+        ("i-1", T0 - timedelta(hours=h)) for h in (3, 2, 1)
+    ]
+    assert all(r.amount == Decimal("0.35") and r.bill_num0 == 1.0 for r in rows)
+    assert store.usage_bills_overlapping("main", T0 - timedelta(hours=3), T0, "Day") == []
+    llm = store.usage_bills_overlapping("main", T0 - timedelta(hours=3), T0, "Hour", "llm")
+    assert [r.owner_id for r in llm] == ["i-2"]
 
 
 def test_fixed_term_bills_idempotent(store: Store) -> None:
@@ -261,9 +263,12 @@ def test_fixed_term_bills_idempotent(store: Store) -> None:
          "ownerID": "i-9", "productId": "p-4090", "amount": "3000000", "payAmount": "3000000",
          "cycle": "2025-12", "basePrice": "3000000"}
     )  # fmt: skip
-    assert store.upsert_fixed_term_bills("main", [bill, bill]) == 1
-    assert store.upsert_fixed_term_bills("main", [bill]) == 0
-    assert store.fixed_term_bills("main")[0]["pay_amount"] == Decimal(300)
+    rows = convert.fixed_term_bill_rows([bill, bill])
+    assert store.upsert_fixed_term_bills("main", rows) == 1
+    assert store.upsert_fixed_term_bills("main", rows[:1]) == 0
+    stored = store.fixed_term_bills("main")[0]
+    assert stored.pay_amount == Decimal(300) and stored.base_price == Decimal(300)
+    assert (stored.owner_id, stored.cycle, stored.end_ts) == ("i-9", "2025-12", 1767225600)
 
 
 def test_products_and_price_lookup(store: Store) -> None:
@@ -272,9 +277,9 @@ def test_products_and_price_lookup(store: Store) -> None:
          "monthlyPrice": [{"month": 1, "price": "20000000"}]}
     )  # fmt: skip
     p2 = Product.model_validate({"id": "p-4090", "name": "RTX 4090", "price": "40000"})
-    store.upsert_products("main", [p], "c-1", T0)
-    store.upsert_products("main", [p2], "c-2", T0)
-    store.upsert_products("main", [p], "c-1", T0)
+    store.upsert_products("main", convert.product_rows([p]), "c-1", T0)
+    store.upsert_products("main", convert.product_rows([p2]), "c-2", T0)
+    store.upsert_products("main", convert.product_rows([p]), "c-1", T0)
     price = store.product_price("main", "p-4090", "c-1")
     assert price is not None
     assert price.price_usd_per_hour == Decimal("0.35")
@@ -284,21 +289,28 @@ def test_products_and_price_lookup(store: Store) -> None:
     assert store.product_price("main", "p-4090", "c-9") is not None  # falls back
     assert store.product_price("main", "nope", "c-1") is None
     # with a billing mode: the per-GPU hourly price for that mode
-    assert store.hourly_price_usd("main", "p-4090", "c-1", "onDemand") == Decimal("0.35")
-    assert store.hourly_price_usd("main", "p-4090", "c-1", "spot") == Decimal("0.17")
-    assert store.hourly_price_usd("main", "p-4090", "c-2", "spot") == Decimal(
-        "0.4"
-    )  # no spot price
-    assert store.hourly_price_usd("main", "p-4090", "c-1", "monthly") is None
-    assert store.hourly_price_usd("main", None, "c-1") is None
+    c1 = store.product_price("main", "p-4090", "c-1")
+    c2 = store.product_price("main", "p-4090", "c-2")
+    assert c1 is not None and c2 is not None
+    assert c1.hourly_usd("onDemand") == Decimal("0.35")
+    assert c1.hourly_usd("spot") == Decimal("0.17")
+    assert c2.hourly_usd("spot") == Decimal("0.4")  # no spot price
+    assert c1.hourly_usd("monthly") is None
+    assert store.max_listed_price("main") == Decimal("0.4")
     assert count(store, t.products) == 2
 
 
 # -- tasks and runs -----------------------------------------------------------------------------
 
 
-def task(id: str, status: str) -> TrainingTask:
-    return TrainingTask(task_id=id, task_name=f"t-{id}", task_status=status)
+def task(id: str, status: str) -> dict[str, Any]:
+    return convert.training_task_rows(
+        [TrainingTask(task_id=id, task_name=f"t-{id}", task_status=status)]
+    )[0]
+
+
+def poll(task_id: str, status: str, **kw: Any) -> dict[str, Any]:
+    return convert.async_task_row(AsyncTask(task_id=task_id, status=status, **kw))
 
 
 def test_training_task_events_on_terminal_status(store: Store) -> None:
@@ -326,25 +338,13 @@ def test_watched_async_tasks(store: Store) -> None:
     watched = store.watched_tasks("main")
     assert [(w.task_id, w.label, w.terminal) for w in watched] == [("task-1", "upscale v2", False)]
     t1 = T0 + timedelta(seconds=30)
-    assert (
-        store.update_async_task(
-            "main", AsyncTask(task_id="task-1", status="TASK_STATUS_PROCESSING"), t1
-        )
-        is None
-    )
-    event = store.update_async_task(
-        "main", AsyncTask(task_id="task-1", status="TASK_STATUS_FAILED", reason="nsfw"), t1
-    )
+    assert store.update_async_task("main", poll("task-1", "TASK_STATUS_PROCESSING"), t1) is None
+    event = store.update_async_task("main", poll("task-1", "TASK_STATUS_FAILED", reason="nsfw"), t1)
     assert event is not None and event.kind == "task_finished" and event.new == "TASK_STATUS_FAILED"
     assert store.watched_tasks("main") == []
     done = store.watched_tasks("main", include_terminal=True)[0]
     assert done.reason == "nsfw" and done.last_checked == t1 and done.added_at == T0
-    assert (
-        store.update_async_task(
-            "main", AsyncTask(task_id="task-1", status="TASK_STATUS_FAILED"), t1
-        )
-        is None
-    )
+    assert store.update_async_task("main", poll("task-1", "TASK_STATUS_FAILED"), t1) is None
 
 
 def test_collector_runs_and_last_success(store: Store) -> None:
@@ -383,9 +383,10 @@ def test_alerts_roundtrip(store: Store) -> None:
         resource_id="x", state="firing", firing_since=T0,
     )  # fmt: skip
     store.save_alerts([a, b])
-    from dataclasses import replace
-
-    store.save_alerts([replace(a, state="firing", firing_since=T0 + timedelta(minutes=1))])
+    fired = AlertRecord(
+        **{**a.model_dump(), "state": "firing", "firing_since": T0 + timedelta(minutes=1)}
+    )
+    store.save_alerts([fired])
     loaded = store.load_alerts()
     assert [x.fingerprint for x in loaded] == ["idle-gpu/main/i-1", "monitor/x"]
     assert loaded[0].state == "firing" and loaded[0].labels == {"team": "ml"}
@@ -430,12 +431,14 @@ def test_notifications(store: Store) -> None:
 
 
 def test_bills_keyed_by_requested_product_category(store: Store) -> None:
-    bill = hour_bill("i-1", -1, "3500")
-    assert store.upsert_usage_bills("main", "Hour", [bill], product_category="summary") == 1
-    assert store.upsert_usage_bills("main", "Hour", [bill], product_category="gpu") == 1
+    bill = wire_hour_bill("i-1", -1, "3500")
+    summary = convert.usage_bill_rows([bill], product_category="summary")
+    assert store.upsert_usage_bills("main", "Hour", summary) == 1
+    assert store.upsert_usage_bills("main", "Hour", convert.usage_bill_rows([bill], "gpu")) == 1
     window = (T0 - timedelta(hours=2), T0)
-    assert store.spend("main", *window) == Decimal("0.35")  # gpu only, not summary + gpu
-    assert store.spend("main", *window, category="summary") == Decimal("0.35")
+    (gpu,) = store.usage_bills_overlapping("main", *window, cycle_type="Hour")  # not summary too
+    (summed,) = store.usage_bills_overlapping("main", *window, "Hour", category="summary")
+    assert gpu.pay_amount == summed.pay_amount == Decimal("0.35")
 
 
 def test_store_is_shared_by_threads(store: Store) -> None:
@@ -443,7 +446,7 @@ def test_store_is_shared_by_threads(store: Store) -> None:
 
     def work(i: int) -> None:
         store.record_run("main", f"c{i % 4}", T0, T0 + timedelta(seconds=i), "ok", {"i": i})
-        store.add_balance("main", Balance(available_usd=Decimal(i)), T0 + timedelta(seconds=i))
+        store.add_balance("main", balance(Decimal(i), T0 + timedelta(seconds=i)))
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(work, range(40)))
@@ -475,18 +478,6 @@ def test_first_success_survives_retention(store: Store) -> None:
     assert store.last_success("main", "usage_bills") == T0 + timedelta(days=9)
 
 
-def test_gpu_hours_by_owner(store: Store) -> None:
-    store.upsert_usage_bills(
-        "main",
-        "Hour",
-        [hour_bill("i-1", -3, "3500", num="2"), hour_bill("i-1", -2, "3500", num="2"),
-         hour_bill("i-2", -2, "3500", num="8"), hour_bill("i-2", -9, "3500", num="8")],
-    )  # fmt: skip
-    hours = store.gpu_hours_by_owner("main", T0 - timedelta(hours=5), T0)
-    assert hours == {"i-1": 4.0, "i-2": 8.0}
-    assert store.gpu_hours_by_owner("main", T0 - timedelta(hours=5), T0, cycle_type="Day") == {}
-
-
 def test_alert_details_roundtrip(store: Store) -> None:
     a = AlertRecord(
         fingerprint="fp", rule="low-balance", account="main", resource_kind="account",
@@ -494,7 +485,7 @@ def test_alert_details_roundtrip(store: Store) -> None:
         last_match_at=T0, notified_severity="warning",
     )  # fmt: skip
     store.save_alerts([a])
-    assert store.load_alerts() == [a]
+    assert [x.model_dump() for x in store.load_alerts()] == [a.model_dump()]
 
 
 async def test_writes_run_one_at_a_time_on_one_writer_thread_off_the_event_loop(
@@ -536,3 +527,103 @@ async def test_writes_run_one_at_a_time_on_one_writer_thread_off_the_event_loop(
     finally:
         store.close()
     assert store._writer is None
+
+
+# -- records: new fields, detachment, what the store takes --------------------------------------
+
+
+def test_renewal_fields_are_stored_and_updated_in_place(store: Store) -> None:
+    store.upsert_instances(
+        "main", [inst("i-1", billingMode="monthly", autoRenew=True, autoRenewMonth="3",
+                      keepDataDay="7")], T0
+    )  # fmt: skip
+    rec = store.instance("main", "i-1")
+    assert rec is not None
+    assert (rec.auto_renew, rec.auto_renew_month, rec.keep_data_day) == (True, 3, 7)
+    # switching auto-renew off is stored (not a tracked field: no history row, no event)
+    events = store.upsert_instances(
+        "main", [inst("i-1", billingMode="monthly", autoRenew=False, autoRenewMonth="3",
+                      keepDataDay="7")], T0 + timedelta(minutes=1)
+    )  # fmt: skip
+    assert events == []
+    assert store.instance("main", "i-1").auto_renew is False  # type: ignore[union-attr]
+    assert store.instances("main")[0].auto_renew is False
+    assert len(store.instance_history("main", "i-1")) == 1
+
+
+def test_usage_bill_unit_price_is_usd_per_unit_of_bill_num0(store: Store) -> None:
+    start = int((T0 - timedelta(hours=1)).timestamp())
+    bills = [
+        UsageBill.model_validate(
+            {"startTime": str(start), "endTime": str(start + 3600), "ownerID": owner,
+             "productId": "p-4090", "billNum0": "3600", "discountPrice0": price,
+             "amount": "3500", "payAmount": "3500", **extra}
+        )
+        for owner, price, extra in (
+            ("i-1", "3500", {}),  # 1/10000 USD: $0.35 per unit
+            ("i-2", "35000000", {"pricePrecision": 10000}),  # divided by the precision first
+            ("i-3", None, {}),
+        )
+    ]  # fmt: skip
+    assert store.upsert_usage_bills("main", "Hour", convert.usage_bill_rows(bills, "gpu")) == 3
+    prices = {b.owner_id: b.unit_price for b in store.bills("main")}
+    assert prices == {"i-1": Decimal("0.35"), "i-2": Decimal("0.35"), "i-3": None}
+
+
+def test_listing_rows_are_checked(store: Store) -> None:
+    row = inst("i-1")
+    del row["auto_renew"]
+    with pytest.raises(ValueError, match=r"missing \['auto_renew'\]"):
+        store.upsert_instances("main", [row], T0)
+    with pytest.raises(ValueError, match=r"unknown \['colour'\]"):
+        store.upsert_instances("main", [{**inst("i-1"), "colour": "red"}], T0)
+    assert store.instances("main") == []
+
+
+def test_returned_records_are_detached_and_usable_after_close(tmp_path: Path) -> None:
+    from sqlalchemy import inspect
+
+    store = open_store(store_url("sqlite", tmp_path))
+    store.upsert_instances("main", [inst("i-1", envs=[{"key": "A", "value": "b"}])], T0)
+    store.save_alerts(
+        [AlertRecord(fingerprint="fp", rule="r", account="main", resource_kind="instance",
+                     resource_id="i-1", state="firing", labels={"a": 1})]
+    )  # fmt: skip
+    store.add_balance("main", balance(Decimal(5), T0))
+    records = [*store.instances("main"), *store.load_alerts(), store.latest_balance("main")]
+    store.close()  # the engine is disposed: any lazy load would fail now
+    assert all(inspect(r).detached for r in records)
+    instance, alert, sample = records
+    assert instance.envs == {"A": "b"} and instance.first_seen == T0  # type: ignore[union-attr]
+    assert alert.labels == {"a": 1} and alert.state == "firing"  # type: ignore[union-attr]
+    assert sample.available_usd == Decimal(5)  # type: ignore[union-attr]
+
+
+def problem(kind: str, resource: str, field: str, raw: str | None) -> DataProblem:
+    return DataProblem(kind=kind, resource_id=resource, field=field, raw=raw)
+
+
+def test_data_problems_count_and_keep_the_first_sighting(store: Store) -> None:
+    assert store.data_problems("main") == []
+    t1 = T0 + timedelta(minutes=5)
+    store.record_data_problems(
+        "main",
+        [problem("unparsed", "i-1", "gpuNum", "abc"), problem("out_of_bounds", "i-2",
+         "hourly_cost", "99999"), problem("unparsed", "i-1", "gpuNum", "abd")],
+        T0,
+    )  # fmt: skip
+    store.record_data_problems("main", [problem("unparsed", "i-1", "gpuNum", "x" * 2000)], t1)
+    store.record_data_problems("team-b", [problem("unparsed", "i-1", "gpuNum", "1")], t1)
+    store.record_data_problems("main", [], t1)  # nothing to record: nothing changes
+    got = store.data_problems("main")
+    assert [(p.kind, p.resource_id, p.field, p.count) for p in got] == [
+        ("out_of_bounds", "i-2", "hourly_cost", 1),
+        ("unparsed", "i-1", "gpuNum", 3),  # twice in the first report, once in the second
+    ]
+    oob, unparsed = got
+    assert (oob.raw, oob.first_seen, oob.last_seen) == ("99999", T0, T0)
+    assert (unparsed.first_seen, unparsed.last_seen) == (T0, t1)
+    assert unparsed.raw == "x" * 500  # the latest, cut
+    assert [(p.count, p.raw) for p in store.data_problems("team-b")] == [(1, "1")]
+    with pytest.raises(ValueError, match="aware"):
+        store.record_data_problems("main", [], datetime(2026, 1, 1))

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from monitor.collect.convert import instance_rows, minute_rows
 from monitor.novita.models import Instance, InstanceMetrics
 from monitor.store import MetricRow, Store, open_store
 from monitor.store import tables as t
@@ -35,10 +36,12 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     s = open_store(store_url(request.param, tmp_path))
     s.upsert_instances(
         "main",
-        [
-            Instance(id="i-1", status="running", gpu_num=2, cpu_num=4),
-            Instance(id="i-2", status="running", gpu_num=1, cpu_num=1),
-        ],
+        instance_rows(
+            [
+                Instance(id="i-1", status="running", gpu_num=2, cpu_num=4),
+                Instance(id="i-2", status="running", gpu_num=1, cpu_num=1),
+            ]
+        ),
         T0,
     )
     yield s
@@ -72,12 +75,12 @@ def raw_count(store: Store) -> int:
 
 def test_upsert_metrics_merges_by_minute_and_is_idempotent(store: Store) -> None:
     m = metrics(E0 + 5, [10.0, 20.0, 30.0], cpu=[400.0, 200.0, 0.0])
-    assert store.upsert_metrics("main", "i-1", m, cpu_num=4) == 3
-    assert store.upsert_metrics("main", "i-1", m, cpu_num=4) == 0
+    assert store.upsert_metrics("main", "i-1", minute_rows(m, 4)) == 3
+    assert store.upsert_metrics("main", "i-1", minute_rows(m, 4)) == 0
     assert raw_count(store) == 3
     # an overlapping fetch: one minute changes, one is new, a series missing here is kept
     m2 = metrics(E0 + 60 + 5, [20.0, 35.0, 40.0])
-    assert store.upsert_metrics("main", "i-1", m2, cpu_num=4) == 2
+    assert store.upsert_metrics("main", "i-1", minute_rows(m2, 4)) == 2
     rows = store.samples("main", "i-1", T0, T0 + timedelta(hours=1))
     assert [r.ts for r in rows] == [E0, E0 + 60, E0 + 120, E0 + 180]
     assert [r.gpu_util for r in rows] == [10.0, 20.0, 35.0, 40.0]
@@ -89,16 +92,16 @@ def test_upsert_metrics_merges_by_minute_and_is_idempotent(store: Store) -> None
 
 
 def test_metrics_for_an_unlisted_instance_get_a_stub(store: Store) -> None:
-    assert store.upsert_metrics("main", "i-new", metrics(E0, [5.0]), cpu_num=None) == 1
+    assert store.upsert_metrics("main", "i-new", minute_rows(metrics(E0, [5.0]), None)) == 1
     assert [r.instance_id for r in store.instances("main")] == ["i-1", "i-2"]  # not listed yet
-    assert store.upsert_instances("main", [Instance(id="i-new", status="running")], T0)[0].kind == (
-        "appeared"
-    )
+    assert store.upsert_instances(
+        "main", instance_rows([Instance(id="i-new", status="running")]), T0
+    )[0].kind == ("appeared")
 
 
 def test_metric_window_raw_and_coverage(store: Store) -> None:
-    store.upsert_metrics("main", "i-1", metrics(E0, [0, 10, 20, 30, 40]), cpu_num=4)
-    store.upsert_metrics("main", "i-2", metrics(E0 + 120, [50, 50]), cpu_num=1)
+    store.upsert_metrics("main", "i-1", minute_rows(metrics(E0, [0, 10, 20, 30, 40]), 4))
+    store.upsert_metrics("main", "i-2", minute_rows(metrics(E0 + 120, [50, 50]), 1))
     window = store.metric_window("main", None, "gpu_util", T0, T0 + timedelta(minutes=10))
     a = window["i-1"]
     assert (a.avg, a.max, a.min, a.count) == (20.0, 40.0, 0.0, 5)
@@ -108,17 +111,12 @@ def test_metric_window_raw_and_coverage(store: Store) -> None:
     only = store.metric_window("main", ["i-2"], "gpu_util", T0, T0 + timedelta(minutes=3))
     assert list(only) == ["i-2"] and only["i-2"].count == 1
     assert store.metric_window("main", None, "cpu", T0, T0 + timedelta(minutes=10)) == {}
-    assert (
-        store.gpu_util_avg("main", "i-1", T0 + timedelta(minutes=1), T0 + timedelta(minutes=3))
-        == 15.0
-    )
-    assert store.gpu_util_avg("main", "i-1", T0 - timedelta(hours=1), T0) is None
     with pytest.raises(ValueError):
         store.metric_window("main", None, "bogus", T0, T0)
 
 
 def test_per_gpu_window(store: Store) -> None:
-    store.upsert_metrics("main", "i-1", metrics(E0, [10, 20, 30]), cpu_num=4)
+    store.upsert_metrics("main", "i-1", minute_rows(metrics(E0, [10, 20, 30]), 4))
     gpus = store.per_gpu_window("main", ["i-1"], T0, T0 + timedelta(minutes=5))["i-1"]
     assert [(g.index, g.avg, g.max, g.count) for g in gpus] == [
         (0, 0.0, 0.0, 3),
@@ -194,7 +192,7 @@ def test_late_samples_reroll_their_hour(store: Store) -> None:
     window = store.metric_window("main", ["i-1"], "gpu_util", T0 - timedelta(hours=3), T0)
     assert window["i-1"].count == 180
     # a backfill changes one minute of an hour that is already rolled up
-    store.upsert_metrics("main", "i-1", metrics(hour, [100.0]), cpu_num=4)
+    store.upsert_metrics("main", "i-1", minute_rows(metrics(hour, [100.0]), 4))
     with store.engine.connect() as conn:
         row = conn.execute(
             select(t.metric_hourly).where(
@@ -219,9 +217,9 @@ def test_window_mixes_rollups_and_raw_edges(store: Store) -> None:
 
 def test_upsert_metrics_many_in_one_transaction(store: Store) -> None:
     items = [
-        ("i-1", metrics(E0, [10.0, 20.0]), 4),
-        ("i-2", metrics(E0, [30.0]), 1),
-        ("i-2", InstanceMetrics(), 1),  # an empty response writes nothing
+        ("i-1", minute_rows(metrics(E0, [10.0, 20.0]), 4)),
+        ("i-2", minute_rows(metrics(E0, [30.0]), 1)),
+        ("i-2", minute_rows(InstanceMetrics(), 1)),  # an empty response writes nothing
     ]
     assert store.upsert_metrics_many("main", items) == 3
     assert store.upsert_metrics_many("main", items) == 0
@@ -244,7 +242,10 @@ def test_history_inserted_below_the_watermark_is_rolled_up(store: Store) -> None
 
 def test_latest_metric_times_and_batch_alias(store: Store) -> None:
     assert store.latest_metric_times("main") == {}
-    batch = [("i-1", metrics(E0, [1.0, 2.0]), 4), ("i-2", metrics(E0 + 300, [3.0]), 1)]
+    batch = [
+        ("i-1", minute_rows(metrics(E0, [1.0, 2.0]), 4)),
+        ("i-2", minute_rows(metrics(E0 + 300, [3.0]), 1)),
+    ]
     assert store.upsert_metrics_batch("main", batch) == 3
     assert store.latest_metric_times("main") == {
         "i-1": T0 + timedelta(minutes=1),
@@ -258,37 +259,3 @@ def test_database_bytes_grow_with_samples(store: Store) -> None:
     assert key is not None
     fill(store, key, E0, 3 * 1440)
     assert store.database_bytes() > before
-
-
-def test_minute_rows_average_a_minute_divide_cpu_by_cores_and_order_gpus_numerically() -> None:
-    from monitor.novita.models import InstanceMetrics
-    from monitor.store.metrics import minute_rows
-
-    t = 1_764_547_200  # a whole minute
-    body = {
-        "cpuUtilization": [
-            {"timestamp": str(t), "value": 300},
-            {"timestamp": str(t + 30), "value": 500},  # same minute: averaged (400)
-            {"timestamp": str(t + 60), "value": "200"},
-        ],
-        "memUtilization": [{"timestamp": str(t + 60), "value": 12.34}],
-        "gpuUtilization": {
-            "avg": [{"timestamp": str(t), "value": 50}],
-            "gpuIds": [
-                {"gpuId": "10", "items": [{"timestamp": str(t), "value": 90}]},
-                {"gpuId": "2", "items": [{"timestamp": str(t), "value": 10}]},
-                {"gpuId": "1", "items": [{"timestamp": str(t + 60), "value": 33.6}]},
-            ],
-        },
-    }
-    rows = minute_rows(InstanceMetrics.model_validate(body), cpu_num=8)
-    assert sorted(rows) == [t, t + 60]
-    first, second = rows[t], rows[t + 60]
-    assert first["cpu"] == 500 and second["cpu"] == 250  # tenths of a percent per core
-    assert first["mem"] is None and second["mem"] == 123
-    assert first["gpu_util"] == 500 and second["gpu_util"] is None
-    assert first["disk"] is None and first["gpu_mem"] is None
-    # GPUs in numeric id order (1, 2, 10); 255 where a GPU has no sample in that minute
-    assert list(first["gpu_utils"]) == [255, 10, 90]
-    assert list(second["gpu_utils"]) == [34, 255, 255]
-    assert first["gpu_mems"] is None

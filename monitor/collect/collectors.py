@@ -2,7 +2,10 @@
 
 APScheduler only decides *when* they run (``monitor.collect.scheduler``); tests, the benchmark and
 later the demo and a backtest call them directly on an injected clock. Each collector reads the API
-through ``ctx.client`` and writes through ``ctx.store``; a collector that fails part-way raises
+through ``ctx.client`` and writes through ``ctx.store``, converting the API's payloads into the
+store's records on the way (``monitor.collect.convert``: the store never sees the wire; the
+conversion runs on the store's writer thread, with the write, as it did inside the store before);
+a collector that fails part-way raises
 :class:`PartialFailure` carrying the counts of what it did and the per-item errors, so one bad
 instance never hides the others.
 """
@@ -16,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from monitor.collect import convert
 from monitor.novita.errors import NovitaError
 from monitor.novita.models import InstanceMetrics
 
@@ -106,7 +110,12 @@ def _describe(exc: BaseException) -> str:
 
 async def collect_instances(ctx: AccountContext, now: datetime) -> Counts:
     instances = await ctx.client.list_instances()
-    events = await ctx.store.in_writer(ctx.store.upsert_instances, ctx.account, instances, now)
+    store = ctx.store
+
+    def write() -> list[Any]:
+        return store.upsert_instances(ctx.account, convert.instance_rows(instances), now)
+
+    events = await store.in_writer(write)
     return {"instances": len(instances), "events": len(events)}
 
 
@@ -212,15 +221,13 @@ async def collect_metrics(ctx: AccountContext, now: datetime) -> Counts:
             batch_samples += samples
             fetched += 1
             if len(batch) >= WRITE_BATCH or not room.is_set():  # full, or memory is
-                written += await ctx.store.in_writer(
-                    ctx.store.upsert_metrics_batch, ctx.account, batch
-                )
+                written += await ctx.store.in_writer(_write_metrics, ctx, batch)
                 pending -= batch_samples
                 if pending <= MAX_PENDING_SAMPLES:
                     room.set()
                 batch, batch_samples = [], 0
         if batch:
-            written += await ctx.store.in_writer(ctx.store.upsert_metrics_batch, ctx.account, batch)
+            written += await ctx.store.in_writer(_write_metrics, ctx, batch)
     finally:
         for task in [*workers, *([top_up] if top_up else [])]:
             task.cancel()
@@ -228,9 +235,20 @@ async def collect_metrics(ctx: AccountContext, now: datetime) -> Counts:
     return _finish(counts, errors, len(asked))
 
 
+def _write_metrics(
+    ctx: AccountContext, batch: list[tuple[str, InstanceMetrics, int | None]]
+) -> int:
+    """Convert a batch of metrics answers to stored minute rows and write them (on the
+    store's writer thread)."""
+    rows = [(iid, convert.minute_rows(metrics, cpu)) for iid, metrics, cpu in batch]
+    return int(ctx.store.upsert_metrics_batch(ctx.account, rows))
+
+
 async def collect_balance(ctx: AccountContext, now: datetime) -> Counts:
     balance = await ctx.client.get_balance()
-    await ctx.store.in_writer(ctx.store.add_balance, ctx.account, balance, now)
+    await ctx.store.in_writer(
+        ctx.store.add_balance, ctx.account, convert.balance_sample(balance, now)
+    )
     return {"samples": 1}
 
 
@@ -253,6 +271,12 @@ def _windows(start: datetime, end: datetime, step: timedelta) -> list[tuple[date
     return out
 
 
+def _write_usage_bills(ctx: AccountContext, cycle: str, bills: list[Any]) -> int:
+    """Store GPU bills fetched with ``productCategory=gpu`` (their category is the request's)."""
+    rows = convert.usage_bill_rows(bills, product_category="gpu")
+    return int(ctx.store.upsert_usage_bills(ctx.account, cycle, rows))
+
+
 async def collect_usage_bills(ctx: AccountContext, now: datetime) -> Counts:
     """Pay-as-you-go GPU bills: daily for 30 days (spend baselines, running hours), hourly for
     the recent past (current spend, per-instance hourly cost). The current period's amount grows
@@ -270,9 +294,7 @@ async def collect_usage_bills(ctx: AccountContext, now: datetime) -> Counts:
         bills = rows = 0
         for lo, hi in _windows(start, now, step):
             got = await ctx.client.list_usage_bills(cycle, "gpu", lo, hi)
-            rows += await ctx.store.in_writer(
-                ctx.store.upsert_usage_bills, ctx.account, cycle, got, product_category="gpu"
-            )
+            rows += await ctx.store.in_writer(_write_usage_bills, ctx, cycle, got)
             bills += len(got)
         return bills, rows
 
@@ -285,7 +307,9 @@ async def collect_usage_bills(ctx: AccountContext, now: datetime) -> Counts:
 async def collect_fixed_term_bills(ctx: AccountContext, now: datetime) -> Counts:
     start = _bill_start(ctx, "fixed_term_bills", now, BILLS_BACKFILL, DAILY_OVERLAP)
     bills = await ctx.client.list_fixed_term_bills(start, now, category="gpu")
-    rows = await ctx.store.in_writer(ctx.store.upsert_fixed_term_bills, ctx.account, bills)
+    rows = await ctx.store.in_writer(
+        ctx.store.upsert_fixed_term_bills, ctx.account, convert.fixed_term_bill_rows(bills)
+    )
     return {"bills": len(bills), "rows": rows}
 
 
@@ -301,7 +325,11 @@ async def collect_products(ctx: AccountContext, now: datetime) -> Counts:
             errors.append(f"cluster {cluster or '(all)'}: {_describe(exc)}")
             continue
         await ctx.store.in_writer(
-            ctx.store.upsert_products, ctx.account, products, cluster or None, now
+            ctx.store.upsert_products,
+            ctx.account,
+            convert.product_rows(products),
+            cluster or None,
+            now,
         )
         total += len(products)
     return _finish({"clusters": len(clusters), "products": total}, errors, len(clusters))
@@ -309,7 +337,9 @@ async def collect_products(ctx: AccountContext, now: datetime) -> Counts:
 
 async def collect_training_tasks(ctx: AccountContext, now: datetime) -> Counts:
     tasks = await ctx.client.list_training_tasks()
-    events = await ctx.store.in_writer(ctx.store.upsert_training_tasks, ctx.account, tasks, now)
+    events = await ctx.store.in_writer(
+        ctx.store.upsert_training_tasks, ctx.account, convert.training_task_rows(tasks), now
+    )
     return {"tasks": len(tasks), "events": len(events)}
 
 
@@ -324,7 +354,9 @@ async def collect_async_tasks(ctx: AccountContext, now: datetime) -> Counts:
         except NovitaError as exc:
             errors.append(f"{task_id}: {_describe(exc)}")
             return
-        await ctx.store.in_writer(ctx.store.update_async_task, ctx.account, task, now)
+        await ctx.store.in_writer(
+            ctx.store.update_async_task, ctx.account, convert.async_task_row(task), now
+        )
 
     await asyncio.gather(*(one(w.task_id) for w in watched))
     return _finish({"watched": len(watched)}, errors, len(watched))

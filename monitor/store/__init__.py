@@ -1,12 +1,14 @@
-"""The database layer: SQLAlchemy Core tables, alembic migrations, repository functions.
+"""The database layer: SQLModel records (Core tables for the packed metrics), alembic
+migrations, repository functions. It never imports the API's wire models: the collectors
+convert (``monitor.collect.convert``).
 
 Usage::
 
     from monitor.store import open_store
 
     store = open_store("sqlite:///monitor.db")   # or postgresql+psycopg://user:pw@host/db
-    events = store.upsert_instances("main", instances, now)
-    store.upsert_metrics("main", instance.id, metrics, instance.cpu_num)
+    events = store.upsert_instances("main", convert.instance_rows(instances), now)
+    store.upsert_metrics("main", instance.id, convert.minute_rows(metrics, instance.cpu_num))
     agg = store.metric_window("main", None, "gpu_util", now - timedelta(minutes=30), now)
     store.close()
 
@@ -14,14 +16,15 @@ The :class:`Store` (one per process; every call is its own short transaction, th
 
 * accounts: ``ensure_account``, ``accounts``, ``instance_key``;
 * instances: ``upsert_instances`` (-> events), ``instances``, ``instance``,
-  ``instance_history``, ``events``;
+  ``instance_history``, ``status_histories``, ``events``;
 * metrics: ``upsert_metrics``, ``upsert_metrics_many``, ``latest_metric_ts``, ``samples``,
   ``bulk_insert_metrics``, ``rollup``, ``enforce_retention``;
-* windows (SQL aggregates, rollups beyond the raw part): ``metric_window``, ``per_gpu_window``,
-  ``gpu_util_avg``;
+* windows (SQL aggregates, rollups beyond the raw part): ``metric_window``, ``per_gpu_window``;
+  ``gpu_minutes`` (the raw minutes an idle stretch is traced in);
 * money: ``add_balance``, ``latest_balance``, ``balance_samples``, ``upsert_usage_bills``,
-  ``upsert_fixed_term_bills``, ``bills``, ``fixed_term_bills``, ``spend``, ``running_hours``,
-  ``recent_hourly_bill_usd``, ``upsert_products``, ``product_price``;
+  ``upsert_fixed_term_bills``, ``bills``, ``fixed_term_bills``, ``usage_bills_overlapping``,
+  ``upsert_products``, ``product_price``, ``max_listed_price``, ``record_data_problems``,
+  ``data_problems`` (the store only fetches: every figure is computed by ``monitor.economics``);
 * tasks and runs: ``upsert_training_tasks`` (-> events), ``training_tasks``, ``watch_task``,
   ``watched_tasks``, ``update_async_task`` (-> event), ``record_run``, ``last_success``,
   ``last_runs``;
@@ -29,12 +32,13 @@ The :class:`Store` (one per process; every call is its own short transaction, th
   ``list_silences``, ``remove_silence``, ``record_notification``, ``update_notification``,
   ``notifications``.
 
-Modules: ``db`` (engine, pragmas, migrations), ``tables`` (schema), ``types`` (UTC datetimes,
+Modules: ``db`` (engine, pragmas, migrations), ``models`` (the schema: SQLModel records and
+the Core metric tables), ``tables`` (every table as a Core ``Table``), ``types`` (UTC datetimes,
 money as micro-dollars, metric encodings), ``sql`` (the dialect-chosen upsert), ``base`` (engine,
 caches, meta), ``repo`` (instances, events), ``money`` (balance, bills, prices), ``tasks``
 (training/async tasks, collector runs), ``metrics`` (samples, rollups, windows, retention),
 ``alerting`` (alerts, silences, notifications), ``facade`` (:class:`Store`), ``records``
-(returned dataclasses), ``testing`` (fresh SQLite/PostgreSQL URLs for tests).
+(the returned types), ``testing`` (fresh SQLite/PostgreSQL URLs for tests).
 """
 
 from monitor.store.db import create_store_engine, migrate, open_store
@@ -43,7 +47,9 @@ from monitor.store.records import (
     AlertRecord,
     BalanceSample,
     CollectorRun,
+    DataProblem,
     Event,
+    FixedTermBillRecord,
     GpuAgg,
     InstanceChange,
     InstanceRecord,
@@ -52,6 +58,7 @@ from monitor.store.records import (
     ProductPrice,
     Silence,
     TrainingTaskRecord,
+    UsageBillRecord,
     WatchedTask,
     WindowAgg,
 )
@@ -60,7 +67,9 @@ __all__ = [
     "AlertRecord",
     "BalanceSample",
     "CollectorRun",
+    "DataProblem",
     "Event",
+    "FixedTermBillRecord",
     "GpuAgg",
     "InstanceChange",
     "InstanceRecord",
@@ -70,6 +79,7 @@ __all__ = [
     "Silence",
     "Store",
     "TrainingTaskRecord",
+    "UsageBillRecord",
     "WatchedTask",
     "WindowAgg",
     "create_store_engine",

@@ -14,64 +14,12 @@ from sqlalchemy import delete, insert, select, update
 
 from monitor.store import tables as t
 from monitor.store.base import StoreBase
-from monitor.store.records import AlertRecord, NotificationRecord, Silence
+from monitor.store.models import AlertRecord, NotificationRecord, Silence
 from monitor.store.sql import upsert
 
 ALERT_STATES = frozenset({"pending", "firing", "resolved"})
 NOTIFICATION_KINDS = frozenset({"firing", "resolved", "test"})
 NOTIFICATION_STATUSES = frozenset({"pending", "sent", "failed"})
-
-
-def _alert(row: Any) -> AlertRecord:
-    return AlertRecord(
-        fingerprint=row.fingerprint,
-        rule=row.rule,
-        account=row.account,
-        resource_kind=row.resource_kind,
-        resource_id=row.resource_id,
-        state=row.state,
-        active_since=row.active_since,
-        firing_since=row.firing_since,
-        resolved_at=row.resolved_at,
-        last_eval_at=row.last_eval_at,
-        last_notified_at=row.last_notified_at,
-        labels=dict(row.labels or {}),
-        values=dict(row._mapping["values"] or {}),
-        summary=row.summary or "",
-        resource_name=row.resource_name,
-        severity=row.severity,
-        last_match_at=row.last_match_at,
-        notified_severity=row.notified_severity,
-    )
-
-
-def _silence(row: Any) -> Silence:
-    return Silence(
-        id=row.id,
-        rule=row.rule,
-        account=row.account,
-        resource_id=row.resource_id,
-        matchers=dict(row.matchers or {}),
-        starts_at=row.starts_at,
-        ends_at=row.ends_at,
-        reason=row.reason,
-        created_at=row.created_at,
-    )
-
-
-def _notification(row: Any) -> NotificationRecord:
-    return NotificationRecord(
-        id=row.id,
-        channel=row.channel,
-        kind=row.kind,
-        fingerprints=list(row.fingerprints or []),
-        created_at=row.created_at,
-        sent_at=row.sent_at,
-        attempts=row.attempts,
-        status=row.status,
-        error=row.error,
-        body=row.body,
-    )
 
 
 class AlertingRepo(StoreBase):
@@ -82,13 +30,12 @@ class AlertingRepo(StoreBase):
     ) -> list[AlertRecord]:
         """Stored alerts (all accounts when ``account`` is None), by fingerprint."""
         a = t.alerts.c
-        query = select(t.alerts)
+        query = select(AlertRecord)
         if account is not None:
             query = query.where(a.account == account)
         if states is not None:
             query = query.where(a.state.in_(list(states)))
-        with self.engine.connect() as conn:
-            return [_alert(r) for r in conn.execute(query.order_by(a.fingerprint))]
+        return self._load(query.order_by(a.fingerprint))
 
     def save_alerts(self, alerts: Sequence[AlertRecord]) -> int:
         """Insert or replace alerts by fingerprint."""
@@ -164,11 +111,10 @@ class AlertingRepo(StoreBase):
     def list_silences(self, now: datetime, include_expired: bool = False) -> list[Silence]:
         """Silences not yet ended at ``now`` (those scheduled for later included)."""
         s = t.silences.c
-        query = select(t.silences)
+        query = select(Silence)
         if not include_expired:
             query = query.where(s.ends_at > now)
-        with self.engine.connect() as conn:
-            return [_silence(r) for r in conn.execute(query.order_by(s.id))]
+        return self._load(query.order_by(s.id))
 
     def remove_silence(self, silence_id: int) -> bool:
         with self.engine.begin() as conn:
@@ -247,10 +193,9 @@ class AlertingRepo(StoreBase):
         self, status: str | None = None, since: datetime | None = None
     ) -> list[NotificationRecord]:
         n = t.notifications.c
-        query = select(t.notifications)
+        query = select(NotificationRecord)
         if status is not None:
             query = query.where(n.status == status)
         if since is not None:
             query = query.where(n.created_at >= since)
-        with self.engine.connect() as conn:
-            return [_notification(r) for r in conn.execute(query.order_by(n.id))]
+        return self._load(query.order_by(n.id))

@@ -2,7 +2,10 @@
 
 Every call opens its own short transaction (``engine.begin()``), so one ``Store`` can be shared by
 the daemon's threads and coroutines. Nothing in the store reads the clock: callers pass ``now``.
-Results are plain frozen records (``monitor.store.records``), usable after the call returned.
+Results are the store's records (SQLModel models, loaded by a session closed before the call
+returns: detached, every column loaded) or plain frozen values (``monitor.store.records``), usable
+after the call returned. Writes are Core statements on the models' tables: no per-row ORM objects
+or sessions on the hot paths (a listing of a thousand instances, bills, metric minutes).
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ import functools
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Connection, Engine, func, insert, select
+from sqlalchemy import Connection, Engine, Select, func, insert, select
+from sqlmodel import Session
 
 from monitor.store import tables as t
 from monitor.store.records import (
@@ -23,6 +27,7 @@ from monitor.store.records import (
 from monitor.store.sql import upsert
 
 T = TypeVar("T")
+M = TypeVar("M")
 
 
 class StoreBase:
@@ -57,6 +62,13 @@ class StoreBase:
                     self._writer = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._writer, functools.partial(write, *args, **kwargs))
+
+    def _load(self, query: Select[M]) -> list[M]:
+        """The models ``query`` selects, detached: the session is closed (nothing committed,
+        nothing expired) before they are returned, and the models have no relationships, so
+        nothing is loaded lazily afterwards."""
+        with Session(self.engine) as session:
+            return cast(list[M], list(session.scalars(query).all()))
 
     @property
     def dialect(self) -> str:

@@ -23,7 +23,6 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, case, delete, func, or_, select, update
 
-from monitor.novita.models import InstanceMetrics, MetricPoint
 from monitor.store import tables as t
 from monitor.store.base import StoreBase
 from monitor.store.records import SERIES, GpuAgg, MetricRow, WindowAgg
@@ -63,79 +62,12 @@ HOURLY_SCALARS = [
 ]  # fmt: skip
 
 
+#: one instance's minutes in the stored form: minute (epoch s) -> {column of RAW_COLS: value}
+MinuteRows = dict[int, dict[str, Any]]
+
+
 def floor_to(ts: int, step: int) -> int:
     return ts - ts % step
-
-
-def _gpu_sort_key(gpu_id: str) -> tuple[int, Any]:
-    return (0, int(gpu_id)) if gpu_id.isdigit() else (1, gpu_id)
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
-def _per_minute(points: Iterable[MetricPoint], scale: float = 1.0) -> dict[int, float]:
-    """A series as minute -> value; several points in one minute are averaged."""
-    out: dict[int, float] = {}
-    extra: dict[int, list[float]] | None = None
-    for ts, value in points:
-        minute = ts - ts % MINUTE
-        if minute in out:
-            if extra is None:
-                extra = {}
-            extra.setdefault(minute, [out[minute]]).append(value * scale)
-        else:
-            out[minute] = value * scale
-    if extra:
-        for minute, values in extra.items():
-            out[minute] = sum(values) / len(values)
-    return out
-
-
-def minute_rows(metrics: InstanceMetrics, cpu_num: int | None) -> dict[int, dict[str, Any]]:
-    """The series of one metrics response merged into one stored row per minute.
-
-    Several points of a series in the same minute are averaged; CPU is divided by ``cpu_num``
-    (the API sums it over cores); per-GPU series are ordered by GPU id (numerically when
-    numeric). Values are in the stored form (tenths, packed bytes).
-    """
-    scalars = {
-        "gpu_util": _per_minute(metrics.gpu_utilization.avg),
-        "gpu_mem": _per_minute(metrics.gpu_mem_utilization.avg),
-        "cpu": _per_minute(
-            metrics.cpu_utilization, 1.0 / cpu_num if cpu_num and cpu_num > 1 else 1.0
-        ),
-        "mem": _per_minute(metrics.mem_utilization),
-        "disk": _per_minute(metrics.root_disk_utilization),
-    }
-    vectors = {
-        name: [
-            _per_minute(gpu.items)
-            for gpu in sorted(gpu_series.gpu_ids, key=lambda g: _gpu_sort_key(g.gpu_id))
-        ]
-        for name, gpu_series in (
-            ("gpu_utils", metrics.gpu_utilization),
-            ("gpu_mems", metrics.gpu_mem_utilization),
-        )
-    }
-    minutes: set[int] = set()
-    for values in scalars.values():
-        minutes.update(values)
-    for per_gpu in vectors.values():
-        for values in per_gpu:
-            minutes.update(values)
-    out: dict[int, dict[str, Any]] = {}
-    for minute in minutes:
-        row: dict[str, Any] = {}
-        for series in SERIES:
-            value = scalars[series].get(minute)
-            row[series] = None if value is None else round(value * 10)
-        for name, per_gpu in vectors.items():
-            vec = [values.get(minute) for values in per_gpu]
-            row[name] = pack_gpus(vec) if any(v is not None for v in vec) else None
-        out[minute] = row
-    return out
 
 
 _MISSING = bytes([GPU_MISSING])
@@ -170,28 +102,26 @@ class MetricsRepo(StoreBase):
 
     # -- writing ----------------------------------------------------------------------------
 
-    def upsert_metrics(
-        self, account: str, instance_id: str, metrics: InstanceMetrics, cpu_num: int | None
-    ) -> int:
-        """Merge a metrics response into the per-minute rows; returns rows new or changed.
+    def upsert_metrics(self, account: str, instance_id: str, rows: MinuteRows) -> int:
+        """Merge one instance's minutes into the stored rows; returns rows new or changed.
 
-        A series missing from this response keeps the stored value of that minute (merge, not
-        replace), so re-fetching an overlapping window is idempotent and writes nothing new.
-        CPU is normalised per core with ``cpu_num``.
+        ``rows`` maps the start of each minute (epoch seconds) to its values in the stored
+        form, a dict of :data:`RAW_COLS` (integer tenths of a percent, CPU per core, per-GPU
+        vectors packed with :func:`~monitor.store.types.pack_gpus`, None where a series has no
+        value): what ``monitor.collect.convert.minute_rows`` makes of a metrics response.
+        A series missing (None) keeps the stored value of that minute (merge, not replace), so
+        re-fetching an overlapping window is idempotent and writes nothing new.
         """
-        return self.upsert_metrics_many(account, [(instance_id, metrics, cpu_num)])
+        return self.upsert_metrics_many(account, [(instance_id, rows)])
 
-    def upsert_metrics_many(
-        self, account: str, items: Iterable[tuple[str, InstanceMetrics, int | None]]
-    ) -> int:
+    def upsert_metrics_many(self, account: str, items: Iterable[tuple[str, MinuteRows]]) -> int:
         """:meth:`upsert_metrics` for many instances in one transaction (one write lock on
-        SQLite instead of one per instance); ``items`` are ``(instance_id, metrics, cpu_num)``.
+        SQLite instead of one per instance); ``items`` are ``(instance_id, minute rows)``.
 
         The stored rows to merge with are read in one query when the windows are close (the
         steady state), one query per instance otherwise (backfills).
         """
-        prepared = [(iid, minute_rows(m, cpu)) for iid, m, cpu in items]
-        prepared = [(iid, rows) for iid, rows in prepared if rows]
+        prepared = [(iid, rows) for iid, rows in items if rows]
         if not prepared:
             return 0
         account_id = self.ensure_account(account)
@@ -242,9 +172,7 @@ class MetricsRepo(StoreBase):
                     self._rollup_range(conn, hour, hour + HOUR, instance_keys=sorted(hour_keys))
         return len(changed)
 
-    def upsert_metrics_batch(
-        self, account: str, batch: Iterable[tuple[str, InstanceMetrics, int | None]]
-    ) -> int:
+    def upsert_metrics_batch(self, account: str, batch: Iterable[tuple[str, MinuteRows]]) -> int:
         """Alias of :meth:`upsert_metrics_many` (the name the collectors use)."""
         return self.upsert_metrics_many(account, batch)
 
@@ -794,13 +722,6 @@ class MetricsRepo(StoreBase):
                 for i in range(max(gpus) + 1)
             ]
         return out
-
-    def gpu_util_avg(
-        self, account: str, instance_id: str, start: datetime, end: datetime
-    ) -> float | None:
-        """Mean GPU utilization (percent) over ``[start, end)``; None without samples."""
-        agg = self.metric_window(account, [instance_id], "gpu_util", start, end).get(instance_id)
-        return None if agg is None else agg.avg
 
     def gpu_minutes(
         self, account: str, instance_ids: Sequence[str], start: datetime, end: datetime

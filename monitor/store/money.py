@@ -3,27 +3,42 @@ prices, and the queries ``status`` and the rules make of them (spend, running ho
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from sqlalchemy import BigInteger, and_, func, select, type_coerce
+from sqlalchemy import BigInteger, func, select, type_coerce
 
-from monitor.novita.models import (
-    Balance,
-    FixedTermBill,
-    Product,
-    UsageBill,
-)
 from monitor.store import tables as t
 from monitor.store.base import StoreBase
-from monitor.store.records import (
+from monitor.store.models import (
+    RAW_LIMIT,
     BalanceSample,
+    DataProblem,
+    FixedTermBillRecord,
     ProductPrice,
+    UsageBillRecord,
 )
-from monitor.store.sql import upsert
+from monitor.store.sql import insert_statement, upsert
 from monitor.store.types import Money, from_epoch, to_epoch, usd_to_micros
+
+#: what a usage bill handed to :meth:`MoneyRepo.upsert_usage_bills` carries: the columns of
+#: :class:`UsageBillRecord` but the account and the cycle type (given once per call)
+USAGE_BILL_FIELDS = tuple(
+    c.key for c in t.usage_bills.c if c.key not in ("account_id", "cycle_type")
+)
+#: the same for :meth:`MoneyRepo.upsert_fixed_term_bills`
+FIXED_TERM_BILL_FIELDS = tuple(c.key for c in t.fixed_term_bills.c if c.key != "account_id")
+#: the attributes of a product handed to :meth:`MoneyRepo.upsert_products`
+PRODUCT_FIELDS = (
+    "product_id",
+    "name",
+    "price_usd_per_hour",
+    "spot_price_usd_per_hour",
+    "monthly_prices_usd",
+    "available_deploy",
+)
 
 
 class MoneyRepo(StoreBase):
@@ -31,18 +46,19 @@ class MoneyRepo(StoreBase):
 
     # -- balance ----------------------------------------------------------------------------
 
-    def add_balance(self, account: str, balance: Balance, now: datetime) -> None:
-        """One balance sample at ``now`` (a second sample in the same second replaces it)."""
+    def add_balance(self, account: str, sample: BalanceSample) -> None:
+        """One balance sample at ``sample.ts`` (a second sample in the same second replaces it);
+        ``sample.account_id`` is ignored (the account is ``account``)."""
         account_id = self.ensure_account(account)
         row = {
             "account_id": account_id,
-            "ts": to_epoch(now),
-            "available": balance.available_usd,
-            "cash": balance.cash_usd,
-            "credit_limit": balance.credit_limit_usd,
-            "pending_charges": balance.pending_charges_usd,
-            "outstanding_invoices": balance.outstanding_invoices_usd,
-            "source": balance.source or "",
+            "ts": sample.ts,
+            "available": sample.available_usd,
+            "cash": sample.cash_usd,
+            "credit_limit": sample.credit_limit_usd,
+            "pending_charges": sample.pending_charges_usd,
+            "outstanding_invoices": sample.outstanding_invoices_usd,
+            "source": sample.source or "",
         }
         with self.engine.begin() as conn:
             upsert(conn, t.balance_samples, [row], keys=["account_id", "ts"])
@@ -61,97 +77,43 @@ class MoneyRepo(StoreBase):
         """Balance samples in ``[start, end)``, oldest first (or only the latest one)."""
         account_id = self.ensure_account(account)
         b = t.balance_samples.c
-        query = select(t.balance_samples).where(b.account_id == account_id)
+        query = select(BalanceSample).where(b.account_id == account_id)
         if start is not None:
             query = query.where(b.ts >= to_epoch(start))
         if end is not None:
             query = query.where(b.ts < to_epoch(end))
         query = query.order_by(b.ts.desc()).limit(1) if latest_only else query.order_by(b.ts)
-        with self.engine.connect() as conn:
-            rows = conn.execute(query).all()
-        return [
-            BalanceSample(
-                account=account,
-                ts=from_epoch(r.ts),
-                available_usd=r.available,
-                cash_usd=r.cash,
-                credit_limit_usd=r.credit_limit,
-                pending_charges_usd=r.pending_charges,
-                outstanding_invoices_usd=r.outstanding_invoices,
-                source=r.source,
-            )
-            for r in rows
-        ]
+        return self._load(query)
 
     # -- bills ------------------------------------------------------------------------------
 
     def upsert_usage_bills(
-        self,
-        account: str,
-        cycle_type: str,
-        bills: Sequence[UsageBill],
-        product_category: str | None = None,
+        self, account: str, cycle_type: str, bills: Iterable[Mapping[str, Any]]
     ) -> int:
         """Upsert pay-as-you-go bills; returns the number of rows new or changed.
 
-        Key: (account, cycle type, category, ownerID, productId, startTime); the current period's
-        amount grows between fetches and is updated in place. ``category`` is the request's
-        ``productCategory`` when given (pass it: ``spend(category="gpu")`` then means exactly the
-        bills fetched with ``productCategory=gpu``), else the bill's own ``category``.
+        Each bill is a mapping of :data:`USAGE_BILL_FIELDS` (the collector converts the API's
+        payload: ``category`` is the request's ``productCategory`` when it gave one, so that
+        ``category="gpu"`` means exactly the bills fetched with it). Key: (account, cycle type,
+        category, ownerID, productId, start); the current period's amount grows between fetches
+        and is updated in place.
         """
         account_id = self.ensure_account(account)
         rows: dict[tuple[Any, ...], dict[str, Any]] = {}
         for bill in bills:
-            if bill.start_time is None:
-                continue
-            row = {
-                "account_id": account_id,
-                "cycle_type": cycle_type,
-                "category": product_category or bill.category or "",
-                "owner_id": bill.owner_id or "",
-                "product_id": bill.product_id or "",
-                "start_ts": to_epoch(bill.start_time),
-                "end_ts": to_epoch(bill.end_time) if bill.end_time else None,
-                "product_name": bill.product_name,
-                "billing_method": bill.billing_method,
-                "bill_num0": float(bill.bill_num0) if bill.bill_num0 is not None else None,
-                "amount": bill.amount,
-                "voucher_amount": bill.voucher_amount,
-                "pay_amount": bill.pay_amount
-                if bill.pay_amount is not None
-                else bill.pay_amount_display,
-                "unit_price": getattr(bill, "unit_price_usd", None),
-            }
+            row = {"account_id": account_id, "cycle_type": cycle_type}
+            row.update((f, bill[f]) for f in USAGE_BILL_FIELDS)
             rows[_bill_key(row, USAGE_KEY)] = row
         return self._upsert_changed(t.usage_bills, USAGE_KEY, list(rows.values()))
 
-    def upsert_fixed_term_bills(self, account: str, bills: Sequence[FixedTermBill]) -> int:
-        """Upsert subscription bills (key: account, category, ownerID, productId, startTime)."""
+    def upsert_fixed_term_bills(self, account: str, bills: Iterable[Mapping[str, Any]]) -> int:
+        """Upsert subscription bills, mappings of :data:`FIXED_TERM_BILL_FIELDS` (key: account,
+        category, ownerID, productId, start); ``base_price`` is USD."""
         account_id = self.ensure_account(account)
         rows: dict[tuple[Any, ...], dict[str, Any]] = {}
         for bill in bills:
-            if bill.start_time is None:
-                continue
-            row = {
-                "account_id": account_id,
-                "category": bill.product_category or "",
-                "owner_id": bill.owner_id or "",
-                "product_id": bill.product_id or "",
-                "start_ts": to_epoch(bill.start_time),
-                "end_ts": to_epoch(bill.end_time) if bill.end_time else None,
-                "product_name": bill.product_name,
-                "trade_mode": bill.trade_mode,
-                "trade_type": bill.trade_type,
-                "cycle": bill.cycle,
-                "bill_num": bill.bill_num,
-                "base_price": bill.base_price,
-                "amount": bill.amount,
-                "voucher_amount": bill.voucher_amount,
-                "pay_amount": bill.pay_amount
-                if bill.pay_amount is not None
-                else bill.pay_amount_display,
-                "create_ts": to_epoch(bill.create_time) if bill.create_time else None,
-            }
+            row = {"account_id": account_id}
+            row.update((f, bill[f]) for f in FIXED_TERM_BILL_FIELDS)
             rows[_bill_key(row, FIXED_KEY)] = row
         return self._upsert_changed(t.fixed_term_bills, FIXED_KEY, list(rows.values()))
 
@@ -208,11 +170,11 @@ class MoneyRepo(StoreBase):
         start: datetime | None = None,
         end: datetime | None = None,
         owner_id: str | None = None,
-    ) -> list[dict[str, Any]]:
-        """Usage bills as dicts (money as Decimal USD), by start time; for reports and tests."""
+    ) -> list[UsageBillRecord]:
+        """Usage bills starting in ``[start, end)``, by start time; for reports and tests."""
         account_id = self.ensure_account(account)
         u = t.usage_bills.c
-        query = select(t.usage_bills).where(u.account_id == account_id)
+        query = select(UsageBillRecord).where(u.account_id == account_id)
         if cycle_type is not None:
             query = query.where(u.cycle_type == cycle_type)
         if start is not None:
@@ -221,161 +183,34 @@ class MoneyRepo(StoreBase):
             query = query.where(u.start_ts < to_epoch(end))
         if owner_id is not None:
             query = query.where(u.owner_id == owner_id)
-        with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(query.order_by(u.start_ts))]
+        return self._load(query.order_by(u.start_ts))
 
-    def fixed_term_bills(self, account: str) -> list[dict[str, Any]]:
+    def fixed_term_bills(self, account: str) -> list[FixedTermBillRecord]:
         account_id = self.ensure_account(account)
         f = t.fixed_term_bills.c
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(t.fixed_term_bills).where(f.account_id == account_id).order_by(f.start_ts)
-            )
-            return [dict(r._mapping) for r in rows]
-
-    def spend(
-        self,
-        account: str,
-        start: datetime,
-        end: datetime,
-        category: str = "gpu",
-        owner_id: str | None = None,
-    ) -> Decimal | None:
-        """Money paid in hourly bills starting in ``[start, end)``; None when no bill is stored.
-
-        ``category=None`` sums every category. The paid amount is ``payAmount`` (after vouchers).
-        """
-        account_id = self.ensure_account(account)
-        u = t.usage_bills.c
-        query = select(func.sum(u.pay_amount), func.count()).where(
-            u.account_id == account_id,
-            u.cycle_type == "Hour",
-            u.start_ts >= to_epoch(start),
-            u.start_ts < to_epoch(end),
+        return self._load(
+            select(FixedTermBillRecord).where(f.account_id == account_id).order_by(f.start_ts)
         )
-        if category is not None:
-            query = query.where(u.category == category)
-        if owner_id is not None:
-            query = query.where(u.owner_id == owner_id)
-        with self.engine.connect() as conn:
-            total, count = conn.execute(query).one()
-        if not count:
-            return None
-        return total if total is not None else Decimal(0)
-
-    def running_hours(
-        self, account: str, instance_id: str, start: datetime, end: datetime
-    ) -> float | None:
-        """Hours the instance was billed by usage in ``[start, end)`` (number of hourly GPU bills
-        with a positive quantity or amount); None when no hourly bill is stored for the account in
-        the window (unknown, rather than zero)."""
-        account_id = self.ensure_account(account)
-        u = t.usage_bills.c
-        window = and_(
-            u.account_id == account_id,
-            u.cycle_type == "Hour",
-            u.start_ts >= to_epoch(start),
-            u.start_ts < to_epoch(end),
-        )
-        billed = (u.bill_num0 > 0) | (u.pay_amount > 0) | (u.amount > 0)
-        with self.engine.connect() as conn:
-            any_bill = conn.execute(select(func.count()).where(window)).scalar_one()
-            if not any_bill:
-                return None
-            hours = conn.execute(
-                select(func.count(func.distinct(u.start_ts))).where(
-                    window, u.owner_id == instance_id, u.category == "gpu", billed
-                )
-            ).scalar_one()
-        return float(hours)
-
-    def gpu_hours_by_owner(
-        self,
-        account: str,
-        start: datetime,
-        end: datetime,
-        cycle_type: str = "Hour",
-        category: str = "gpu",
-    ) -> dict[str, float]:
-        """Sum of ``billNum0`` per ``ownerID`` (instance) over bills starting in ``[start, end)``.
-
-        For GPU bills ``billNum0`` is "number of cards x billing time" (wire-format §2.6; the
-        time unit is taken to be hours, unconfirmed), so dividing by the GPU count gives hours.
-        """
-        account_id = self.ensure_account(account)
-        u = t.usage_bills.c
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(u.owner_id, func.sum(u.bill_num0))
-                .where(
-                    u.account_id == account_id,
-                    u.cycle_type == cycle_type,
-                    u.category == category,
-                    u.start_ts >= to_epoch(start),
-                    u.start_ts < to_epoch(end),
-                    u.owner_id != "",
-                )
-                .group_by(u.owner_id)
-            )
-            return {owner: float(total or 0) for owner, total in rows}
-
-    def recent_hourly_bill_usd(
-        self, account: str, instance_id: str, now: datetime, lookback_hours: int = 3
-    ) -> Decimal | None:
-        """The instance's latest complete hourly GPU bill (ended by ``now``, within the lookback)."""
-        account_id = self.ensure_account(account)
-        u = t.usage_bills.c
-        now_ts = to_epoch(now)
-        with self.engine.connect() as conn:
-            latest = conn.execute(
-                select(func.max(u.start_ts)).where(
-                    u.account_id == account_id,
-                    u.cycle_type == "Hour",
-                    u.category == "gpu",
-                    u.owner_id == instance_id,
-                    u.start_ts >= now_ts - lookback_hours * 3600,
-                    func.coalesce(u.end_ts, u.start_ts + 3600) <= now_ts,
-                )
-            ).scalar_one_or_none()
-            if latest is None:
-                return None
-            total = conn.execute(
-                select(func.sum(u.pay_amount)).where(
-                    u.account_id == account_id,
-                    u.cycle_type == "Hour",
-                    u.category == "gpu",
-                    u.owner_id == instance_id,
-                    u.start_ts == latest,
-                )
-            ).scalar_one()
-        return total if total is not None else Decimal(0)
-
-    # -- products ---------------------------------------------------------------------------
 
     def upsert_products(
         self,
         account: str,
-        products: Sequence[Product],
+        products: Iterable[Mapping[str, Any]],
         cluster_id: str | None,
         now: datetime | None = None,
     ) -> int:
-        """Store product prices as listed for ``cluster_id`` ("" or None: no cluster filter)."""
+        """Store product prices as listed for ``cluster_id`` ("" or None: no cluster filter);
+        each product a mapping of :data:`PRODUCT_FIELDS` (money as Decimal USD)."""
         account_id = self.ensure_account(account)
+        c = t.products.c
+        attrs = ProductPrice.__mapper__.attrs  # type: ignore[attr-defined]
+        column = {f: attrs[f].columns[0].key for f in PRODUCT_FIELDS}
         rows = {
-            p.id: {
+            p["product_id"]: {
                 "account_id": account_id,
-                "product_id": p.id,
-                "cluster_id": cluster_id or "",
-                "name": p.name or "",
-                "price_per_hour": p.price_usd_per_hour,
-                "spot_price_per_hour": p.spot_price_usd_per_hour,
-                "monthly_prices": {
-                    str(mp.month): str(mp.price_usd)
-                    for mp in p.monthly_price
-                    if mp.month is not None and mp.price_usd is not None
-                },
-                "available_deploy": p.available_deploy,
-                "updated_at": now,
+                **{column[f]: p[f] for f in PRODUCT_FIELDS},
+                c.cluster_id.key: cluster_id or "",
+                c.updated_at.key: now,
             }
             for p in products
         }
@@ -394,19 +229,6 @@ class MoneyRepo(StoreBase):
         filter, then to the most recently updated listing of any cluster)."""
         return self._product_prices(account, product_id, cluster_id)
 
-    def hourly_price_usd(
-        self,
-        account: str,
-        product_id: str | None,
-        cluster_id: str | None,
-        billing_mode: str | None = "onDemand",
-    ) -> Decimal | None:
-        """Listed per-GPU hourly price: the spot price for ``spot`` (the on-demand price when no
-        spot price is listed), the on-demand price otherwise; None for ``monthly`` (prepaid) and
-        for unknown products."""
-        price = self._product_prices(account, product_id, cluster_id)
-        return None if price is None else price.hourly_usd(billing_mode)
-
     def _product_prices(
         self, account: str, product_id: str | None, cluster_id: str | None
     ) -> ProductPrice | None:
@@ -414,25 +236,73 @@ class MoneyRepo(StoreBase):
             return None
         account_id = self.ensure_account(account)
         p = t.products.c
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(t.products).where(p.account_id == account_id, p.product_id == product_id)
-            ).all()
+        rows = self._load(
+            select(ProductPrice).where(p.account_id == account_id, p.product_id == product_id)
+        )
         if not rows:
             return None
         by_cluster = {r.cluster_id: r for r in rows}
         row = by_cluster.get(cluster_id or "") or by_cluster.get("")
         if row is None:
             row = max(rows, key=lambda r: (r.updated_at is not None, r.updated_at or 0))
-        return ProductPrice(
-            product_id=row.product_id,
-            cluster_id=row.cluster_id,
-            name=row.name,
-            price_usd_per_hour=row.price_per_hour,
-            spot_price_usd_per_hour=row.spot_price_per_hour,
-            monthly_prices_usd={int(k): Decimal(v) for k, v in (row.monthly_prices or {}).items()},
-            available_deploy=row.available_deploy,
-            updated_at=row.updated_at,
+        return row
+
+    # -- data problems ----------------------------------------------------------------------
+
+    def record_data_problems(
+        self, account: str, problems: Iterable[DataProblem], now: datetime
+    ) -> None:
+        """Count values from the API that could not be used, one row per (account, kind,
+        resource_id, field): a new one starts at the number of times it is in ``problems``
+        with ``first_seen`` = ``now``; a known one adds that number to ``count`` and moves
+        ``last_seen``, keeping ``first_seen``. ``raw`` becomes the latest value, cut to
+        :data:`~monitor.store.models.RAW_LIMIT` characters. Only ``kind``, ``resource_id``,
+        ``field`` and ``raw`` of each problem are read."""
+        if now.tzinfo is None:
+            raise ValueError("record_data_problems needs an aware datetime")
+        account_id = self.ensure_account(account)
+        rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+        for problem in problems:
+            key = (problem.kind, problem.resource_id or "", problem.field or "")
+            raw = None if problem.raw is None else str(problem.raw)[:RAW_LIMIT]
+            row = rows.get(key)
+            if row is None:
+                rows[key] = {
+                    "account_id": account_id,
+                    "kind": key[0],
+                    "resource_id": key[1],
+                    "field": key[2],
+                    "raw": raw,
+                    "count": 1,
+                    "first_seen": now,
+                    "last_seen": now,
+                }
+            else:
+                row["count"] += 1
+                row["raw"] = raw
+        if not rows:
+            return
+        d = t.data_problems
+        with self.engine.begin() as conn:
+            stmt = insert_statement(conn, d)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["account_id", "kind", "resource_id", "field"],
+                set_={
+                    "count": d.c["count"] + stmt.excluded["count"],
+                    "last_seen": stmt.excluded.last_seen,
+                    "raw": stmt.excluded.raw,
+                },
+            )
+            conn.execute(stmt, list(rows.values()))
+
+    def data_problems(self, account: str) -> list[DataProblem]:
+        """The account's data problems, by kind, resource and field."""
+        account_id = self.ensure_account(account)
+        d = t.data_problems.c
+        return self._load(
+            select(DataProblem)
+            .where(d.account_id == account_id)
+            .order_by(d.kind, d.resource_id, d.field)
         )
 
     # -- reads for the economics (monitor/economics.py computes; these only fetch) ------------

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, select, update
 
-from monitor.novita.models import (
-    Instance,
-)
 from monitor.store import tables as t
 from monitor.store.base import StoreBase
+from monitor.store.models import LISTED_FIELDS, InstanceRecord
 from monitor.store.records import (
     APPEARED,
     BILLING_MODE_CHANGED,
@@ -22,7 +20,6 @@ from monitor.store.records import (
     STATUS_CHANGED,
     Event,
     InstanceChange,
-    InstanceRecord,
 )
 
 #: the instance fields whose change writes a history row
@@ -37,30 +34,16 @@ TRACKED = (
 )
 
 
-def _instance_values(inst: Instance) -> dict[str, Any]:
-    return {
-        "name": inst.name or "",
-        "status": inst.status or "",
-        "billing_mode": inst.billing_mode,
-        "end_time": inst.end_time,
-        "gpu_count": inst.gpu_num or 0,
-        "cpu_num": inst.cpu_num,
-        "memory": inst.memory,
-        "product_id": inst.product_id,
-        "product_name": inst.product_name,
-        "cluster_id": inst.cluster_id,
-        "cluster_name": inst.cluster_name,
-        "kind": inst.kind,
-        "error_state": inst.error_state,
-        "spot_status": inst.spot_status,
-        "created_at": inst.created_at,
-        "last_started_at": inst.last_started_at,
-        "last_stopped_at": inst.last_stopped_at,
-        "envs": inst.env,
-        "auto_renew": inst.auto_renew,
-        "auto_renew_month": inst.auto_renew_month,
-        "keep_data_day": inst.keep_data_day,
-    }
+def _check_listing(item: Mapping[str, Any]) -> None:
+    """A listing's rows carry ``instance_id`` and exactly the :data:`LISTED_FIELDS` (checked on
+    the first row: the collector builds them all alike)."""
+    missing = [f for f in ("instance_id", *LISTED_FIELDS) if f not in item]
+    extra = [f for f in item if f != "instance_id" and f not in LISTED_FIELDS]
+    if missing or extra:
+        raise ValueError(
+            f"upsert_instances: a listed instance needs instance_id and {', '.join(LISTED_FIELDS)};"
+            f" missing {missing}, unknown {extra}"
+        )
 
 
 def _text(value: Any) -> str | None:
@@ -71,48 +54,24 @@ def _text(value: Any) -> str | None:
     return str(value)
 
 
-def _instance_record(account: str, row: Any) -> InstanceRecord:
-    m = row._mapping
-    return InstanceRecord(
-        account=account,
-        instance_id=m["instance_id"],
-        key=m["key"],
-        name=m["name"],
-        status=m["status"],
-        billing_mode=m["billing_mode"],
-        end_time=m["end_time"],
-        gpu_count=m["gpu_count"],
-        cpu_num=m["cpu_num"],
-        memory=m["memory"],
-        product_id=m["product_id"],
-        product_name=m["product_name"],
-        cluster_id=m["cluster_id"],
-        cluster_name=m["cluster_name"],
-        kind=m["kind"],
-        error_state=m["error_state"],
-        spot_status=m["spot_status"],
-        created_at=m["created_at"],
-        last_started_at=m["last_started_at"],
-        last_stopped_at=m["last_stopped_at"],
-        first_seen=m["first_seen"],
-        last_seen=m["last_seen"],
-        disappeared_at=m["disappeared_at"],
-        envs=dict(m["envs"] or {}),
-        auto_renew=m["auto_renew"],
-        auto_renew_month=m["auto_renew_month"],
-        keep_data_day=m["keep_data_day"],
-    )
-
-
 class InstancesRepo(StoreBase):
     """Instances and their events."""
 
     # -- instances --------------------------------------------------------------------------
 
     def upsert_instances(
-        self, account: str, instances: Sequence[Instance], now: datetime, complete: bool = True
+        self,
+        account: str,
+        instances: Sequence[Mapping[str, Any]],
+        now: datetime,
+        complete: bool = True,
     ) -> list[Event]:
         """Record a listing of the account's instances; return the events it implies.
+
+        Each item is one instance as the store keeps it: ``instance_id`` and the
+        :data:`~monitor.store.models.LISTED_FIELDS` of :class:`InstanceRecord` (the collector
+        converts the API's payload; plain mappings, not model objects: a listing of thousands
+        is written with Core statements).
 
         History rows and events are written only on a real change of a tracked field. With
         ``complete=True`` (the listing holds every instance), known instances missing from it are
@@ -133,43 +92,48 @@ class InstancesRepo(StoreBase):
                 Event(account, now, kind, "instance", instance_id, _text(old), _text(new))
             )
 
+        if instances:
+            _check_listing(instances[0])
         with self.engine.begin() as conn:
             existing = {
                 row.instance_id: row
                 for row in conn.execute(select(t.instances).where(c.account_id == account_id))
             }
             for inst in instances:
-                if inst.id in seen:
+                instance_id = inst["instance_id"]
+                if instance_id in seen:
                     continue
-                seen.add(inst.id)
-                values = _instance_values(inst)
-                old = existing.get(inst.id)
+                seen.add(instance_id)
+                values = {f: inst[f] for f in LISTED_FIELDS}
+                old = existing.get(instance_id)
                 if old is None or old.first_seen is None:
                     values.update(first_seen=now, last_seen=now, disappeared_at=None)
                     if old is None:  # inserted together below, history once keys are known
                         new_rows.append(
-                            {"account_id": account_id, "instance_id": inst.id, **values}
+                            {"account_id": account_id, "instance_id": instance_id, **values}
                         )
                     else:  # a stub created by a metrics upsert before the first listing
                         conn.execute(update(t.instances).where(c.key == old.key).values(**values))
                         history.append({"instance_key": old.key, "ts": now, **_tracked(values)})
-                    event(APPEARED, inst.id, None, values["status"])
+                    event(APPEARED, instance_id, None, values["status"])
                     continue
                 key = old.key
                 changes = {f: values[f] for f in TRACKED if getattr(old, f) != values[f]}
                 reappeared = old.disappeared_at is not None
                 if reappeared:
-                    event(APPEARED, inst.id, None, values["status"])
+                    event(APPEARED, instance_id, None, values["status"])
                 if changes or reappeared:
                     history.append({"instance_key": key, "ts": now, **_tracked(values)})
                 if "status" in changes:
-                    event(STATUS_CHANGED, inst.id, old.status, values["status"])
+                    event(STATUS_CHANGED, instance_id, old.status, values["status"])
                 if "error_state" in changes and values["error_state"] is not None:
-                    event(ERROR_ENTERED, inst.id, old.error_state, values["error_state"])
+                    event(ERROR_ENTERED, instance_id, old.error_state, values["error_state"])
                 if "billing_mode" in changes:
-                    event(BILLING_MODE_CHANGED, inst.id, old.billing_mode, values["billing_mode"])
+                    event(
+                        BILLING_MODE_CHANGED, instance_id, old.billing_mode, values["billing_mode"]
+                    )
                 if "end_time" in changes:
-                    event(END_TIME_MOVED, inst.id, old.end_time, values["end_time"])
+                    event(END_TIME_MOVED, instance_id, old.end_time, values["end_time"])
                 values.update(last_seen=now, disappeared_at=None)
                 if all(getattr(old, f) == v for f, v in values.items() if f != "last_seen"):
                     only_seen.append(key)  # the common case: one UPDATE for all of them
@@ -217,12 +181,10 @@ class InstancesRepo(StoreBase):
         """Current state of the account's instances (listed at least once), by instance id."""
         account_id = self.ensure_account(account)
         c = t.instances.c
-        query = select(t.instances).where(c.account_id == account_id, c.first_seen.is_not(None))
+        query = select(InstanceRecord).where(c.account_id == account_id, c.first_seen.is_not(None))
         if not include_disappeared:
             query = query.where(c.disappeared_at.is_(None))
-        with self.engine.connect() as conn:
-            rows = conn.execute(query.order_by(c.instance_id)).all()
-        return [_instance_record(account, row) for row in rows]
+        return self._load(query.order_by(c.instance_id))
 
     def running_instances(self, account: str) -> list[tuple[str, int | None]]:
         """``(instance_id, cpu_num)`` of the instances last listed as running: what the
@@ -259,11 +221,10 @@ class InstancesRepo(StoreBase):
     def instance(self, account: str, instance_id: str) -> InstanceRecord | None:
         account_id = self.ensure_account(account)
         c = t.instances.c
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                select(t.instances).where(c.account_id == account_id, c.instance_id == instance_id)
-            ).first()
-        return None if row is None else _instance_record(account, row)
+        found = self._load(
+            select(InstanceRecord).where(c.account_id == account_id, c.instance_id == instance_id)
+        )
+        return found[0] if found else None
 
     def instance_history(self, account: str, instance_id: str) -> list[InstanceChange]:
         """Tracked-state changes of one instance, oldest first."""

@@ -13,6 +13,11 @@ from sqlalchemy import Connection, Table
 from sqlalchemy.dialects import postgresql, sqlite
 
 
+def insert_statement(connection: Connection, table: Table) -> Any:
+    """The dialect's ``INSERT`` construct for ``table`` (it has ``on_conflict_do_update``)."""
+    return _insert(connection, table)
+
+
 def _insert(connection: Connection, table: Table) -> Any:
     name = connection.dialect.name
     if name == "sqlite":

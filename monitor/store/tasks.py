@@ -2,29 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, func, insert, select, update
 
-from monitor.novita.models import (
-    AsyncTask,
-    TrainingTask,
-)
 from monitor.store import tables as t
 from monitor.store.base import StoreBase
-from monitor.store.records import (
-    TASK_FINISHED,
-    CollectorRun,
-    Event,
-    TrainingTaskRecord,
-    WatchedTask,
-)
+from monitor.store.models import CollectorRun, TrainingTaskRecord, WatchedTask
+from monitor.store.records import TASK_FINISHED, Event
 from monitor.store.sql import upsert
 from monitor.store.types import from_epoch, to_epoch
 
 RUN_OUTCOMES = frozenset({"ok", "partial", "failed"})
+#: what a listed training task handed to :meth:`TasksRepo.upsert_training_tasks` carries
+TRAINING_TASK_FIELDS = (
+    "task_id",
+    "name",
+    "task_type",
+    "status",
+    "terminal",
+    "created_at",
+    "models",
+)
+#: what a poll of a watched task handed to :meth:`TasksRepo.update_async_task` carries
+ASYNC_TASK_FIELDS = ("task_id", "status", "terminal", "reason", "task_type", "progress_percent")
 
 
 class TasksRepo(StoreBase):
@@ -33,9 +36,10 @@ class TasksRepo(StoreBase):
     # -- training tasks ---------------------------------------------------------------------
 
     def upsert_training_tasks(
-        self, account: str, tasks: Sequence[TrainingTask], now: datetime
+        self, account: str, tasks: Sequence[Mapping[str, Any]], now: datetime
     ) -> list[Event]:
-        """Store training tasks; an event for each task that reached a terminal status.
+        """Store training tasks (mappings of :data:`TRAINING_TASK_FIELDS`, as the collector
+        converts them); an event for each task that reached a terminal status.
 
         A task first seen already terminal produces an event only if the account's tasks were
         synced before (so the first sync does not replay history).
@@ -55,12 +59,12 @@ class TasksRepo(StoreBase):
                 )
             }
             rows = []
-            for task in {tk.task_id: tk for tk in tasks}.values():
-                old = stored.get(task.task_id)
-                changed = old is None or old.status != task.task_status
-                if task.terminal and (
-                    (old is not None and old.status != task.task_status)
-                    or (old is None and synced_before)
+            for task in {tk["task_id"]: tk for tk in tasks}.values():
+                task_id, status = task["task_id"], task["status"]
+                old = stored.get(task_id)
+                changed = old is None or old.status != status
+                if task["terminal"] and (
+                    (old is not None and old.status != status) or (old is None and synced_before)
                 ):
                     events.append(
                         Event(
@@ -68,26 +72,20 @@ class TasksRepo(StoreBase):
                             now,
                             TASK_FINISHED,
                             "training_task",
-                            task.task_id,
+                            task_id,
                             old.status if old else None,
-                            task.task_status,
+                            status,
                         )
                     )
                 rows.append(
                     {
                         "account_id": account_id,
-                        "task_id": task.task_id,
-                        "name": task.task_name or "",
-                        "task_type": task.task_type,
-                        "status": task.task_status,
-                        "terminal": task.terminal,
-                        "created_at": task.created_at,
+                        **{f: task[f] for f in TRAINING_TASK_FIELDS},
                         "first_seen": old.first_seen if old else now,
                         "last_seen": now,
                         "status_changed_at": (
                             now if changed or old is None else old.status_changed_at
                         ),
-                        "models": [m.model_dump() for m in task.models],
                     }
                 )
             upsert(conn, t.training_tasks, rows, keys=["account_id", "task_id"])
@@ -98,25 +96,9 @@ class TasksRepo(StoreBase):
     def training_tasks(self, account: str) -> list[TrainingTaskRecord]:
         account_id = self.ensure_account(account)
         c = t.training_tasks.c
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(t.training_tasks).where(c.account_id == account_id).order_by(c.task_id)
-            ).all()
-        return [
-            TrainingTaskRecord(
-                account=account,
-                task_id=r.task_id,
-                name=r.name,
-                task_type=r.task_type,
-                status=r.status,
-                terminal=r.terminal,
-                created_at=r.created_at,
-                first_seen=r.first_seen,
-                last_seen=r.last_seen,
-                status_changed_at=r.status_changed_at,
-            )
-            for r in rows
-        ]
+        return self._load(
+            select(TrainingTaskRecord).where(c.account_id == account_id).order_by(c.task_id)
+        )
 
     # -- watched async tasks ----------------------------------------------------------------
 
@@ -137,64 +119,45 @@ class TasksRepo(StoreBase):
     def watched_tasks(self, account: str, include_terminal: bool = False) -> list[WatchedTask]:
         account_id = self.ensure_account(account)
         c = t.watched_tasks.c
-        query = select(t.watched_tasks).where(c.account_id == account_id)
+        query = select(WatchedTask).where(c.account_id == account_id)
         if not include_terminal:
             query = query.where(c.terminal.is_(False))
-        with self.engine.connect() as conn:
-            rows = conn.execute(query.order_by(c.added_at, c.task_id)).all()
-        return [
-            WatchedTask(
-                account=account,
-                task_id=r.task_id,
-                label=r.label,
-                status=r.status,
-                terminal=r.terminal,
-                reason=r.reason,
-                task_type=r.task_type,
-                progress_percent=r.progress_percent,
-                added_at=r.added_at,
-                last_checked=r.last_checked,
-                status_changed_at=r.status_changed_at,
-            )
-            for r in rows
-        ]
+        return self._load(query.order_by(c.added_at, c.task_id))
 
-    def update_async_task(self, account: str, task: AsyncTask, now: datetime) -> Event | None:
-        """Record a poll of a watched task; returns an event when it just became terminal."""
+    def update_async_task(
+        self, account: str, task: Mapping[str, Any], now: datetime
+    ) -> Event | None:
+        """Record a poll of a watched task (a mapping of :data:`ASYNC_TASK_FIELDS`); returns
+        an event when it just became terminal."""
         account_id = self.ensure_account(account)
         c = t.watched_tasks.c
-        where = and_(c.account_id == account_id, c.task_id == task.task_id)
+        task_id, status, terminal = task["task_id"], task["status"], task["terminal"]
+        where = and_(c.account_id == account_id, c.task_id == task_id)
         with self.engine.begin() as conn:
             old = conn.execute(select(c.status, c.terminal).where(where)).first()
             if old is None:
                 upsert(
                     conn,
                     t.watched_tasks,
-                    [{"account_id": account_id, "task_id": task.task_id, "added_at": now}],
+                    [{"account_id": account_id, "task_id": task_id, "added_at": now}],
                     keys=["account_id", "task_id"],
                     update=[],
                 )
-            values: dict[str, Any] = {
-                "status": task.status,
-                "terminal": task.terminal,
-                "reason": task.reason,
-                "task_type": task.task_type,
-                "progress_percent": task.progress_percent,
-                "last_checked": now,
-            }
-            if old is None or old.status != task.status:
+            values: dict[str, Any] = {f: task[f] for f in ASYNC_TASK_FIELDS if f != "task_id"}
+            values["last_checked"] = now
+            if old is None or old.status != status:
                 values["status_changed_at"] = now
             conn.execute(update(t.watched_tasks).where(where).values(**values))
             event = None
-            if task.terminal and (old is None or not old.terminal):
+            if terminal and (old is None or not old.terminal):
                 event = Event(
                     account,
                     now,
                     TASK_FINISHED,
                     "async_task",
-                    task.task_id,
+                    task_id,
                     old.status if old else None,
-                    task.status,
+                    status,
                 )
                 self._write_events(conn, account_id, [event])
         return event
@@ -276,17 +239,5 @@ class TasksRepo(StoreBase):
             .group_by(c.collector)
             .subquery()
         )
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(t.collector_runs).join(latest, latest.c.id == c.id)).all()
-        return {
-            r.collector: CollectorRun(
-                account,
-                r.collector,
-                r.started,
-                r.finished,
-                r.outcome,
-                dict(r.counts or {}),
-                r.error,
-            )
-            for r in rows
-        }
+        runs = self._load(select(CollectorRun).join(latest, latest.c.id == c.id))
+        return {r.collector: r for r in runs}

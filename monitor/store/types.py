@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime
+from sqlalchemy import JSON, BigInteger, DateTime
 from sqlalchemy.types import TypeDecorator
 
 MICROS = Decimal(1_000_000)
@@ -89,6 +89,47 @@ class Money(TypeDecorator[Decimal]):
 
     def process_result_value(self, value: int | None, dialect: Any) -> Decimal | None:
         return micros_to_usd(value)
+
+
+class EpochSeconds(TypeDecorator[datetime]):
+    """Aware datetime in the API, integer Unix seconds in the database (floored).
+
+    For keys of tables that grow with time (balance samples): an integer key is smaller than a
+    timestamp on SQLite and sorts the same. Integers are accepted as bound values too, so a
+    query may compare with epoch seconds directly."""
+
+    impl = BigInteger
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | int | None, dialect: Any) -> int | None:
+        if value is None or isinstance(value, int):
+            return value
+        return to_epoch(value)
+
+    def process_result_value(self, value: int | None, dialect: Any) -> datetime | None:
+        return None if value is None else from_epoch(value)
+
+
+class MonthlyPrices(TypeDecorator[dict[int, Decimal]]):
+    """Months -> Decimal USD in the API; JSON ``{"1": "123.45"}`` (strings: exact) in the
+    database, the form revisions 0001-0002 wrote."""
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(
+        self, value: dict[int, Decimal] | None, dialect: Any
+    ) -> dict[str, str] | None:
+        if value is None:
+            return None
+        return {str(int(k)): str(v) for k, v in value.items()}
+
+    def process_result_value(
+        self, value: dict[str, Any] | None, dialect: Any
+    ) -> dict[int, Decimal] | None:
+        if value is None:
+            return None
+        return {int(k): Decimal(str(v)) for k, v in value.items()}
 
 
 def encode_pct(value: float | None) -> int | None:
