@@ -44,6 +44,7 @@ from __future__ import annotations
 import calendar
 import random
 import threading
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -51,6 +52,7 @@ from typing import Any
 from monitor.clock import Clock
 from monitor.sim import catalog
 from monitor.sim.profiles import PROFILES, key_of
+from monitor.sim.quirks import Quirks
 
 HOUR = 3600
 DAY = 86400
@@ -98,6 +100,9 @@ class SimInstance:
     last_stopped_at: int | None = None
     transitions: list[tuple[int, str, str | None]] = field(default_factory=list)
     image_url: str = "nvcr.io/nvidia/pytorch:24.05-py3"
+    keep_data_day: int = 7
+    #: quirk ``price-basis=per-instance``: the listed price is for the whole instance
+    per_instance_price: bool = False
 
     @property
     def product(self) -> catalog.GpuProduct:
@@ -124,15 +129,33 @@ class SimInstance:
                 break
         return current
 
+    @property
+    def price_units(self) -> int:
+        """How many times the listed price is charged: the GPU count, or 1 when the price is
+        for the whole instance (quirk ``price-basis=per-instance``)."""
+        return 1 if self.per_instance_price else self.gpu_num
+
     def price_per_gpu_hour(self) -> int:
-        """1/100000 USD per GPU-hour at which this instance's usage is billed."""
+        """The listed hourly price (1/100000 USD) at which this instance's usage is billed: per
+        GPU, or per instance under ``price-basis=per-instance``."""
         if self.billing_mode == "spot":
             return catalog.spot_price(self.product_id, self.cluster_id)
         return catalog.hourly_price(self.product_id, self.cluster_id)
 
     def rate_10k_per_hour(self) -> float:
         """Usage cost per running hour in 1/10000 USD (charged only inside the pay-as-you-go span)."""
-        return self.price_per_gpu_hour() * self.gpu_num / 10
+        return self.price_per_gpu_hour() * self.price_units / 10
+
+    def run_seconds(self, a: int, b: int, now: int) -> int:
+        """Seconds in [a, b) during which the instance ran, whatever its billing."""
+        total = 0
+        for start, end in self.runs:
+            assert start is not None
+            s = max(a, start)
+            e = min(b, now, now if end is None else end)
+            if e > s:
+                total += e - s
+        return total
 
     def paygo_seconds(self, a: int, b: int, now: int) -> int:
         """Seconds in [a, b) during which the instance ran and was billed by usage."""
@@ -192,7 +215,11 @@ class FleetSim:
         instances: int = 0,
         seed: int = 0,
         history_hours: int = 24,
+        quirks: Quirks | Mapping[str, Any] | Iterable[str] | None = None,
     ) -> None:
+        """``quirks``: the positions of the switches of :mod:`monitor.sim.quirks` (a
+        :class:`Quirks`, a ``{"bill-time": "hours"}`` mapping or ``KEY=VALUE`` strings)."""
+        self.quirks = Quirks.of(quirks)
         if scenario not in ("demo", "fleet"):
             raise ValueError(f"unknown scenario {scenario!r}; valid: demo, fleet")
         self.clock = clock
@@ -252,6 +279,7 @@ class FleetSim:
     # ------------------------------------------------------------------ building
 
     def _add(self, inst: SimInstance) -> SimInstance:
+        inst.per_instance_price = self.quirks.per_instance_price
         self._instances[inst.id] = inst
         self._keys[inst.id] = key_of(self.seed, inst.id)
         return inst
@@ -470,8 +498,8 @@ class FleetSim:
     def _charge_fixed(
         self, inst: SimInstance, when: int, start: int, end: int, months: int, trade: str
     ) -> FixedCharge:
-        per_gpu = catalog.monthly_price(inst.product_id, inst.cluster_id, months)
-        amount = per_gpu * inst.gpu_num // 10
+        listed = catalog.monthly_price(inst.product_id, inst.cluster_id, months)
+        amount = listed * inst.price_units // 10
         charge = FixedCharge(
             time=when,
             instance_id=inst.id,
@@ -482,6 +510,7 @@ class FleetSim:
             end=end,
             months=months,
             amount_10k=amount,
+            # the unit price: one month of one GPU (of the instance, price-basis=per-instance)
             base_price_10k=catalog.monthly_price(inst.product_id, inst.cluster_id, 1) // 10,
         )
         self._fixed.append(charge)
@@ -664,7 +693,8 @@ class FleetSim:
         return {}
 
     def _renew_cost(self, inst: SimInstance, months: int) -> int:
-        return catalog.monthly_price(inst.product_id, inst.cluster_id, months) * inst.gpu_num // 10
+        listed = catalog.monthly_price(inst.product_id, inst.cluster_id, months)
+        return listed * inst.price_units // 10
 
     def _renew(self, inst: SimInstance, months: int, when: int) -> FixedCharge:
         assert inst.end_time is not None
@@ -740,6 +770,15 @@ class FleetSim:
         with self._lock:
             self._initial_10k += amount_10k
             self._settled_at = None  # an expiry may now renew
+
+    def set_quirks(self, changes: Any) -> None:
+        """Move switches at run time (see :mod:`monitor.sim.quirks`; money switches rewrite
+        the simulated past too). Raises :class:`~monitor.sim.quirks.QuirkError`."""
+        with self._lock:
+            self.quirks = self.quirks.updated(changes)
+            for inst in self._instances.values():
+                inst.per_instance_price = self.quirks.per_instance_price
+            self._settled_at = None
 
     def set_profile(self, instance_id: str, profile: str) -> None:
         """Change an instance's utilization profile from now on (history is kept)."""
