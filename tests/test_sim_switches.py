@@ -366,27 +366,38 @@ async def test_truth_runway_no_burn_arrears_and_renewals(http: Any) -> None:
         assert acc["burn_usd_per_hour"] == 0
         assert (acc["runway_hours"], acc["runway_reason"]) == (None, "no_burn")
 
-        # a burn of $0.35/h and a renewal of $178.85 (1 GPU 4090) in 2 days: charged on the way
+        # a burn of $0.35/h; auto-renew switched on 2 days before expiry: charged at once
+        # (3 days before endTime has passed), the next charge 3 days before the new endTime
         assert await c.post(f"{GPU}/gpu/instance/start", json={"instanceId": "demo-notebook"})
         sim.clock.advance(60)  # type: ignore[attr-defined]
+        before = (await get(c, "/_sim/truth"))["account"]["balance_usd"]
         r = await c.post(
             f"{GPU}/gpu/instance/setAutoRenew",
             json={"instanceIds": ["demo-lapsing"], "autoRenew": True, "autoRenewMonth": 1},
         )
         assert r.is_success
+        assert (await c.post("/_sim/topup", json={"usd": 300})).is_success
         truth = await get(c, "/_sim/truth")
         acc = truth["account"]
         lapsing = next(i for i in truth["instances"] if i["id"] == "demo-lapsing")
-        assert lapsing["auto_renew"] is True
         renewal = lapsing["monthly_price_usd"]
         assert renewal == 188.048  # cluster 3's 4090 ($0.368/h) x 730 h x 0.70
-        hours_to_renewal = (datetime.fromisoformat(lapsing["end_time"]) - sim.clock.now()) / (
-            timedelta(hours=1)
-        )
+        assert acc["balance_usd"] == pytest.approx(before + 300 - renewal, abs=0.01)
+        assert lapsing["auto_renew"] is True
+        end = datetime.fromisoformat(lapsing["end_time"])
+        assert end - sim.clock.now() > timedelta(days=29)  # renewed a month on
+        hours_to_charge = (end - timedelta(days=3) - sim.clock.now()) / timedelta(hours=1)
         burn = acc["burn_usd_per_hour"]
         assert burn == pytest.approx(0.35)
-        left = acc["balance_usd"] - burn * hours_to_renewal - renewal
-        assert acc["runway_hours"] == pytest.approx(hours_to_renewal + left / burn, abs=1e-3)
+        assert acc["balance_usd"] / burn > hours_to_charge  # the charge falls inside the runway
+        # what is left by then does not cover the charge: the runway ends with it
+        assert acc["balance_usd"] - burn * hours_to_charge < renewal
+        assert acc["runway_hours"] == pytest.approx(hours_to_charge, abs=1e-3)
+        assert (await c.post("/_sim/topup", json={"usd": 200})).is_success
+        acc = (await get(c, "/_sim/truth"))["account"]
+        left = acc["balance_usd"] - burn * hours_to_charge - renewal
+        assert left > 0
+        assert acc["runway_hours"] == pytest.approx(hours_to_charge + left / burn, abs=1e-3)
 
         r = await c.post("/_sim/topup", json={"usd": -(acc["balance_usd"] + 5)})
         acc = (await get(c, "/_sim/truth"))["account"]
@@ -564,3 +575,39 @@ def test_quirk_positions_do_not_leak_between_models() -> None:
     a, b = make_sim(**{"price-basis": "per-instance"}), make_sim()
     assert a.instance("demo-multigpu").price_units == 1
     assert b.instance("demo-multigpu").price_units == 8
+
+
+def test_auto_renewal_is_charged_three_days_early_or_at_expiry() -> None:
+    sim = make_sim()
+    clock = sim.clock
+    assert isinstance(clock, ManualClock)
+    for inst in sim.instances():  # nothing burns: the balance moves by the renewals alone
+        if inst.billing_mode in ("onDemand", "spot") and inst.status == "running":
+            sim.perform("stop", {"instanceId": inst.id})
+    sim.perform("renewInstance", {"instanceId": "demo-lapsing", "month": 1})
+    end = sim.instance("demo-lapsing").end_time or 0
+    sim.perform(
+        "setAutoRenew", {"instanceIds": ["demo-lapsing"], "autoRenew": True, "autoRenewMonth": 1}
+    )
+    assert sim.renewal_due(sim.instance("demo-lapsing")) == end - 3 * 86400
+    sim.top_up(10_000_000)  # $1000: enough for both renewals and the burn
+    clock.set(datetime.fromtimestamp(end - 3 * 86400 - 60, T0.tzinfo))
+    assert sim.instance("demo-lapsing").end_time == end
+    clock.advance(120)
+    inst = sim.instance("demo-lapsing")
+    assert inst.end_time is not None and inst.end_time > end
+    charges = [c for c in sim.fixed_charges() if c.instance_id == "demo-lapsing"]
+    assert charges[-1].time == end - 3 * 86400 and charges[-1].start == end
+
+    # short of money 3 days early: tried again at endTime (where a top-up has made it enough)
+    end = inst.end_time
+    sim.top_up(-sim.balance_10k() - 10_000)  # -$1
+    clock.set(datetime.fromtimestamp(end - 86400, T0.tzinfo))
+    assert sim.instance("demo-lapsing").end_time == end  # the early charge failed
+    assert sim.renewal_due(sim.instance("demo-lapsing")) == end
+    sim.top_up(5_000_000)
+    clock.set(datetime.fromtimestamp(end + 60, T0.tzinfo))
+    inst = sim.instance("demo-lapsing")
+    assert inst.status == "running" and (inst.end_time or 0) > end
+    charges = [c for c in sim.fixed_charges() if c.instance_id == "demo-lapsing"]
+    assert charges[-1].time == end

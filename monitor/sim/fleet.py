@@ -7,6 +7,10 @@ balance is ``initial - usage charges up to now - fixed-term charges (purchases, 
 conversions)``. Usage is debited continuously (to the second); usage bills are issued for
 completed hours only.
 
+An auto-renewed subscription is charged 3 days before its ``endTime`` (the console's words,
+wire-format §7.4), or, when the balance was short then, at ``endTime``; otherwise it stops at
+``endTime``.
+
 Status changes that an action starts (``stop``: ``toStop`` -> ``stopping`` after 30 s ->
 ``exited`` after 60 s) are scheduled at simulated times and applied lazily whenever the model is
 read, so jumping the clock applies them at the right moments (billing stops at ``exited``).
@@ -64,6 +68,10 @@ START_STEPS = ((0, "toStart", None), (10, "starting", None), (30, "running", "op
 RESTART_STEPS = ((0, "toRestart", None), (10, "restarting", None), (30, "running", None))
 DELETE_STEPS = ((0, "toRemove", "close"), (10, "removing", None), (30, "removed", None))
 
+#: an auto-renewed subscription is charged this long before its endTime (the console: "auto-charge
+#: 3 days before expiry", wire-format §7.4); if that charge fails, once more at endTime
+RENEW_LEAD = 3 * DAY
+
 STOPPABLE = {"running", "pulling", "pending", "creating", "toStart", "starting", "restarting"}
 
 
@@ -97,6 +105,8 @@ class SimInstance:
     paygo_until: int | None = None
     auto_renew: bool = False
     auto_renew_month: int = 1
+    auto_renew_from: int = 0  # when auto-renew was last switched on
+    renew_tried: int | None = None  # the endTime whose early renewal charge was attempted
     last_stopped_at: int | None = None
     transitions: list[tuple[int, str, str | None]] = field(default_factory=list)
     image_url: str = "nvcr.io/nvidia/pytorch:24.05-py3"
@@ -564,17 +574,31 @@ class FleetSim:
                     self._pending.discard(iid)
             self._settled_at = now
 
+    def renewal_due(self, inst: SimInstance) -> int | None:
+        """When the model will next try to charge an auto-renewal of ``inst``: 3 days before
+        its ``endTime`` (not before auto-renew was switched on), or at ``endTime`` when that
+        early charge failed; None without an active auto-renewed subscription."""
+        if not self._active_subscription(inst) or not inst.auto_renew:
+            return None
+        assert inst.end_time is not None
+        if inst.renew_tried == inst.end_time:
+            return inst.end_time
+        return max(inst.end_time - RENEW_LEAD, inst.auto_renew_from)
+
+    @staticmethod
+    def _active_subscription(inst: SimInstance) -> bool:
+        return (
+            inst.billing_mode == "monthly"
+            and inst.end_time is not None
+            and inst.status not in ("exited", "removed")
+        )
+
     def _apply_due(self, inst: SimInstance, now: int) -> None:
         while True:
-            expiry = (
-                inst.end_time
-                if inst.billing_mode == "monthly"
-                and inst.end_time is not None
-                and inst.status not in ("exited", "removed")
-                else None
-            )
+            expiry = inst.end_time if self._active_subscription(inst) else None
+            renew_at = self.renewal_due(inst)
             step_at = inst.transitions[0][0] if inst.transitions else None
-            candidates = [x for x in (expiry, step_at) if x is not None and x <= now]
+            candidates = [x for x in (expiry, renew_at, step_at) if x is not None and x <= now]
             if not candidates:
                 return
             at = min(candidates)
@@ -583,13 +607,15 @@ class FleetSim:
                 self._set_status(inst, status, effect, at)
                 continue
             assert inst.end_time is not None
-            if inst.auto_renew and self._balance_at(at) >= self._renew_cost(
-                inst, inst.auto_renew_month
-            ):
-                self._renew(inst, inst.auto_renew_month, at)
-            else:
-                inst.transitions.clear()
-                self._set_status(inst, "exited", "close", at)
+            if renew_at == at:  # early (or, that failed, at expiry): renew if the money is there
+                inst.renew_tried = inst.end_time
+                if self._balance_at(at) >= self._renew_cost(inst, inst.auto_renew_month):
+                    self._renew(inst, inst.auto_renew_month, at)
+                    continue
+                if at < inst.end_time:
+                    continue
+            inst.transitions.clear()
+            self._set_status(inst, "exited", "close", at)
 
     def _balance_at(self, t: int) -> float:
         return self._initial_10k - self._charged_10k(t)
@@ -758,7 +784,10 @@ class FleetSim:
                 raise SimError(
                     400, "UNSUPPORTED_BILLING_MODE", f"{inst.id} is not a subscription instance"
                 )
+        now = self.now_ts()
         for inst in targets:
+            if auto and not inst.auto_renew:
+                inst.auto_renew_from = now
             inst.auto_renew, inst.auto_renew_month = auto, months
         return {}
 

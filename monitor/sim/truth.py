@@ -17,9 +17,11 @@ hold the monitor's figures against them under every quirk.
 * ``in_arrears``: ``balance_usd < 0``.
 * ``burn_usd_per_hour``: the sum of ``hourly_cost_usd`` over the instances billing now.
 * ``runway_hours``: hours until the balance reaches 0 at that burn, counting the subscription
-  renewals the model will charge on the way (auto-renew on: the simulator charges at
-  ``endTime``); ``0`` when the balance is not positive; ``null`` when nothing burns
-  (``runway_reason: "no_burn"``).
+  renewals the model will charge on the way (auto-renew on: charged 3 days before ``endTime``,
+  as the console says, wire-format §7.4; at ``endTime`` if that charge failed; the next
+  renewal only, a runway rarely spans two; a charge the balance left then cannot cover ends
+  the runway at its time); ``0`` when the balance is not positive; ``null``
+  when nothing burns (``runway_reason: "no_burn"``).
 * ``runway_reason``: ``null``, ``"no_burn"`` or ``"in_arrears"``.
 
 Each item of ``instances`` (removed instances included while they have usage in the window):
@@ -197,13 +199,9 @@ def truth_json(sim: FleetSim, since: int | None = None) -> dict[str, Any]:
         ]
         burn = sum(i.rate_10k_per_hour() for i in items if billing_now(i, now))
         renewals = [
-            (i.end_time, float(sim._renew_cost(i, i.auto_renew_month)))
+            (due, float(sim._renew_cost(i, i.auto_renew_month)))
             for i in items
-            if i.billing_mode == "monthly"
-            and i.auto_renew
-            and i.end_time is not None
-            and i.end_time > now
-            and i.status not in ("exited", "removed")
+            if (due := sim.renewal_due(i)) is not None
         ]
         instances = [instance_truth(i, now, since) for i in items]
     reason: str | None = None
