@@ -611,3 +611,34 @@ def test_auto_renewal_is_charged_three_days_early_or_at_expiry() -> None:
     assert inst.status == "running" and (inst.end_time or 0) > end
     charges = [c for c in sim.fixed_charges() if c.instance_id == "demo-lapsing"]
     assert charges[-1].time == end
+
+
+def test_simulator_command_serves_the_switches_it_was_given() -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "monitor",
+            "simulator",
+            "--port",
+            "0",
+            "--quirk",
+            "bill-time=hours",
+            "--quirk",
+            "metric-ts=iso",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()  # "listening on http://127.0.0.1:PORT"
+        assert line.startswith("listening on http://127.0.0.1:"), line
+        url = line.removeprefix("listening on ")
+        quirks = httpx.get(f"{url}/_sim/quirks", timeout=10).json()
+        assert quirks == Quirks.of(["bill-time=hours", "metric-ts=iso"]).as_dict()
+        truth = httpx.get(f"{url}/_sim/truth", timeout=10).json()
+        assert truth["quirks"]["bill-time"] == "hours" and truth["scenario"] == "demo"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

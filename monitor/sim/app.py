@@ -17,7 +17,8 @@ purpose (each one is covered by ``tests/test_sim_quirks.py`` or ``tests/test_sim
 7. Invalid or short metric windows silently replaced by the defaults (last 60 s, interval 15).
 8. Unknown extra keys, in no documentation, that clients must ignore: on instances
    (``instanceGroupId``, ``maintainStatus``), usage bills (``amountDecimal``, which only the
-   console's internal Bill type has), products (``gpuMemory``), balance (``currency``).
+   console's internal Bill type has), products (``gpuMemory``), balance (``currency``),
+   ``/v3/user`` ``free_trial`` (its key ``gpu_instance``: the keys are undocumented).
    Instances also carry ``autoRenew``, ``autoRenewMonth`` and ``keepDataDay`` (list and get),
    which only the console reads (wire-format §7.4, §7.5).
 9. Three money scales: 1/10000 USD (balance, ``credit_balance``, bill amounts), 1/100000 USD
