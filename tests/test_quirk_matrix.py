@@ -142,6 +142,8 @@ def _close(got: float | None, want: float | None, tol: float) -> bool:
 def test_status_money_equals_the_truth(run: Run) -> None:
     acc = run.status["accounts"][0]
     truth = run.truth["account"]
+    # every instance, read 4 to a page whichever way the pages count
+    assert {i["id"] for i in acc["instances"]} == set(_truth_instances(run))
     assert acc["balance_usd"] == pytest.approx(truth["balance_usd"], abs=0.01)
     assert acc["burn_rate_usd_per_hour"] == pytest.approx(truth["burn_usd_per_hour"], abs=0.01)
     assert _close(acc["runway_hours"], truth["runway_hours"], 0.05), (
