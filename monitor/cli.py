@@ -6,6 +6,7 @@ User errors print one clear message, never a traceback.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
@@ -90,6 +91,13 @@ def cli() -> None:
 @click.option("--rate-limit", type=float, default=0.0, help="Requests per second (0: no limit).")
 @click.option("--error-rate", type=float, default=0.0, help="Share of requests answered 500/503.")
 @click.option("--speed", type=float, default=1.0, show_default=True, help="Clock speed factor.")
+@click.option(
+    "--quirk",
+    "quirks",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Answer one open question of the API docs one way (repeatable); see below.",
+)
 @handle_errors
 def simulator(
     port: int,
@@ -103,10 +111,20 @@ def simulator(
     rate_limit: float,
     error_rate: float,
     speed: float,
+    quirks: tuple[str, ...],
 ) -> None:
-    """Serve a simulated Novita API (same paths and wire format) on a local port."""
+    """Serve a simulated Novita API (same paths and wire format) on a local port.
+
+    The ground truth of the scenario is at GET /_sim/truth; quirks can also be changed at run
+    time with POST /_sim/quirks. Quirks (KEY=VALUES):
+    """
+    from monitor.sim.quirks import QuirkError, Quirks
     from monitor.sim.server import run_simulator
 
+    try:
+        chosen = Quirks.of(quirks)
+    except QuirkError as exc:
+        raise UserError(f"--quirk: {exc}") from None
     if api_key:
         from monitor.logs import register_secret
 
@@ -123,7 +141,24 @@ def simulator(
         error_rate=error_rate,
         speed=speed,
         host=host,
+        quirks=chosen,
     )
+
+
+def _quirk_help() -> str:
+    import textwrap
+
+    from monitor.sim.quirks import SWITCHES
+
+    # \b keeps click from re-wrapping the list into one paragraph
+    lines = ["\b"]
+    for s in SWITCHES:
+        lines.append(f"{s.key}={'|'.join(s.values)} (default {s.default})")
+        lines.extend(textwrap.wrap(s.meaning, 72, initial_indent="    ", subsequent_indent="    "))
+    return "\n".join(lines)
+
+
+simulator.help = inspect.cleandoc(simulator.help or "") + "\n\n" + _quirk_help()
 
 
 # ---------------------------------------------------------------------------------------------

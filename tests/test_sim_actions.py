@@ -181,17 +181,19 @@ async def test_convert_to_monthly(client: httpx.AsyncClient, demo_sim: FleetSim,
 async def test_subscription_expires_unless_auto_renewed(
     client: httpx.AsyncClient, clock: ManualClock, demo_sim: FleetSim
 ) -> None:
+    lapsing_end = demo_sim.instance("demo-lapsing").end_time
     r = await client.post(
         f"{ACT}/setAutoRenew",
         json={"instanceIds": ["demo-lapsing"], "autoRenew": True, "autoRenewMonth": 1},
     )
     assert r.status_code == 200
+    # charged 3 days before endTime (wire-format §7.4): 2 days before, that is at once
+    assert demo_sim.instance("demo-lapsing").end_time == add_months(lapsing_end or 0, 1)
     r = await client.post(
         f"{ACT}/setAutoRenew",
         json={"instanceIds": ["demo-trainer"], "autoRenew": True, "autoRenewMonth": 1},
     )
     assert r.json()["reason"] == "UNSUPPORTED_BILLING_MODE"
-    lapsing_end = demo_sim.instance("demo-lapsing").end_time
     r = await client.post("/_sim/topup", json={"usd": 2000})
     assert r.status_code == 200
     clock.advance(days=3, hours=1)

@@ -14,7 +14,11 @@ One :class:`NovitaClient` per account. It owns:
   :class:`~monitor.novita.errors.OutcomeUnknownError`, because a repeated renew costs money;
 * error mapping by the body's ``reason``, then by HTTP status (:mod:`monitor.novita.errors`);
 * pagination: ``pageNum``/``pageNo`` pages (robust to 0- vs 1-based numbering, de-duplicated by
-  id, with a page cap) and ``pagination.cursor`` cursors.
+  id, with a page cap) and ``pagination.cursor`` cursors;
+* readings of what the docs leave open, detected from the answers and logged once per process
+  (``novita.reading``; :data:`READINGS`): the page base, the metric timestamp form, whether
+  ``cpuUtilization`` is summed over cores (its values are withheld until that is shown), the
+  metric lag.
 
 The API key is sent only as ``Authorization: Bearer``; it is kept out of reprs, logs and errors.
 """
@@ -88,11 +92,20 @@ GPU = "/gpu-instance/openapi/v1"
 INSTANCE_ACTION = f"{GPU}/gpu/instance"
 #: Bills are not paginated; the docs ask for windows of at most 31 days (wire-format §2.6).
 MAX_BILL_WINDOW = timedelta(days=31)
+#: Page size of the instance listing (tests make it small to exercise the page base).
+INSTANCE_PAGE_SIZE = 100
 #: The metrics endpoint silently replaces a window shorter than this by its default (§2.5).
 MIN_METRIC_WINDOW = timedelta(seconds=60)
 MIN_METRIC_INTERVAL_EXCLUSIVE = 15
 
 M = TypeVar("M", bound=pydantic.BaseModel)
+
+#: ``(what, value)`` readings already logged by this process: a reading detected from the data
+#: is logged once per process, not once per answer (or per client: the daemon makes a new
+#: client per account and on every reload)
+READINGS: set[tuple[str, str]] = set()
+#: a ``cpuUtilization`` value above this is not a per-core percentage: the series is summed
+CPU_PER_CORE_MAX = 100.0
 
 
 async def _asyncio_sleep(seconds: float) -> None:
@@ -261,6 +274,11 @@ class NovitaClient:
         self._log = logger if logger is not None else structlog.get_logger("monitor.novita")
         self._clock = clock
         self._noted: set[tuple[str, str]] = set()
+        #: what this client has read from the answers (see :meth:`_reading`): ``page_base``
+        #: ("0"/"1"), ``metric_timestamp`` ("s"/"ms"/"iso"), ``cpu`` ("summed" once shown)
+        self.readings: dict[str, str] = {}
+        #: the smallest gap seen between a metrics window's end and its newest point (s)
+        self.metric_lag_s: int | None = None
 
     def __repr__(self) -> str:
         return f"NovitaClient(base_url={self.base_url!r}, api_key='***')"
@@ -315,10 +333,15 @@ class NovitaClient:
     # -----------------------------------------------------------------------------------------
     # Instances and metrics
 
-    async def list_instances(self, page_size: int = 100) -> list[Instance]:
+    async def list_instances(self, page_size: int | None = None) -> list[Instance]:
         """Every instance, all pages (``pageNum`` from 0; see :meth:`_pages`)."""
         instances = await self._pages(
-            f"{GPU}/gpu/instances", Instance, "instances", "pageNum", page_size, "id"
+            f"{GPU}/gpu/instances",
+            Instance,
+            "instances",
+            "pageNum",
+            page_size or INSTANCE_PAGE_SIZE,
+            "id",
         )
         for inst in instances:
             self._note_instance(inst)
@@ -359,7 +382,49 @@ class NovitaClient:
             "endTime": end_s,
             "interval": interval_s,
         }
-        return self._parse(InstanceMetrics, await self._get(path, params), path)
+        body = await self._get(path, params)
+        form = _timestamp_form(body)
+        if form is not None:
+            self._reading("metric_timestamp", form, path=path)
+        metrics = self._parse(InstanceMetrics, body, path)
+        self._note_lag(metrics, end_s, interval_s)
+        return self._cpu_as_known(metrics, instance_id)
+
+    def _cpu_as_known(self, metrics: InstanceMetrics, instance_id: str) -> InstanceMetrics:
+        """``cpuUtilization`` only once it is known to be summed over cores.
+
+        The docs do not say whether it is summed over cores (up to 100 x cpuNum) or a per-core
+        average (0-100); the console divides it by ``cpuNum`` (wire-format §2.5). A value above
+        100 shows it is summed; no value can show the opposite (a summed series of a quiet
+        instance stays below 100 too). Until some answer of this account shows a value above
+        100, the series is withheld (an unknown CPU figure, not one ``cpuNum`` times too
+        small); from then on it is passed on as received, for the store to divide by
+        ``cpuNum``.
+        """
+        cpu = metrics.cpu_utilization
+        if not cpu or self.readings.get("cpu") == "summed":
+            return metrics
+        if max(p.value for p in cpu) > CPU_PER_CORE_MAX:
+            self._reading("cpu", "summed", instance_id=instance_id)
+            return metrics
+        self._reading(
+            "cpu",
+            "unknown",
+            instance_id=instance_id,
+            note="cpuUtilization withheld until a value above 100 shows it is summed over cores",
+        )
+        return metrics.model_copy(update={"cpu_utilization": []})
+
+    def _note_lag(self, metrics: InstanceMetrics, end_s: int, interval_s: int) -> None:
+        """Track how far the newest point trails the window's end (the docs: "about 1 min")."""
+        newest = max((p.ts for series in _all_series(metrics) for p in series[-1:]), default=None)
+        if newest is None or end_s - newest > 10 * 60:  # a stopped instance says nothing
+            return
+        lag = max(0, end_s - newest)
+        if self.metric_lag_s is None or lag < self.metric_lag_s:
+            self.metric_lag_s = lag
+        # the newest point may be up to one interval older than the lag itself
+        self._reading("metric_lag", f"{lag // interval_s * interval_s}s+")
 
     # -----------------------------------------------------------------------------------------
     # Bills
@@ -555,6 +620,15 @@ class NovitaClient:
             body = await self._get(path, {"pageSize": page_size, page_param: n})
             return self._parse_items(model, body, items_key, path), _total(body)
 
+        first_ids: set[str] = set()
+
+        def base_from(second: list[M]) -> None:
+            """Page 1 repeating page 0 means 1-based pages (page 0 read as page 1); new items
+            on page 1 mean 0-based ones (wire-format §1.5, open question 1)."""
+            ids = {str(getattr(item, id_attr)) for item in second}
+            if first_ids and ids:
+                self._reading("page_base", "1" if ids <= first_ids else "0", path=path)
+
         def add(items: list[M]) -> int:
             new = 0
             for item in items:
@@ -570,13 +644,19 @@ class NovitaClient:
         if not items and (total is None or total > 0):
             items, total = await fetch(1)
             sent, page = 2, 1
+            if items:  # an empty page 0, then items: pages start at 1
+                self._reading("page_base", "1", path=path)
         add(items)
+        if page == 0:
+            first_ids.update(str(getattr(item, id_attr)) for item in items)
         done = not items or (total is not None and len(collected) >= total)
         done = done or (total is None and len(items) < page_size)
         if not done and total is not None and page == 0:
             last = min(-(-total // page_size), self.max_pages - 1)
             pages = await asyncio.gather(*(fetch(n) for n in range(1, last + 1)))
             sent += len(pages)
+            if pages:
+                base_from(pages[0][0])
             fresh = [add(p_items) for p_items, _ in pages]
             page = last
             done = len(collected) >= total or not pages or not pages[-1][0]
@@ -594,6 +674,8 @@ class NovitaClient:
             page += 1
             items, total = await fetch(page)
             sent += 1
+            if page == 1:
+                base_from(items)
             new = add(items)
             if not items:
                 break
@@ -648,6 +730,16 @@ class NovitaClient:
             self._note("status", inst.status, inst.id)
         if inst.billing_mode and inst.billing_mode not in BILLING_MODES:
             self._note("billing_mode", inst.billing_mode, inst.id)
+
+    def _reading(self, what: str, value: str, **context: Any) -> None:
+        """Record a reading of the API detected from its answers; log it once per process."""
+        if self.readings.get(what) == value:
+            return
+        self.readings[what] = value
+        if (what, value) in READINGS:
+            return
+        READINGS.add((what, value))
+        self._log.info("novita.reading", what=what, value=value, **context)
 
     def _note(self, what: str, value: str, instance_id: str) -> None:
         if (what, value) in self._noted:
@@ -811,6 +903,38 @@ class NovitaClient:
 @cache
 def _list_of(model: type[M]) -> pydantic.TypeAdapter[list[M]]:
     return pydantic.TypeAdapter(list[model])  # type: ignore[valid-type]
+
+
+def _all_series(metrics: InstanceMetrics) -> list[list[Any]]:
+    gpus = (metrics.gpu_utilization, metrics.gpu_mem_utilization)
+    return [
+        metrics.cpu_utilization,
+        metrics.mem_utilization,
+        metrics.root_disk_utilization,
+        *(g.avg for g in gpus),
+        *(s.items for g in gpus for s in g.gpu_ids),
+    ]
+
+
+def _timestamp_form(body: Any) -> str | None:
+    """How a metrics answer writes its points' ``timestamp``: ``s`` (Unix seconds), ``ms``
+    (milliseconds) or ``iso`` (ISO 8601), from its first point; None without points. The
+    parser accepts all three (:func:`monitor.novita.models.parse_timestamp`); the docs show
+    only ``"<string>"`` (wire-format §2.5, §6 question 5)."""
+    if not isinstance(body, dict):
+        return None
+    for key in ("gpuUtilization", "cpuUtilization", "memUtilization"):
+        series = body.get(key)
+        if isinstance(series, dict):
+            series = series.get("avg")
+        if isinstance(series, list) and series and isinstance(series[0], dict):
+            stamp = series[0].get("timestamp")
+            try:
+                seconds = float(stamp)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                return "iso" if isinstance(stamp, str) and stamp.strip() else None
+            return "ms" if seconds > 1e11 else "s"
+    return None
 
 
 def _total(body: Any) -> int | None:

@@ -12,20 +12,32 @@ purpose (each one is covered by ``tests/test_sim_quirks.py`` or ``tests/test_sim
 3. ``endTime`` ``"-1"`` (pay-as-you-go) and ``"0"`` (stopped and pending instances): both mean no
    expiry.
 4. The undocumented ``pending`` status (``demo-pending``).
-5. ``cpuUtilization`` summed over cores (up to 100 x ``cpuNum``).
-6. Metric lag: no point newer than now - 60 s.
+5. ``cpuUtilization`` summed over cores (up to 100 x ``cpuNum``; quirk ``cpu``).
+6. Metric lag: no point newer than now - 60 s (quirk ``metric-lag``).
 7. Invalid or short metric windows silently replaced by the defaults (last 60 s, interval 15).
-8. Unknown extra keys on instances (``autoRenew``, ``instanceGroupId``, ``maintainStatus``),
-   bills (``billNumUnit``, ``amountDecimal``), products (``gpuMemory``), balance (``currency``).
+8. Unknown extra keys, in no documentation, that clients must ignore: on instances
+   (``instanceGroupId``, ``maintainStatus``), usage bills (``amountDecimal``, which only the
+   console's internal Bill type has), products (``gpuMemory``), balance (``currency``),
+   ``/v3/user`` ``free_trial`` (its key ``gpu_instance``: the keys are undocumented).
+   Instances also carry ``autoRenew``, ``autoRenewMonth`` and ``keepDataDay`` (list and get),
+   which only the console reads (wire-format §7.4, §7.5).
 9. Three money scales: 1/10000 USD (balance, ``credit_balance``, bill amounts), 1/100000 USD
    (product ``price``, ``monthlyPrice[].price``, ``spotPrice``), USD (bill ``payAmountDisplay``).
+   Bills' unit prices (``discountPrice0``, ``basePrice0``, fixed-term ``basePrice``) are
+   1/10000 USD times ``pricePrecision`` (quirk ``price-precision``); ``discountPrice0`` is per
+   card-hour whatever ``billNum0``'s unit (card-seconds by default: quirk ``bill-time``).
+   Spot usage bills have ``billingMethod`` 4 (wire-format §7.6), other usage bills 1.
 10. 429 ``RATE_LIMIT_EXCEEDED`` without ``Retry-After``.
 11. ``volumeMounts[].size`` a string in the list, an int in the get response.
 12. Business errors are HTTP 400 whatever they mean (``RESOURCE_NOT_FOUND``,
     ``BALANCE_NOT_ENOUGH``, ...): branch on ``reason``.
 13. ``pageNum`` is 1-based and ``pageNum=0`` reads as page 1, so pages 0 and 1 are the same
-    (the open 0/1 question, answered adversarially); ``total`` is always present. Same for the
-    storage list's ``pageNo``.
+    (the open 0/1 question, answered adversarially; quirk ``page-base=0`` makes them 0-based);
+    ``total`` is always present. Same for the storage list's ``pageNo``.
+
+Every reading no source settles is a switch (:mod:`monitor.sim.quirks`): ``bill-time``,
+``monthly-price``, ``price-basis``, ``price-precision``, ``page-base``, ``metric-ts``, ``cpu``,
+``metric-lag``; the positions live on the model (``FleetSim(quirks=...)``).
 
 Auth: ``Authorization: Bearer <key>``. Missing -> 401 ``UNAUTHORIZED``; with ``api_key`` set, a
 different key -> 403 ``INVALID_API_KEY``; with ``api_key=None`` any non-empty key is accepted.
@@ -37,7 +49,9 @@ Control endpoints under ``/_sim/`` (no auth, no faults; not part of the Novita A
 ``POST /_sim/profile {"instance_id", "profile"}``, ``GET /_sim/actions``,
 ``POST /_sim/topup {"usd"}`` (add credit; the balance may go negative, nothing is stopped),
 ``GET|POST /_sim/faults``, ``GET /_sim/stats``, ``POST /_sim/stats/reset``, ``GET /_sim/summary``,
-and an apprise ``json://`` sink: ``POST /_sim/notify`` records the body,
+``GET|POST /_sim/quirks`` (POST ``{"bill-time": "hours", ...}`` changes switches; an unknown key or
+value is a 400 naming it), ``GET /_sim/truth[?since=T]`` and ``GET /_sim/truth/metrics``
+(the ground truth, :mod:`monitor.sim.truth`), and an apprise ``json://`` sink: ``POST /_sim/notify`` records the body,
 ``GET /_sim/notifications`` lists them.
 """
 
@@ -59,6 +73,8 @@ from starlette.routing import Route
 from monitor.sim import wire
 from monitor.sim.faults import Faults, TokenBucket
 from monitor.sim.fleet import DAY, FleetSim, SimError
+from monitor.sim.quirks import QuirkError
+from monitor.sim.truth import metrics_truth, truth_json
 
 __all__ = ["Faults", "create_app"]
 
@@ -324,7 +340,9 @@ def create_app(
 
     # --- catalog
     async def products(request: Request) -> Any:
-        return wire.products_json(_str(request, "clusterId"), _str(request, "productName"))
+        return wire.products_json(
+            _str(request, "clusterId"), _str(request, "productName"), sim.quirks
+        )
 
     async def cpu_products(request: Request) -> Any:
         return wire.cpu_products_json(_str(request, "productName"))
@@ -333,8 +351,10 @@ def create_app(
         return wire.clusters_json()
 
     async def storages(request: Request) -> Any:
+        first = sim.quirks.first_page
+        page_no = _int(request, "pageNo", first)
         return wire.storages_json(
-            _int(request, "pageNo", 1) or 1, _int(request, "pageSize", 10) or 10
+            first if page_no is None else page_no, _int(request, "pageSize", 10) or 10, sim.quirks
         )
 
     # --- tasks
@@ -420,6 +440,46 @@ def create_app(
             }
         )
 
+    async def quirks_endpoint(request: Request) -> Response:
+        if request.method == "POST":
+            try:
+                body = await request.json()
+                if not isinstance(body, dict):
+                    raise QuirkError("body must be an object of quirk keys and values")
+                sim.set_quirks(body)
+            except (QuirkError, ValueError) as exc:
+                return error_response(400, "VALIDATOR_PARAM", str(exc))
+        return JSONResponse(sim.quirks.as_dict())
+
+    def _time_param(request: Request, name: str) -> int | None:
+        raw = request.query_params.get(name, "").strip()
+        if not raw:
+            return None
+        try:
+            return int(float(raw))
+        except ValueError:
+            return int(datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp())
+
+    async def truth(request: Request) -> Response:
+        try:
+            since = _time_param(request, "since")
+        except ValueError as exc:
+            return error_response(400, "VALIDATOR_PARAM", f"since: {exc}")
+        return JSONResponse(await asyncio.to_thread(truth_json, sim, since))
+
+    async def truth_metrics(request: Request) -> Response:
+        try:
+            iid = _str(request, "instanceId")
+            start, end = _time_param(request, "start"), _time_param(request, "end")
+            interval = _int(request, "interval", 60) or 60
+            if not iid or start is None or end is None:
+                raise ValueError("instanceId, start and end are required")
+            return JSONResponse(metrics_truth(sim, iid, start, end, interval))
+        except SimError as exc:
+            return error_response(exc.status, exc.reason, exc.message)
+        except ValueError as exc:
+            return error_response(400, "VALIDATOR_PARAM", str(exc))
+
     async def notify(request: Request) -> Response:
         raw = await request.body()
         try:
@@ -462,6 +522,9 @@ def create_app(
         Route("/_sim/stats", stats_get, methods=["GET"]),
         Route("/_sim/stats/reset", stats_reset, methods=["POST"]),
         Route("/_sim/summary", summary, methods=["GET"]),
+        Route("/_sim/quirks", quirks_endpoint, methods=["GET", "POST"]),
+        Route("/_sim/truth", truth, methods=["GET"]),
+        Route("/_sim/truth/metrics", truth_metrics, methods=["GET"]),
         Route("/_sim/notify", notify, methods=["POST"]),
         Route("/_sim/notifications", notifications_get, methods=["GET"]),
         Route("/{path:path}", not_found, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),

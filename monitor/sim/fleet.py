@@ -7,6 +7,10 @@ balance is ``initial - usage charges up to now - fixed-term charges (purchases, 
 conversions)``. Usage is debited continuously (to the second); usage bills are issued for
 completed hours only.
 
+An auto-renewed subscription is charged 3 days before its ``endTime`` (the console's words,
+wire-format §7.4), or, when the balance was short then, at ``endTime``; otherwise it stops at
+``endTime``.
+
 Status changes that an action starts (``stop``: ``toStop`` -> ``stopping`` after 30 s ->
 ``exited`` after 60 s) are scheduled at simulated times and applied lazily whenever the model is
 read, so jumping the clock applies them at the right moments (billing stops at ``exited``).
@@ -44,6 +48,7 @@ from __future__ import annotations
 import calendar
 import random
 import threading
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -51,6 +56,7 @@ from typing import Any
 from monitor.clock import Clock
 from monitor.sim import catalog
 from monitor.sim.profiles import PROFILES, key_of
+from monitor.sim.quirks import Quirks
 
 HOUR = 3600
 DAY = 86400
@@ -61,6 +67,10 @@ STOP_STEPS = ((0, "toStop", None), (30, "stopping", None), (60, "exited", "close
 START_STEPS = ((0, "toStart", None), (10, "starting", None), (30, "running", "open"))
 RESTART_STEPS = ((0, "toRestart", None), (10, "restarting", None), (30, "running", None))
 DELETE_STEPS = ((0, "toRemove", "close"), (10, "removing", None), (30, "removed", None))
+
+#: an auto-renewed subscription is charged this long before its endTime (the console: "auto-charge
+#: 3 days before expiry", wire-format §7.4); if that charge fails, once more at endTime
+RENEW_LEAD = 3 * DAY
 
 STOPPABLE = {"running", "pulling", "pending", "creating", "toStart", "starting", "restarting"}
 
@@ -95,9 +105,14 @@ class SimInstance:
     paygo_until: int | None = None
     auto_renew: bool = False
     auto_renew_month: int = 1
+    auto_renew_from: int = 0  # when auto-renew was last switched on
+    renew_tried: int | None = None  # the endTime whose early renewal charge was attempted
     last_stopped_at: int | None = None
     transitions: list[tuple[int, str, str | None]] = field(default_factory=list)
     image_url: str = "nvcr.io/nvidia/pytorch:24.05-py3"
+    keep_data_day: int = 7
+    #: quirk ``price-basis=per-instance``: the listed price is for the whole instance
+    per_instance_price: bool = False
 
     @property
     def product(self) -> catalog.GpuProduct:
@@ -124,15 +139,33 @@ class SimInstance:
                 break
         return current
 
+    @property
+    def price_units(self) -> int:
+        """How many times the listed price is charged: the GPU count, or 1 when the price is
+        for the whole instance (quirk ``price-basis=per-instance``)."""
+        return 1 if self.per_instance_price else self.gpu_num
+
     def price_per_gpu_hour(self) -> int:
-        """1/100000 USD per GPU-hour at which this instance's usage is billed."""
+        """The listed hourly price (1/100000 USD) at which this instance's usage is billed: per
+        GPU, or per instance under ``price-basis=per-instance``."""
         if self.billing_mode == "spot":
             return catalog.spot_price(self.product_id, self.cluster_id)
         return catalog.hourly_price(self.product_id, self.cluster_id)
 
     def rate_10k_per_hour(self) -> float:
         """Usage cost per running hour in 1/10000 USD (charged only inside the pay-as-you-go span)."""
-        return self.price_per_gpu_hour() * self.gpu_num / 10
+        return self.price_per_gpu_hour() * self.price_units / 10
+
+    def run_seconds(self, a: int, b: int, now: int) -> int:
+        """Seconds in [a, b) during which the instance ran, whatever its billing."""
+        total = 0
+        for start, end in self.runs:
+            assert start is not None
+            s = max(a, start)
+            e = min(b, now, now if end is None else end)
+            if e > s:
+                total += e - s
+        return total
 
     def paygo_seconds(self, a: int, b: int, now: int) -> int:
         """Seconds in [a, b) during which the instance ran and was billed by usage."""
@@ -192,7 +225,11 @@ class FleetSim:
         instances: int = 0,
         seed: int = 0,
         history_hours: int = 24,
+        quirks: Quirks | Mapping[str, Any] | Iterable[str] | None = None,
     ) -> None:
+        """``quirks``: the positions of the switches of :mod:`monitor.sim.quirks` (a
+        :class:`Quirks`, a ``{"bill-time": "hours"}`` mapping or ``KEY=VALUE`` strings)."""
+        self.quirks = Quirks.of(quirks)
         if scenario not in ("demo", "fleet"):
             raise ValueError(f"unknown scenario {scenario!r}; valid: demo, fleet")
         self.clock = clock
@@ -252,6 +289,7 @@ class FleetSim:
     # ------------------------------------------------------------------ building
 
     def _add(self, inst: SimInstance) -> SimInstance:
+        inst.per_instance_price = self.quirks.per_instance_price
         self._instances[inst.id] = inst
         self._keys[inst.id] = key_of(self.seed, inst.id)
         return inst
@@ -470,8 +508,8 @@ class FleetSim:
     def _charge_fixed(
         self, inst: SimInstance, when: int, start: int, end: int, months: int, trade: str
     ) -> FixedCharge:
-        per_gpu = catalog.monthly_price(inst.product_id, inst.cluster_id, months)
-        amount = per_gpu * inst.gpu_num // 10
+        listed = catalog.monthly_price(inst.product_id, inst.cluster_id, months)
+        amount = listed * inst.price_units // 10
         charge = FixedCharge(
             time=when,
             instance_id=inst.id,
@@ -482,6 +520,7 @@ class FleetSim:
             end=end,
             months=months,
             amount_10k=amount,
+            # the unit price: one month of one GPU (of the instance, price-basis=per-instance)
             base_price_10k=catalog.monthly_price(inst.product_id, inst.cluster_id, 1) // 10,
         )
         self._fixed.append(charge)
@@ -535,17 +574,31 @@ class FleetSim:
                     self._pending.discard(iid)
             self._settled_at = now
 
+    def renewal_due(self, inst: SimInstance) -> int | None:
+        """When the model will next try to charge an auto-renewal of ``inst``: 3 days before
+        its ``endTime`` (not before auto-renew was switched on), or at ``endTime`` when that
+        early charge failed; None without an active auto-renewed subscription."""
+        if not self._active_subscription(inst) or not inst.auto_renew:
+            return None
+        assert inst.end_time is not None
+        if inst.renew_tried == inst.end_time:
+            return inst.end_time
+        return max(inst.end_time - RENEW_LEAD, inst.auto_renew_from)
+
+    @staticmethod
+    def _active_subscription(inst: SimInstance) -> bool:
+        return (
+            inst.billing_mode == "monthly"
+            and inst.end_time is not None
+            and inst.status not in ("exited", "removed")
+        )
+
     def _apply_due(self, inst: SimInstance, now: int) -> None:
         while True:
-            expiry = (
-                inst.end_time
-                if inst.billing_mode == "monthly"
-                and inst.end_time is not None
-                and inst.status not in ("exited", "removed")
-                else None
-            )
+            expiry = inst.end_time if self._active_subscription(inst) else None
+            renew_at = self.renewal_due(inst)
             step_at = inst.transitions[0][0] if inst.transitions else None
-            candidates = [x for x in (expiry, step_at) if x is not None and x <= now]
+            candidates = [x for x in (expiry, renew_at, step_at) if x is not None and x <= now]
             if not candidates:
                 return
             at = min(candidates)
@@ -554,13 +607,15 @@ class FleetSim:
                 self._set_status(inst, status, effect, at)
                 continue
             assert inst.end_time is not None
-            if inst.auto_renew and self._balance_at(at) >= self._renew_cost(
-                inst, inst.auto_renew_month
-            ):
-                self._renew(inst, inst.auto_renew_month, at)
-            else:
-                inst.transitions.clear()
-                self._set_status(inst, "exited", "close", at)
+            if renew_at == at:  # early (or, that failed, at expiry): renew if the money is there
+                inst.renew_tried = inst.end_time
+                if self._balance_at(at) >= self._renew_cost(inst, inst.auto_renew_month):
+                    self._renew(inst, inst.auto_renew_month, at)
+                    continue
+                if at < inst.end_time:
+                    continue
+            inst.transitions.clear()
+            self._set_status(inst, "exited", "close", at)
 
     def _balance_at(self, t: int) -> float:
         return self._initial_10k - self._charged_10k(t)
@@ -664,7 +719,8 @@ class FleetSim:
         return {}
 
     def _renew_cost(self, inst: SimInstance, months: int) -> int:
-        return catalog.monthly_price(inst.product_id, inst.cluster_id, months) * inst.gpu_num // 10
+        listed = catalog.monthly_price(inst.product_id, inst.cluster_id, months)
+        return listed * inst.price_units // 10
 
     def _renew(self, inst: SimInstance, months: int, when: int) -> FixedCharge:
         assert inst.end_time is not None
@@ -728,7 +784,10 @@ class FleetSim:
                 raise SimError(
                     400, "UNSUPPORTED_BILLING_MODE", f"{inst.id} is not a subscription instance"
                 )
+        now = self.now_ts()
         for inst in targets:
+            if auto and not inst.auto_renew:
+                inst.auto_renew_from = now
             inst.auto_renew, inst.auto_renew_month = auto, months
         return {}
 
@@ -740,6 +799,15 @@ class FleetSim:
         with self._lock:
             self._initial_10k += amount_10k
             self._settled_at = None  # an expiry may now renew
+
+    def set_quirks(self, changes: Any) -> None:
+        """Move switches at run time (see :mod:`monitor.sim.quirks`; money switches rewrite
+        the simulated past too). Raises :class:`~monitor.sim.quirks.QuirkError`."""
+        with self._lock:
+            self.quirks = self.quirks.updated(changes)
+            for inst in self._instances.values():
+                inst.per_instance_price = self.quirks.per_instance_price
+            self._settled_at = None
 
     def set_profile(self, instance_id: str, profile: str) -> None:
         """Change an instance's utilization profile from now on (history is kept)."""
