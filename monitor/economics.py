@@ -391,11 +391,11 @@ def steady_hours_per_month(
 def monthly_saving(
     hourly_usd: Decimal | None, hours_per_month: float | None, monthly_usd: Decimal | None
 ) -> Decimal | None:
-    """What a subscription would save per month at this use: ``hours x hourly - monthly``
-    (negative: it would cost more). Unknown when any input is."""
+    """What a subscription would save per month at this use: ``hours x hourly - monthly``, or
+    0 when it would cost more (no saving). Unknown when any input is."""
     if hourly_usd is None or hours_per_month is None or monthly_usd is None:
         return None
-    return hourly_usd * Decimal(str(round(hours_per_month, 6))) - monthly_usd
+    return max(Decimal(0), hourly_usd * Decimal(str(round(hours_per_month, 6))) - monthly_usd)
 
 
 def burn_rate(costs: Iterable[HourlyCost]) -> Decimal | None:

@@ -418,6 +418,11 @@ class StoreFacts:
                 )
             out: dict[str, float | None] = {}
             for iid, inst in known.items():
+                if inst.billing_mode == "monthly":
+                    # prepaid time has no usage bills: its hours are not in them (unknown,
+                    # never the 0 the bills would suggest)
+                    out[iid] = None
+                    continue
                 hours, outside = economics.running_hours(
                     by_owner.hours.get(iid, 0.0), inst.gpu_count, end - start, iid
                 )

@@ -20,16 +20,9 @@ def clock() -> ManualClock:
     return ManualClock(T0)
 
 
-#: The shared demo sends billNum0 in card-hours, the reading the monitor's running hours were
-#: built on. The simulator's default is now card-seconds (quirk bill-time, issue 8 §2), which
-#: today's running-hours code misreads 3600x (tests/test_quirk_matrix.py shows it, marked
-#: xfail). Remove this pin once the economics module derives card-hours from the bill's money.
-LEGACY_QUIRKS = {"bill-time": "hours"}
-
-
 @pytest.fixture
 def demo_sim(clock: ManualClock) -> FleetSim:
-    return FleetSim(clock, scenario="demo", seed=0, quirks=LEGACY_QUIRKS)
+    return FleetSim(clock, scenario="demo", seed=0)
 
 
 @pytest.fixture

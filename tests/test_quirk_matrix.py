@@ -118,13 +118,6 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         patch.undo()
 
 
-def _lead_marks(run: Run, request: pytest.FixtureRequest, which: set[str] | None) -> None:
-    """xfail (strict) when the moved switch is one of ``which`` (None: every position)."""
-    moved = next(iter(run.quirks), "default")
-    if which is None or moved in which:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=LEAD))
-
-
 def _truth_instances(run: Run) -> dict[str, dict[str, Any]]:
     return {i["id"]: i for i in run.truth["instances"]}
 
@@ -159,15 +152,13 @@ def test_status_money_equals_the_truth(run: Run) -> None:
     assert wrong == []
 
 
-def test_status_hours_and_savings_equal_the_truth(run: Run, request: pytest.FixtureRequest) -> None:
+def test_status_hours_and_savings_equal_the_truth(run: Run) -> None:
     """The figures ``status --json`` gains with the economics module (issue 8 §1): checked
     as they appear, each equal to the truth or None."""
     acc = run.status["accounts"][0]
-    if "in_arrears" in acc:
-        assert acc["in_arrears"] == run.truth["account"]["in_arrears"]
+    assert acc["in_arrears"] == run.truth["account"]["in_arrears"]
     truth = _truth_instances(run)
     wrong = []
-    checked = 0
     for inst in acc["instances"]:
         want = truth[inst["id"]]
         for field, tol in (
@@ -175,13 +166,9 @@ def test_status_hours_and_savings_equal_the_truth(run: Run, request: pytest.Fixt
             ("monthly_saving_usd", 0.01),
             ("break_even_hours", 0.5),
         ):
-            if field in inst:
-                checked += 1
-                if not _close(inst[field], want[field], tol):
-                    wrong.append((inst["id"], field, inst[field], want[field]))
-    if checked == 0:
-        _lead_marks(run, request, None)
-    assert checked and wrong == []
+            if not _close(inst[field], want[field], tol):
+                wrong.append((inst["id"], field, inst[field], want[field]))
+    assert wrong == []
 
 
 # ------------------------------------------------------------------------------ utilisation
@@ -245,9 +232,8 @@ def _alerts(run: Run, rule: str) -> dict[str, Any]:
     return {a.resource_id: a for a in run.firing if a.rule == rule}
 
 
-def test_runway_alert_equals_the_truth(run: Run, request: pytest.FixtureRequest) -> None:
+def test_runway_alert_equals_the_truth(run: Run) -> None:
     # the rule counts the `pulling` instance too (issue 8: "two runways at once")
-    _lead_marks(run, request, None)
     truth = run.truth["account"]
     alert = _alerts(run, "balance-runway")["main"].values
     assert alert["balance_usd"] == pytest.approx(truth["balance_usd"], abs=0.01)
@@ -266,11 +252,10 @@ def test_idle_alert_hourly_cost_equals_the_truth(run: Run) -> None:
 
 
 def test_idle_alert_counts_from_when_the_idling_began(
-    run: Run, request: pytest.FixtureRequest
+    run: Run,
 ) -> None:
     """Idle since the later of the true start and the first stored sample (issue 8 §1: from
     the first idle sample, bounded by stored history), and its cost so far from then."""
-    _lead_marks(run, request, None)
     truth = _truth_instances(run)
     for iid, alert in _alerts(run, "idle-gpu").items():
         began = datetime.fromisoformat(truth[iid]["idle_since"].replace("Z", "+00:00"))
@@ -282,9 +267,8 @@ def test_idle_alert_counts_from_when_the_idling_began(
         assert alert.values["cost_so_far_usd"] == pytest.approx(want, abs=0.01), iid
 
 
-def test_subscription_advice_equals_the_truth(run: Run, request: pytest.FixtureRequest) -> None:
+def test_subscription_advice_equals_the_truth(run: Run) -> None:
     """Only the instance that truly runs all month is named, with its true saving."""
-    _lead_marks(run, request, None)
     truth = _truth_instances(run)
     advice = _alerts(run, "subscription-candidate")
     worth = {iid for iid, t in truth.items() if (t["monthly_saving_usd"] or 0) > 0}

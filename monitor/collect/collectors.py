@@ -254,12 +254,14 @@ async def collect_balance(ctx: AccountContext, now: datetime) -> Counts:
 
 def _bill_start(ctx: AccountContext, collector: str, now: datetime, first: timedelta,
                 overlap: timedelta) -> datetime:  # fmt: skip
-    """Where a bills request starts: whole hours of history on a first collection; later, the
-    last success minus one period and the settling margin (not rounded to the hour, which
-    would add a period every time)."""
+    """Where a bills request starts: whole hours of history on a first collection, reaching one
+    period further back (``overlap``) so that the bill whose period straddles the start of the
+    history is stored too (a window counts it in proportion: without it a 30-day window read
+    12 h short at noon); later, the last success minus one period and the settling margin (not
+    rounded to the hour, which would add a period every time)."""
     last = ctx.store.last_success(ctx.account, collector)
     if last is None:
-        return (now - first).replace(minute=0, second=0, microsecond=0)
+        return (now - first - overlap).replace(minute=0, second=0, microsecond=0)
     return max(last - overlap, now - first).replace(second=0, microsecond=0)
 
 

@@ -45,9 +45,13 @@ Each item of ``instances`` (removed instances included while they have usage in 
   GPUs; the listed price once under ``price-basis=per-instance``).
 * ``break_even_hours``: ``monthly_price_usd / paygo_rate_usd_per_hour``: running hours a
   month above which the subscription is cheaper.
-* ``monthly_saving_usd``: for an on-demand instance, ``max(0, cost_30d_usd -
-  monthly_price_usd)``: what a 1-month subscription would have saved over the last 30 days;
-  ``null`` for spot (cannot be converted), subscriptions and instances in no billing mode.
+* ``monthly_saving_usd``: for an on-demand instance, ``max(0, hourly rate x steady hours per
+  month - monthly_price_usd)``: what a 1-month subscription would save at the use it sustains.
+  Steady hours per month: the smaller of its running hours over the last 7 and the last 30
+  days, each scaled to an average month of 730 h (365 x 24 / 12), so a burst in the last days
+  is not taken for steady use; the same definition the monitor's subscription advice uses
+  (``monitor.economics.steady_hours_per_month``), applied here to the true hours. ``null`` for
+  spot (cannot be converted), subscriptions and instances in no billing mode.
 * ``idle_since``: when its GPUs became idle (utilization profile ``idle``) and stayed so while
   running, ISO; ``null`` when not running or not idle. ``idle_gpu_ids``: the GPUs of a
   partially idle instance (profile ``partial``), ``[]`` otherwise.
@@ -70,6 +74,8 @@ from monitor.sim import catalog, profiles
 from monitor.sim.fleet import DAY, HOUR, FleetSim, SimInstance
 
 WINDOW_30D = 30 * DAY
+#: an average month, in hours (365 x 24 / 12): what "per month" means
+MONTH_HOURS = 730.0
 
 
 def _iso(t: int | None) -> str | None:
@@ -132,7 +138,12 @@ def instance_truth(inst: SimInstance, now: int, since: int | None) -> dict[str, 
     month = _window(inst, now - WINDOW_30D, now)
     saving = None
     if inst.billing_mode == "onDemand":
-        saving = round(max(0.0, month["cost_usd"] - _usd(monthly)), 6)
+        week = _window(inst, now - 7 * DAY, now)
+        steady = min(
+            week["running_hours"] * MONTH_HOURS / (7 * 24),
+            month["running_hours"] * MONTH_HOURS / (30 * 24),
+        )
+        saving = round(max(0.0, _usd(rate) * steady - _usd(monthly)), 6)
     idle = idle_since(inst, now)
     out: dict[str, Any] = {
         "id": inst.id,
