@@ -375,9 +375,15 @@ class StoreFacts:
         return out
 
     def _bills_as_of(self, account: str) -> datetime:
-        """When the stored bills were last read: a period's bill counts up to then."""
+        """How far the stored bills' amounts reach: a period's bill counts up to then."""
+        covered = self.usage_covered_until(account)
+        return self.now if covered is None else covered
+
+    def usage_covered_until(self, account: str) -> datetime | None:
         last = self.store.last_success(account, "usage_bills")
-        return min(self.now, last) if last is not None else self.now
+        if last is None:
+            return None
+        return min(self.now, last).replace(minute=0, second=0, microsecond=0)
 
     def _bills_history(self, account: str, backfill: timedelta) -> datetime | None:
         first = self.store.first_success(account, "usage_bills")

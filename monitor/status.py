@@ -38,13 +38,15 @@ def account_status(facts: StoreFacts, account: str, now: datetime) -> dict[str, 
     idle = facts.idle_since(account, STATUS_IDLE_THRESHOLD, now)
     hours = facts.running_hours(account, now - STATUS_HOURS_WINDOW, now)
     history = facts.history_start(account)
+    covered = facts.usage_covered_until(account)
+    billed_until = now if covered is None else min(covered, now)
     util = facts.metric_window(account, "gpu_util", now - timedelta(minutes=15), now)
     instances = []
     for inst in insts:
         since = idle.get(inst.id)
         ran = None if hours is None else hours.get(inst.id)
         steady, _ = economics.steady_hours_per_month(
-            partial(_hours, facts, account, inst.id), now, history
+            partial(_hours, facts, account, inst.id), billed_until, history
         )
         # the advice compares paying by the hour with a subscription: on-demand only
         hourly = inst.hourly_cost_usd if inst.billing_mode == "onDemand" else None

@@ -609,7 +609,10 @@ def subscription_candidate(
         hours = ctx.facts.running_hours(ctx.account, start, end)
         return None if hours is None else hours.get(inst.id, 0.0)
 
-    steady, by_days = economics.steady_hours_per_month(hours_in, ctx.now, history, params.lookbacks)
+    # windows end where the usage bills reach (the last complete hour), not at now
+    covered = ctx.facts.usage_covered_until(ctx.account)
+    end = ctx.now if covered is None else min(covered, ctx.now)
+    steady, by_days = economics.steady_hours_per_month(hours_in, end, history, params.lookbacks)
     for days, scaled in by_days.items():
         values[f"hours_per_month_{days}d"] = round(scaled, 1)
     if steady is None:

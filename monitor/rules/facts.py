@@ -211,6 +211,12 @@ class Facts(Protocol):
         ``start``."""
         ...
 
+    def usage_covered_until(self, account: str) -> datetime | None:
+        """How far the stored usage bills reach: bills are issued for completed hours, so the
+        last complete hour before they were read. Windows over running hours end there (an
+        hour not billed yet is not an hour not run). ``None``: up to now."""
+        ...
+
     def tasks(self, account: str) -> list[TaskFact]:
         """Training tasks and watched async tasks, as last collected."""
         ...
@@ -442,6 +448,9 @@ class InMemoryFacts:
             minutes = sum(1 for _, v in _window(self.running.get(iid, []), start, end) if v)
             out[iid] = minutes * SAMPLE_STEP_S / 3600
         return out
+
+    def usage_covered_until(self, account: str) -> datetime | None:
+        return None
 
     def tasks(self, account: str) -> list[TaskFact]:
         return list(self.task_list.get(account, []))
