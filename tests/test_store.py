@@ -643,3 +643,16 @@ def test_data_problems_count_and_keep_the_first_sighting(store: Store) -> None:
     assert [(p.count, p.raw) for p in store.data_problems("team-b")] == [(1, "1")]
     with pytest.raises(ValueError, match="aware"):
         store.record_data_problems("main", [], datetime(2026, 1, 1))
+
+
+def test_bill_rows_are_checked(store: Store) -> None:
+    row = hour_bill("i-1", -1, "3500")
+    with pytest.raises(ValueError, match=r"upsert_usage_bills: .*missing \['unit_price'\]"):
+        store.upsert_usage_bills(
+            "main", "Hour", [{k: v for k, v in row.items() if k != "unit_price"}]
+        )
+    with pytest.raises(ValueError, match=r"unknown \['account_id'\]"):
+        store.upsert_usage_bills("main", "Hour", [{**row, "account_id": 7}])
+    with pytest.raises(ValueError, match=r"upsert_fixed_term_bills: .*missing \['base_price'"):
+        store.upsert_fixed_term_bills("main", [row])
+    assert store.bills("main") == []

@@ -34,7 +34,6 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
     BigInteger,
     Boolean,
     Column,
@@ -50,7 +49,15 @@ from sqlalchemy import (
 )
 from sqlmodel import Field, SQLModel
 
-from monitor.store.types import EpochSeconds, Money, MonthlyPrices, UTCDateTime
+from monitor.store.types import (
+    EpochSeconds,
+    JSONList,
+    JSONObject,
+    Money,
+    MonthlyPrices,
+    TextOrEmpty,
+    UTCDateTime,
+)
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -197,7 +204,7 @@ class InstanceRecord(SQLModel, table=True):
     first_seen: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_seen: datetime | None = Field(default=None, sa_type=UTCDateTime)
     disappeared_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
-    envs: dict[str, str] | None = Field(default=None, sa_type=JSON)
+    envs: dict[str, str] = Field(default_factory=dict, sa_type=JSONObject, nullable=True)
     # revision 0003: subscription renewal (wire-format §7: the platform charges about 3 days
     # before ``endTime`` when auto-renew is on) and how long data is kept after expiry
     auto_renew: bool | None = Field(default=None, sa_type=Boolean)
@@ -324,14 +331,14 @@ class ProductPrice(SQLModel, table=True):
     spot_price_usd_per_hour: Decimal | None = Field(
         default=None, sa_column=Column("spot_price_per_hour", Money)
     )
-    monthly_prices_usd: dict[int, Decimal] | None = Field(
-        default=None, sa_column=Column("monthly_prices", MonthlyPrices)
+    monthly_prices_usd: dict[int, Decimal] = Field(
+        default_factory=dict, sa_column=Column("monthly_prices", MonthlyPrices, nullable=True)
     )
     available_deploy: bool | None = Field(default=None, sa_type=Boolean)
     updated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
     def monthly_price_usd(self, months: int = 1) -> Decimal | None:
-        return (self.monthly_prices_usd or {}).get(months)
+        return self.monthly_prices_usd.get(months)
 
     def hourly_usd(self, billing_mode: str | None) -> Decimal | None:
         """Listed per-GPU hourly price for a billing mode: the spot price for ``spot`` (the
@@ -357,7 +364,7 @@ class TrainingTaskRecord(SQLModel, table=True):
     first_seen: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_seen: datetime | None = Field(default=None, sa_type=UTCDateTime)
     status_changed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
-    models: list[dict[str, Any]] | None = Field(default=None, sa_type=JSON)
+    models: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSONList, nullable=True)
 
 
 class WatchedTask(SQLModel, table=True):
@@ -390,7 +397,7 @@ class CollectorRun(SQLModel, table=True):
     started: datetime = Field(sa_type=UTCDateTime)
     finished: datetime = Field(sa_type=UTCDateTime)
     outcome: str = _str(16)  # ok | partial | failed
-    counts: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+    counts: dict[str, Any] = Field(default_factory=dict, sa_type=JSONObject, nullable=True)
     error: str | None = Field(default=None, sa_type=Text)
 
 
@@ -411,9 +418,9 @@ class AlertRecord(SQLModel, table=True):
     resolved_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_eval_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_notified_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
-    labels: dict[str, Any] = Field(default_factory=dict, sa_column=Column("labels", JSON))
-    values: dict[str, Any] = Field(default_factory=dict, sa_column=Column("values", JSON))
-    summary: str = Field(default="", sa_column=Column("summary", Text))
+    labels: dict[str, Any] = Field(default_factory=dict, sa_type=JSONObject, nullable=True)
+    values: dict[str, Any] = Field(default_factory=dict, sa_type=JSONObject, nullable=True)
+    summary: str = Field(default="", sa_type=TextOrEmpty, nullable=True)
     # revision 0002
     resource_name: str | None = Field(default=None, sa_type=Text)
     severity: str | None = _str(32, default=None)
@@ -428,7 +435,7 @@ class Silence(SQLModel, table=True):
     rule: str | None = _str(200, default=None)
     account: str | None = _str(200, default=None)
     resource_id: str | None = _str(200, default=None)
-    matchers: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+    matchers: dict[str, Any] = Field(default_factory=dict, sa_type=JSONObject, nullable=True)
     starts_at: datetime = Field(sa_type=UTCDateTime)
     ends_at: datetime = Field(sa_type=UTCDateTime)
     reason: str = Field(default="", sa_type=Text)
@@ -445,7 +452,7 @@ class NotificationRecord(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     channel: str = _str(200)
     kind: str = _str(16)  # firing | resolved | test
-    fingerprints: list[str] | None = Field(default=None, sa_type=JSON)
+    fingerprints: list[str] = Field(default_factory=list, sa_type=JSONList, nullable=True)
     created_at: datetime = Field(sa_type=UTCDateTime)
     sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     attempts: int = 0

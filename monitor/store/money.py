@@ -101,8 +101,9 @@ class MoneyRepo(StoreBase):
         account_id = self.ensure_account(account)
         rows: dict[tuple[Any, ...], dict[str, Any]] = {}
         for bill in bills:
-            row = {"account_id": account_id, "cycle_type": cycle_type}
-            row.update((f, bill[f]) for f in USAGE_BILL_FIELDS)
+            if not rows:
+                _check_fields("upsert_usage_bills", bill, USAGE_BILL_FIELDS)
+            row = {**bill, "account_id": account_id, "cycle_type": cycle_type}
             rows[_bill_key(row, USAGE_KEY)] = row
         return self._upsert_changed(t.usage_bills, USAGE_KEY, list(rows.values()))
 
@@ -112,8 +113,9 @@ class MoneyRepo(StoreBase):
         account_id = self.ensure_account(account)
         rows: dict[tuple[Any, ...], dict[str, Any]] = {}
         for bill in bills:
-            row = {"account_id": account_id}
-            row.update((f, bill[f]) for f in FIXED_TERM_BILL_FIELDS)
+            if not rows:
+                _check_fields("upsert_fixed_term_bills", bill, FIXED_TERM_BILL_FIELDS)
+            row = {**bill, "account_id": account_id}
             rows[_bill_key(row, FIXED_KEY)] = row
         return self._upsert_changed(t.fixed_term_bills, FIXED_KEY, list(rows.values()))
 
@@ -440,6 +442,17 @@ class MoneyRepo(StoreBase):
 
 USAGE_KEY = ("account_id", "cycle_type", "category", "owner_id", "product_id", "start_ts")
 FIXED_KEY = ("account_id", "category", "owner_id", "product_id", "start_ts")
+
+
+def _check_fields(method: str, item: Mapping[str, Any], fields: Sequence[str]) -> None:
+    """The first item of a batch carries exactly ``fields`` (the converter builds them all
+    alike; checking one keeps a typo from reaching the database as a bad column name)."""
+    if set(item) != set(fields):
+        missing = sorted(set(fields) - set(item))
+        extra = sorted(set(item) - set(fields))
+        raise ValueError(
+            f"{method}: expected the fields {', '.join(fields)}; missing {missing}, unknown {extra}"
+        )
 
 
 def _bill_key(row: dict[str, Any], keys: Sequence[str]) -> tuple[Any, ...]:
