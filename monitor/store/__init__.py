@@ -23,8 +23,8 @@ The :class:`Store` (one per process; every call is its own short transaction, th
   ``gpu_util_avg``;
 * money: ``add_balance``, ``latest_balance``, ``balance_samples``, ``upsert_usage_bills``,
   ``upsert_fixed_term_bills``, ``bills``, ``fixed_term_bills``, ``spend``, ``running_hours``,
-  ``recent_hourly_bill_usd``, ``upsert_products``, ``product_price``, ``record_data_problems``,
-  ``data_problems``;
+  ``recent_hourly_bill_usd``, ``upsert_products``, ``product_price``;
+* data problems: ``record_data_problems``, ``data_problems``;
 * tasks and runs: ``upsert_training_tasks`` (-> events), ``training_tasks``, ``watch_task``,
   ``watched_tasks``, ``update_async_task`` (-> event), ``record_run``, ``last_success``,
   ``last_runs``;
@@ -37,8 +37,9 @@ the Core metric tables), ``tables`` (every table as a Core ``Table``), ``types``
 money as micro-dollars, metric encodings), ``sql`` (the dialect-chosen upsert), ``base`` (engine,
 caches, meta), ``repo`` (instances, events), ``money`` (balance, bills, prices), ``tasks``
 (training/async tasks, collector runs), ``metrics`` (samples, rollups, windows, retention),
-``alerting`` (alerts, silences, notifications), ``facade`` (:class:`Store`), ``records``
-(the returned types), ``testing`` (fresh SQLite/PostgreSQL URLs for tests).
+``alerting`` (alerts, silences, notifications), ``problems`` (data problems), ``facade``
+(:class:`Store`), ``records`` (the returned types), ``testing`` (fresh SQLite/PostgreSQL URLs for
+tests).
 """
 
 from monitor.store.db import create_store_engine, migrate, open_store
