@@ -197,7 +197,7 @@ class StoreRecord(SQLModel):
                 for name, info in cls.model_fields.items()
             ]
             type.__setattr__(cls, "_init_plan_", plan)
-        if len(data) > len(plan) or not data.keys() <= cls.model_fields.keys():
+        if not data.keys() <= cls.model_fields.keys():
             unknown = sorted(data.keys() - cls.model_fields.keys())
             raise TypeError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
         values = self.__dict__
