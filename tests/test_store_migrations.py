@@ -123,6 +123,9 @@ def test_upgrade_from_0001_keeps_data(url: str, tmp_path: Path) -> None:
         assert store.instance("main", "i-1").gpu_count == 8  # type: ignore[union-attr]
         (alert,) = store.load_alerts()
         assert (alert.fingerprint, alert.state, alert.severity) == ("fp", "firing", None)
+        # NULL JSON and text read as empty, as the callers (evaluate.to_state) expect
+        assert (alert.labels, alert.values, alert.summary) == ({}, {}, "")
+        assert store.instance("main", "i-1").envs == {}  # type: ignore[union-attr]
     finally:
         store.close()
 

@@ -3,11 +3,10 @@
 APScheduler only decides *when* they run (``monitor.collect.scheduler``); tests, the benchmark and
 later the demo and a backtest call them directly on an injected clock. Each collector reads the API
 through ``ctx.client`` and writes through ``ctx.store``, converting the API's payloads into the
-store's records on the way (``monitor.collect.convert``: the store never sees the wire; the
-conversion runs on the store's writer thread, with the write, as it did inside the store before);
-a collector that fails part-way raises
-:class:`PartialFailure` carrying the counts of what it did and the per-item errors, so one bad
-instance never hides the others.
+store's records on the way (``monitor.collect.convert``: the store never sees the wire; the bulk
+conversions run on the store's writer thread with their write, where the store did them before).
+A collector that fails part-way raises :class:`PartialFailure` carrying the counts of what it did
+and the per-item errors, so one bad instance never hides the others.
 """
 
 from __future__ import annotations
@@ -110,13 +109,13 @@ def _describe(exc: BaseException) -> str:
 
 async def collect_instances(ctx: AccountContext, now: datetime) -> Counts:
     instances = await ctx.client.list_instances()
-    store = ctx.store
-
-    def write() -> list[Any]:
-        return store.upsert_instances(ctx.account, convert.instance_rows(instances), now)
-
-    events = await store.in_writer(write)
+    events = await ctx.store.in_writer(_write_instances, ctx, instances, now)
     return {"instances": len(instances), "events": len(events)}
+
+
+def _write_instances(ctx: AccountContext, instances: list[Any], now: datetime) -> list[Any]:
+    """Convert a listing to the store's rows and record it (on the store's writer thread)."""
+    return list(ctx.store.upsert_instances(ctx.account, convert.instance_rows(instances), now))
 
 
 def metrics_window(

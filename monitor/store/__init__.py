@@ -23,8 +23,9 @@ The :class:`Store` (one per process; every call is its own short transaction, th
   ``gpu_minutes`` (the raw minutes an idle stretch is traced in);
 * money: ``add_balance``, ``latest_balance``, ``balance_samples``, ``upsert_usage_bills``,
   ``upsert_fixed_term_bills``, ``bills``, ``fixed_term_bills``, ``usage_bills_overlapping``,
-  ``upsert_products``, ``product_price``, ``max_listed_price``, ``record_data_problems``,
-  ``data_problems`` (the store only fetches: every figure is computed by ``monitor.economics``);
+  ``upsert_products``, ``product_price``, ``max_listed_price`` (the store only fetches: every figure is
+  computed by ``monitor.economics``);
+* data problems: ``record_data_problems``, ``data_problems``;
 * tasks and runs: ``upsert_training_tasks`` (-> events), ``training_tasks``, ``watch_task``,
   ``watched_tasks``, ``update_async_task`` (-> event), ``record_run``, ``last_success``,
   ``last_runs``;
@@ -37,8 +38,9 @@ the Core metric tables), ``tables`` (every table as a Core ``Table``), ``types``
 money as micro-dollars, metric encodings), ``sql`` (the dialect-chosen upsert), ``base`` (engine,
 caches, meta), ``repo`` (instances, events), ``money`` (balance, bills, prices), ``tasks``
 (training/async tasks, collector runs), ``metrics`` (samples, rollups, windows, retention),
-``alerting`` (alerts, silences, notifications), ``facade`` (:class:`Store`), ``records``
-(the returned types), ``testing`` (fresh SQLite/PostgreSQL URLs for tests).
+``alerting`` (alerts, silences, notifications), ``problems`` (data problems), ``facade``
+(:class:`Store`), ``records`` (the returned types), ``testing`` (fresh SQLite/PostgreSQL URLs for
+tests).
 """
 
 from monitor.store.db import create_store_engine, migrate, open_store

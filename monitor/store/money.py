@@ -13,14 +13,12 @@ from sqlalchemy import BigInteger, func, select, type_coerce
 from monitor.store import tables as t
 from monitor.store.base import StoreBase
 from monitor.store.models import (
-    RAW_LIMIT,
     BalanceSample,
-    DataProblem,
     FixedTermBillRecord,
     ProductPrice,
     UsageBillRecord,
 )
-from monitor.store.sql import insert_statement, upsert
+from monitor.store.sql import upsert
 from monitor.store.types import Money, from_epoch, to_epoch, usd_to_micros
 
 #: what a usage bill handed to :meth:`MoneyRepo.upsert_usage_bills` carries: the columns of
@@ -101,8 +99,9 @@ class MoneyRepo(StoreBase):
         account_id = self.ensure_account(account)
         rows: dict[tuple[Any, ...], dict[str, Any]] = {}
         for bill in bills:
-            row = {"account_id": account_id, "cycle_type": cycle_type}
-            row.update((f, bill[f]) for f in USAGE_BILL_FIELDS)
+            if not rows:
+                _check_fields("upsert_usage_bills", bill, USAGE_BILL_FIELDS)
+            row = {**bill, "account_id": account_id, "cycle_type": cycle_type}
             rows[_bill_key(row, USAGE_KEY)] = row
         return self._upsert_changed(t.usage_bills, USAGE_KEY, list(rows.values()))
 
@@ -112,8 +111,9 @@ class MoneyRepo(StoreBase):
         account_id = self.ensure_account(account)
         rows: dict[tuple[Any, ...], dict[str, Any]] = {}
         for bill in bills:
-            row = {"account_id": account_id}
-            row.update((f, bill[f]) for f in FIXED_TERM_BILL_FIELDS)
+            if not rows:
+                _check_fields("upsert_fixed_term_bills", bill, FIXED_TERM_BILL_FIELDS)
+            row = {**bill, "account_id": account_id}
             rows[_bill_key(row, FIXED_KEY)] = row
         return self._upsert_changed(t.fixed_term_bills, FIXED_KEY, list(rows.values()))
 
@@ -247,64 +247,6 @@ class MoneyRepo(StoreBase):
             row = max(rows, key=lambda r: (r.updated_at is not None, r.updated_at or 0))
         return row
 
-    # -- data problems ----------------------------------------------------------------------
-
-    def record_data_problems(
-        self, account: str, problems: Iterable[DataProblem], now: datetime
-    ) -> None:
-        """Count values from the API that could not be used, one row per (account, kind,
-        resource_id, field): a new one starts at the number of times it is in ``problems``
-        with ``first_seen`` = ``now``; a known one adds that number to ``count`` and moves
-        ``last_seen``, keeping ``first_seen``. ``raw`` becomes the latest value, cut to
-        :data:`~monitor.store.models.RAW_LIMIT` characters. Only ``kind``, ``resource_id``,
-        ``field`` and ``raw`` of each problem are read."""
-        if now.tzinfo is None:
-            raise ValueError("record_data_problems needs an aware datetime")
-        account_id = self.ensure_account(account)
-        rows: dict[tuple[str, str, str], dict[str, Any]] = {}
-        for problem in problems:
-            key = (problem.kind, problem.resource_id or "", problem.field or "")
-            raw = None if problem.raw is None else str(problem.raw)[:RAW_LIMIT]
-            row = rows.get(key)
-            if row is None:
-                rows[key] = {
-                    "account_id": account_id,
-                    "kind": key[0],
-                    "resource_id": key[1],
-                    "field": key[2],
-                    "raw": raw,
-                    "count": 1,
-                    "first_seen": now,
-                    "last_seen": now,
-                }
-            else:
-                row["count"] += 1
-                row["raw"] = raw
-        if not rows:
-            return
-        d = t.data_problems
-        with self.engine.begin() as conn:
-            stmt = insert_statement(conn, d)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["account_id", "kind", "resource_id", "field"],
-                set_={
-                    "count": d.c["count"] + stmt.excluded["count"],
-                    "last_seen": stmt.excluded.last_seen,
-                    "raw": stmt.excluded.raw,
-                },
-            )
-            conn.execute(stmt, list(rows.values()))
-
-    def data_problems(self, account: str) -> list[DataProblem]:
-        """The account's data problems, by kind, resource and field."""
-        account_id = self.ensure_account(account)
-        d = t.data_problems.c
-        return self._load(
-            select(DataProblem)
-            .where(d.account_id == account_id)
-            .order_by(d.kind, d.resource_id, d.field)
-        )
-
     # -- reads for the economics (monitor/economics.py computes; these only fetch) ------------
 
     def usage_bills_overlapping(
@@ -368,6 +310,17 @@ class UsageBillRow(NamedTuple):
 
 USAGE_KEY = ("account_id", "cycle_type", "category", "owner_id", "product_id", "start_ts")
 FIXED_KEY = ("account_id", "category", "owner_id", "product_id", "start_ts")
+
+
+def _check_fields(method: str, item: Mapping[str, Any], fields: Sequence[str]) -> None:
+    """The first item of a batch carries exactly ``fields`` (the converter builds them all
+    alike; checking one keeps a typo from reaching the database as a bad column name)."""
+    if set(item) != set(fields):
+        missing = sorted(set(fields) - set(item))
+        extra = sorted(set(item) - set(fields))
+        raise ValueError(
+            f"{method}: expected the fields {', '.join(fields)}; missing {missing}, unknown {extra}"
+        )
 
 
 def _bill_key(row: dict[str, Any], keys: Sequence[str]) -> tuple[Any, ...]:
