@@ -483,8 +483,9 @@ class UsageBill(WireModel):
 
     @property
     def unit_price_usd(self) -> Decimal | None:
-        """USD per unit of ``billNum0`` (per card-hour when the time unit is hours):
-        ``discountPrice0`` / ``pricePrecision`` at the 1/10000 scale."""
+        """USD per card-hour: ``discountPrice0`` / ``pricePrecision`` at the 1/10000 scale.
+        ``amount`` / this = the card-hours charged, whatever unit ``billNum0`` counts time in
+        (the docs leave it open; the console's code suggests seconds, wire-format §7.1)."""
         return _precise(self.discount_price0, self.price_precision)
 
 

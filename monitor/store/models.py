@@ -323,11 +323,10 @@ class UsageBillRecord(StoreRecord, table=True):
     amount: Decimal | None = Field(default=None, sa_type=Money)
     voucher_amount: Decimal | None = Field(default=None, sa_type=Money)
     pay_amount: Decimal | None = Field(default=None, sa_type=Money)
-    # revision 0003: USD per unit of ``bill_num0`` (the wire's ``discountPrice0`` divided by
-    # ``pricePrecision`` where sent). Micro-dollars like every amount: should the unit be a
-    # second (the docs leave ``billNum0``'s unit open, wire-format §6), a $0.35/h price is
-    # stored as 97 micro-dollars, within 0.5 % (1 % at $0.10/h): enough for the 25 % cross-check
-    # against ``bill_num0``, not for recomputing amounts
+    # revision 0003: USD per card-hour (the wire's ``discountPrice0`` divided by
+    # ``pricePrecision`` where sent): ``amount / unit_price`` gives the card-hours the bill
+    # charged for, whatever unit ``bill_num0`` counts in (the docs leave it open, wire-format
+    # §6/§7.1; ``monitor.economics.bill_card_hours`` cross-checks the two)
     unit_price: Decimal | None = Field(default=None, sa_type=Money)
 
 
