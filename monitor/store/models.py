@@ -466,6 +466,9 @@ class AlertRecord(StoreRecord, table=True):
     severity: str | None = _str(32, default=None)
     last_match_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     notified_severity: str | None = _str(32, default=None)
+    # revision 0004: written with compare-and-set (a writer that read version n updates only
+    # a row still at n, and sets n + 1): two processes never both move one alert
+    version: int = Field(default=0, sa_type=Integer, nullable=False)
 
 
 class Silence(StoreRecord, table=True):
@@ -496,9 +499,69 @@ class NotificationRecord(StoreRecord, table=True):
     created_at: datetime = Field(sa_type=UTCDateTime)
     sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     attempts: int = 0
-    status: str = _str(16)  # pending | sent | failed
+    status: str = _str(16)  # pending | sent | failed | expired
     error: str | None = Field(default=None, sa_type=Text)
     body: str | None = Field(default=None, sa_type=Text)
+    # revision 0004, the outbox: a notification is written (pending) in the transaction that
+    # decides it, and a delivery step sends it, retrying with backoff until ``expires_at``
+    title: str | None = Field(default=None, sa_type=Text)
+    notify_type: str | None = _str(16, default=None)  # apprise: info | success | warning | failure
+    next_attempt_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class ActionRecord(StoreRecord, table=True):
+    """One remedial action (stop, start, renew, convert_to_subscription, set_auto_renew): the
+    ledger row that explains it afterwards. Its intent is committed before any API call and its
+    outcome after; a row is claimed for execution with a compare-and-set on ``version``.
+
+    ``intent_key`` names what it is about: rule, action, instance and period (the ``endTime``
+    being renewed; for a stop, the run being stopped: ``lastStartedAt``, or ``createdAt``).
+    ``idempotency_key`` holds the same text while the row may still act or has acted (unique:
+    the same renewal can never be planned, so never paid, twice) and is cleared when the row
+    ends without acting (aborted, refused, skipped, rejected, expired, dry run), so that a later
+    plan for the same intent may go ahead.
+    """
+
+    __tablename__ = "actions"
+    __table_args__ = (
+        Index("ix_actions_state_due", "state", "due_at"),
+        Index("ix_actions_account_planned", "account", "planned_at"),
+        UniqueConstraint("idempotency_key", name="uq_actions_idempotency_key"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    account: str = _str(200)
+    rule: str = _str(200)
+    action: str = _str(32)
+    instance_id: str = _str(200)
+    instance_name: str = Field(default="", sa_type=TextOrEmpty, nullable=True)
+    params: dict[str, Any] = Field(default_factory=dict, sa_type=JSONObject, nullable=True)
+    # the figures and snapshot that triggered it (alert values, instance state, data ages)
+    facts: dict[str, Any] = Field(default_factory=dict, sa_type=JSONObject, nullable=True)
+    intent_key: str = _str(400)
+    idempotency_key: str | None = _str(400, default=None)
+    dry_run: bool = Field(default=False, sa_type=Boolean, nullable=False)
+    # planned | announced | awaiting_approval | approved | rejected | expired | executing |
+    # succeeded | failed | aborted | refused | skipped | dry_run | outcome_unknown | undone
+    state: str = _str(32)
+    reason: str = Field(default="", sa_type=TextOrEmpty, nullable=True)
+    planned_at: datetime = Field(sa_type=UTCDateTime)
+    due_at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # grace ends / approved
+    expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # approval TTL
+    decided_at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # approved/rejected
+    started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    answer: dict[str, Any] = Field(default_factory=dict, sa_type=JSONObject, nullable=True)
+    attempts: int = Field(default=0, sa_type=Integer, nullable=False)
+    claimed_by: str | None = _str(200, default=None)
+    version: int = Field(default=0, sa_type=Integer, nullable=False)
+    # savings (gross: the compute price not paid): expected per hour from the stop; realized
+    # = hours stopped x that price, closed when the instance runs again
+    saving_per_hour_usd: Decimal | None = Field(default=None, sa_type=Money)
+    saving_since: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    saving_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    realized_saving_usd: Decimal | None = Field(default=None, sa_type=Money)
 
 
 class DataProblem(StoreRecord, table=True):
