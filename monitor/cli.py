@@ -6,10 +6,14 @@ User errors print one clear message, never a traceback.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import signal
+import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,7 +21,7 @@ from typing import Any, TypeVar
 import click
 
 from monitor import __version__
-from monitor.errors import MonitorError, UserError
+from monitor.errors import MonitorError, RuntimeFailure, UserError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -65,6 +69,41 @@ def _load(config_path: str | None) -> Any:
     return load_config(config_path)
 
 
+@contextmanager
+def open_database(config: Any) -> Iterator[Any]:
+    """The configured store, closed on the way out: how every command opens the database, so
+    each fails the same way (one line; exit 2 for what the user must fix, 1 for what may pass
+    on a retry: ``monitor.store.db.open_store``)."""
+    from monitor.store.db import open_store
+
+    store = open_store(config.database_url)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    """Fail in one line (exit 1: the port may be free on a retry) when ``host:port`` is taken,
+    rather than letting the server log its bind error and a traceback."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    family, kind, proto, _name, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise RuntimeFailure(
+                    f"cannot listen on {host}:{port}: the port is in use (stop what uses it, "
+                    "or pick another port)"
+                ) from None
+            raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="novita-monitor")
 def cli() -> None:
@@ -107,6 +146,8 @@ def simulator(
     """Serve a simulated Novita API (same paths and wire format) on a local port."""
     from monitor.sim.server import run_simulator
 
+    ensure_port_free(host, port)
+
     if api_key:
         from monitor.logs import register_secret
 
@@ -135,6 +176,10 @@ def simulator(
 @handle_errors
 def run(config_path: str | None) -> None:
     """Run the daemon in the foreground (SIGTERM/SIGINT stop, SIGHUP reloads)."""
+    # Until the daemon's event loop takes the signals over, a stop request just ends the
+    # process (nothing is open yet): status 0, as for a stop at any later moment.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_now)
     from monitor.app import find_config_path, run_async
     from monitor.daemon import Daemon
 
@@ -142,7 +187,15 @@ def run(config_path: str | None) -> None:
     _setup_logs(config)
     path = find_config_path(config_path, os.environ, Path.cwd())
     assert path is not None
-    run_async(Daemon(path).run())
+    try:
+        run_async(Daemon(path).run())
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):  # stopped: a second request changes nothing
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def _exit_now(signum: int, _frame: Any) -> None:
+    raise SystemExit(0)
 
 
 @cli.command()
@@ -191,12 +244,10 @@ def status(config_path: str | None, as_json: bool) -> None:
     from monitor.clock import SystemClock
     from monitor.logs import configure_logging
     from monitor.status import fleet_status, render_text
-    from monitor.store.db import open_store
 
     config = _load(config_path)
     configure_logging("json" if as_json else config.log.format, config.log.level, stream=sys.stderr)
-    store = open_store(config.database_url)
-    try:
+    with open_database(config) as store:
         data = fleet_status(
             store,
             [a.name for a in config.accounts],
@@ -204,8 +255,6 @@ def status(config_path: str | None, as_json: bool) -> None:
             intervals(config),
             config.stale_after,
         )
-    finally:
-        store.close()
     click.echo(json.dumps(data, indent=2) if as_json else render_text(data))
 
 
@@ -231,7 +280,6 @@ def check(config_path: str | None, paths: tuple[Path, ...]) -> None:
 def watch_task(config_path: str | None, task_id: str, account: str | None, label: str) -> None:
     """Watch an async task id until it ends (the API cannot list async tasks)."""
     from monitor.clock import SystemClock
-    from monitor.store.db import open_store
 
     config = _load(config_path)
     names = [a.name for a in config.accounts]
@@ -241,12 +289,9 @@ def watch_task(config_path: str | None, task_id: str, account: str | None, label
         account = names[0]
     elif account not in names:
         raise UserError(f"no account named {account!r} (configured: {', '.join(names)})")
-    store = open_store(config.database_url)
-    try:
+    with open_database(config) as store:
         store.ensure_account(account)
         store.watch_task(account, task_id, label, SystemClock().now())
-    finally:
-        store.close()
     click.echo(f"watching async task {task_id} on account {account}")
 
 
