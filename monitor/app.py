@@ -281,7 +281,13 @@ class App:
         finish recording and delivering its notifications, within the grace)."""
 
         async def evaluate() -> None:
-            await self.evaluate()
+            report = await self.evaluate()
+            log.info(
+                "evaluated",
+                rules=len(self.ruleset.rules) if self.ruleset is not None else 0,
+                firing=len(report.firing),
+                deliveries=len(report.deliveries),
+            )
 
         return [Job("evaluate", float(self.config.schedules.evaluate), evaluate, graceful=True)]
 
