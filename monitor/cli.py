@@ -43,7 +43,7 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {_one_line_if_repeated(exc)}", err=True)
             sys.exit(exc.exit_code)
         except MonitorError as exc:
             click.echo(f"error: {exc}", err=True)
@@ -52,6 +52,15 @@ def handle_errors(fn: F) -> F:
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _one_line_if_repeated(exc: UserError) -> str:
+    """A lone problem that repeats the error's own message is printed once, with its place
+    (``file:line: account 'main': environment variable ... is not set``)."""
+    head = exc.args[0] if exc.args else ""
+    if len(exc.problems) == 1 and exc.problems[0].message == head:
+        return str(exc.problems[0])
+    return str(exc)
 
 
 def _setup_logs(config: Any = None, fmt: Any = None) -> None:

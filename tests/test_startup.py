@@ -1,4 +1,4 @@
-"""Opening the database: private files, and every failure one line with the right exit status.
+"""Start-up: private database files, and every failure one line with the right exit status.
 
 Exit 2 for what the user must fix (a folder that cannot be created, a file that is not a
 database, a schema newer than the code, a refused login), exit 1 for what may pass on a retry
@@ -214,4 +214,16 @@ def test_a_port_in_use_is_one_line_and_exit_1() -> None:
     assert result.stderr == (
         f"error: cannot listen on 127.0.0.1:{port}: the port is in use "
         "(stop what uses it, or pick another port)\n"
+    )
+
+
+def test_a_missing_key_variable_is_one_line_naming_file_and_line(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+
+    result = CliRunner().invoke(cli, ["once", "--config", str(config)], env={"NOVITA_API_KEY": ""})
+
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"error: {config}:2: account 'main': environment variable NOVITA_API_KEY is not set "
+        "or empty (api_key_env)\n"
     )
