@@ -77,7 +77,9 @@ class YamlLimits:
     ``any``/``not`` tree needs a dozen; PyYAML's composer recurses per level, so 1,000 levels
     were a ``RecursionError``). ``max_values``: nodes (keys, scalars, mappings, sequences) once
     every alias is expanded, what pydantic and the rule builder walk; composing 100,000 plain
-    nodes costs about 0.8 s and 90 MB, and the shipped rules and their tests hold 1,750.
+    nodes costs about 0.8 s and 90 MB, and the shipped rules and their tests hold 1,750. It
+    follows a raised ``max_bytes`` (:meth:`from_env`), so a bigger file is not refused for
+    holding what its size allows.
     """
 
     max_bytes: int = 2 * 1024 * 1024
@@ -103,7 +105,9 @@ class YamlLimits:
                 f"{MAX_YAML_BYTES_ENV}={raw!r} is not a size "
                 "(expected a positive number of bytes, or a number with K, M or G, e.g. 4M)"
             )
-        return cls(max_bytes=value)
+        default = cls()
+        scale = max(1.0, value / default.max_bytes)
+        return cls(max_bytes=value, max_values=int(default.max_values * scale))
 
 
 class _LimitExceeded(Exception):
@@ -168,15 +172,21 @@ class _Guard(Composer, SafeConstructor, Resolver):
         self._limits = limits
         self._depth = 0
         self._values = 0
+        self._aliased = False  # whether an alias has added to the count
         self._sizes: dict[int, int] = {}  # id(anchored node) -> its expanded node count
 
-    def _count(self, n: int, mark: Any) -> None:
+    def _count(self, n: int, mark: Any, alias: bool = False) -> None:
         self._values += n
+        self._aliased |= alias
         if self._values > self._limits.max_values:
+            cap = self._limits.max_values
             raise _LimitExceeded(
                 _line_of(mark),
-                f"the document expands to more than {self._limits.max_values} values "
-                "(expected fewer; aliases that repeat aliases multiply: a 'billion laughs' file?)",
+                f"the document expands to more than {cap} values (expected fewer; aliases "
+                "that repeat aliases multiply: a 'billion laughs' file?)"
+                if self._aliased
+                else f"the document holds more than {cap} values (expected fewer: split it "
+                f"into several files, or raise ${MAX_YAML_BYTES_ENV}, which raises this too)",
             )
 
     def compose_node(self, parent: Any, index: Any) -> Any:
@@ -191,7 +201,7 @@ class _Guard(Composer, SafeConstructor, Resolver):
                         f"alias *{event.anchor} is used inside the node it names "
                         "(expected an alias to a node defined before it, not to its container)",
                     )
-                self._count(size, event.start_mark)
+                self._count(size, event.start_mark, alias=True)
             return super().compose_node(parent, index)
         nested = isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent))
         if nested and self._depth >= self._limits.max_depth:

@@ -560,6 +560,12 @@ class TestYamlLimits:
         }
         assert self.refused(text, YamlLimits(max_values=12)).line == 2
 
+    def test_a_plain_file_with_too_many_values_is_not_called_a_bomb(self):
+        p = self.refused("[" + ",".join(["1"] * 20) + "]\n", YamlLimits(max_values=10))
+
+        assert p.line == 1 and "holds more than 10 values" in p.message
+        assert "split it" in p.message and MAX_YAML_BYTES_ENV in p.message
+
     def test_a_thousand_nested_brackets(self):
         p = self.refused("rules: " + "[" * 1000 + "]" * 1000 + "\n")
 
@@ -588,9 +594,11 @@ class TestYamlLimits:
 
     def test_size_cap_from_the_environment(self):
         assert YamlLimits.from_env({}).max_bytes == 2 * 1024 * 1024
-        assert YamlLimits.from_env({MAX_YAML_BYTES_ENV: "4M"}).max_bytes == 4 * 1024 * 1024
+        assert YamlLimits.from_env({MAX_YAML_BYTES_ENV: "4M"}) == YamlLimits(
+            max_bytes=4 * 1024 * 1024, max_values=200_000
+        )
         assert YamlLimits.from_env({MAX_YAML_BYTES_ENV: "512 KiB"}).max_bytes == 512 * 1024
-        assert YamlLimits.from_env({MAX_YAML_BYTES_ENV: "1000"}).max_bytes == 1000
+        assert YamlLimits.from_env({MAX_YAML_BYTES_ENV: "1000"}) == YamlLimits(max_bytes=1000)
         for bad in ("lots", "0", "-5", "1.5M"):
             with pytest.raises(UserError, match=f"{MAX_YAML_BYTES_ENV}=.* is not a size"):
                 YamlLimits.from_env({MAX_YAML_BYTES_ENV: bad})
