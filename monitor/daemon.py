@@ -4,8 +4,10 @@ Signals: SIGTERM/SIGINT stop at any moment, the first cycle included: collectors
 at once (their GET requests in flight with them; a write already handed to the store finishes),
 the evaluation (which records and delivers notifications) gets up to ``grace_s`` (8 s) to
 finish, and the process exits with status 0 well inside the 10 s a service manager allows.
-SIGHUP reloads the configuration and the rules: an invalid new file is rejected with a logged
-error and the running configuration stays.
+SIGHUP reloads the configuration and the rules: an invalid new file (hostile YAML included: it
+is refused before it costs much, see ``monitor.yamlsrc``) is rejected with a logged error and
+the running configuration stays. A valid one ends the old schedule as a stop does (collectors
+in flight cancelled, and due again at once on the new schedule).
 
 A notification whose delivery a stop cuts short stays recorded as ``pending`` (its alert state
 already counts it as sent). Nothing resends pending notifications yet: that is the outbox of
