@@ -187,8 +187,7 @@ def run(config_path: str | None) -> None:
     """Run the daemon in the foreground (SIGTERM/SIGINT stop, SIGHUP reloads)."""
     # Until the daemon's event loop takes the signals over, a stop request just ends the
     # process (nothing is open yet): status 0, as for a stop at any later moment.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _exit_now)
+    before = {sig: signal.signal(sig, _exit_now) for sig in (signal.SIGTERM, signal.SIGINT)}
     from monitor.app import find_config_path, run_async
     from monitor.daemon import Daemon
 
@@ -199,8 +198,8 @@ def run(config_path: str | None) -> None:
     try:
         run_async(Daemon(path).run())
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):  # stopped: a second request changes nothing
-            signal.signal(sig, signal.SIG_IGN)
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def _exit_now(signum: int, _frame: Any) -> None:

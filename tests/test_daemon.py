@@ -28,17 +28,16 @@ DEADLINE_S = 60
 
 
 class Daemon:
-    def __init__(
-        self, config: Path, env: dict[str, str], preexec_fn: Callable[[], None] | None = None
-    ) -> None:
+    def __init__(self, config: Path, env: dict[str, str], cap_memory: bool = False) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "monitor", "run", "--config", str(config)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             env=env,
-            preexec_fn=preexec_fn,
         )
+        if cap_memory:
+            _cap_memory(self.proc.pid)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -158,8 +157,10 @@ def test_daemon_collects_reloads_and_stops(tmp_path: Path, live_sim: SimServer) 
 ADDRESS_SPACE_CAP = 2 * 1024**3
 
 
-def _cap_memory() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_CAP, ADDRESS_SPACE_CAP))
+def _cap_memory(pid: int) -> None:
+    """Set on the child just started (a ``preexec_fn`` is unsafe in a process with threads);
+    it spends its first half second importing, long before it reads any YAML."""
+    resource.prlimit(pid, resource.RLIMIT_AS, (ADDRESS_SPACE_CAP, ADDRESS_SPACE_CAP))
 
 
 def billion_laughs() -> str:
@@ -192,8 +193,8 @@ def test_check_refuses_hostile_yaml_fast_and_small(tmp_path: Path, text: str, pr
             [sys.executable, "-m", "monitor", "check", str(path)],
             stdout=sink,
             stderr=subprocess.STDOUT,
-            preexec_fn=_cap_memory,
         )
+        _cap_memory(proc.pid)
         killer = threading.Timer(DEADLINE_S, proc.kill)
         killer.start()
         try:
@@ -229,7 +230,7 @@ def test_sighup_with_hostile_rules_keeps_the_running_rules(
     config = _config(
         tmp_path, live_sim.url, f"rules: [{good}, {extra}]\nschedules: {{evaluate: 1}}\n"
     )
-    daemon = Daemon(config, {**os.environ, "NOVITA_API_KEY": API_KEY}, preexec_fn=_cap_memory)
+    daemon = Daemon(config, {**os.environ, "NOVITA_API_KEY": API_KEY}, cap_memory=True)
 
     def evaluations() -> list[dict[str, object]]:
         return [e for e in daemon.events() if e.get("event") == "evaluated"]
