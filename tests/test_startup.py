@@ -55,7 +55,8 @@ def free_port() -> int:
 def test_a_new_database_its_journal_files_and_its_folders_are_private(
     tmp_path: Path, usual_umask: None
 ) -> None:
-    db = tmp_path / "state" / "novita" / "monitor.db"
+    (tmp_path / "srv").mkdir(mode=0o755)  # a folder that exists is the user's: left as it is
+    db = tmp_path / "srv" / "state" / "novita" / "monitor.db"
 
     store = open_store(f"sqlite:///{db}")
     try:
@@ -65,9 +66,9 @@ def test_a_new_database_its_journal_files_and_its_folders_are_private(
         store.close()
 
     assert files == {"monitor.db": 0o600, "monitor.db-wal": 0o600, "monitor.db-shm": 0o600}
-    assert mode(tmp_path / "state") == 0o700
-    assert mode(tmp_path / "state" / "novita") == 0o700
-    assert mode(tmp_path) == stat.S_IMODE(tmp_path.stat().st_mode)  # an existing folder: as is
+    assert mode(tmp_path / "srv" / "state") == 0o700
+    assert mode(tmp_path / "srv" / "state" / "novita") == 0o700
+    assert mode(tmp_path / "srv") == 0o755
 
 
 def test_an_existing_database_readable_by_others_gets_a_warning(
