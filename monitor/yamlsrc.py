@@ -138,15 +138,15 @@ def read_yaml_file(
     limits = limits or YamlLimits.from_env()
     with path.open("rb") as fh:
         raw = fh.read(limits.max_bytes + 1)
-    text = raw.decode("utf-8")
     if len(raw) > limits.max_bytes:
         filename = str(path)
         try:
             size = path.stat().st_size
         except OSError:
             size = 0
+        text = raw.decode("utf-8", errors="replace")  # the cut may split a character
         raise error(f"{filename}: file too large", [_size_problem(filename, text, size, limits)])
-    return text
+    return raw.decode("utf-8")
 
 
 def _line_of(mark: Any) -> int:

@@ -631,6 +631,13 @@ class TestYamlLimits:
         assert reads == [101]
         assert "(5000 bytes)" in str(info.value)
 
+    def test_a_cap_that_cuts_a_character_in_two_is_still_the_size_error(self, tmp_path):
+        path = tmp_path / "big.yaml"
+        path.write_text("x: é\n" * 100, encoding="utf-8")  # é is bytes 4 and 5: read 4, cut
+
+        with pytest.raises(UserError, match="larger than the limit of 3 bytes"):
+            read_yaml_file(path, limits=YamlLimits(max_bytes=3))
+
     def test_lines_are_recorded_per_node_not_per_path(self):
         """With the expansion cap lifted, the bomb's 9**9 paths are still 90 nodes: loading
         and looking a line up stay instant (the old path-by-path walk never finished)."""
