@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import structlog
 
@@ -186,6 +186,15 @@ class OnceResult:
         }
 
 
+class Job(NamedTuple):
+    """A scheduler job the daemon adds beyond the collectors (``App.extra_jobs``)."""
+
+    name: str
+    interval_s: float
+    fn: Callable[[], Awaitable[object]]
+    graceful: bool = False  # a stop waits for a run in flight (within the grace)
+
+
 @dataclass
 class App:
     """A running configuration: the store, one client per account, the clock."""
@@ -210,23 +219,27 @@ class App:
         env = os.environ if env is None else env
         ruleset = load_ruleset(config)
         router = build_router(config, env)
-        store = open_store(config.database_url)
+        keys = {account.name: resolve_api_key(account, env) for account in config.accounts}
+        store = open_store(config.database_url)  # one-line errors: see monitor.store.db
         app = cls(config=config, clock=clock or SystemClock(), store=store)
         app.ruleset = ruleset
         settings = collect_settings(config, max(rules_window_s, _rules_window(ruleset)))
-        for account in config.accounts:
-            key = resolve_api_key(account, env)
-            secret = key.get_secret_value()
-            register_secret(secret)
-            transport = transport_factory(account.name) if transport_factory else None
-            client = NovitaClient(
-                secret,
-                account.base_url,
-                transport=transport,
-                max_concurrency=account.max_concurrency,
-            )
-            store.ensure_account(account.name)
-            app.contexts.append(AccountContext(account.name, client, store, settings))
+        try:
+            for account in config.accounts:
+                secret = keys[account.name].get_secret_value()
+                register_secret(secret)
+                transport = transport_factory(account.name) if transport_factory else None
+                client = NovitaClient(
+                    secret,
+                    account.base_url,
+                    transport=transport,
+                    max_concurrency=account.max_concurrency,
+                )
+                app.contexts.append(AccountContext(account.name, client, store, settings))
+                store.ensure_account(account.name)
+        except BaseException:
+            store.close()  # the clients made so far hold no connection yet
+            raise
         notifier = notifier_factory(router, app.clock) if notifier_factory else None
         app.evaluator = Evaluator(
             store,
@@ -263,13 +276,20 @@ class App:
         cycle = await self.evaluate() if self.ruleset is not None else None
         return OnceResult(reports, cycle)
 
-    def extra_jobs(self) -> list[tuple[str, float, Any]]:
-        """Scheduler jobs beyond the collectors: the rule evaluation."""
+    def extra_jobs(self) -> list[Job]:
+        """Scheduler jobs beyond the collectors: the rule evaluation (graceful: a stop lets it
+        finish recording and delivering its notifications, within the grace)."""
 
         async def evaluate() -> None:
-            await self.evaluate()
+            report = await self.evaluate()
+            log.info(
+                "evaluated",
+                rules=len(self.ruleset.rules) if self.ruleset is not None else 0,
+                firing=len(report.firing),
+                deliveries=len(report.deliveries),
+            )
 
-        return [("evaluate", float(self.config.schedules.evaluate), evaluate)]
+        return [Job("evaluate", float(self.config.schedules.evaluate), evaluate, graceful=True)]
 
     async def aclose(self) -> None:
         for ctx in self.contexts:

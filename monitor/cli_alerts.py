@@ -14,14 +14,13 @@ import asyncio
 import fnmatch
 import json
 import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
 import click
 
-from monitor.cli import _load, cli, config_option, handle_errors
+from monitor.cli import _load, cli, config_option, handle_errors, open_database
 from monitor.clock import Clock, SystemClock
 from monitor.errors import RuntimeFailure, UserError
 
@@ -49,25 +48,7 @@ def _env() -> Mapping[str, str]:
     return env if env is not None else os.environ
 
 
-@contextmanager
-def _store(config: Any) -> Iterator[Any]:
-    from monitor.store.db import open_store
-
-    try:
-        store = open_store(config.database_url)
-    except Exception as exc:  # a database that cannot be opened is a runtime failure
-        raise RuntimeFailure(
-            f"cannot open the database: {type(exc).__name__}: {_first_line(exc)}"
-        ) from None
-    try:
-        yield store
-    finally:
-        store.close()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else ""
+_store = open_database  # the one way every command opens the database
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -16,6 +16,7 @@ This module is part of the edge: :meth:`Config.load` takes the environment as a 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import stat
@@ -44,9 +45,11 @@ from monitor.errors import ConfigError, Problem
 from monitor.logs import get_logger, register_secret
 from monitor.yamlsrc import (
     LineMap,
+    YamlLimits,
     format_path,
     load_yaml_with_lines,
     problems_from_validation_error,
+    read_yaml_file,
 )
 
 __all__ = [
@@ -62,6 +65,7 @@ __all__ = [
     "default_database_url",
     "find_config_path",
     "inline_url_secret",
+    "is_loopback",
     "parse_duration",
     "resolve_api_key",
     "resolve_channel_url",
@@ -231,6 +235,18 @@ def _redact_url(url: str) -> str:
     return f"{parts.scheme}://{netloc}{parts.path}{query}"
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine: ``localhost`` or a loopback address (127.0.0.0/8,
+    ::1). Not ``*.localhost``: RFC 6761 reserves it, but glibc's resolver may still ask DNS."""
+    host = host.strip("[]").rstrip(".").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 # --------------------------------------------------------------------------------------------
 # the models
 
@@ -265,6 +281,12 @@ class Account(StrictModel):
             raise ValueError(f"{value!r} is not a valid base URL (expected http(s)://host[:port])")
         if parts.password or parts.query:
             raise ValueError("the base URL must not contain credentials or a query string")
+        if parts.scheme == "http" and not is_loopback(parts.hostname):
+            # the API key goes in every request's Authorization header
+            raise ValueError(
+                f"{value!r} would send the API key unencrypted (expected https://, or http:// "
+                "only to a loopback address: 127.0.0.1, ::1 or localhost)"
+            )
         return value.rstrip("/")
 
     @model_validator(mode="after")
@@ -419,7 +441,8 @@ class Config(StrictModel):
         """Read and validate ``path``; raise :class:`ConfigError` listing every problem."""
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            # stops reading at the size cap
+            text = read_yaml_file(path, error=ConfigError, limits=YamlLimits.from_env(env))
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise ConfigError(
@@ -440,7 +463,8 @@ class Config(StrictModel):
         euid: int | None = None,
     ) -> Config:
         """Validate a YAML text (tests, the demo); relative paths resolve against ``base_dir``."""
-        data, linemap = load_yaml_with_lines(text, filename, error=ConfigError)
+        limits = YamlLimits.from_env(env)
+        data, linemap = load_yaml_with_lines(text, filename, error=ConfigError, limits=limits)
         if data is None:
             data = {}
         if not isinstance(data, dict):
