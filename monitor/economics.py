@@ -181,30 +181,84 @@ class CardHoursByOwner:
     problems: tuple[Problem, ...]
 
 
+@dataclass(frozen=True)
+class BillTotals:
+    """One owner's bills that lie wholly inside a window, summed (by the store, in SQL: a
+    month of a thousand instances' bills is not read row by row). ``priced_hours`` is the sum
+    of ``amount / unit price`` over the ``priced`` bills that carry a unit price, ``priced_num``
+    their ``billNum0``; ``unpriced_num`` the ``billNum0`` of the others; ``paid`` what all of
+    them cost (``payAmount``, else ``amount``)."""
+
+    owner_id: str
+    priced: int = 0
+    priced_hours: float = 0.0
+    priced_num: float = 0.0
+    unpriced: int = 0
+    unpriced_num: float = 0.0
+    paid: Decimal = Decimal(0)
+
+
+def _unit_of(num: float, derived: float) -> int | None:
+    """The ``billNum0`` time unit that makes ``num`` agree with ``derived`` card-hours within
+    :data:`UNIT_TOLERANCE`, or None when none does."""
+    if derived <= 0:
+        return None
+    unit = min(BILL_TIME_UNITS, key=lambda k: abs(num / k - derived))
+    return unit if abs(num / unit - derived) <= UNIT_TOLERANCE * derived else None
+
+
 def card_hours_by_owner(
-    bills: Iterable[Bill], win_start: datetime, win_end: datetime, as_of: datetime
+    totals: Iterable[BillTotals],
+    edges: Iterable[Bill],
+    win_start: datetime,
+    win_end: datetime,
+    as_of: datetime,
 ) -> CardHoursByOwner:
-    """Card-hours each owner was charged for in ``[win_start, win_end)``: every bill counts in
-    proportion to its overlap with the window (a daily bill that began before the window
-    counts for the part inside it), never "bills that start inside it"."""
-    bills = list(bills)
-    units = [bill_card_hours(b).unit for b in bills]
-    shown = [u for u in units if u is not None]
-    hint = max(set(shown), key=shown.count) if shown else None
+    """Card-hours each owner was charged for in ``[win_start, win_end)``: the bills wholly
+    inside it (``totals``) in full, and the bills straddling its edges (``edges``) in
+    proportion to their overlap (a daily bill that began before the window counts for the
+    part inside it), never "bills that start inside it". Each owner's card-hours come from
+    the money (``amount / unit price``) and are cross-checked against ``billNum0``: when no
+    time unit makes them agree within 25 %, that owner's hours are unknown (a problem)."""
+    totals, edges = list(totals), list(edges)
+    shown = [_unit_of(t.priced_num, t.priced_hours) for t in totals if t.priced_hours > 0]
+    shown += [bill_card_hours(b).unit for b in edges]
+    units = [u for u in shown if u is not None]
+    hint = max(set(units), key=units.count) if units else None
     hours: dict[str, float | None] = {}
     problems: list[Problem] = []
-    for bill in bills:
+
+    def add(owner: str, figure: float | None) -> None:
+        before = hours.get(owner, 0.0)
+        hours[owner] = None if figure is None or before is None else before + figure
+
+    for total in totals:
+        figure: float | None = total.priced_hours
+        if total.priced_hours > 0 and _unit_of(total.priced_num, total.priced_hours) is None:
+            figure = None
+            problems.append(
+                Problem(
+                    "bill_unit_mismatch",
+                    total.owner_id,
+                    "billNum0",
+                    f"sum_billNum0={total.priced_num} derived_card_hours={total.priced_hours:.4f}"
+                    f" bills={total.priced}",
+                )
+            )
+        elif total.priced_hours == 0 and total.priced_num > 0:
+            figure = None  # money says nothing was used, the quantity says otherwise
+        if total.unpriced:
+            extra = None if hint is None else total.unpriced_num / hint
+            figure = None if figure is None or extra is None else figure + extra
+        add(total.owner_id, figure)
+    for bill in edges:
         share = window_share(bill.start, bill.period_end, win_start, win_end, as_of)
         if share <= 0:
             continue
-        figure = bill_card_hours(bill, hint)
-        if figure.problem is not None:
-            problems.append(figure.problem)
-        before = hours.get(bill.owner_id, 0.0)
-        if figure.hours is None or before is None:
-            hours[bill.owner_id] = None
-        else:
-            hours[bill.owner_id] = before + figure.hours * share
+        one = bill_card_hours(bill, hint)
+        if one.problem is not None:
+            problems.append(one.problem)
+        add(bill.owner_id, None if one.hours is None else one.hours * share)
     return CardHoursByOwner(hours, hint, tuple(problems))
 
 
@@ -493,13 +547,18 @@ def runway(
 
 
 def spend(
-    bills: Iterable[Bill], win_start: datetime, win_end: datetime, as_of: datetime
+    inside_usd: Decimal,
+    edges: Iterable[Bill],
+    win_start: datetime,
+    win_end: datetime,
+    as_of: datetime,
 ) -> Decimal:
-    """Money paid (``payAmount``, after vouchers) for usage in ``[win_start, win_end)``: every
-    bill counted in proportion to its overlap with the window. The caller decides whether the
-    stored bills reach back far enough (else the figure is unknown, not this sum)."""
-    total = Decimal(0)
-    for bill in bills:
+    """Money paid (``payAmount``, after vouchers) for usage in ``[win_start, win_end)``: the
+    bills wholly inside it (``inside_usd``, summed by the store) and the bills straddling its
+    edges in proportion to their overlap. The caller decides whether the stored bills reach
+    back far enough (else the figure is unknown, not this sum)."""
+    total = inside_usd
+    for bill in edges:
         paid = bill.pay_amount if bill.pay_amount is not None else bill.amount
         if paid is None:
             continue
@@ -539,30 +598,40 @@ def average_per_window(
     return total_usd * Decimal(str(window / period))
 
 
+@dataclass(frozen=True)
+class Span:
+    """A stretch of samples: ``start``, its length, the highest GPU utilisation in it (None:
+    not sampled) and whether it is covered (a rolled-up hour with minutes missing is not)."""
+
+    start: datetime
+    length: timedelta
+    peak: float | None
+    complete: bool = True
+
+
 def idle_since(
-    samples_newest_first: Iterable[tuple[datetime, float | None]],
+    spans_newest_first: Iterable[Span | tuple[datetime, float | None]],
     threshold: float,
     *,
     not_before: datetime | None,
-    step: timedelta = timedelta(minutes=1),
     max_gap: timedelta = timedelta(minutes=5),
 ) -> datetime | None:
-    """When the current idle stretch began: walking back from the newest sample (each stamped
-    at the start of its minute, holding the highest GPU utilisation of that minute), the start
-    of the oldest minute of the unbroken run under ``threshold``. The run ends at a busy
-    sample, a gap longer than ``max_gap`` (missing data never counts as idle), or
-    ``not_before`` (the last start, or the start of stored history). None when the newest
-    sample is not idle or there is none."""
+    """When the current idle stretch began: walking back from the newest span (a minute, or a
+    rolled-up hour), the start of the oldest span of the unbroken run under ``threshold``. The
+    run ends at a busy span, one not fully sampled, a gap longer than ``max_gap`` between spans
+    (missing data never counts as idle), or ``not_before`` (the last start, or the start of
+    stored history). A ``(start, peak)`` pair is a one-minute span. None when the newest span
+    is not idle or there is none."""
     since: datetime | None = None
-    previous: datetime | None = None
-    for ts, value in samples_newest_first:
-        if not_before is not None and ts < not_before:
+    for item in spans_newest_first:
+        span = item if isinstance(item, Span) else Span(item[0], timedelta(minutes=1), item[1])
+        if not_before is not None and span.start + span.length <= not_before:
             break
-        if value is None or value >= threshold:
+        if span.peak is None or span.peak >= threshold or not span.complete:
             break
-        if previous is not None and previous - ts > max_gap:
+        if since is not None and since - (span.start + span.length) > max_gap:
             break
-        since, previous = ts, ts
+        since = span.start
     if since is not None and not_before is not None:
         since = max(since, not_before)
     return since

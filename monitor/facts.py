@@ -70,6 +70,11 @@ IDLE_LOOKBACK = timedelta(days=7)
 #: how far back the latest complete hourly bill is looked for
 HOURLY_BILL_LOOKBACK = timedelta(hours=3)
 
+_MINUTE = timedelta(minutes=1)
+_HOUR = timedelta(hours=1)
+#: a rolled-up hour with fewer sampled minutes has a gap: it never counts as idle
+_FULL_HOUR = 58
+
 _logged: set[tuple[str, str, str, str]] = set()
 UNIT_NAMES = {1: "hours", 60: "minutes", 3600: "seconds"}
 
@@ -151,7 +156,7 @@ class StoreFacts:
         start = now - HOURLY_BILL_LOOKBACK
         rows = self.store.usage_bills_overlapping(account, start, now, cycle_type="Hour")
         complete = [b for b in map(_bill, rows) if b.period_end <= now]
-        unit = economics.card_hours_by_owner(complete, start, now, now).unit
+        unit = economics.card_hours_by_owner([], complete, start, now, now).unit
         latest: dict[str, Bill] = {}
         for b in complete:
             if b.owner_id not in latest or b.start > latest[b.owner_id].start:
@@ -358,20 +363,42 @@ class StoreFacts:
         if not ids:
             return {}
         history = self.metrics_start(account)
-        minutes = self.store.gpu_minutes(account, ids, now - IDLE_LOOKBACK, now)
+        lookback = now - IDLE_LOOKBACK
+        # the raw minutes since the rollups' end, then the rolled-up hours before them: a
+        # stretch idle for days costs a few hundred rows, not ten thousand minutes
+        mark = self.store.rollup_watermark()
+        recent_from = lookback if mark is None else max(lookback, min(mark, now))
+        minutes = self.store.gpu_minutes(account, ids, recent_from, now)
+        hours = (
+            self.store.idle_hours(account, ids, lookback, recent_from, threshold, _FULL_HOUR)
+            if mark
+            else {}
+        )
         out: dict[str, datetime] = {}
         for iid in ids:
             inst = insts[iid]
-            bounds = [
-                t
-                for t in (inst.last_started_at or inst.created_at, history, now - IDLE_LOOKBACK)
-                if t is not None
-            ]
-            since = economics.idle_since(
-                minutes.get(iid, []), threshold, not_before=max(bounds) if bounds else None
-            )
-            if since is not None:
-                out[iid] = since
+            bounds = [t for t in (inst.last_started_at or inst.created_at, history, lookback) if t]
+            floor = max(bounds)
+            spans = [economics.Span(ts, _MINUTE, peak) for ts, peak in minutes.get(iid, [])]
+            run_since, broken_at = hours.get(iid, (None, None))
+            if run_since is not None:  # the rolled-up hours idle up to the raw minutes
+                spans.append(economics.Span(run_since, recent_from - run_since, 0.0))
+            if broken_at is not None:  # the hour that ended it
+                spans.append(economics.Span(broken_at, _HOUR, None))
+            since = economics.idle_since(spans, threshold, not_before=floor)
+            if since is None:
+                continue
+            # the stretch stopped at a rolled-up hour: that hour's minutes say when within it
+            if broken_at is not None and since == broken_at + _HOUR and broken_at >= floor:
+                inside = self.store.gpu_minutes(account, [iid], broken_at, since).get(iid, [])
+                before = economics.idle_since(
+                    [economics.Span(ts, _MINUTE, peak) for ts, peak in inside],
+                    threshold,
+                    not_before=floor,
+                )
+                if before is not None and inside and inside[0][0] >= since - _MINUTE:
+                    since = before
+            out[iid] = since
         return out
 
     def _bills_as_of(self, account: str) -> datetime:
@@ -393,8 +420,10 @@ class StoreFacts:
         history = self._bills_history(account, HOURLY_BILLS_HISTORY)
         if history is None or history > start:
             return None
-        rows = self.store.usage_bills_overlapping(account, start, end, cycle_type="Hour")
-        return economics.spend([_bill(r) for r in rows], start, end, self._bills_as_of(account))
+        as_of = self._bills_as_of(account)
+        sums, edges = self.store.usage_bills_in_window(account, start, end, as_of, "Hour")
+        inside = sum((s.paid for s in sums), Decimal(0))
+        return economics.spend(inside, [_bill(r) for r in edges], start, end, as_of)
 
     def running_hours(
         self,
@@ -408,9 +437,14 @@ class StoreFacts:
             return None
         key = (account, start, end)
         if key not in self._running:
-            rows = self.store.usage_bills_overlapping(account, start, end, cycle_type="Day")
+            as_of = self._bills_as_of(account)
+            sums, edges = self.store.usage_bills_in_window(account, start, end, as_of, "Day")
             by_owner = economics.card_hours_by_owner(
-                [_bill(r) for r in rows], start, end, self._bills_as_of(account)
+                [economics.BillTotals(**s._asdict()) for s in sums],
+                [_bill(r) for r in edges],
+                start,
+                end,
+                as_of,
             )
             for bad in by_owner.problems:
                 self._problem(account, bad)

@@ -255,6 +255,14 @@ def test_bills_overlapping_a_window_include_the_one_running_into_it(store: Store
     assert store.usage_bills_overlapping("main", T0 - timedelta(hours=3), T0, "Day") == []
     llm = store.usage_bills_overlapping("main", T0 - timedelta(hours=3), T0, "Hour", "llm")
     assert [r.owner_id for r in llm] == ["i-2"]
+    # summed when wholly inside the window (up to where the bills reach), rows at the edges
+    sums, edges = store.usage_bills_in_window(
+        "main", T0 - timedelta(hours=3, minutes=30), T0, T0 - timedelta(hours=1), "Hour"
+    )
+    (inside,) = sums
+    assert (inside.owner_id, inside.priced, inside.unpriced) == ("i-1", 0, 2)
+    assert inside.unpriced_num == 2.0 and inside.paid == Decimal("0.70")
+    assert sorted(r.start for r in edges) == [T0 - timedelta(hours=4), T0 - timedelta(hours=1)]
 
 
 def test_fixed_term_bills_idempotent(store: Store) -> None:

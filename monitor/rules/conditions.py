@@ -173,7 +173,19 @@ def idle_gpu(params: IdleGpuParams, ctx: EvalContext, resource: Resource) -> Res
     if match:
         # how long it has truly been idle: from the first idle sample of the current stretch
         # (bounded by the last start and the stored history), not from the window's start
-        since = ctx.facts.idle_since(ctx.account, params.threshold, ctx.now, None).get(inst.id)
+        # traced once per evaluation for the instances whose window stayed under the
+        # threshold (a superset of the idle ones), not for the whole fleet
+        quiet = ctx.facts.memo(
+            ("quiet", ctx.account, params.window, params.threshold, ctx.now),
+            lambda: tuple(
+                iid
+                for iid, agg in ctx.facts.metric_window(
+                    ctx.account, "gpu_util", ctx.now - params.window, ctx.now
+                ).items()
+                if agg.max < params.threshold
+            ),
+        )
+        since = ctx.facts.idle_since(ctx.account, params.threshold, ctx.now, quiet).get(inst.id)
         if since is not None:
             values["idle_since"] = _iso(since)
             values["idle_minutes"] = round((ctx.now - since).total_seconds() / 60)
