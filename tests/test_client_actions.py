@@ -100,6 +100,7 @@ async def test_2xx_bodies_without_an_error_are_success(body: dict[str, Any]) -> 
             "SOMETHING_NEW",
         ),
         ({"reason": "RESOURCE_NOT_FOUND"}, E.NotFoundError, "RESOURCE_NOT_FOUND"),
+        ({"reason": 5}, E.InvalidRequestError, "5"),
         ({"error": "renewal failed"}, E.InvalidRequestError, None),
         ({"error": {"message": "bad month", "type": "invalid"}}, E.InvalidRequestError, None),
         ({"code": 7}, E.InvalidRequestError, None),
@@ -426,3 +427,22 @@ def test_action_log_over_a_real_socket(sim_server: SimServer, clock: ManualClock
     ]
     assert log[0]["body"] == {"instanceId": "demo-lapsing", "month": 1}
     assert log[0]["time"] == clock.now().isoformat()
+
+
+async def test_delayed_answer_over_a_socket_is_an_unknown_outcome(
+    sim_app: Any, sim_server: SimServer, demo_sim: FleetSim, clock: ManualClock
+) -> None:
+    """``action_delay``: carried out, answered late; the reads around it are not delayed."""
+    sim_app.state.faults.delay_next(STOP, seconds=1.0)
+    sleeps = Sleeps()
+    retry = RetryPolicy(sleep=sleeps)
+    async with NovitaClient(KEY, sim_server.url, retry=retry, timeout=0.3) as c:
+        with pytest.raises(E.OutcomeUnknownError) as info:
+            await c.stop_instance("demo-notebook")
+        assert isinstance(info.value.__cause__, httpx.ReadTimeout)
+        assert (await c.get_instance("demo-notebook")).status == "toStop"  # it was done
+        assert c.requests_sent == 2 and sleeps == []
+    assert [(a["path"], a["performed"], a["fault"]) for a in demo_sim.actions] == [
+        ("stop", True, "action_delay")
+    ]
+    assert sim_app.state.faults.as_dict()["action_delay"] == []

@@ -618,6 +618,8 @@ async def test_stuck_stop_stays_stopping_and_keeps_billing(
         {"action_error_body": {"path_prefix": STOP, "body": [1]}},
         {"action_error_body": {"path_prefix": STOP, "performed": "yes"}},
         {"stuck_stop": ["demo-notebook"]},
+        {"action_delay": {"path_prefix": STOP, "seconds": 0}},
+        {"action_delay": {"path_prefix": STOP}},
         {"stuck_stops": {}},
         {"action_5xx_after": {"count": 1}},
     ],

@@ -934,8 +934,9 @@ class NovitaClient:
         :class:`InvalidRequestError` (the platform said it failed, without saying how)."""
         if not isinstance(answer, dict):
             return None
-        reason = answer.get("reason")
-        reason = reason.strip() if isinstance(reason, str) and reason.strip() else None
+        raw_reason = answer.get("reason")
+        reason = str(raw_reason).strip() if _present(raw_reason) else None
+        reason = reason or None
         error = answer.get("error")
         code = answer.get("code")
         try:

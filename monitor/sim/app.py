@@ -62,6 +62,8 @@ Fault switches (:mod:`monitor.sim.faults`), set in-process on ``app.state.faults
   only with ``performed: true``;
 * ``stuck_stop`` / ``faults.stick_stop(instance_id=None, count=1)``: a stop accepted that never
   completes (the instance stays ``stopping``);
+* ``action_delay`` / ``faults.delay_next(path_prefix, seconds, count=1)``: carried out, then
+  the answer held ``seconds`` of real time (a daemon stopped or killed mid-call);
 * and the random ones: ``error_rate`` (5xx before the model), ``timeout_rate`` (the answer
   withheld ``hang_seconds`` *after* the model acted), ``malformed_rate``, ``latency_ms``,
   ``rate_limit_rps``, ``max_concurrency``.
@@ -464,6 +466,10 @@ def create_app(
             if shaped is not None:  # performed first (``performed: true``)
                 entry["fault"] = "action_error_body"
                 return JSONResponse(shaped.body, status_code=shaped.status)
+            delay = faults.take_delay(path)
+            if delay is not None:  # carried out; the answer comes late
+                entry["fault"] = "action_delay"
+                await asyncio.sleep(delay.seconds)
             after = faults.take_after(path)
             if after is not None:
                 entry["fault"] = "action_5xx_after"

@@ -12,9 +12,11 @@ model), three switches shape the answers to actions (POST), each counted down as
   ``{"error": "..."}``); by default the action is not carried out (``performed: true`` carries
   it out first);
 * :meth:`Faults.stick_stop` (``stuck_stop``): a stop (of one instance, or of any) is accepted
-  but never completes: the instance stays ``stopping`` (and keeps billing).
+  but never completes: the instance stays ``stopping`` (and keeps billing);
+* :meth:`Faults.delay_next` (``action_delay``): the action is carried out, then its answer is
+  held ``seconds`` of real time (to stop or kill a client mid-call).
 
-The first two fire only on actions the model carries out (or, for an error body with
+The first two and the last fire only on actions the model carries out (or, for an error body with
 ``performed: false``, would be asked to); a stop refused by the model does not use up a
 ``stuck_stop``. Latency uses a real ``asyncio.sleep``: it models the network, and the benchmark
 depends on it. The rate limit is a token bucket on real monotonic time (a network property, not a
@@ -69,6 +71,15 @@ class ErrorBody:
 
 
 @dataclass
+class Delay:
+    """``action_delay``: carry the action out, then hold its answer ``seconds`` (real time)."""
+
+    path_prefix: str
+    count: int
+    seconds: float
+
+
+@dataclass
 class StuckStop:
     """``stuck_stop``: the next ``count`` stops (of ``instance_id``; ``""``: of any instance)
     never complete."""
@@ -91,6 +102,7 @@ class Faults:
     after: list[AfterFailure] = field(default_factory=list)
     error_bodies: list[ErrorBody] = field(default_factory=list)
     stuck_stops: list[StuckStop] = field(default_factory=list)
+    delays: list[Delay] = field(default_factory=list)
     _rng: random.Random = field(init=False, repr=False)
     _lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
 
@@ -159,6 +171,19 @@ class Faults:
         with self._lock:
             self.stuck_stops.append(StuckStop(instance_id or "", _count(count)))
 
+    def delay_next(self, path_prefix: str, seconds: float, count: int = 1) -> None:
+        """Carry out the next ``count`` actions whose path starts with ``path_prefix``, then
+        hold each answer ``seconds`` of real time (a slow platform: a client may give up, a
+        daemon may be stopped or killed while it waits)."""
+        if not 0 < seconds <= 3600:
+            raise ValueError(f"action_delay: seconds must be in (0, 3600], got {seconds}")
+        with self._lock:
+            self.delays.append(Delay(path_prefix, _count(count), float(seconds)))
+
+    def take_delay(self, path: str) -> Delay | None:
+        with self._lock:
+            return _take(self.delays, lambda f: path.startswith(f.path_prefix))
+
     def take_after(self, path: str) -> AfterFailure | None:
         with self._lock:
             return _take(self.after, lambda f: path.startswith(f.path_prefix))
@@ -194,7 +219,13 @@ class Faults:
 
     def update(self, values: dict[str, Any]) -> None:
         """Set tunable fields from a JSON object (``POST /_sim/faults``); unknown keys are errors."""
-        switches = {"fail_next", "action_5xx_after", "action_error_body", "stuck_stop"}
+        switches = {
+            "fail_next",
+            "action_5xx_after",
+            "action_error_body",
+            "stuck_stop",
+            "action_delay",
+        }
         unknown = set(values) - set(self.TUNABLE) - switches
         if unknown:
             raise ValueError(f"unknown fault settings: {sorted(unknown)}")
@@ -226,6 +257,10 @@ class Faults:
                 _flag(item.get("performed", False)),
                 int(item.get("status", 200)),
             )
+        for item in _items(values.get("action_delay")):
+            self.delay_next(
+                str(item["path_prefix"]), float(item["seconds"]), int(item.get("count", 1))
+            )
         for item in _items(values.get("stuck_stop")):
             self.stick_stop(item.get("instance_id") or None, int(item.get("count", 1)))
 
@@ -253,6 +288,10 @@ class Faults:
                  "performed": f.performed, "status": f.status}
                 for f in self.error_bodies
             ]  # fmt: skip
+            out["action_delay"] = [
+                {"path_prefix": f.path_prefix, "count": f.count, "seconds": f.seconds}
+                for f in self.delays
+            ]
             out["stuck_stop"] = [
                 {"instance_id": f.instance_id, "count": f.count} for f in self.stuck_stops
             ]
