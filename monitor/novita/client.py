@@ -12,6 +12,8 @@ One :class:`NovitaClient` per account. It owns:
   timeouts and connection errors. An action (POST) is retried only when it was certainly not
   carried out (connect error, 429); a 5xx or a read timeout raises
   :class:`~monitor.novita.errors.OutcomeUnknownError`, because a repeated renew costs money;
+  an action answered 2xx with an error in its body (``reason``, ``error``, a non-zero
+  ``code``) raises that error, never reads as success (:meth:`NovitaClient._action`);
 * error mapping by the body's ``reason``, then by HTTP status (:mod:`monitor.novita.errors`);
 * pagination: ``pageNum``/``pageNo`` pages (robust to 0- vs 1-based numbering, de-duplicated by
   id, with a page cap) and ``pagination.cursor`` cursors;
@@ -46,6 +48,7 @@ from monitor.clock import Clock
 from monitor.novita.errors import (
     REASON_TO_ERROR,
     APIError,
+    InvalidRequestError,
     MalformedResponseError,
     NotFoundError,
     NovitaError,
@@ -54,7 +57,9 @@ from monitor.novita.errors import (
     ServerError,
     UnavailableError,
     error_class_for,
+    error_class_for_status,
     redact,
+    redact_json,
 )
 from monitor.novita.models import (
     BILLING_MODES,
@@ -83,6 +88,7 @@ __all__ = [
     "NovitaClient",
     "RetryPolicy",
     "parse_retry_after",
+    "renewal_bills_for",
     "split_window",
 ]
 
@@ -90,6 +96,8 @@ DEFAULT_BASE_URL = "https://api.novita.ai"
 USER_AGENT = "novita-monitor"
 GPU = "/gpu-instance/openapi/v1"
 INSTANCE_ACTION = f"{GPU}/gpu/instance"
+#: a fixed-term bill's ``tradeType`` for a renewal (manual or automatic; wire-format §2.7)
+RENEWAL_TRADE_TYPE = "monthly_re_buy"
 #: Bills are not paginated; the docs ask for windows of at most 31 days (wire-format §2.6).
 MAX_BILL_WINDOW = timedelta(days=31)
 #: Page size of the instance listing (tests make it small to exercise the page base).
@@ -460,6 +468,37 @@ class NovitaClient:
         base = {"category": category, "ownerId": owner_id}
         return await self._windowed_bills(path, base, start, end, FixedTermBill)
 
+    async def list_instance_fixed_term_bills(
+        self, instance_id: str, start: datetime, end: datetime
+    ) -> list[FixedTermBill]:
+        """One instance's subscription bills (``ownerId``) created in ``[start, end]`` (GPU
+        category; 31-day windows). Bills of another ``ownerID`` are dropped (a server that
+        ignored the filter); bills without one are kept (asked by ``ownerId``, they are
+        presumably this instance's, and a "renewal already paid" check errs on that side)."""
+        if not instance_id:
+            raise ValueError("instance_id is required")
+        bills = await self.list_fixed_term_bills(start, end, "gpu", owner_id=instance_id)
+        mine = [b for b in bills if b.owner_id in (None, instance_id)]
+        if len(mine) < len(bills):
+            self._log.warning(
+                "novita.owner_filter_ignored",
+                instance_id=instance_id,
+                dropped=len(bills) - len(mine),
+            )
+        return mine
+
+    async def find_renewal_bills(
+        self, instance_id: str, end_time: datetime, start: datetime, end: datetime
+    ) -> list[FixedTermBill]:
+        """Bills that renewed ``instance_id``'s subscription for the period starting at
+        ``end_time`` (the ``endTime`` being renewed), among its fixed-term bills created in
+        ``[start, end]`` (see :func:`renewal_bills_for`). Whether the bill list's
+        ``startTime``/``endTime`` filter the bills' creation or their period is undocumented:
+        a window from before the renewal could have been bought (an auto-renewal is charged 3
+        days before ``end_time``) to after both now and ``end_time`` covers both readings."""
+        bills = await self.list_instance_fixed_term_bills(instance_id, start, end)
+        return renewal_bills_for(bills, end_time)
+
     async def _windowed_bills(
         self, path: str, base: dict[str, Any], start: datetime, end: datetime, model: type[M]
     ) -> list[M]:
@@ -581,6 +620,25 @@ class NovitaClient:
         return await self._action("setAutoRenew", body)
 
     async def _action(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST one action; the answer as a dict for the audit log (``{}`` as documented; a
+        body that is not JSON as ``{"raw": text}``, another JSON value as ``{"result": v}``).
+
+        Success is a 2xx whose body carries no error. Raised instead:
+
+        * the mapped business error for an error answer, a 4xx or a 2xx with ``reason``,
+          ``error`` or a non-zero ``code`` in its body
+          (:class:`~monitor.novita.errors.InsufficientBalanceError` for
+          ``BALANCE_NOT_ENOUGH``, :class:`~monitor.novita.errors.InvalidRequestError` for a
+          refused parameter or state, ...): the platform said no, nothing was done;
+        * :class:`~monitor.novita.errors.OutcomeUnknownError` after exactly one send for a
+          5xx, a timeout or a disconnect once the request was sent (or a 2xx naming a server
+          error): the caller reads the instance to learn what happened;
+        * :class:`~monitor.novita.errors.UnavailableError` (``not_sent``) when it could not be
+          sent at all, after the retries (a connect error or a 429 is retried: certainly not
+          carried out).
+
+        Each error built from an answer keeps its body in ``answer``.
+        """
         path = f"{INSTANCE_ACTION}/{name}"
         answer = await self._request("POST", path, json_body=body)
         if isinstance(answer, dict):
@@ -845,8 +903,17 @@ class NovitaClient:
     def _handle(self, response: Reply, method: str, path: str) -> Any:
         status = response.status_code
         if 200 <= status < 300:
-            return self._decode_ok(response, method, path)
-        err = self._error_from(response, method, path)
+            answer = self._decode_ok(response, method, path)
+            if method == "GET":
+                return answer
+            err = self._error_in_body(answer, status, method, path)
+            if err is None:
+                return answer
+            self._log.warning(
+                "novita.action_error_body", path=path, status=status, reason=err.reason
+            )
+        else:
+            err = self._error_from(response, method, path)
         unknown = status >= 500 or isinstance(err, ServerError | UnavailableError)
         if method != "GET" and unknown and not isinstance(err, RateLimitedError):
             raise OutcomeUnknownError(
@@ -856,8 +923,55 @@ class NovitaClient:
                 path=path,
                 method=method,
                 underlying=err,
+                answer=err.answer,
             )
         raise err
+
+    def _error_in_body(self, answer: Any, status: int, method: str, path: str) -> APIError | None:
+        """The error a 2xx action answer carries, or None: a non-empty ``reason``, a non-empty
+        ``error`` or a non-zero ``code`` (wire-format §7.7). Mapped by ``reason``; else by
+        ``code`` when it is an HTTP error status (the kratos envelope's ``code``); else
+        :class:`InvalidRequestError` (the platform said it failed, without saying how)."""
+        if not isinstance(answer, dict):
+            return None
+        raw_reason = answer.get("reason")
+        reason = str(raw_reason).strip() if _present(raw_reason) else None
+        reason = reason or None
+        error = answer.get("error")
+        code = answer.get("code")
+        try:
+            code_n = parse_int(code)
+        except ValueError:
+            code_n = None  # a non-numeric code ("FAILED"): not zero
+            bad_code = True
+        else:
+            bad_code = code_n is not None and code_n != 0
+        if reason is None and not _present(error) and not bad_code:
+            return None
+        cls: type[APIError] = InvalidRequestError
+        if reason is not None and reason.upper() in REASON_TO_ERROR:
+            cls = error_class_for(reason, status)
+        elif code_n is not None and 400 <= code_n <= 599:
+            cls = error_class_for_status(code_n)
+        if reason is not None and reason.upper() not in REASON_TO_ERROR:
+            self._log.warning("novita.unknown_reason", path=path, status=status, reason=reason)
+        message = answer.get("message")
+        if not message and isinstance(error, dict):
+            message = error.get("message")
+        if not message and _present(error) and not isinstance(error, dict):
+            message = error
+        what = str(message)[:500] if message else f"code {code!r}"
+        kw: dict[str, Any] = {
+            "status": status,
+            "reason": reason,
+            "path": path,
+            "method": method,
+            "answer": redact_json(answer, self._api_key),
+        }
+        text = redact(f"HTTP {status} with an error in its body: {what}", self._api_key)
+        if issubclass(cls, RateLimitedError):
+            return RateLimitedError(text, retry_after=None, **kw)
+        return cls(text, **kw)
 
     def _decode_ok(self, response: Reply, method: str, path: str) -> Any:
         content = response.content
@@ -889,7 +1003,13 @@ class NovitaClient:
         cls = error_class_for(reason, status)
         if reason and reason.upper() not in REASON_TO_ERROR:
             self._log.warning("novita.unknown_reason", path=path, status=status, reason=reason)
-        kw: dict[str, Any] = {"status": status, "reason": reason, "path": path, "method": method}
+        kw: dict[str, Any] = {
+            "status": status,
+            "reason": reason,
+            "path": path,
+            "method": method,
+            "answer": _answer_of(response, self._api_key),
+        }
         if issubclass(cls, RateLimitedError):
             ref = _date_header(response) or self._now()
             retry_after = parse_retry_after(response.headers.get("Retry-After"), ref)
@@ -946,6 +1066,41 @@ def _total(body: Any) -> int | None:
     except ValueError:
         return None
     return total if total is not None and total >= 0 else None
+
+
+def renewal_bills_for(
+    bills: Iterable[FixedTermBill], end_time: datetime, tolerance: timedelta = timedelta(days=1)
+) -> list[FixedTermBill]:
+    """The bills among ``bills`` that renew a subscription for the period starting at
+    ``end_time`` (the ``endTime`` being renewed): ``tradeType`` ``monthly_re_buy`` (a renewal,
+    manual or automatic; wire-format §2.7) or absent, whose ``startTime`` lies within
+    ``tolerance`` of ``end_time`` or is absent. Unknown fields count as a match: this answers
+    "is this period already paid for?", where a wrong "no" pays twice."""
+    out = []
+    for bill in bills:
+        if bill.trade_type not in (None, RENEWAL_TRADE_TYPE):
+            continue
+        if bill.start_time is not None and abs(bill.start_time - end_time) > tolerance:
+            continue
+        out.append(bill)
+    return out
+
+
+def _present(value: Any) -> bool:
+    """An ``error`` field that says something (not null, empty, false or zero)."""
+    return value not in (None, "", {}, [], False, 0)
+
+
+def _answer_of(response: Reply, secret: str | None) -> dict[str, Any] | None:
+    """An error answer's body for the ledger: the JSON object, else ``{"raw": text}``."""
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        text = response.text.strip()
+        return {"raw": redact(text[:2000], secret)} if text else None
+    if isinstance(body, dict):
+        return dict(redact_json(body, secret))
+    return {"result": redact_json(body, secret)}
 
 
 def _check_months(months: int) -> None:

@@ -7,13 +7,35 @@ balance is ``initial - usage charges up to now - fixed-term charges (purchases, 
 conversions)``. Usage is debited continuously (to the second); usage bills are issued for
 completed hours only.
 
-An auto-renewed subscription is charged 3 days before its ``endTime`` (the console's words,
-wire-format §7.4), or, when the balance was short then, at ``endTime``; otherwise it stops at
-``endTime``.
+Actions behave as on the platform (wire-format §2.10, §7), as far as the sources tell:
 
-Status changes that an action starts (``stop``: ``toStop`` -> ``stopping`` after 30 s ->
-``exited`` after 60 s) are scheduled at simulated times and applied lazily whenever the model is
-read, so jumping the clock applies them at the right moments (billing stops at ``exited``).
+* transitions take time: ``stop``: ``toStop`` -> ``stopping`` after 30 s -> ``exited`` after
+  60 s (billing ends at ``exited``); ``start``: ``toStart`` -> ``starting`` after 10 s ->
+  ``running`` after 30 s; ``restart`` and ``delete`` likewise (:data:`STOP_STEPS` ...). They
+  are scheduled at simulated times and applied lazily whenever the model is read, so jumping
+  the clock applies them at the right moments. A stop may be made never to complete (fault
+  switch ``stuck_stop``, :mod:`monitor.sim.faults`): the instance stays ``stopping`` and
+  keeps billing.
+* ``renewInstance {instanceId, month}`` moves ``endTime`` on by ``month`` calendar months and
+  charges a fixed-term bill for that period (``tradeType`` ``monthly_re_buy``, ``startTime``
+  the old ``endTime``); ``transToMonthlyInstance`` makes a pay-as-you-go instance ``monthly``
+  with ``endTime`` = now + ``month`` months and a ``monthly_new_buy`` bill; ``setAutoRenew``
+  sets ``autoRenew``/``autoRenewMonth``. ``month`` must be a count the product lists in its
+  ``monthlyPrice`` (:data:`monitor.sim.catalog.MONTHLY_DISCOUNT`: 1, 3, 6, 12), else 400
+  ``VALIDATOR_PARAM``; a renew or convert the balance cannot pay is 400
+  ``BALANCE_NOT_ENOUGH`` and charges nothing.
+* An auto-renewed subscription is charged 3 days before its ``endTime`` (the console's words,
+  wire-format §7.4), or, when the balance was short then, at ``endTime``; when that charge
+  fails too, it falls back to pay-as-you-go ("switch to pay-as-you-go if payment fails"):
+  ``billingMode`` becomes ``onDemand``, ``endTime`` ``"-1"``, and its running hours are billed
+  by usage from the old ``endTime`` on. A subscription without auto-renew stops (``exited``)
+  at ``endTime`` and cannot be started again until renewed (``EXPIRED_OR_BALANCE_NOT_ENOUGH``).
+* A stop of a ``monthly`` instance (the reading taken here; no source says otherwise): the
+  platform accepts it and the instance goes to ``exited`` as any other, but the prepaid term
+  runs on: ``endTime`` does not move, nothing is refunded or saved, it may be started again
+  until ``endTime``, and its auto-renewal is still charged (the subscription, not the
+  container, is what renews; the costlier reading, so a monitor assuming the opposite is
+  caught out). At ``endTime`` without renewal it lapses (stays ``exited``).
 
 Scenario ``demo`` (ids are fixed; other tests rely on them; ``T`` is the clock's time at start):
 
@@ -64,6 +86,8 @@ DAY = 86400
 USER_ID = "sim-user-0001"
 
 STOP_STEPS = ((0, "toStop", None), (30, "stopping", None), (60, "exited", "close"))
+#: a stop that never completes (fault switch ``stuck_stop``): it stays ``stopping``
+STUCK_STOP_STEPS = STOP_STEPS[:-1]
 START_STEPS = ((0, "toStart", None), (10, "starting", None), (30, "running", "open"))
 RESTART_STEPS = ((0, "toRestart", None), (10, "restarting", None), (30, "running", None))
 DELETE_STEPS = ((0, "toRemove", "close"), (10, "removing", None), (30, "removed", None))
@@ -73,6 +97,11 @@ DELETE_STEPS = ((0, "toRemove", "close"), (10, "removing", None), (30, "removed"
 RENEW_LEAD = 3 * DAY
 
 STOPPABLE = {"running", "pulling", "pending", "creating", "toStart", "starting", "restarting"}
+
+
+def error_body(status: int, reason: str, message: str) -> dict[str, Any]:
+    """The go-kratos error envelope the API answers errors with (wire-format §1.6)."""
+    return {"code": status, "reason": reason, "message": message, "metadata": {}}
 
 
 class SimError(Exception):
@@ -103,6 +132,11 @@ class SimInstance:
     idle_gpus: frozenset[int] = frozenset()
     paygo_from: int = 0
     paygo_until: int | None = None
+    #: earlier, closed pay-as-you-go spans ``(from, until)`` (an instance converted to a
+    #: subscription that later fell back to pay-as-you-go has two)
+    paygo_past: list[tuple[int, int]] = field(default_factory=list)
+    #: the subscription ran out without renewal (it stays ``monthly`` with its old ``endTime``)
+    lapsed: bool = False
     auto_renew: bool = False
     auto_renew_month: int = 1
     auto_renew_from: int = 0  # when auto-renew was last switched on
@@ -169,17 +203,22 @@ class SimInstance:
 
     def paygo_seconds(self, a: int, b: int, now: int) -> int:
         """Seconds in [a, b) during which the instance ran and was billed by usage."""
-        lo = max(a, self.paygo_from)
-        hi = min(b, now if self.paygo_until is None else self.paygo_until)
-        if hi <= lo:
-            return 0
+        spans: list[tuple[int, int | None]] = [
+            *self.paygo_past,
+            (self.paygo_from, self.paygo_until),
+        ]
         total = 0
-        for start, end in self.runs:
-            assert start is not None
-            s = max(lo, start)
-            e = min(hi, now if end is None else end)
-            if e > s:
-                total += e - s
+        for span_from, span_until in spans:
+            lo = max(a, span_from)
+            hi = min(b, now if span_until is None else span_until)
+            if hi <= lo:
+                continue
+            for start, end in self.runs:
+                assert start is not None
+                s = max(lo, start)
+                e = min(hi, now if end is None else end)
+                if e > s:
+                    total += e - s
         return total
 
     def running_at(self, t: int, now: int) -> bool:
@@ -566,11 +605,7 @@ class FleetSim:
             for iid in list(self._pending):
                 inst = self._instances[iid]
                 self._apply_due(inst, now)
-                if not inst.transitions and not (
-                    inst.billing_mode == "monthly"
-                    and inst.end_time is not None
-                    and inst.status not in ("exited", "removed")
-                ):
+                if not inst.transitions and not self._active_subscription(inst):
                     self._pending.discard(iid)
             self._settled_at = now
 
@@ -587,10 +622,13 @@ class FleetSim:
 
     @staticmethod
     def _active_subscription(inst: SimInstance) -> bool:
+        """A subscription whose term has not lapsed, running or stopped (a stopped one's
+        prepaid term runs on, and its auto-renewal is still charged)."""
         return (
             inst.billing_mode == "monthly"
             and inst.end_time is not None
-            and inst.status not in ("exited", "removed")
+            and not inst.lapsed
+            and inst.status != "removed"
         )
 
     def _apply_due(self, inst: SimInstance, now: int) -> None:
@@ -614,8 +652,23 @@ class FleetSim:
                     continue
                 if at < inst.end_time:
                     continue
+                self._fall_back_to_paygo(inst, at)
+                continue
+            inst.lapsed = True
             inst.transitions.clear()
             self._set_status(inst, "exited", "close", at)
+
+    def _fall_back_to_paygo(self, inst: SimInstance, at: int) -> None:
+        """An auto-renewal that could not be paid, at ``endTime``: the console's "switch to
+        pay-as-you-go if payment fails" (wire-format §7.4). The instance keeps its status;
+        from ``at`` on its running hours are billed by usage."""
+        inst.paygo_past.append((inst.paygo_from, inst.paygo_until or inst.paygo_from))
+        inst.paygo_from, inst.paygo_until = at, None
+        inst.billing_mode = "onDemand"
+        inst.end_time = None
+        inst.no_expiry = "-1"
+        inst.auto_renew = False
+        inst.renew_tried = None
 
     def _balance_at(self, t: int) -> float:
         return self._initial_10k - self._charged_10k(t)
@@ -637,30 +690,72 @@ class FleetSim:
 
     # ------------------------------------------------------------------ actions
 
-    def perform(self, action: str, body: Any) -> dict[str, Any]:
-        """Run one POST action, log it, and return the response body (``{}`` on success)."""
+    def action_entry(self, action: str, body: Any) -> dict[str, Any]:
+        """A new entry of the action log (``GET /_sim/actions``), not yet logged: ``time``
+        (the simulated clock, ISO 8601), ``path`` (the action's name, e.g. ``renewInstance``),
+        ``body`` (the request's JSON), and, once answered, ``status`` (HTTP), ``answer`` (the
+        JSON body sent back), ``result`` (``"ok"`` or the error's ``reason``), ``message``,
+        ``performed`` (whether the model carried it out), ``fault`` (the fault switch that
+        shaped the answer, if any)."""
+        return {
+            "time": self.clock.now().isoformat(),
+            "path": action,
+            "body": body,
+            "status": None,
+            "answer": None,
+            "result": None,
+            "message": "",
+            "performed": False,
+            "fault": None,
+        }
+
+    def log_action(self, entry: dict[str, Any]) -> None:
+        with self._lock:
+            self.actions.append(entry)
+
+    def perform(
+        self,
+        action: str,
+        body: Any,
+        *,
+        stuck: bool = False,
+        entry: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Run one POST action and return the response body (``{}`` on success); a business
+        error raises :class:`SimError`. Logs it (see :meth:`action_entry`) unless the caller
+        passes its own ``entry`` to fill in (the HTTP app logs every action it receives, those
+        refused before reaching the model too). ``stuck``: a stop that never completes."""
         with self._lock:
             self.settle()
-            entry: dict[str, Any] = {
-                "time": self.clock.now().isoformat(),
-                "path": action,
-                "body": body,
-            }
+            own = entry is None
+            if entry is None:
+                entry = self.action_entry(action, body)
             try:
                 handler = getattr(self, f"_act_{action}", None)
                 if handler is None:
                     raise SimError(404, "API_NOT_FOUND", f"unknown action {action!r}")
                 if not isinstance(body, dict):
                     raise SimError(400, "INVALID_REQUEST_BODY", "body must be a JSON object")
-                result: dict[str, Any] = handler(body)
+                result: dict[str, Any] = (
+                    self._act_stop(body, stuck=True)
+                    if stuck and action == "stop"
+                    else handler(body)
+                )
             except SimError as exc:
                 self._settled_at = None
-                entry.update(status=exc.status, result=exc.reason, message=exc.message)
-                self.actions.append(entry)
+                entry.update(
+                    status=exc.status,
+                    result=exc.reason,
+                    message=exc.message,
+                    answer=error_body(exc.status, exc.reason, exc.message),
+                )
+                if own:
+                    self.log_action(entry)
                 raise
             self._settled_at = None  # the action may have scheduled changes
-            entry.update(status=200, result="ok")
-            self.actions.append(entry)
+            entry.update(status=200, result="ok", answer=result, performed=True)
+            if own:
+                self.log_action(entry)
             return result
 
     def _target(self, body: dict[str, Any]) -> SimInstance:
@@ -671,18 +766,26 @@ class FleetSim:
 
     @staticmethod
     def _months(body: dict[str, Any], name: str = "month") -> int:
+        """A month count the products list in ``monthlyPrice`` (wire-format §7.8), else 400
+        ``VALIDATOR_PARAM`` naming the counts offered."""
         month = body.get(name)
-        if isinstance(month, bool) or not isinstance(month, int) or not 1 <= month <= 36:
-            raise SimError(400, "VALIDATOR_PARAM", f"{name} must be an integer from 1 to 36")
+        offered = sorted(catalog.MONTHLY_DISCOUNT)
+        if isinstance(month, bool) or not isinstance(month, int) or month not in offered:
+            raise SimError(
+                400,
+                "VALIDATOR_PARAM",
+                f"{name} must be one of the month counts offered "
+                f"({', '.join(map(str, offered))}), got {month!r}",
+            )
         return month
 
-    def _act_stop(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _act_stop(self, body: dict[str, Any], stuck: bool = False) -> dict[str, Any]:
         inst = self._target(body)
         if inst.status not in STOPPABLE:
             raise SimError(
                 400, "DEPENDENT_RESOURCE_STATE", f"instance is {inst.status}, cannot stop"
             )
-        self._schedule(inst, STOP_STEPS)
+        self._schedule(inst, STUCK_STOP_STEPS if stuck else STOP_STEPS)
         return {}
 
     def _act_start(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -723,9 +826,13 @@ class FleetSim:
         return listed * inst.price_units // 10
 
     def _renew(self, inst: SimInstance, months: int, when: int) -> FixedCharge:
+        """Move ``endTime`` on by ``months`` (a lapsed subscription: from ``when``) and charge
+        the renewal (a ``monthly_re_buy`` bill for the new period)."""
         assert inst.end_time is not None
-        start = inst.end_time
+        start = max(inst.end_time, when) if inst.lapsed else inst.end_time
+        inst.lapsed = False
         inst.end_time = add_months(start, months)
+        self._pending.add(inst.id)  # watched for expiry again
         return self._charge_fixed(inst, when, start, inst.end_time, months, "monthly_re_buy")
 
     def _act_renewInstance(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -744,9 +851,7 @@ class FleetSim:
         now = self.now_ts()
         if self._balance_at(now) < self._renew_cost(inst, months):
             raise SimError(400, "BALANCE_NOT_ENOUGH", "insufficient balance")
-        self._renew(inst, months, now)
-        if inst.status == "exited" and inst.end_time > now:
-            pass  # an expired subscription stays stopped until started again
+        self._renew(inst, months, now)  # a lapsed subscription stays stopped until started
         return {}
 
     def _act_transToMonthlyInstance(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,9 @@ hold the monitor's figures against them under every quirk.
   renewals the model will charge on the way (auto-renew on: charged 3 days before ``endTime``,
   as the console says, wire-format §7.4; at ``endTime`` if that charge failed; the next
   renewal only, a runway rarely spans two; a charge the balance left then cannot cover ends
-  the runway at its time); ``0`` when the balance is not positive; ``null``
+  the runway at its time, the convention :func:`monitor.economics.runway` keeps, although the
+  model then switches that subscription to pay-as-you-go rather than stopping it; a stopped
+  subscription's renewal counts too); ``0`` when the balance is not positive; ``null``
   when nothing burns (``runway_reason: "no_burn"``).
 * ``runway_reason``: ``null``, ``"no_burn"`` or ``"in_arrears"``.
 
