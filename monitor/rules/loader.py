@@ -16,7 +16,7 @@ from typing import Any
 import pydantic
 from pydantic import BaseModel
 
-import monitor.actions.model  # noqa: F401  (registers the actions' parameter models)
+import monitor.actions.model  # registers the actions (parameter models)
 import monitor.rules.conditions  # noqa: F401  (registers the built-in conditions)
 from monitor.errors import Problem, RuleError
 from monitor.rules.model import Rule, RuleAction, RuleFileModel, RuleModel, RuleSet
@@ -237,9 +237,7 @@ def _parse_actions(
         if isinstance(item, str) and item in action_registry:
             item = {item: None}  # "- start" reads as "- start: {}"
         if not isinstance(item, dict) or len(item) != 1:
-            report.error(
-                path, f"an action is a mapping with one key (expected one of: {expected})"
-            )
+            report.error(path, f"an action is a mapping with one key (expected one of: {expected})")
             ok = False
             continue
         ((name, value),) = item.items()
@@ -252,7 +250,9 @@ def _parse_actions(
             continue
         if isinstance(resource, str) and resource not in spec.resources:
             wanted = " or ".join(sorted(spec.resources))
-            report.error(sub, f"{name} does not apply to {resource} rules (expected resource: {wanted})")
+            report.error(
+                sub, f"{name} does not apply to {resource} rules (expected resource: {wanted})"
+            )
             ok = False
             continue
         if name in seen:
@@ -271,8 +271,10 @@ def _parse_actions(
             report.validation(exc, sub, data, spec.params)
             ok = False
             continue
-        if name == "convert_to_subscription" and node is not None and not _uses(
-            node, "subscription_candidate"
+        if (
+            name == "convert_to_subscription"
+            and node is not None
+            and not _uses(node, "subscription_candidate")
         ):
             report.error(
                 sub,

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
-import monitor.actions.model  # noqa: F401  (registers the actions)
+import monitor.actions.model  # registers the actions (parameter models)
 import monitor.rules.conditions  # noqa: F401  (registers the built-in conditions)
 from monitor.rules.durations import format_duration
 from monitor.rules.model import RuleModel
@@ -47,9 +47,9 @@ def rule_schema() -> dict[str, Any]:
     rule = defs[RuleModel.__name__]
     rule["properties"]["when"] = {"$ref": "#/$defs/Condition"}
     action_branches = []
-    for spec in action_specs:
-        branch = _single(spec.name, {"anyOf": [dict(ref_of(spec.params)), {"type": "null"}]})
-        branch["description"] = spec.doc
+    for act in action_specs:
+        branch = _single(act.name, {"anyOf": [dict(ref_of(act.params)), {"type": "null"}]})
+        branch["description"] = act.doc
         action_branches.append(branch)
     rule["properties"]["actions"] = {
         "description": rule["properties"]["actions"].get("description", ""),
