@@ -17,9 +17,9 @@ step.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from monitor.rules.durations import Duration
 from monitor.rules.model import StrictModel
@@ -85,3 +85,12 @@ actions.register("start", StartParams)
 actions.register("renew", RenewParams, spends=True)
 actions.register("convert_to_subscription", ConvertParams, spends=True)
 actions.register("set_auto_renew", SetAutoRenewParams, spends=True)
+
+
+def action_params(name: str, data: dict[str, Any]) -> BaseModel:
+    """An action's parameters as a ledger row stores them (``ActionRecord.params``), validated
+    back into its model (raises ``KeyError`` for an unknown action)."""
+    spec = actions.get(name)
+    if spec is None:
+        raise KeyError(name)
+    return spec.params.model_validate(data)
