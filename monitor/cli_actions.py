@@ -366,6 +366,8 @@ def undo(config_path: str | None, action_id: str) -> None:
                 f"action #{ident} is {row.state}, not done yet: reject it instead "
                 f"(novita-monitor reject {ident})"
             )
+        if row.state == "undone":
+            raise UserError(f"action #{ident} is undone already: {row.reason}")
         if row.state not in ("succeeded", "outcome_unknown"):
             raise UserError(f"action #{ident} is {row.state}: nothing was done, nothing to undo")
         if row.action != "stop":

@@ -54,7 +54,15 @@ def rule_schema() -> dict[str, Any]:
     rule["properties"]["actions"] = {
         "description": rule["properties"]["actions"].get("description", ""),
         "anyOf": [
-            {"type": "array", "items": {"anyOf": action_branches}},
+            {
+                "type": "array",
+                "items": {
+                    "anyOf": [
+                        *action_branches,
+                        {"enum": [a.name for a in action_specs], "description": "no parameters"},
+                    ]
+                },
+            },
             {"type": "null"},
         ],
     }
