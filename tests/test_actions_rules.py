@@ -294,3 +294,31 @@ def test_data_expiry_and_lookback_use() -> None:
     assert economics.lookback_utilisation(50.0, 3600, 7200) == 25.0
     assert economics.lookback_utilisation(None, 0, 7200) == 0.0
     assert economics.lookback_utilisation(50.0, 0, 0) is None
+
+
+def test_the_readme_rules_with_actions_validate(tmp_path: Path) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Automatic idle shutdown", 1)[1].split("\n## ", 1)[0]
+    blocks = [b.split("```", 1)[0] for b in section.split("```yaml\n")[1:]]
+    files = [b for b in blocks if b.startswith("rules:")]
+    assert len(files) == 3  # dry run first, then live, and the renewal example
+    names = []
+    for i, text in enumerate(files):
+        path = tmp_path / f"r{i}.yaml"
+        path.write_text(text)
+        for rule in load_rules([path]).rules:
+            assert rule.actions, rule.name
+            names.append(rule.name)
+    assert names == [
+        "stop-idle-gpus",
+        "stop-idle-gpus",
+        "renew-used-subscriptions",
+        "convert-steady-instances",
+    ]
+    # the defaults block names every action with its defaults
+    (defaults,) = [b for b in blocks if b.startswith("actions:")]
+    listed = yaml.safe_load(defaults)["actions"]
+    for item in listed:
+        ((name, params),) = item.items()
+        spec = actions.get(name)
+        assert spec is not None and spec.params.model_validate(params or {}) == spec.params()
