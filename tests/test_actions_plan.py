@@ -391,3 +391,30 @@ def test_convert_needs_a_subscription_candidate_alert(tmp_path: Path) -> None:
     assert row.state == "awaiting_approval", row.reason
     assert "convert to a 1-month subscription ($300.00)" in row.reason
     assert row.intent_key == "convert-steady|convert_to_subscription|i-1|2026-11-20T11:00:00Z"
+
+
+def test_no_charge_on_stale_balance_data(tmp_path: Path) -> None:
+    facts = money_facts(sub())
+    facts.stale = {"main": ["balance"]}
+    _, rows, notices = run(ruleset(tmp_path, RENEW), facts)
+    (row,) = rows
+    assert row.state == "refused" and "the balance data is stale" in row.reason
+    assert len(notices) == 1
+
+
+def test_convert_refuses_unknown_running_hours(tmp_path: Path) -> None:
+    text = CONVERT.replace(
+        "when: {field: billing_mode, op: eq, value: onDemand}",
+        "when: {subscription_candidate: {min_history: 30d}}",
+    ).replace("convert-steady", "convert-any")
+    rules = ruleset(tmp_path, text.replace("    when:", "    on_missing: match\n    when:"))
+    steady = inst(monthly_price_usd=Decimal("300"), subscription_prices_usd={1: Decimal("300")})
+    # 10 days of history, 30 asked: the hours are missing, and on_missing makes it fire
+    (row,) = run(rules, money_facts(steady))[1]
+    assert row.state == "refused" and "running hours are unknown" in row.reason
+    other = text.replace(
+        "when: {subscription_candidate: {min_history: 30d}}",
+        "when: {any: [{subscription_candidate: {}}, {field: gpu_count, op: gt, value: 0}]}",
+    )
+    (row,) = run(ruleset(tmp_path, other), money_facts(steady))[1]
+    assert row.state == "refused" and "not a subscription_candidate alert" in row.reason

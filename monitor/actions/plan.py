@@ -61,6 +61,8 @@ if TYPE_CHECKING:
     from monitor.config import ActionSettings
     from monitor.rules.engine import EvalResult
 
+#: the collectors whose data a charge is judged by (balance, prices, the instance itself)
+_MONEY_COLLECTORS = frozenset({"balance", "instances", "products"})
 #: values of the protect variable that mean "protected"
 PROTECT_VALUES = frozenset({"true", "1", "yes", "on"})
 
@@ -194,6 +196,7 @@ class _Money:
     balance_usd: Decimal | None
     burn_usd_per_hour: Decimal | None
     instances: tuple[InstanceFact, ...]
+    stale: tuple[str, ...] = ()  # stale collectors whose figures a charge is judged by
 
 
 def _charges(book: _Money, but: str, now: datetime) -> list[economics.Charge]:
@@ -229,6 +232,9 @@ def _afford(
     runway left after it. A refusal, or None, and the figures."""
     listed = sorted(inst.subscription_prices_usd)
     figures: dict[str, Any] = {"months": months, "listed_months": listed}
+    if book.stale:
+        reason = f"the {', '.join(book.stale)} data is stale: no charge on old figures"
+        return Decision("refused", reason, money=figures, money_refusal=True), figures
     if not listed:
         reason = f"the month counts the product lists are unknown: cannot {what}"
         return Decision("refused", reason, money=figures, money_refusal=True), figures
@@ -346,9 +352,9 @@ def _convert(
     if inst.billing_mode != "onDemand":
         return Decision("refused", f"billing mode {inst.billing_mode}: only onDemand converts")
     values = alert.values
-    if values.get("kind") != "subscription_candidate":
-        return Decision("refused", "not a subscription_candidate alert")
-    if values.get("value") is None:
+    if values.get("break_even_hours") is None:  # set by subscription_candidate only
+        return Decision("refused", "not a subscription_candidate alert (no break-even figures)")
+    if values.get("utilization") is None:  # set only when the running hours are known
         return Decision("refused", "its running hours are unknown: no conversion on a guess")
     refusal, figures = _afford("convert", inst, params.months, book, settings, now)
     if refusal is not None:
@@ -406,10 +412,12 @@ def decide(
     if action.name == "start":
         return _start(inst, now)
     balance = facts.balance(account)
+    stale = set(facts.stale_collectors(account, now)) & _MONEY_COLLECTORS
     book = _Money(
         None if balance is None else balance.available_usd,
         facts.burn_rate(account),
         tuple(facts.instances(account)),
+        tuple(sorted(stale)),
     )
     if isinstance(params, RenewParams):
         return _renew(inst, params, book, facts, account, settings, now)
@@ -552,11 +560,14 @@ def plan_actions(
     rows: list[ActionRecord] = []
     notices: list[Notice] = []
     holding: dict[str, set[str]] = {}
+    by_id: dict[str, dict[str, InstanceFact]] = {}
     for alert in firing:
         rule = rules[alert.rule]
         if _silenced(live_silences, alert, rule, now):
             continue  # a silence on the rule and instance holds its actions
-        inst = next((i for i in cached.instances(alert.account) if i.id == alert.resource_id), None)
+        if alert.account not in by_id:
+            by_id[alert.account] = {i.id: i for i in cached.instances(alert.account)}
+        inst = by_id[alert.account].get(alert.resource_id)
         if inst is None:
             continue
         if alert.account not in holding:
