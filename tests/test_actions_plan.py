@@ -27,6 +27,7 @@ from monitor.rules import (
     load_rules,
 )
 from monitor.store import open_store
+from monitor.store.testing import pg_url, store_url
 
 T0 = datetime(2026, 11, 20, 14, 0, tzinfo=UTC)
 MIN = timedelta(minutes=1)
@@ -141,10 +142,20 @@ def test_an_intent_is_planned_once_and_after_a_restart_again(tmp_path: Path) -> 
     assert row.intent_key != key
 
 
-def test_the_ledger_keeps_one_intent_through_the_planner(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "sqlite",
+        pytest.param(
+            "postgresql",
+            marks=pytest.mark.skipif(pg_url() is None, reason="NOVITA_MONITOR_TEST_PG_URL not set"),
+        ),
+    ],
+)
+def test_the_ledger_keeps_one_intent_through_the_planner(tmp_path: Path, backend: str) -> None:
     rules = ruleset(tmp_path)
     facts = idle_facts(inst())
-    store = open_store(f"sqlite:///{tmp_path / 'm.db'}")
+    store = open_store(store_url(backend, tmp_path))
     try:
         for minute in range(3):
             now = T0 + minute * MIN
@@ -160,6 +171,8 @@ def test_the_ledger_keeps_one_intent_through_the_planner(tmp_path: Path) -> None
             store.insert_actions(rows)
         (only,) = store.actions("main")
         assert only.state == "announced" and only.facts["instance"]["status"] == "running"
+        assert only.facts["instance"]["end_time"] is None and only.params["grace"] == "15m"
+        assert only.saving_per_hour_usd == Decimal("1.20") and only.due_at == T0 + 15 * MIN
     finally:
         store.close()
 
