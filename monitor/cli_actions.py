@@ -28,12 +28,21 @@ def _usd(value: float | None) -> str:
     return f"-${-value:,.2f}" if value < 0 else f"${value:,.2f}"
 
 
+def _short(when: str | None, now: datetime) -> str:
+    if when is None:
+        return "never"
+    return _when(datetime.fromisoformat(when.replace("Z", "+00:00")), now)
+
+
 def _who(name: str | None, iid: str) -> str:
     return f"{name} ({iid})" if name and name != iid else iid
 
 
 # ---------------------------------------------------------------------------------------------
 # plan
+
+#: the collectors whose last success ``plan`` shows (the data its decisions come from)
+_PLAN_DATA = ("instances", "metrics", "balance", "products")
 
 
 def plan_rows(config: Any, store: Any, now: datetime) -> dict[str, Any]:
@@ -85,9 +94,11 @@ def plan_rows(config: Any, store: Any, now: datetime) -> dict[str, Any]:
             }
         )
     with_actions = [r.name for r in ruleset if r.actions]
+    as_of = {a: {name: _iso(store.last_success(a, name)) for name in _PLAN_DATA} for a in accounts}
     return {
         "generated_at": _iso(now),
         "rules_with_actions": with_actions,
+        "data_as_of": as_of,
         "stale": result.inhibited_accounts,
         "dry_run": bool(config.actions.dry_run),
         "enabled": bool(config.actions.enabled),
@@ -116,6 +127,9 @@ def plan(config_path: str | None, as_json: bool) -> None:
             "see the README, 'Automatic idle shutdown')"
         )
         return
+    for account, seen in sorted(data["data_as_of"].items()):
+        parts = [f"{name} {_short(when, now)}" for name, when in seen.items()]
+        click.echo(f"account {account}: data as of {', '.join(parts)}")
     for account, stale in sorted(data["stale"].items()):
         click.echo(f"account {account}: data stale ({', '.join(stale)}): its rules are on hold")
     if not data["plan"]:

@@ -120,8 +120,10 @@ def test_plan_shows_what_the_rules_would_do_and_records_nothing(
     renew = plan[("renew-used", "demo-subscription")]
     assert renew["would"] == "renew" and renew["facts"]["money"]["months"] == 1
     assert "awaits approval" in renew["reason"]
+    assert data["data_as_of"]["main"]["instances"] == "2026-11-20T12:00:00Z"
     text = run(config, clock, "plan")
     assert text.exit_code == 0, text.output
+    assert "account main: data as of instances 2026-11-20 12:00 UTC (now)" in text.output
     assert "STOP     stop jupyter-notebook (demo-notebook) at 2026-11-20 12:15 UTC" in text.output
     assert "from: status running, billing onDemand" in text.output
     with_store = store_of(config)
