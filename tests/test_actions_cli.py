@@ -111,7 +111,10 @@ def test_plan_shows_what_the_rules_would_do_and_records_nothing(
     plan = {(r["rule"], r["instance_id"]): r for r in data["plan"]}
     notebook = plan[("stop-idle-gpus", "demo-notebook")]
     assert notebook["would"] == "stop" and notebook["due_at"] == "2026-11-20T12:15:00Z"
-    assert notebook["reason"].startswith("stop at 12:15 UTC unless it becomes busy; saves $0.35/h")
+    assert notebook["reason"].startswith(
+        "stop at 12:15 UTC unless it becomes busy (saves $0.35/h), because GPU use at most 2%"
+        " (under 5%) over 45 min, idle for 300 min ($1.75 so far) | stop-idle-gpus: instance"
+    )
     assert notebook["facts"]["instance"]["billing_mode"] == "onDemand"
     assert notebook["facts"]["values"]["kind"] == "idle_gpu" and not notebook["in_ledger"]
     lapsing = plan[("stop-idle-gpus", "demo-lapsing")]  # an idle subscription

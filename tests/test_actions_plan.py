@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from monitor.actions.model import StopParams, action_params
-from monitor.actions.plan import intent_key, plan_actions
+from monitor.actions.plan import held_by_silence, intent_key, plan_actions
 from monitor.config import ActionSettings
 from monitor.rules import (
     BalanceFact,
@@ -122,7 +122,11 @@ def test_the_canonical_example_announces_a_stop_with_its_figures(tmp_path: Path)
     assert snap["last_started_at"] == "2026-11-20T11:00:00Z" and snap["keep_data_day"] == 7
     assert snap["hourly_cost_usd"] == 1.2
     assert row.facts["values"]["kind"] == "idle_gpu" and row.facts["values"]["value"] == 0.5
-    assert "stop at 14:15 UTC unless it becomes busy; saves $1.20/h" in row.reason
+    assert row.reason == (
+        "stop at 14:15 UTC unless it becomes busy (saves $1.20/h), because GPU use at most 0.5%"
+        " (under 5%) over 45 min, idle for 120 min ($2.40 so far) | stop-idle-gpus: instance"
+        " trainer-7 (i-1): value 0.5, threshold 5.0, $1.20/h, $2.40 so far"
+    )
     assert not row.dry_run
     (note,) = notices
     assert note.resource_id == "i-1" and note.state == "firing"
@@ -283,6 +287,14 @@ def test_a_silence_on_rule_and_instance_holds_its_actions(tmp_path: Path) -> Non
     hush = Silence("1", T0 + timedelta(hours=1), rule="stop-idle-gpus", resource_id="i-1")
     _, rows, _ = run(rules, facts, silences=[hush])
     assert [r.instance_id for r in rows] == ["i-2"]
+    # the act step's check: a silence added after planning holds the row too
+    (planned,) = run(rules, idle_facts(inst()))[1]
+    assert held_by_silence([hush], planned, T0) is hush
+    assert held_by_silence([hush], planned, T0 + timedelta(hours=2)) is None  # it ended
+    other = Silence("2", T0 + timedelta(hours=1), rule="other-rule")
+    assert held_by_silence([other], planned, T0) is None
+    by_label = Silence("3", T0 + timedelta(hours=1), labels={"team": "ml"})
+    assert held_by_silence([by_label], planned, T0, labels={"team": "ml"}) is by_label
 
 
 # --------------------------------------------------------------------------------------------

@@ -162,6 +162,21 @@ def protection(inst: InstanceFact, rule: Rule, settings: ActionSettings) -> str 
     return None
 
 
+def idle_why(values: Mapping[str, Any]) -> str | None:
+    """The idle figures of an ``idle_gpu`` alert as a sentence, or None for other alerts."""
+    if values.get("window_minutes") is None or values.get("threshold") is None:
+        return None
+    top = values.get("value")
+    text = (
+        f"GPU use at most {top:g}%" if isinstance(top, int | float) else "GPU use unknown"
+    ) + f" (under {values['threshold']:g}%) over {values['window_minutes']:g} min"
+    if values.get("idle_minutes") is not None:
+        text += f", idle for {values['idle_minutes']} min"
+    if values.get("cost_so_far_usd") is not None:
+        text += f" (${values['cost_so_far_usd']:,.2f} so far)"
+    return text
+
+
 def _stop(inst: InstanceFact, params: StopParams, now: datetime) -> Decision:
     mode = inst.billing_mode
     if mode == "monthly":
@@ -177,7 +192,7 @@ def _stop(inst: InstanceFact, params: StopParams, now: datetime) -> Decision:
     due = now + params.grace
     return Decision(
         "announced",
-        f"stop at {_at(due, now)} unless it becomes busy; saves {_usd(inst.hourly_cost_usd)}/h",
+        f"stop at {_at(due, now)} unless it becomes busy (saves {_usd(inst.hourly_cost_usd)}/h)",
         due_at=due,
         saving_per_hour_usd=inst.hourly_cost_usd,
     )
@@ -520,6 +535,25 @@ def _silenced(silences: Iterable[Silence], state: AlertState, rule: Rule, now: d
     return any(s.matches(labelled, now) for s in silences)
 
 
+def held_by_silence(
+    silences: Iterable[Silence],
+    row: ActionRecord,
+    now: datetime,
+    labels: Mapping[str, str] | None = None,
+) -> Silence | None:
+    """The active silence that holds a ledger row's action (one on its rule and instance; its
+    rule's ``labels`` count as an alert's), or None: what the act step checks before it acts."""
+    state = AlertState(
+        fingerprint=str((row.facts or {}).get("fingerprint", "")),
+        account=row.account,
+        rule=row.rule,
+        resource_kind="instance",
+        resource_id=row.instance_id,
+        labels=dict(labels or {}),
+    )
+    return next((s for s in silences if s.matches(state, now)), None)
+
+
 def plan_actions(
     result: EvalResult,
     facts: Facts | CachedFacts,
@@ -588,6 +622,9 @@ def plan_actions(
                 now=now,
             )
             state, reason = decision.state, decision.reason
+            why = idle_why(alert.values) if action.name == "stop" else None
+            if why is not None and state != "refused":
+                reason = f"{reason}, because {why}"
             if state != "refused":
                 if dry:
                     state, reason = "dry_run", f"dry run, would: {reason}"
