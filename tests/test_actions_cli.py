@@ -165,6 +165,10 @@ def test_actions_approve_reject_undo_and_the_savings(
     )  # newest first
     assert listed["savings"]["total"] == {"expected_usd_per_hour": 0.0, "realized_usd": 0.0}
 
+    text = run(config, clock, "actions").output
+    assert f"approve: novita-monitor approve {renew.id} (or reject {renew.id}); expires" in text
+    assert "due: 2026-11-20 12:15 UTC (in 15m)" in text  # the announced stops
+
     # approve
     ok = run(config, clock, "approve", str(renew.id))
     assert ok.exit_code == 0 and f"action #{renew.id} approved" in ok.output
@@ -177,6 +181,8 @@ def test_actions_approve_reject_undo_and_the_savings(
     # reject an announced stop; then it cannot be undone (nothing was done)
     no = run(config, clock, "reject", str(error.id))
     assert no.exit_code == 0 and "rejected" in no.output
+    rejected_twice = run(config, clock, "reject", str(error.id))
+    assert rejected_twice.exit_code == 2 and "is rejected: only a planned" in rejected_twice.output
     undo_rejected = run(config, clock, "undo", str(error.id))
     assert undo_rejected.exit_code == 2 and "nothing was done" in undo_rejected.output
     undo_open = run(config, clock, "undo", str(notebook.id))
