@@ -362,7 +362,8 @@ def bench_collect(
     run_bench(instances, latency_ms, concurrency, seed, runs, echo=click.echo)
 
 
-from monitor import cli_alerts  # noqa: E402,F401  (registers alerts, silence, notify-test)
+# registers alerts, silence, notify-test (cli_alerts); plan, actions, approve, reject, undo
+from monitor import cli_actions, cli_alerts  # noqa: E402,F401
 
 
 @bench.command("rules")

@@ -55,10 +55,12 @@ from monitor.yamlsrc import (
 __all__ = [
     "DEFAULT_BASE_URL",
     "Account",
+    "ActionSettings",
     "Channel",
     "Config",
     "LogSettings",
     "MetricsSettings",
+    "ProtectSettings",
     "Retention",
     "Route",
     "Schedules",
@@ -368,10 +370,12 @@ class Schedules(StrictModel):
     async_tasks: Seconds = 30.0
     retention: Seconds = 3600.0
     evaluate: Seconds = 60.0
+    act: Seconds = 60.0
 
     def collectors(self) -> dict[str, float]:
-        """Intervals of the collectors (not the retention and evaluation jobs)."""
-        return {k: v for k, v in self.model_dump().items() if k not in ("retention", "evaluate")}
+        """Intervals of the collectors (not the retention, evaluation and act jobs)."""
+        jobs = ("retention", "evaluate", "act")
+        return {k: v for k, v in self.model_dump().items() if k not in jobs}
 
 
 class MetricsSettings(StrictModel):
@@ -410,6 +414,29 @@ class LogSettings(StrictModel):
         return value.lower() if isinstance(value, str) else value
 
 
+class ProtectSettings(StrictModel):
+    """Instances no action ever touches: names matching a glob, or an instance environment
+    variable set to ``true`` (the listing returns each instance's ``envs``)."""
+
+    names: list[str] = Field(default_factory=list, description="instance name globs")
+    env: EnvName = "NOVITA_MONITOR_PROTECT"
+
+
+class ActionSettings(StrictModel):
+    """Remedial actions (``actions:``): live once a rule asks for one, with breakers on."""
+
+    enabled: bool = Field(True, description="false: the kill switch (plans recorded, none run)")
+    dry_run: bool = Field(False, description="record and print plans, call nothing")
+    max_per_cycle: int = Field(3, ge=0, description="actions per act step, per account")
+    max_per_hour: int = Field(10, ge=0, description="per account, rolling hour")
+    max_per_rule_per_hour: int = Field(5, ge=0, description="per rule, rolling hour")
+    min_runway_after_charge: Seconds = Field(
+        86400.0, description="refuse a charge leaving less runway than this"
+    )
+    approval_ttl: Seconds = Field(86400.0, description="unapproved actions expire after this")
+    protect: ProtectSettings = Field(default_factory=ProtectSettings)
+
+
 def _str_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
@@ -429,6 +456,7 @@ class Config(StrictModel):
     channels: dict[Name, Channel] = Field(default_factory=dict)
     default_channels: Annotated[list[str], BeforeValidator(_str_list)] = Field(default_factory=list)
     routes: list[Route] = Field(default_factory=list)
+    actions: ActionSettings = Field(default_factory=ActionSettings)
 
     _path: Path | None = PrivateAttr(default=None)
     _linemap: LineMap = PrivateAttr(default_factory=LineMap)
@@ -582,6 +610,7 @@ class Config(StrictModel):
             },
             "default_channels": list(self.default_channels),
             "routes": [r.model_dump() for r in self.routes],
+            "actions": self.actions.model_dump(),
         }
 
 

@@ -660,3 +660,127 @@ def bounded_percent(value: float | None) -> float | None:
     if value is None or math.isnan(value) or not 0 <= value <= 100.0001:
         return None
     return value
+
+
+# --------------------------------------------------------------------------------------------
+# remedies: what a charge leaves, what a stop saves
+
+
+def subscription_prices(
+    *,
+    listed_unit_usd: Mapping[int, Decimal],
+    on_demand_unit_usd: Decimal | None,
+    units: Decimal,
+    resource_id: str = "",
+) -> tuple[dict[int, Decimal | None], list[Problem]]:
+    """The price of each month count a product lists (``monthlyPrice[]``) for the whole
+    instance: each listed price x the units the instance is billed as, bounded per month as
+    :func:`monthly_price` bounds the 1-month price (a count whose price fails is listed with
+    an unknown price: renewing it is refused, never guessed)."""
+    out: dict[int, Decimal | None] = {}
+    problems: list[Problem] = []
+    for months, listed in sorted(listed_unit_usd.items()):
+        if months < 1:
+            continue
+        per_month, problem = monthly_price(
+            monthly_unit_usd=listed / months,
+            on_demand_unit_usd=on_demand_unit_usd,
+            units=units,
+            resource_id=resource_id,
+        )
+        out[months] = None if per_month is None else per_month * months
+        if problem is not None:
+            problems.append(problem)
+    return out, problems
+
+
+def runway_after_charge(
+    balance_usd: Decimal | None,
+    burn_usd_per_hour: Decimal | None,
+    charges: Iterable[Charge],
+    charge_usd: Decimal | None,
+    now: datetime,
+) -> Runway:
+    """The runway left if ``charge_usd`` were paid now (a renewal, a conversion): the balance
+    less the charge, at the current burn rate, the other charges (auto-renewals) subtracted at
+    their time (:func:`runway`). Unknown ("unknown_charge") when the charge is."""
+    if charge_usd is None:
+        return Runway(None, "unknown_charge", False)
+    if balance_usd is None:
+        return Runway(None, "unknown_balance", False)
+    return runway(balance_usd - charge_usd, burn_usd_per_hour, charges, now)
+
+
+def lookback_utilisation(avg: float | None, covered_s: float, span_s: float) -> float | None:
+    """Average GPU use over a lookback in which unsampled time counts as 0 % (a stopped
+    instance is not used): ``avg x covered / span``. Unknown without a span; 0 without
+    samples."""
+    if span_s <= 0:
+        return None
+    if avg is None:
+        return 0.0
+    return bounded_percent(avg * min(1.0, covered_s / span_s))
+
+
+def data_expires_at(stopped_at: datetime | None, keep_data_day: int | None) -> datetime | None:
+    """When a stopped instance's local data is deleted: ``keepDataDay`` days after the stop
+    (wire-format §7.5). Unknown when either is."""
+    if stopped_at is None or keep_data_day is None or keep_data_day < 0:
+        return None
+    return stopped_at + timedelta(days=keep_data_day)
+
+
+def saving_so_far(
+    per_hour_usd: Decimal | None,
+    since: datetime | None,
+    until: datetime | None,
+    now: datetime,
+) -> Decimal | None:
+    """What a stop has saved (gross: the compute price not paid): its hourly price x the hours
+    stopped, from ``since`` (the stop) to ``until`` (the next start), or to ``now`` while
+    still stopped. Unknown when the price or the stop time is."""
+    if per_hour_usd is None or since is None:
+        return None
+    end = until if until is not None else now
+    if end <= since:
+        return Decimal(0)
+    return per_hour_usd * Decimal(str((end - since).total_seconds() / HOUR_S))
+
+
+@dataclass(frozen=True)
+class SavingLine:
+    """One stop's saving as the ledger records it."""
+
+    per_hour_usd: Decimal | None
+    since: datetime | None  # when the instance was stopped (None: not stopped yet)
+    until: datetime | None = None  # when it ran again (None: still stopped)
+    realized_usd: Decimal | None = None  # closed figure, when recorded
+
+
+@dataclass(frozen=True)
+class Savings:
+    """Savings of a set of stops: ``expected_usd_per_hour`` of those still stopped,
+    ``realized_usd`` closed and accrued (still-stopped instances accrue up to now)."""
+
+    expected_usd_per_hour: Decimal
+    realized_usd: Decimal
+
+
+def savings(lines: Iterable[SavingLine], now: datetime) -> Savings:
+    """Sum the savings of ``lines`` (:class:`SavingLine`) at ``now``; a line whose price or
+    stop time is unknown adds nothing."""
+    expected = Decimal(0)
+    realized = Decimal(0)
+    for line in lines:
+        if line.since is None or line.per_hour_usd is None:
+            continue
+        if line.until is None:
+            expected += line.per_hour_usd
+        closed = line.realized_usd if line.until is not None else None
+        figure = (
+            closed
+            if closed is not None
+            else saving_so_far(line.per_hour_usd, line.since, line.until, now)
+        )
+        realized += figure or Decimal(0)
+    return Savings(expected, realized)

@@ -177,7 +177,8 @@ class StoreFacts:
         recs = self.store.instances(account)
         billed = self._billed_hourly(account, {r.instance_id: int(r.gpu_count or 0) for r in recs})
         ceiling = self.store.max_listed_price(account)
-        transitional = [r.instance_id for r in recs if r.status in economics.TRANSITIONAL_STATUSES]
+        # statuses whose start matters: stuck transitions, and stops (when data expires)
+        transitional = [r.instance_id for r in recs if r.status in _SINCE_STATUSES]
         histories = self.store.status_histories(account, transitional) if transitional else {}
         # the basis of the listed prices (per GPU or per instance), as the bills showed it
         listed: dict[str, Decimal | None] = {}
@@ -220,6 +221,17 @@ class StoreFacts:
                 resource_id=rec.instance_id,
             )
             self._problem(account, problem)
+            units = economics.price_units(
+                book.costs[rec.instance_id].usd, listed[rec.instance_id], int(rec.gpu_count or 0)
+            )
+            subscriptions, bad = economics.subscription_prices(
+                listed_unit_usd={} if price is None else dict(price.monthly_prices_usd),
+                on_demand_unit_usd=None if price is None else price.hourly_usd("onDemand"),
+                units=units,
+                resource_id=rec.instance_id,
+            )
+            for one in bad:  # the 1-month one repeats ``problem``: listed once (same key)
+                self._problem(account, one)
             book.instances.append(
                 InstanceFact(
                     id=rec.instance_id,
@@ -243,6 +255,7 @@ class StoreFacts:
                     auto_renew=rec.auto_renew,
                     auto_renew_months=rec.auto_renew_month,
                     keep_data_day=rec.keep_data_day,
+                    subscription_prices_usd=subscriptions,
                 )
             )
         return book
@@ -548,11 +561,17 @@ def _bill(row: Any) -> Bill:
     )
 
 
+#: statuses whose start the facts trace (``InstanceFact.status_since``)
+_SINCE_STATUSES = economics.TRANSITIONAL_STATUSES | {"exited"}
+
+
 def _status_since(rec: Any, statuses: list[tuple[datetime, str]] | None) -> datetime | None:
-    """When the instance entered its current (transitional) status: the first snapshot with
-    it, or its creation when it was never seen in another status while being created."""
-    if rec.status not in economics.TRANSITIONAL_STATUSES:
-        return None  # only the stuck-instance check asks
+    """When the instance entered its current status (transitional, or ``exited``): the first
+    snapshot with it, or its creation when it was never seen in another status while being
+    created. An instance stored only in its current status gets its first snapshot (an upper
+    bound: ``status_since == first_seen`` means the change itself was not seen)."""
+    if rec.status not in _SINCE_STATUSES:
+        return None  # only the stuck-instance and stopped-data checks ask
     statuses = statuses or []
     since, previous = rec.first_seen, None
     for ts, status in statuses:

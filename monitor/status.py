@@ -14,6 +14,7 @@ from functools import partial
 from typing import Any
 
 from monitor import economics
+from monitor.actions.savings import savings_by_rule, savings_json
 from monitor.facts import STATUS_HOURS_WINDOW, STATUS_IDLE_THRESHOLD, StoreFacts
 
 
@@ -94,6 +95,8 @@ def account_status(facts: StoreFacts, account: str, now: datetime) -> dict[str, 
             }
             for p in stored(account)
         ]
+    ledger = getattr(facts.store, "actions", None)
+    _, saved = savings_by_rule(ledger(account) if ledger is not None else [], now)
     return {
         "name": account,
         "balance_usd": _num(None if balance is None else balance.available_usd),
@@ -105,6 +108,8 @@ def account_status(facts: StoreFacts, account: str, now: datetime) -> dict[str, 
         "spend_24h_usd": _num(facts.spend(account, now - timedelta(hours=24), now)),
         "stale": facts.stale_store_collectors(account, now),
         "data_problems": problems,
+        # gross (the compute price not paid), from the action ledger's stops
+        "savings": savings_json(saved),
         "instances": instances,
     }
 
@@ -143,6 +148,12 @@ def render_text(status: dict[str, Any]) -> str:
             f"burn {_money(burn)}/h, runway {_runway(acc)}, "
             f"spent {_money(acc['spend_24h_usd'])} in 24 h"
         )
+        saved = acc.get("savings") or {}
+        if saved.get("expected_usd_per_hour") or saved.get("realized_usd"):
+            lines.append(
+                f"  savings: {_money(saved['expected_usd_per_hour'])}/h now, "
+                f"{_money(saved['realized_usd'])} realized (novita-monitor actions)"
+            )
         if acc["stale"]:
             lines.append(f"  STALE: {', '.join(acc['stale'])}")
         if acc["data_problems"]:

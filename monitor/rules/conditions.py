@@ -658,3 +658,50 @@ def collector_stale(params: CollectorStaleParams, ctx: EvalContext, resource: Re
         bool(stale),
         {"kind": "collector_stale", "collectors": ", ".join(sorted(stale)), "value": len(stale)},
     )
+
+
+# --------------------------------------------------------------------------------------------
+# stopped_data_expiring
+
+
+class StoppedDataExpiringParams(StrictModel):
+    within: Duration = Field(
+        timedelta(days=2), description="warn when the data is deleted at most this far ahead"
+    )
+
+
+@conditions.register(
+    "stopped_data_expiring",
+    StoppedDataExpiringParams,
+    resources=("instance",),
+    needs=("instances",),
+)
+def stopped_data_expiring(
+    params: StoppedDataExpiringParams, ctx: EvalContext, resource: Resource
+) -> Result:
+    """A stopped (``exited``) instance whose local data the platform deletes within
+    ``within``: ``keepDataDay`` days after the stop. When the stop itself was not seen (the
+    instance was already stopped when first collected), the earliest possible stop is used
+    (its last start), so the warning comes early rather than late."""
+    inst = _instance(resource)
+    if inst.status != "exited":
+        return Result(False)
+    values: dict[str, object] = {
+        "kind": "stopped_data_expiring",
+        "keep_data_day": inst.keep_data_day,
+        "status": inst.status,
+    }
+    seen = inst.status_since is not None and (
+        inst.first_seen is None or inst.status_since > inst.first_seen
+    )
+    stopped = inst.status_since if seen else (inst.last_started_at or inst.created_at)
+    expires = economics.data_expires_at(stopped, inst.keep_data_day)
+    if expires is None:
+        return Result(None, values)
+    left = expires - ctx.now
+    values["stopped_at"] = _iso(stopped)
+    values["stopped_at_estimated"] = not seen
+    values["data_expires_at"] = _iso(expires)
+    values["days_left"] = round(left.total_seconds() / 86400, 1)
+    values["hours_left"] = round(left.total_seconds() / HOUR, 1)
+    return Result(left <= params.within, values)

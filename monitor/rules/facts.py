@@ -63,6 +63,9 @@ class InstanceFact:
     auto_renew: bool | None = None  # subscription renews itself (charged ~3 days early)
     auto_renew_months: int | None = None
     keep_data_day: int | None = None  # days a stopped instance's local data is kept
+    # price of the whole instance for each month count its product lists (renew/convert take
+    # only these; a count whose price failed its bounds maps to None)
+    subscription_prices_usd: Mapping[int, Decimal | None] = field(default_factory=dict)
 
     def field_map(self) -> dict[str, object]:
         """Fields a generic comparison may name (``labels.KEY`` reaches into labels)."""
