@@ -311,3 +311,27 @@ def test_no_runway_is_computed_outside_the_economics_module() -> None:
                 if "burn" in text or "hourly" in text or "price" in text:
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
     assert offenders == []
+
+
+def test_facts_and_economics_import_no_collector_command_or_wire_code() -> None:
+    """Dependencies point one way: the facts read the store through its methods and the
+    economics is pure; neither reaches down to the collectors or the wire, nor up to a
+    command (``status`` is built on the facts, never the other way)."""
+    from tests.test_store_imports import _imports
+
+    checks = {
+        ROOT / "facts.py": ("monitor.collect", "monitor.cli", "monitor.status", "monitor.novita"),
+        ROOT / "economics.py": (
+            "monitor.store", "monitor.collect", "monitor.cli", "monitor.status",
+            "monitor.novita", "monitor.rules", "monitor.facts", "sqlalchemy",
+        ),
+    }  # fmt: skip
+    bad = [
+        f"{path.name}:{line}: {module}"
+        for path, forbidden in checks.items()
+        for line, module in _imports(path)
+        if any(module == f or module.startswith(f + ".") for f in forbidden)
+    ]
+    assert bad == []
+    # and the facts read no table directly (only through the store's methods)
+    assert "monitor.store.tables" not in {m for _, m in _imports(ROOT / "facts.py")}
