@@ -44,9 +44,10 @@ from monitor.store.db import Store, open_store
 T = TypeVar("T")
 
 #: TEST-ONLY crash hook: ``NOVITA_MONITOR_TEST_CRASH_AFTER=claim`` makes the process kill itself
-#: with SIGKILL right after an action's claim is committed, before its API call (the end-to-end
-#: test of "a crash between intent and outcome is reconciled, never called again"). Never set
-#: it in production.
+#: with SIGKILL right after an action's claim is committed, before its API call; ``=call`` right
+#: after the API answered, before the outcome is recorded (the end-to-end tests of "a crash
+#: between intent and outcome is reconciled by reading, never called again"). Never set it in
+#: production.
 TEST_CRASH_ENV = "NOVITA_MONITOR_TEST_CRASH_AFTER"
 
 log = structlog.get_logger("monitor.app")
@@ -118,6 +119,21 @@ def _rules_window(ruleset: RuleSet) -> int:
     """The longest metric window any rule reads (seconds): the first-sight backfill covers it."""
     windows = [w for rule in ruleset for w in metric_windows(rule.when)]
     return int(max(windows, default=timedelta(0)).total_seconds())
+
+
+def claim_abandoned(claimed_by: str | None) -> bool:
+    """An ``executing`` row claimed by a process of this host that no longer runs (``by`` is
+    ``host:pid``, :attr:`App.actor`): it crashed mid-action, reconcile the row now."""
+    host, _, pid = (claimed_by or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
 
 
 def build_router(config: Config, env: Mapping[str, str]) -> Router:
@@ -293,15 +309,18 @@ class App:
             now if now is not None else self.clock.now(),
             by=self.actor,
             ruleset=self.ruleset,
-            on_claimed=self._crash_hook(),
+            hook=self._crash_hook(),
+            abandoned=claim_abandoned,
         )
 
     def _crash_hook(self) -> Any:
-        if self.crash_after != "claim":
+        if self.crash_after not in ("claim", "call"):
             return None
+        point = self.crash_after
 
-        def crash(_row: object) -> None:  # TEST-ONLY: see TEST_CRASH_ENV
-            os.kill(os.getpid(), signal.SIGKILL)
+        def crash(at: str, _row: object) -> None:  # TEST-ONLY: see TEST_CRASH_ENV
+            if at == point:
+                os.kill(os.getpid(), signal.SIGKILL)
 
         return crash
 

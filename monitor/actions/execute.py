@@ -134,14 +134,18 @@ async def act(
     *,
     by: str,
     ruleset: RuleSet | None = None,
-    on_claimed: Callable[[ActionRecord], None] | None = None,
+    hook: Callable[[str, ActionRecord], None] | None = None,
+    abandoned: Callable[[str | None], bool] | None = None,
 ) -> ActReport:
     """Run one act step at ``now`` (see the module docstring). ``clients`` by account name;
     ``facts_for(now)`` gives the stored facts (hourly costs, the listing for savings);
     ``ruleset`` the loaded rules (a stop's condition is re-checked with its rule's ``when``);
-    ``by`` names this executor in the ledger (``claimed_by``); ``on_claimed`` is called right
-    after a claim is committed, before the API call (the test-only crash hook)."""
-    step = _Step(store, clients, facts_for, settings, now, by, ruleset, on_claimed)
+    ``by`` names this executor in the ledger (``claimed_by``); ``hook(point, row)`` is called
+    at ``"claim"`` (the claim committed, before the API call) and ``"call"`` (the API answered,
+    before the outcome is recorded): the test-only crash hook. ``abandoned(claimed_by)`` says
+    an ``executing`` row's executor is known dead (reconciled at once instead of after
+    ``executing_timeout``)."""
+    step = _Step(store, clients, facts_for, settings, now, by, ruleset, hook, abandoned)
     await step.run()
     return step.report
 
@@ -156,7 +160,8 @@ class _Step:
         now: datetime,
         by: str,
         ruleset: RuleSet | None,
-        on_claimed: Callable[[ActionRecord], None] | None,
+        hook: Callable[[str, ActionRecord], None] | None,
+        abandoned: Callable[[str | None], bool] | None,
     ) -> None:
         self.store = store
         self.clients = clients
@@ -166,7 +171,8 @@ class _Step:
         self.now = now
         self.by = by
         self.ruleset = ruleset
-        self.on_claimed = on_claimed
+        self.hook = hook
+        self.abandoned = abandoned
         self.report = ActReport(now)
 
     # -- helpers ------------------------------------------------------------------------------
@@ -255,7 +261,9 @@ class _Step:
         rows = [
             row
             for row in self.store.actions(states=["executing", "outcome_unknown"])
-            if row.state == "outcome_unknown" or (row.started_at or self.now) <= stale
+            if row.state == "outcome_unknown"
+            or (row.started_at or self.now) <= stale
+            or (self.abandoned is not None and self.abandoned(row.claimed_by))
         ]
         for row in sorted(rows, key=lambda r: (r.started_at or self.now, r.id or 0)):
             try:
@@ -425,8 +433,8 @@ class _Step:
         if claimed is None:
             log.info("action.claimed_elsewhere", action_id=row.id)
             return False
-        if self.on_claimed is not None:
-            self.on_claimed(claimed)
+        if self.hook is not None:
+            self.hook("claim", claimed)
         await self._call(client, claimed, fields)
         return True
 
@@ -581,6 +589,8 @@ class _Step:
                 answer={"error": {"message": repr(exc)[:500]}}, finished_at=None,
             )  # fmt: skip
             return
+        if self.hook is not None:
+            self.hook("call", row)
         error = verify.answer_error(body)
         if error is not None:
             self._failed(row, error, {"response": body, "error": {"message": error}}, "failed")
