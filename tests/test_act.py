@@ -138,6 +138,7 @@ async def plan(
     due_in: timedelta = timedelta(0),
     rule: str = RULE,
     params: dict[str, Any] | None = None,
+    row_instance: str | None = None,
     **kw: Any,
 ) -> int:
     snap = await snapshot(app, instance_id)
@@ -148,7 +149,7 @@ async def plan(
         account="main",
         rule=rule,
         action=action,
-        instance_id=instance_id,
+        instance_id=row_instance or instance_id,
         instance_name=fact.name,
         params=params if params is not None else ({"months": 1} if action == "renew" else {}),
         facts={"instance": snap, "value": 1.0},
@@ -625,3 +626,32 @@ def test_settings_reject_negative_limits() -> None:
     assert ActSettings.from_section(section()) == replace(
         ActSettings(), max_per_cycle=7, protect_names=("a*",)
     )
+
+
+async def test_the_busy_trainer_is_never_stopped_data_loading_dips_included(
+    app: App, demo_sim: FleetSim, clock: ManualClock
+) -> None:
+    # the trainer dips below 5 % while loading data; over the rule's 45 min it is busy
+    stopped = []
+    for _ in range(6):
+        row_id = await plan(app, "stop", "demo-trainer", clock.now())
+        await act(app)
+        stopped.append(row(app, row_id).state)
+        assert "the condition no longer holds on fresh data" in row(app, row_id).reason
+        clock.advance(10 * 60)
+    assert stopped == ["aborted"] * 6
+    assert posts(demo_sim, "stop") == []
+
+
+async def test_one_failing_action_never_stops_the_others(
+    app: App, demo_sim: FleetSim, clock: ManualClock
+) -> None:
+    demo_sim.top_up(-demo_sim.balance_10k() + 10_000)
+    renew = await plan(app, "renew", SUBSCRIPTION, clock.now(), rule="renew-subscriptions")
+    gone = await plan(app, "stop", NOTEBOOK, clock.now(), row_instance="no-such-instance")
+    stop = await plan(app, "stop", NOTEBOOK, clock.now(), idempotency_key="second-key")
+    report = await act(app)
+    assert row(app, renew).state == "failed"
+    assert row(app, gone).state == "aborted" and "gone" in row(app, gone).reason
+    assert row(app, stop).state == "succeeded"
+    assert report.failed and len(posts(demo_sim, "stop")) == 1
