@@ -32,7 +32,7 @@ from monitor.config import (
     resolve_channel_url,
 )
 from monitor.errors import ConfigError
-from monitor.evaluate import CycleReport, Evaluator
+from monitor.evaluate import CycleReport, Evaluator, to_silence
 from monitor.facts import StoreFacts
 from monitor.logs import register_secret
 from monitor.notify import Channel, Notifier, Route, Router
@@ -289,7 +289,6 @@ class App:
         return ActSettings.from_section(getattr(self.config, "actions", None))
 
     def facts_at(self, now: datetime) -> StoreFacts:
-        assert self.evaluator is not None
         return StoreFacts(
             self.store,
             [c.account for c in self.contexts],
@@ -301,16 +300,18 @@ class App:
     async def act(self, now: datetime | None = None) -> ActReport:
         """One act step (:func:`monitor.actions.execute.act`): reconcile, execute the due
         actions, verify and close savings. Its notices are for the outbox."""
+        now = now if now is not None else self.clock.now()
         return await act(
             self.store,
             {c.account: c.client for c in self.contexts},
             self.facts_at,
             self.act_settings(),
-            now if now is not None else self.clock.now(),
+            now,
             by=self.actor,
             ruleset=self.ruleset,
             hook=self._crash_hook(),
             abandoned=claim_abandoned,
+            silences=[to_silence(s) for s in self.store.list_silences(now)],
         )
 
     def _crash_hook(self) -> Any:

@@ -655,3 +655,67 @@ async def test_one_failing_action_never_stops_the_others(
     assert row(app, gone).state == "aborted" and "gone" in row(app, gone).reason
     assert row(app, stop).state == "succeeded"
     assert report.failed and len(posts(demo_sim, "stop")) == 1
+
+
+async def test_a_silence_added_during_the_grace_holds_the_stop(
+    app: App, demo_sim: FleetSim, clock: ManualClock
+) -> None:
+    row_id = await plan(
+        app, "stop", NOTEBOOK, clock.now(), state="announced", due_in=timedelta(minutes=15)
+    )
+    clock.advance(5 * 60)
+    # what the announcement tells the user to do to keep it
+    app.store.add_silence(
+        starts_at=clock.now(),
+        ends_at=clock.now() + timedelta(hours=4),
+        created_at=clock.now(),
+        reason="still using it",
+        rule=RULE,
+        resource_id=NOTEBOOK,
+    )
+    clock.advance(10 * 60)
+    report = await act(app)  # through App.act: the store's silences
+    held = row(app, row_id)
+    assert held.state == "skipped" and "silenced" in held.reason and "still using it" in held.reason
+    assert posts(demo_sim, "stop") == []
+    (note,) = notices(report)
+    assert "held: silenced" in note
+
+
+async def test_an_unreachable_api_aborts_without_holding_the_intent(
+    tmp_path: Path, sim_app: Any, demo_sim: FleetSim, clock: ManualClock
+) -> None:
+    def refuse_connections(request: httpx.Request, body: Any) -> tuple[int, Any] | None:
+        return None
+
+    class Unreachable(Tamper):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if request.url.path.endswith("/instance/stop"):
+                raise httpx.ConnectError("connection refused", request=request)
+            return await super().handle_async_request(request)
+
+    config = Config.load(write_config(tmp_path, extra=rules_extra(tmp_path)), env=ENV)
+    app = App.open(
+        config,
+        clock,
+        env=ENV,
+        transport_factory=lambda _n: Unreachable(
+            httpx.ASGITransport(app=sim_app), refuse_connections
+        ),
+    )
+    for ctx in app.contexts:  # no real backoff sleeps between the client's connect retries
+        ctx.client.retry = replace(ctx.client.retry, sleep=no_sleep)
+    try:
+        await app.collect()
+        row_id = await plan(app, "stop", NOTEBOOK, clock.now())
+        await act(app)
+        aborted = row(app, row_id)
+        assert aborted.state == "aborted" and "not sent" in aborted.reason
+        assert aborted.idempotency_key is None  # a later plan may try again
+        assert posts(demo_sim, "stop") == []
+    finally:
+        await app.aclose()
+
+
+async def no_sleep(_seconds: float) -> None:
+    return None

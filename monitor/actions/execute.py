@@ -36,7 +36,7 @@ what a re-read of the instance showed, ``"verified"`` true/false once verificati
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -56,7 +56,7 @@ from monitor.novita.errors import (
 )
 from monitor.novita.models import FixedTermBill, Instance
 from monitor.rules.facts import Facts, InstanceFact
-from monitor.rules.lifecycle import Notification
+from monitor.rules.lifecycle import AlertState, Notification, Silence, fingerprint
 from monitor.rules.model import Rule, RuleSet
 from monitor.store.models import ActionRecord
 
@@ -136,6 +136,7 @@ async def act(
     ruleset: RuleSet | None = None,
     hook: Callable[[str, ActionRecord], None] | None = None,
     abandoned: Callable[[str | None], bool] | None = None,
+    silences: Sequence[Silence] = (),
 ) -> ActReport:
     """Run one act step at ``now`` (see the module docstring). ``clients`` by account name;
     ``facts_for(now)`` gives the stored facts (hourly costs, the listing for savings);
@@ -144,8 +145,11 @@ async def act(
     at ``"claim"`` (the claim committed, before the API call) and ``"call"`` (the API answered,
     before the outcome is recorded): the test-only crash hook. ``abandoned(claimed_by)`` says
     an ``executing`` row's executor is known dead (reconciled at once instead of after
-    ``executing_timeout``)."""
+    ``executing_timeout``). ``silences``: the active silences; one matching a due row's rule
+    and instance holds it (``skipped``, reason ``silenced``: the announcement's "to keep it,
+    add a silence" works during the grace)."""
     step = _Step(store, clients, facts_for, settings, now, by, ruleset, hook, abandoned)
+    step.silences = list(silences)
     await step.run()
     return step.report
 
@@ -173,6 +177,7 @@ class _Step:
         self.ruleset = ruleset
         self.hook = hook
         self.abandoned = abandoned
+        self.silences: list[Silence] = []
         self.report = ActReport(now)
 
     # -- helpers ------------------------------------------------------------------------------
@@ -352,6 +357,11 @@ class _Step:
                 )
                 self._move(row, "skipped", reason=self._explained(off, row))
                 continue
+            silence = self._silenced(row)
+            if silence is not None:
+                held = f"silenced (silence {silence.id}{': ' + silence.reason if silence.reason else ''})"
+                self._end(row, "skipped", held)
+                continue
             breaker = self._breaker(row, per_cycle, tripped, rule_tripped)
             if breaker is not None:
                 if self._move(row, "skipped", reason=self._explained(f"breaker: {breaker}", row)):
@@ -387,6 +397,18 @@ class _Step:
                     started_at=self.now,
                 )
             )
+
+    def _silenced(self, row: ActionRecord) -> Silence | None:
+        rule = self._rule(row.rule)
+        state = AlertState(
+            fingerprint(row.account, row.rule, "instance", row.instance_id),
+            row.account,
+            row.rule,
+            "instance",
+            row.instance_id,
+            labels=dict(rule.labels) if rule is not None else {},
+        )
+        return next((s for s in self.silences if s.matches(state, self.now)), None)
 
     def _breaker(
         self,
@@ -441,7 +463,9 @@ class _Step:
     def _end(self, row: ActionRecord, state: str, why: str) -> None:
         moved = self._move(row, state, reason=self._explained(why, row))
         if moved is not None:
-            verb = {"aborted": "not done", "refused": "refused"}.get(state, state)
+            verb = {"aborted": "not done", "refused": "refused", "skipped": "held"}.get(
+                state, state
+            )
             self._notify(
                 moved,
                 "warning",
@@ -571,10 +595,16 @@ class _Step:
                 )  # fmt: skip
             return
         except UnavailableError as exc:
-            # certainly not sent (a connect error after the client's retries)
-            state = "failed"
-            why = f"the API could not be reached: {exc}"
-            self._failed(row, why, {"error": _error(exc)}, state)
+            # certainly not sent (a connect error after the client's retries): it ended without
+            # acting, so its intent is released and a later plan may try again
+            why = f"not sent, the API could not be reached: {exc}"
+            self._move(
+                row, "aborted", reason=self._explained(why, row), answer={"error": _error(exc)}
+            )
+            self._notify(
+                row, "warning", f"{row.action} of {self._who(row)} not done: {why}",
+                event="aborted", state="aborted",
+            )  # fmt: skip
             return
         except APIError as exc:
             self._failed(row, f"the API refused it: {exc}", {"error": _error(exc)}, "failed")
