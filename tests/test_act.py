@@ -719,3 +719,29 @@ async def test_an_unreachable_api_aborts_without_holding_the_intent(
 
 async def no_sleep(_seconds: float) -> None:
     return None
+
+
+async def test_start_convert_and_auto_renew_are_called_once_and_verified(
+    app: App, demo_sim: FleetSim, clock: ManualClock
+) -> None:
+    demo_sim.top_up(RICH)
+    now = clock.now()
+    start = await plan(app, "start", "demo-stopped", now)
+    convert = await plan(app, "convert_to_subscription", "demo-allmonth", now, params={"months": 1})
+    auto = await plan(
+        app, "set_auto_renew", SUBSCRIPTION, now, params={"months": 1, "enabled": True}
+    )
+    report = await act(app)
+    assert {row(app, i).state for i in (start, convert, auto)} == {"succeeded"}, [
+        row(app, i).reason for i in (start, convert, auto)
+    ]
+    assert len(notices(report, "info")) == 3
+    assert row(app, convert).answer["verified"] is True
+    assert row(app, auto).answer["verified"] is True
+    assert row(app, start).answer["verified"] is None  # starting takes the simulator 30 s
+    clock.advance(60)
+    await act(app)
+    assert row(app, start).answer["verified"] is True
+    assert row(app, start).answer["observed"]["status"] == "running"
+    calls = [a["path"] for a in demo_sim.actions]
+    assert sorted(calls) == ["setAutoRenew", "start", "transToMonthlyInstance"]
