@@ -583,6 +583,8 @@ async def test_a_crash_between_intent_and_outcome_is_reconciled_never_called_aga
     report = await act(app)
     failed = row(app, row_id)
     assert failed.state == "failed" and "not carried out" in failed.reason
+    assert failed.reason.endswith("(planned: renew planned by renew-subscriptions)")
+    assert failed.reason.count("planned:") == 1
     assert "not called again" in notices(report, "critical")[0]
     assert posts(demo_sim, "renewInstance") == []
 

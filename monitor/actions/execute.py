@@ -244,7 +244,11 @@ class _Step:
 
     @staticmethod
     def _explained(why: str, row: ActionRecord) -> str:
-        return f"{why} (planned: {row.reason})" if row.reason else why
+        """``why`` in front of the planning reason (kept once, however often the row moves)."""
+        planned = row.reason or ""
+        if "(planned: " in planned:
+            planned = planned[planned.index("(planned: ") + len("(planned: ") : -1]
+        return f"{why} (planned: {planned})" if planned else why
 
     # -- the step -----------------------------------------------------------------------------
 
