@@ -8,6 +8,7 @@ client on ``httpx.ASGITransport(create_app(sim))``, time on the shared ``ManualC
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import replace
@@ -747,3 +748,36 @@ async def test_start_convert_and_auto_renew_are_called_once_and_verified(
     assert row(app, start).answer["observed"]["status"] == "running"
     calls = [a["path"] for a in demo_sim.actions]
     assert sorted(calls) == ["setAutoRenew", "start", "transToMonthlyInstance"]
+
+
+async def test_a_call_cut_by_a_shutdown_is_recorded_outcome_unknown(
+    tmp_path: Path, sim_app: Any, demo_sim: FleetSim, clock: ManualClock
+) -> None:
+    entered = asyncio.Event()
+
+    class Hanging(Tamper):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if request.url.path.endswith("/instance/stop"):
+                entered.set()
+                await asyncio.Event().wait()  # never answers
+            return await super().handle_async_request(request)
+
+    config = Config.load(write_config(tmp_path, extra=rules_extra(tmp_path)), env=ENV)
+    app = App.open(
+        config,
+        clock,
+        env=ENV,
+        transport_factory=lambda _n: Hanging(httpx.ASGITransport(app=sim_app), lambda r, b: None),
+    )
+    try:
+        await app.collect()
+        row_id = await plan(app, "stop", NOTEBOOK, clock.now())
+        task = asyncio.create_task(app.act())
+        await asyncio.wait_for(entered.wait(), timeout=10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        cut = row(app, row_id)
+        assert cut.state == "outcome_unknown" and "cut by a shutdown" in cut.reason
+    finally:
+        await app.aclose()

@@ -36,6 +36,7 @@ what a re-read of the instance showed, ``"verified"`` true/false once verificati
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -616,6 +617,11 @@ class _Step:
         except ValueError as exc:
             self._failed(row, f"not sent: {exc}", {"error": {"message": str(exc)}}, "failed")
             return
+        except asyncio.CancelledError:
+            # a stop (SIGTERM past its grace) cut the call: it may have gone out
+            why = "outcome unknown: the call was cut by a shutdown (reconciled by reading)"
+            self._move(row, "outcome_unknown", reason=self._explained(why, row), finished_at=None)
+            raise
         except Exception as exc:  # the call may have gone out: unknown, reconciled by reading
             why = f"outcome unknown: {type(exc).__name__} during the call"
             self._move(
