@@ -31,6 +31,7 @@ Units the API docs leave open (wire-format §6, §7) are not trusted alone:
 
 from __future__ import annotations
 
+import calendar
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -574,6 +575,35 @@ def cost_since(hourly_usd: Decimal | None, since: datetime | None, now: datetime
     if hourly_usd is None or since is None or since > now:
         return None
     return hourly_usd * Decimal(str((now - since).total_seconds() / HOUR_S))
+
+
+def stop_saving(
+    saving_per_hour_usd: Decimal | None,
+    since: datetime | None,
+    until: datetime | None,
+    now: datetime,
+) -> Decimal | None:
+    """The gross saving of a stop (the compute price not paid; storage of the stopped instance
+    is not subtracted): hours stopped x the hourly price it stopped paying. Stopped from
+    ``since`` until ``until`` (it ran again) or, still stopped, until ``now`` (accruing).
+    Unknown when the price or the start is; never negative."""
+    end = until if until is not None else now
+    if saving_per_hour_usd is None or since is None:
+        return None
+    if end <= since:
+        return Decimal(0)
+    return cost_since(saving_per_hour_usd, since, end)
+
+
+def months_after(when: datetime, months: int) -> datetime:
+    """``when`` moved ``months`` calendar months on (the day clamped to the month's length):
+    where a subscription's ``endTime`` should land after a renewal of ``months``."""
+    if months < 0:
+        raise ValueError("months must not be negative")
+    index = when.month - 1 + months
+    year, month = when.year + index // 12, index % 12 + 1
+    days = calendar.monthrange(year, month)[1]
+    return when.replace(year=year, month=month, day=min(when.day, days))
 
 
 def share_of_cost(hourly_usd: Decimal | None, part: int, whole: int) -> Decimal | None:

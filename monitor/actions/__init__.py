@@ -34,6 +34,9 @@ rules ask for none). The flow, each step crash-safe:
    ``executing`` at start (a crash mid-call) is reconciled the same way, never called again.
    Each outcome is verified later (a stop reaches ``exited`` within 5 min; a renew moves
    ``endTime``; a convert makes ``billingMode`` monthly), else an alert.
+   A silence on the rule and instance (added during the grace, as the announcement says) holds
+   a due row (``skipped``, reason ``silenced``); a POST that certainly never left (a connect
+   error) ends ``aborted``, releasing the intent.
 
 3. **Savings** (gross, the compute price not paid): a stop records the hourly cost it saves
    (``saving_per_hour_usd``) from ``saving_since``; when the instance runs again (by anyone)

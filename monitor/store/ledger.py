@@ -121,6 +121,19 @@ class LedgerRepo(StoreBase):
             query = query.limit(limit)
         return self._load(query)
 
+    def follow_ups(self, since: datetime, account: str | None = None) -> list[ActionRecord]:
+        """Succeeded rows the act step still follows, oldest first: those finished at or after
+        ``since`` (their outcome is verified within a few minutes) and stops whose saving is
+        still open (``saving_since`` set, ``saving_until`` not yet)."""
+        a = t.actions.c
+        query = select(ActionRecord).where(
+            a.state == "succeeded",
+            (a.finished_at >= since) | (a.saving_since.is_not(None) & a.saving_until.is_(None)),
+        )
+        if account is not None:
+            query = query.where(a.account == account)
+        return self._load(query.order_by(a.finished_at, a.id))
+
     def claim(self, action: ActionRecord, by: str, now: datetime) -> ActionRecord | None:
         """Move ``action`` to ``executing`` if no one moved it since it was read (its
         ``version``), committing before the caller calls the API; None when another process
