@@ -28,9 +28,9 @@ from monitor.config import (
     resolve_channel_url,
 )
 from monitor.errors import ConfigError
-from monitor.evaluate import CycleReport, Evaluator
+from monitor.evaluate import CycleReport, Evaluator, Planner
 from monitor.logs import register_secret
-from monitor.notify import Channel, Notifier, Route, Router
+from monitor.notify import Channel, DeliveryResult, Notifier, Route, Router
 from monitor.novita.client import NovitaClient
 from monitor.rules import RuleSet, load_rules
 from monitor.rules.tree import BuiltinNode
@@ -39,6 +39,16 @@ from monitor.store.db import Store, open_store
 T = TypeVar("T")
 
 log = structlog.get_logger("monitor.app")
+
+#: TEST ONLY: ``NOVITA_MONITOR_TEST_CRASH_AFTER=evaluate`` makes the process end abruptly
+#: (``os._exit``, as a SIGKILL would) right after an evaluation committed its alert states and
+#: notifications, before delivering them: how the tests show that the outbox loses nothing.
+#: Never set it in production.
+TEST_CRASH_ENV = "NOVITA_MONITOR_TEST_CRASH_AFTER"
+#: the exit status of that test crash
+TEST_CRASH_STATUS = 86
+#: ledger states ``once`` counts as failures (refused and breaker-skipped ones are only printed)
+FAILED_ACTION_STATES = frozenset({"failed", "outcome_unknown"})
 
 
 def run_async(main: Coroutine[Any, Any, T]) -> T:
@@ -140,19 +150,39 @@ def build_router(config: Config, env: Mapping[str, str]) -> Router:
 
 @dataclass
 class OnceResult:
+    """What ``once`` did: collector runs, the evaluation, the act step's rows (when the act
+    hook exists), the deliveries."""
+
     reports: list[RunReport]
     cycle: CycleReport | None
+    actions: list[Any] = field(default_factory=list)
+    deliveries: list[DeliveryResult] = field(default_factory=list)
+
+    @property
+    def failed_actions(self) -> list[Any]:
+        return [a for a in self.actions if a.state in FAILED_ACTION_STATES]
+
+    @property
+    def failed_deliveries(self) -> list[DeliveryResult]:
+        return [d for d in self.deliveries if not d.ok]
 
     def summary_lines(self) -> list[str]:
-        if self.cycle is None:
-            return []
-        firing = self.cycle.firing
-        lines = [f"{len(firing)} alert(s) firing"]
-        for a in sorted(firing, key=lambda a: (a.account, a.rule, a.resource_id)):
-            name = f" ({a.resource_name})" if a.resource_name else ""
-            lines.append(f"  [{a.severity}] {a.rule}: {a.resource_id}{name}: {a.summary}")
-        for d in self.cycle.deliveries:
-            state = "delivered" if d.ok else f"FAILED after {d.attempts} attempt(s): {d.error}"
+        lines = []
+        if self.cycle is not None:
+            firing = self.cycle.firing
+            lines.append(f"{len(firing)} alert(s) firing")
+            for a in sorted(firing, key=lambda a: (a.account, a.rule, a.resource_id)):
+                name = f" ({a.resource_name})" if a.resource_name else ""
+                lines.append(f"  [{a.severity}] {a.rule}: {a.resource_id}{name}: {a.summary}")
+        for act in self.actions:
+            reason = f": {act.reason}" if act.reason else ""
+            lines.append(
+                f"action {act.action} {act.instance_id} (rule {act.rule}): {act.state}{reason}"
+            )
+        for d in self.deliveries:
+            state = (
+                "delivered" if d.ok else f"FAILED (attempt {d.attempts}, retried later): {d.error}"
+            )
             lines.append(f"notification to {d.channel}: {state}")
         return lines
 
@@ -179,9 +209,20 @@ class OnceResult:
                 }
                 for a in (self.cycle.firing if self.cycle else [])
             ],
+            "actions": [
+                {
+                    "id": a.id,
+                    "rule": a.rule,
+                    "action": a.action,
+                    "instance": a.instance_id,
+                    "state": a.state,
+                    "reason": a.reason,
+                }
+                for a in self.actions
+            ],
             "deliveries": [
                 {"channel": d.channel, "ok": d.ok, "attempts": d.attempts, "error": d.error}
-                for d in (self.cycle.deliveries if self.cycle else [])
+                for d in self.deliveries
             ],
         }
 
@@ -205,6 +246,7 @@ class App:
     contexts: list[AccountContext] = field(default_factory=list)
     ruleset: RuleSet | None = None
     evaluator: Evaluator | None = None
+    crash_after: str | None = None  # TEST ONLY, see TEST_CRASH_ENV
 
     @classmethod
     def open(
@@ -215,6 +257,7 @@ class App:
         transport_factory: Any = None,
         rules_window_s: int = 0,
         notifier_factory: Any = None,
+        planner: Planner | None = None,
     ) -> App:
         env = os.environ if env is None else env
         ruleset = load_ruleset(config)
@@ -223,6 +266,7 @@ class App:
         store = open_store(config.database_url)  # one-line errors: see monitor.store.db
         app = cls(config=config, clock=clock or SystemClock(), store=store)
         app.ruleset = ruleset
+        app.crash_after = env.get(TEST_CRASH_ENV) or None
         settings = collect_settings(config, max(rules_window_s, _rules_window(ruleset)))
         try:
             for account in config.accounts:
@@ -245,10 +289,13 @@ class App:
             store,
             ruleset,
             router,
-            notifier or Notifier(router.channels, app.clock),
+            # one attempt per delivery step: the outbox retries later, with backoff
+            notifier or Notifier(router.channels, app.clock, max_attempts=1),
             [c.account for c in app.contexts],
             intervals(config),
             config.stale_after,
+            planner=planner,
+            expire_after=timedelta(seconds=config.notify.expire_after),
         )
         return app
 
@@ -267,18 +314,44 @@ class App:
         return await run_all_accounts(self.contexts, self.clock, names)
 
     async def evaluate(self) -> CycleReport:
+        """One evaluation (alert states, notifications and planned actions committed
+        together), then the delivery of what is due."""
+        report = self._judge()
+        report.deliveries = await self.deliver()
+        return report
+
+    def _judge(self) -> CycleReport:
+        """One evaluation, recorded (no delivery)."""
         assert self.evaluator is not None
-        return await self.evaluator.cycle(self.clock.now())
+        report = self.evaluator.evaluate(self.clock.now())
+        if self.crash_after == "evaluate":  # TEST ONLY (TEST_CRASH_ENV)
+            log.warning("test_crash", after="evaluate", notifications=len(report.notifications))
+            os._exit(TEST_CRASH_STATUS)
+        return report
+
+    async def deliver(self) -> list[DeliveryResult]:
+        """The delivery step: pending notifications due now are sent (the outbox)."""
+        assert self.evaluator is not None
+        return await self.evaluator.deliver(self.clock.now())
 
     async def once(self, names: list[str] | None = None) -> OnceResult:
-        """Every collector once, then one evaluation with delivery of what is due."""
+        """Every collector once, one evaluation, the act step (when there is one), then the
+        delivery of every notification due (the evaluation's and the act step's)."""
         reports = await self.collect(names)
-        cycle = await self.evaluate() if self.ruleset is not None else None
-        return OnceResult(reports, cycle)
+        cycle = self._judge() if self.ruleset is not None else None
+        actions: list[Any] = []
+        act = getattr(self, "act", None)  # the act step (monitor.actions), when wired
+        if act is not None:
+            actions = list(await act(self.clock.now()) or [])
+        deliveries = await self.deliver()
+        if cycle is not None:
+            cycle.deliveries = deliveries
+        return OnceResult(reports, cycle, actions=actions, deliveries=deliveries)
 
     def extra_jobs(self) -> list[Job]:
-        """Scheduler jobs beyond the collectors: the rule evaluation (graceful: a stop lets it
-        finish recording and delivering its notifications, within the grace)."""
+        """Scheduler jobs beyond the collectors: the rule evaluation, followed by a delivery
+        (graceful: a stop lets it finish, within the grace), and the delivery step on its own
+        schedule (``schedules.deliver``: retries, and what others put in the outbox)."""
 
         async def evaluate() -> None:
             report = await self.evaluate()
@@ -286,10 +359,18 @@ class App:
                 "evaluated",
                 rules=len(self.ruleset.rules) if self.ruleset is not None else 0,
                 firing=len(report.firing),
+                notifications=len(report.notifications),
                 deliveries=len(report.deliveries),
             )
 
-        return [Job("evaluate", float(self.config.schedules.evaluate), evaluate, graceful=True)]
+        async def deliver() -> None:
+            await self.deliver()
+
+        schedules = self.config.schedules
+        return [
+            Job("evaluate", float(schedules.evaluate), evaluate, graceful=True),
+            Job("deliver", float(schedules.deliver), deliver, graceful=True),
+        ]
 
     async def aclose(self) -> None:
         for ctx in self.contexts:

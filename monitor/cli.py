@@ -246,9 +246,11 @@ def _exit_now(signum: int, _frame: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the run reports as JSON.")
 @handle_errors
 def once(config_path: str | None, collectors: tuple[str, ...], as_json: bool) -> None:
-    """Run every collector once, evaluate the rules once, deliver notifications, exit.
+    """Run every collector once, evaluate the rules once, act, deliver notifications, exit.
 
-    Exit status 1 when a collector failed outright."""
+    Exit status 1 when a collector failed outright, a notification could not be delivered (it
+    stays pending: the next run or the daemon retries it), or an action failed or ended with
+    an unknown outcome (refused and breaker-skipped actions are printed, not failures)."""
     from monitor.app import App, run_async
 
     config = _load(config_path)
@@ -272,7 +274,8 @@ def once(config_path: str | None, collectors: tuple[str, ...], as_json: bool) ->
             click.echo(f"{r.account:<12} {r.collector:<18} {r.outcome:<8} {counts}{tail}")
         for line in result.summary_lines():
             click.echo(line)
-    if any(r.outcome == "failed" for r in reports):
+    failed = any(r.outcome == "failed" for r in reports)
+    if failed or result.failed_deliveries or result.failed_actions:
         sys.exit(1)
 
 

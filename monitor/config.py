@@ -368,10 +368,15 @@ class Schedules(StrictModel):
     async_tasks: Seconds = 30.0
     retention: Seconds = 3600.0
     evaluate: Seconds = 60.0
+    deliver: Seconds = 15.0  # the outbox: pending notifications that are due are sent
 
     def collectors(self) -> dict[str, float]:
-        """Intervals of the collectors (not the retention and evaluation jobs)."""
-        return {k: v for k, v in self.model_dump().items() if k not in ("retention", "evaluate")}
+        """Intervals of the collectors (not the retention, evaluation and delivery jobs)."""
+        return {
+            k: v
+            for k, v in self.model_dump().items()
+            if k not in ("retention", "evaluate", "deliver")
+        }
 
 
 class MetricsSettings(StrictModel):
@@ -400,6 +405,13 @@ class Retention(StrictModel):
         return self
 
 
+class NotifySettings(StrictModel):
+    """The outbox: a notification not delivered (the channel down) is retried with backoff
+    until ``expire_after`` has passed since it was decided, then marked ``expired``."""
+
+    expire_after: Seconds = 86400.0
+
+
 class LogSettings(StrictModel):
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error", "critical"] = "info"
@@ -426,6 +438,7 @@ class Config(StrictModel):
     stale_after: float = Field(default=3.0, ge=1)
     retention: Retention = Field(default_factory=Retention)
     log: LogSettings = Field(default_factory=LogSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
     channels: dict[Name, Channel] = Field(default_factory=dict)
     default_channels: Annotated[list[str], BeforeValidator(_str_list)] = Field(default_factory=list)
     routes: list[Route] = Field(default_factory=list)
