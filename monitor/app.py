@@ -316,11 +316,11 @@ class App:
     async def evaluate(self) -> CycleReport:
         """One evaluation (alert states, notifications and planned actions committed
         together), then the delivery of what is due."""
-        report = self._judge()
+        report = self.evaluate_only()
         report.deliveries = await self.deliver()
         return report
 
-    def _judge(self) -> CycleReport:
+    def evaluate_only(self) -> CycleReport:
         """One evaluation, recorded (no delivery)."""
         assert self.evaluator is not None
         report = self.evaluator.evaluate(self.clock.now())
@@ -338,7 +338,7 @@ class App:
         """Every collector once, one evaluation, the act step (when there is one), then the
         delivery of every notification due (the evaluation's and the act step's)."""
         reports = await self.collect(names)
-        cycle = self._judge() if self.ruleset is not None else None
+        cycle = self.evaluate_only() if self.ruleset is not None else None
         actions: list[Any] = []
         act = getattr(self, "act", None)  # the act step (monitor.actions), when wired
         if act is not None:

@@ -15,20 +15,34 @@ API_KEY = "sk-test-0123456789abcdef0123456789abcdef"
 ENV = {"NOVITA_API_KEY": API_KEY}
 
 
-def write_config(tmp_path: Path, base_url: str = "http://localhost", extra: str = "") -> Path:
+def write_config(
+    tmp_path: Path,
+    base_url: str = "http://localhost",
+    extra: str = "",
+    database: str | None = None,
+) -> Path:
     path = tmp_path / "novita-monitor.yaml"
+    database = database or f"sqlite:///{tmp_path / 'monitor.db'}"
     path.write_text(
         "accounts:\n"
         "  - name: main\n"
         "    api_key_env: NOVITA_API_KEY\n"
         f"    base_url: {base_url}\n"
-        f"database: sqlite:///{tmp_path / 'monitor.db'}\n" + extra
+        f"database: {database}\n" + extra
     )
     return path
 
 
-def open_app(tmp_path: Path, sim_app: Any, clock: Any, extra: str = "", **kwargs: Any) -> App:
-    config = Config.load(write_config(tmp_path, extra=extra), env=ENV)
+def open_app(
+    tmp_path: Path,
+    sim_app: Any,
+    clock: Any,
+    extra: str = "",
+    database: str | None = None,
+    **kwargs: Any,
+) -> App:
+    """An App on the in-process simulator ``sim_app`` (its pipeline: ``monitor.pipeline``)."""
+    config = Config.load(write_config(tmp_path, extra=extra, database=database), env=ENV)
     return App.open(
         config,
         clock,

@@ -136,11 +136,13 @@ class AlertingRepo(StoreBase):
             elif read is not None:
                 deletes.append({"_fp": fp, "_v": read})
         if inserts:
-            stmt = insert_statement(conn, t.alerts).on_conflict_do_nothing(
-                index_elements=["fingerprint"]
+            stmt = (
+                insert_statement(conn, t.alerts)
+                .on_conflict_do_nothing(index_elements=["fingerprint"])
+                .returning(a.fingerprint)
             )
-            for row in inserts:  # one by one: a conflict is a lost race, told by its rowcount
-                if conn.execute(stmt, row).rowcount != 1:
+            for row in inserts:  # one by one: a conflict (nothing returned) is a lost race
+                if conn.execute(stmt, row).first() is None:
                     raise StaleAlertWrite(f"alert {row['fingerprint']} was created meanwhile")
         cas = (a.fingerprint == bindparam("_fp")) & (a.version == bindparam("_v"))
         if updates:
