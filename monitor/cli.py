@@ -216,8 +216,16 @@ simulator.help = inspect.cleandoc(simulator.help or "") + "\n\n" + _quirk_help()
 
 @cli.command()
 @config_option
+@click.option(
+    "--clock",
+    "clock_url",
+    metavar="URL",
+    default=None,
+    help="FOR TESTS AND DEMOS ONLY: take the time from a local simulator's clock "
+    "(http://127.0.0.1:PORT/_sim/clock); the schedules then run at the simulator's --speed.",
+)
 @handle_errors
-def run(config_path: str | None) -> None:
+def run(config_path: str | None, clock_url: str | None) -> None:
     """Run the daemon in the foreground (SIGTERM/SIGINT stop, SIGHUP reloads)."""
     # Until the daemon's event loop takes the signals over, a stop request just ends the
     # process (nothing is open yet): status 0, as for a stop at any later moment.
@@ -225,15 +233,35 @@ def run(config_path: str | None) -> None:
     from monitor.app import find_config_path, run_async
     from monitor.daemon import Daemon
 
+    if clock_url is not None:
+        _check_clock_url(clock_url)
     config = _load(config_path)
     _setup_logs(config)
     path = find_config_path(config_path, os.environ, Path.cwd())
     assert path is not None
     try:
-        run_async(Daemon(path).run())
+        run_async(Daemon(path, clock_url=clock_url).run())
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
+
+
+def _check_clock_url(url: str) -> None:
+    """``--clock`` follows a simulator on this machine: an http(s) URL to a loopback host."""
+    from urllib.parse import urlsplit
+
+    from monitor.config import is_loopback
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UserError(
+            f"--clock: {url!r} is not an http URL (expected http://127.0.0.1:PORT/_sim/clock)"
+        )
+    if not is_loopback(parts.hostname):
+        raise UserError(
+            f"--clock: {parts.hostname} is not this machine (a simulator's clock is followed "
+            "only on a loopback address: 127.0.0.1, ::1 or localhost)"
+        )
 
 
 def _exit_now(signum: int, _frame: Any) -> None:

@@ -440,3 +440,66 @@ def test_once_exit_status(
         assert "notification to ops: delivered" in result.output
         for n, state in enumerate(states):
             assert f"action stop i-{n} (rule r): {state}" in result.output
+
+
+# -- a real daemon, killed between recording and delivering -----------------------------------
+
+
+@pytest.fixture
+def fast_sim() -> Iterator[Any]:
+    from monitor.clock import ScaledClock
+    from monitor.sim import FleetSim, SimServer, create_app
+
+    with SimServer(create_app(FleetSim(ScaledClock(60.0), scenario="demo", seed=0))) as server:
+        yield server
+
+
+def test_a_daemon_killed_between_recording_and_delivering_delivers_after_restart(
+    tmp_path: Path, fast_sim: Any, sink: JsonSink
+) -> None:
+    """Killed (``os._exit``, as SIGKILL) right after the first evaluation committed; the
+    channel then down for the first attempts: after the restart the receiver gets each
+    message, once. The daemon follows the simulator's clock at speed 60, so the backoff's
+    minutes are seconds."""
+    import os
+
+    from monitor.app import TEST_CRASH_ENV, TEST_CRASH_STATUS
+    from tests.helpers import API_KEY, Process, query, write_config
+
+    db = tmp_path / "monitor.db"
+    config = write_config(
+        tmp_path, base_url=fast_sim.url, extra=channel(sink) + "log: {format: json}\n"
+    )
+    env = {**os.environ, "NOVITA_API_KEY": API_KEY}
+    args = ["run", "--config", str(config), "--clock", f"{fast_sim.url}/_sim/clock"]
+
+    crashed = Process(args, {**env, TEST_CRASH_ENV: "evaluate"})
+    crashed.wait_for("the crash", lambda: crashed.proc.poll() is not None, 60)
+    assert crashed.stop() == TEST_CRASH_STATUS
+    decided = query(db, "SELECT id, title, status, attempts FROM notifications ORDER BY id")
+    assert decided and all(status == "pending" and n == 0 for _, _, status, n in decided)
+    notified = query(db, "SELECT count(*) FROM alerts WHERE last_notified_at IS NOT NULL")
+    assert notified[0][0] > 0  # the alert states say "told": the outbox must make it true
+    assert sink.requests == []  # today's code would never send these
+
+    sink.fail_next(2)  # the channel is down for the first two attempts
+    daemon = Process(args, env)
+    try:
+
+        def all_sent() -> bool:
+            rows = query(db, "SELECT status FROM notifications")
+            return bool(rows) and all(status == "sent" for (status,) in rows)
+
+        daemon.wait_for("every notification sent", all_sent, 60)
+    finally:
+        assert daemon.stop() == 0
+    titles = [b["title"] for b in sink.bodies]
+    for nid, title, _, _ in decided:
+        assert titles.count(title) == 1, f"notification {nid} received {titles.count(title)}x"
+    assert len(titles) == len(set(titles)) == len(query(db, "SELECT id FROM notifications"))
+    assert [r.status for r in sink.requests[:2]] == [500, 500]
+    first = decided[0][0]
+    ((attempts, error),) = query(
+        db, f"SELECT attempts, error FROM notifications WHERE id = {first}"
+    )
+    assert attempts >= 2 and error is None
