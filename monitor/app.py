@@ -317,7 +317,9 @@ class App:
         """One evaluation (alert states, notifications and planned actions committed
         together), then the delivery of what is due."""
         report = self.evaluate_only()
-        report.deliveries = await self.deliver()
+        # a delivery already under way (a slow channel) is not waited for: the delivery
+        # job sends this evaluation's notifications at its next run
+        report.deliveries = await self.deliver(wait=False)
         return report
 
     def evaluate_only(self) -> CycleReport:
@@ -329,10 +331,10 @@ class App:
             os._exit(TEST_CRASH_STATUS)
         return report
 
-    async def deliver(self) -> list[DeliveryResult]:
+    async def deliver(self, wait: bool = True) -> list[DeliveryResult]:
         """The delivery step: pending notifications due now are sent (the outbox)."""
         assert self.evaluator is not None
-        return await self.evaluator.deliver(self.clock.now())
+        return await self.evaluator.deliver(self.clock.now(), wait)
 
     async def once(self, names: list[str] | None = None) -> OnceResult:
         """Every collector once, one evaluation, the act step (when there is one), then the

@@ -244,9 +244,10 @@ class Evaluator:
         """Decide and record; the engine's result (``bench rules`` times this)."""
         return self.evaluate(now).result
 
-    async def deliver(self, now: datetime) -> list[DeliveryResult]:
-        """The delivery step: send the pending notifications due at ``now``."""
-        return await self.outbox.deliver(now)
+    async def deliver(self, now: datetime, wait: bool = True) -> list[DeliveryResult]:
+        """The delivery step: send the pending notifications due at ``now`` (``wait=False``:
+        not when a delivery is already under way)."""
+        return await self.outbox.deliver(now, wait)
 
     async def cycle(self, now: datetime) -> CycleReport:
         """Decide, record, then deliver what is due (this evaluation's and earlier ones')."""

@@ -209,6 +209,19 @@ async def test_planned_actions_are_written_with_the_alerts_and_announced(
         await app.aclose()
 
 
+def test_the_outbox_settings_and_the_delivery_job(tmp_path: Path, sim_app: Any, clock: Any) -> None:
+    from monitor.config import Config
+
+    defaults = Config.from_yaml("accounts: [{name: main, api_key_env: K}]\n")
+    assert defaults.notify.expire_after == 24 * 3600 and defaults.schedules.deliver == 15
+    app = open_app(tmp_path, sim_app, clock, extra="schedules: {deliver: 30s}\n")
+    try:
+        jobs = {job.name: (job.interval_s, job.graceful) for job in app.extra_jobs()}
+        assert jobs == {"evaluate": (60.0, True), "deliver": (30.0, True)}
+    finally:
+        app.store.close()
+
+
 # -- compare-and-set --------------------------------------------------------------------------
 
 
@@ -503,3 +516,38 @@ def test_a_daemon_killed_between_recording_and_delivering_delivers_after_restart
         db, f"SELECT attempts, error FROM notifications WHERE id = {first}"
     )
     assert attempts >= 2 and error is None
+
+
+async def test_an_evaluation_does_not_wait_for_a_slow_delivery(
+    tmp_path: Path, sim_app: Any, clock: ManualClock
+) -> None:
+    import asyncio
+
+    from monitor.notify.testing import RecordingNotifier
+
+    class SlowNotifier(RecordingNotifier):
+        def __init__(self) -> None:
+            super().__init__()
+            self.delivering = asyncio.Event()
+            self.release = asyncio.Event()
+
+        async def deliver(self, messages: Any) -> Any:
+            self.delivering.set()
+            await self.release.wait()
+            return await super().deliver(messages)
+
+    slow = SlowNotifier()
+    app = open_app(tmp_path, sim_app, clock, notifier_factory=lambda _r, _c: slow)
+    try:
+        await app.collect()
+        app.evaluate_only()
+        under_way = asyncio.create_task(app.deliver())
+        await slow.delivering.wait()
+        clock.advance(60)
+        report = await app.evaluate()  # does not wait for the slow channel
+        assert report.deliveries == [] and not under_way.done()
+        slow.release.set()
+        (result,) = await under_way
+        assert result.ok and len(slow.messages) == 1
+    finally:
+        await app.aclose()

@@ -86,10 +86,14 @@ class Outbox:
         self.batch = batch
         self._lock = asyncio.Lock()
 
-    async def deliver(self, now: datetime) -> list[DeliveryResult]:
+    async def deliver(self, now: datetime, wait: bool = True) -> list[DeliveryResult]:
         """Expire what is too old, then send every pending row due at ``now`` (channels
         concurrently); one result per row sent, in the order of the rows. Never raises for
-        a delivery that failed: the row stays pending until its next attempt."""
+        a delivery that failed: the row stays pending until its next attempt. ``wait=False``
+        returns at once (nothing sent) when a delivery is under way (a slow channel): the
+        next scheduled one sends what is due then."""
+        if not wait and self._lock.locked():
+            return []
         async with self._lock:
             for row in self.store.expire_notifications(now):
                 log.error(
