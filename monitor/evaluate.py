@@ -33,6 +33,7 @@ from monitor.notify import DeliveryResult, Notice, Renderer, Router, build_messa
 from monitor.notify.outbox import DEFAULT_EXPIRE_AFTER, Outbox, outbox_rows
 from monitor.rules import AlertState, EvalResult, Facts, RuleSet, Silence, evaluate
 from monitor.rules.lifecycle import fingerprint
+from monitor.store.alerting import StaleAlertWrite
 from monitor.store.models import ActionRecord
 from monitor.store.records import AlertRecord
 
@@ -195,17 +196,24 @@ class Evaluator:
         """Write the decision in one transaction: the alert states (compare-and-set), the
         notifications due (pending, rendered per channel) and the planned actions."""
         now = decision.now
-        with self.store.transaction() as conn:
-            refused = self.store.write_alerts(
-                decision.keep, decision.forget, decision.versions, conn
-            )
-            notices = [n for n in decision.notices if n.fingerprint not in refused]
-            messages = build_messages(notices, self.router, now, self.renderer)
-            ids = self.store.insert_notifications(
-                outbox_rows(messages, now, self.expire_after), conn
-            )
-            actions = [a for a in decision.actions if _alert_of(a) not in refused]
-            action_ids = self.store.insert_actions(actions, conn) if actions else []
+        try:
+            with self.store.transaction() as conn:
+                refused = self.store.write_alerts(
+                    decision.keep, decision.forget, decision.versions, conn
+                )
+                notices = [n for n in decision.notices if n.fingerprint not in refused]
+                messages = build_messages(notices, self.router, now, self.renderer)
+                ids = self.store.insert_notifications(
+                    outbox_rows(messages, now, self.expire_after), conn
+                )
+                actions = [a for a in decision.actions if _alert_of(a) not in refused]
+                action_ids = self.store.insert_actions(actions, conn) if actions else []
+        except StaleAlertWrite as exc:
+            # another writer moved an alert between the check and the write: nothing of
+            # this evaluation was kept; the next one reads the states again
+            log.warning("evaluation_refused", reason=str(exc))
+            refused = {r.fingerprint for r in decision.keep} | set(decision.forget)
+            return CycleReport(now=now, result=decision.result, refused=refused)
         for fp in sorted(refused):
             state = decision.result.states[fp]
             log.warning(

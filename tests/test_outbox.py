@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 from sqlalchemy.engine import make_url
 
 from monitor.app import App
@@ -254,8 +255,14 @@ async def test_two_evaluators_on_one_database_the_stale_write_is_refused(
         notebook = fingerprint("main", "idle-gpu", "instance", NOTEBOOK)
         assert notebook in {r.fingerprint for r in seen_by_a.keep}  # last_eval_at moves
         a.record(seen_by_a)
-        lost = b.record(seen_by_b)
+        with structlog.testing.capture_logs() as logs:
+            lost = b.record(seen_by_b)
         assert notebook in lost.refused
+        refusals = [e for e in logs if e["event"] == "alert_write_refused"]
+        assert {e["fingerprint"] for e in refusals} == lost.refused
+        assert any(e["resource"] == NOTEBOOK and e["rule"] == "idle-gpu" for e in refusals)
+        # the loser logs no transition it did not write
+        assert not [e for e in logs if e["event"] == "alert_transition"]
         stored = {r.fingerprint: r for r in first.store.load_alerts()}
         assert stored[notebook].version == 1
         assert stored[notebook].last_eval_at == clock.now()
@@ -549,5 +556,52 @@ async def test_an_evaluation_does_not_wait_for_a_slow_delivery(
         slow.release.set()
         (result,) = await under_way
         assert result.ok and len(slow.messages) == 1
+    finally:
+        await app.aclose()
+
+
+async def test_a_write_racing_between_check_and_write_rolls_the_evaluation_back(
+    tmp_path: Path, sim_app: Any, clock: ManualClock, sink: JsonSink
+) -> None:
+    """SQLite checks the versions before its write lock: a writer committing in between is
+    caught by the compare-and-set itself, and nothing of the evaluation is kept."""
+    import sqlite3
+
+    from sqlalchemy import event
+
+    app = open_app(tmp_path, sim_app, clock, extra=channel(sink))
+    try:
+        await app.collect()
+        app.evaluate_only()
+        clock.advance(3600 * 4)  # idle-gpu's reminder (repeat_interval 4h) is due
+        await app.collect()
+        assert app.evaluator is not None
+        decision = app.evaluator.decide(clock.now())
+        assert decision.notices and decision.keep
+        raced: list[str] = []
+
+        def other_writer(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            # before this process's first write of the transaction (it then holds the lock)
+            first_write = statement.upper().startswith(("UPDATE ALERTS", "INSERT INTO ALERTS"))
+            if first_write and not raced:
+                other = sqlite3.connect(tmp_path / "monitor.db", timeout=10)
+                with other:
+                    other.execute("UPDATE alerts SET version = version + 1, summary = 'other'")
+                other.close()
+                raced.append(statement)
+
+        event.listen(app.store.engine, "before_cursor_execute", other_writer)
+        try:
+            with structlog.testing.capture_logs() as logs:
+                report = app.evaluator.record(decision)
+        finally:
+            event.remove(app.store.engine, "before_cursor_execute", other_writer)
+        assert raced
+        assert report.notifications == [] and report.refused >= {
+            r.fingerprint for r in decision.keep
+        }
+        assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["evaluation_refused"]
+        assert {a.summary for a in app.store.load_alerts()} == {"other"}  # theirs, not ours
+        assert len(app.store.notifications()) == 1  # only the first evaluation's
     finally:
         await app.aclose()
