@@ -366,7 +366,7 @@ class App:
             )
 
         async def deliver() -> None:
-            await self.deliver()
+            await self.deliver(wait=False)  # one under way (a slow channel): skip this run
 
         schedules = self.config.schedules
         return [

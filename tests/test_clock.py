@@ -135,7 +135,7 @@ def test_the_daemon_on_the_simulators_clock_fires_a_30_minute_window_in_seconds(
         assert state == "firing"
         # the whole window had to be idle: not before 30 simulated minutes after the switch,
         # less one sample (the window's first minute sample may fall just after the switch)
-        assert timedelta(minutes=29) <= fired_at - switched <= timedelta(minutes=40)
+        assert timedelta(minutes=29) <= fired_at - switched <= timedelta(minutes=45)
         assert 20 < elapsed < 90
         events = [json.loads(x) for x in daemon.lines if x.startswith("{")]
         (follow,) = [e for e in events if e.get("event") == "following_clock"]
