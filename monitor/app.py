@@ -12,14 +12,16 @@ import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import structlog
 
 from monitor.actions.execute import ActReport, act
+from monitor.actions.plan import plan_actions
 from monitor.actions.settings import ActSettings
 from monitor.clock import Clock, SystemClock
 from monitor.collect.collectors import COLLECTORS, AccountContext, CollectSettings
@@ -32,10 +34,10 @@ from monitor.config import (
     resolve_channel_url,
 )
 from monitor.errors import ConfigError
-from monitor.evaluate import CycleReport, Evaluator, to_silence
+from monitor.evaluate import CycleReport, Evaluator, Planner, to_silence
 from monitor.facts import StoreFacts
 from monitor.logs import register_secret
-from monitor.notify import Channel, Notifier, Route, Router
+from monitor.notify import Channel, DeliveryResult, Notice, Notifier, Route, Router
 from monitor.novita.client import NovitaClient
 from monitor.rules import RuleSet, load_rules
 from monitor.rules.tree import metric_windows
@@ -43,14 +45,19 @@ from monitor.store.db import Store, open_store
 
 T = TypeVar("T")
 
-#: TEST-ONLY crash hook: ``NOVITA_MONITOR_TEST_CRASH_AFTER=claim`` makes the process kill itself
-#: with SIGKILL right after an action's claim is committed, before its API call; ``=call`` right
-#: after the API answered, before the outcome is recorded (the end-to-end tests of "a crash
-#: between intent and outcome is reconciled by reading, never called again"). Never set it in
-#: production.
-TEST_CRASH_ENV = "NOVITA_MONITOR_TEST_CRASH_AFTER"
-
 log = structlog.get_logger("monitor.app")
+
+#: TEST ONLY: ``NOVITA_MONITOR_TEST_CRASH_AFTER`` makes the process end abruptly at one point, as
+#: a SIGKILL would, for the end-to-end tests of crash safety: ``evaluate`` right after an
+#: evaluation committed its alert states and notifications, before delivering them (the outbox
+#: loses nothing); ``claim`` right after an action's claim is committed, before its API call;
+#: ``call`` right after the API answered, before the outcome is recorded (reconciled by
+#: reading, never called again). Never set it in production.
+TEST_CRASH_ENV = "NOVITA_MONITOR_TEST_CRASH_AFTER"
+#: the exit status of that test crash
+TEST_CRASH_STATUS = 86
+#: ledger states ``once`` counts as failures (refused and breaker-skipped ones are only printed)
+FAILED_ACTION_STATES = frozenset({"failed", "outcome_unknown"})
 
 
 def run_async(main: Coroutine[Any, Any, T]) -> T:
@@ -151,19 +158,39 @@ def build_router(config: Config, env: Mapping[str, str]) -> Router:
 
 @dataclass
 class OnceResult:
+    """What ``once`` did: collector runs, the evaluation, the act step's rows (when the act
+    hook exists), the deliveries."""
+
     reports: list[RunReport]
     cycle: CycleReport | None
+    actions: list[Any] = field(default_factory=list)
+    deliveries: list[DeliveryResult] = field(default_factory=list)
+
+    @property
+    def failed_actions(self) -> list[Any]:
+        return [a for a in self.actions if a.state in FAILED_ACTION_STATES]
+
+    @property
+    def failed_deliveries(self) -> list[DeliveryResult]:
+        return [d for d in self.deliveries if not d.ok]
 
     def summary_lines(self) -> list[str]:
-        if self.cycle is None:
-            return []
-        firing = self.cycle.firing
-        lines = [f"{len(firing)} alert(s) firing"]
-        for a in sorted(firing, key=lambda a: (a.account, a.rule, a.resource_id)):
-            name = f" ({a.resource_name})" if a.resource_name else ""
-            lines.append(f"  [{a.severity}] {a.rule}: {a.resource_id}{name}: {a.summary}")
-        for d in self.cycle.deliveries:
-            state = "delivered" if d.ok else f"FAILED after {d.attempts} attempt(s): {d.error}"
+        lines = []
+        if self.cycle is not None:
+            firing = self.cycle.firing
+            lines.append(f"{len(firing)} alert(s) firing")
+            for a in sorted(firing, key=lambda a: (a.account, a.rule, a.resource_id)):
+                name = f" ({a.resource_name})" if a.resource_name else ""
+                lines.append(f"  [{a.severity}] {a.rule}: {a.resource_id}{name}: {a.summary}")
+        for done in self.actions:
+            reason = f": {done.reason}" if done.reason else ""
+            lines.append(
+                f"action {done.action} {done.instance_id} (rule {done.rule}): {done.state}{reason}"
+            )
+        for d in self.deliveries:
+            state = (
+                "delivered" if d.ok else f"FAILED (attempt {d.attempts}, retried later): {d.error}"
+            )
             lines.append(f"notification to {d.channel}: {state}")
         return lines
 
@@ -190,9 +217,20 @@ class OnceResult:
                 }
                 for a in (self.cycle.firing if self.cycle else [])
             ],
+            "actions": [
+                {
+                    "id": a.action_id,
+                    "rule": a.rule,
+                    "action": a.action,
+                    "instance": a.instance_id,
+                    "state": a.state,
+                    "reason": a.reason,
+                }
+                for a in self.actions
+            ],
             "deliveries": [
                 {"channel": d.channel, "ok": d.ok, "attempts": d.attempts, "error": d.error}
-                for d in (self.cycle.deliveries if self.cycle else [])
+                for d in self.deliveries
             ],
         }
 
@@ -217,7 +255,8 @@ class App:
     ruleset: RuleSet | None = None
     evaluator: Evaluator | None = None
     actor: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
-    crash_after: str | None = None  # TEST-ONLY (see TEST_CRASH_ENV)
+    crash_after: str | None = None  # TEST ONLY, see TEST_CRASH_ENV
+    dry_run: bool = False  # --dry-run: actions are planned and recorded, nothing is called
 
     @classmethod
     def open(
@@ -228,6 +267,8 @@ class App:
         transport_factory: Any = None,
         rules_window_s: int = 0,
         notifier_factory: Any = None,
+        planner: Planner | None = None,
+        dry_run: bool = False,
     ) -> App:
         env = os.environ if env is None else env
         ruleset = load_ruleset(config)
@@ -237,6 +278,7 @@ class App:
         app = cls(config=config, clock=clock or SystemClock(), store=store)
         app.ruleset = ruleset
         app.crash_after = env.get(TEST_CRASH_ENV) or None
+        app.dry_run = dry_run
         settings = collect_settings(config, max(rules_window_s, _rules_window(ruleset)))
         try:
             for account in config.accounts:
@@ -259,10 +301,13 @@ class App:
             store,
             ruleset,
             router,
-            notifier or Notifier(router.channels, app.clock),
+            # one attempt per delivery step: the outbox retries later, with backoff
+            notifier or Notifier(router.channels, app.clock, max_attempts=1),
             [c.account for c in app.contexts],
             intervals(config),
             config.stale_after,
+            planner=planner if planner is not None else app.planner(),
+            expire_after=timedelta(seconds=config.notify.expire_after),
         )
         return app
 
@@ -281,12 +326,49 @@ class App:
         return await run_all_accounts(self.contexts, self.clock, names)
 
     async def evaluate(self) -> CycleReport:
+        """One evaluation (alert states, notifications and planned actions committed
+        together), then the delivery of what is due."""
+        report = self.evaluate_only()
+        # a delivery already under way (a slow channel) is not waited for: the delivery
+        # job sends this evaluation's notifications at its next run
+        report.deliveries = await self.deliver(wait=False)
+        return report
+
+    def evaluate_only(self) -> CycleReport:
+        """One evaluation, recorded (no delivery)."""
         assert self.evaluator is not None
-        return await self.evaluator.cycle(self.clock.now())
+        report = self.evaluator.evaluate(self.clock.now())
+        if self.crash_after == "evaluate":  # TEST ONLY (TEST_CRASH_ENV)
+            log.warning("test_crash", after="evaluate", notifications=len(report.notifications))
+            os._exit(TEST_CRASH_STATUS)
+        return report
+
+    async def deliver(self, wait: bool = True) -> list[DeliveryResult]:
+        """The delivery step: pending notifications due now are sent (the outbox)."""
+        assert self.evaluator is not None
+        return await self.evaluator.deliver(self.clock.now(), wait)
+
+    def planner(self) -> Planner | None:
+        """The evaluation's action planner: the rules' actions become ledger rows in the
+        evaluation's transaction (``monitor.actions.plan``); None when no rule asks for one."""
+        if self.ruleset is None or not any(r.actions for r in self.ruleset):
+            return None
+        store = self.store
+        return partial(
+            plan_actions,
+            ruleset=self.ruleset,
+            settings=self.config.actions,
+            held=store.held_intents,
+            silences=lambda now: [to_silence(s) for s in store.list_silences(now)],
+            dry_run=self.dry_run,
+        )
 
     def act_settings(self) -> ActSettings:
-        """The config's ``actions:`` section as the act step's settings (defaults without it)."""
-        return ActSettings.from_section(getattr(self.config, "actions", None))
+        """The config's ``actions:`` section as the act step's settings."""
+        settings = ActSettings.from_section(getattr(self.config, "actions", None))
+        if self.dry_run:
+            settings = replace(settings, dry_run=True)
+        return settings
 
     def facts_at(self, now: datetime) -> StoreFacts:
         return StoreFacts(
@@ -299,9 +381,9 @@ class App:
 
     async def act(self, now: datetime | None = None) -> ActReport:
         """One act step (:func:`monitor.actions.execute.act`): reconcile, execute the due
-        actions, verify and close savings. Its notices are for the outbox."""
+        actions, verify and close savings; its notices go to the outbox."""
         now = now if now is not None else self.clock.now()
-        return await act(
+        report = await act(
             self.store,
             {c.account: c.client for c in self.contexts},
             self.facts_at,
@@ -313,27 +395,36 @@ class App:
             abandoned=claim_abandoned,
             silences=[to_silence(s) for s in self.store.list_silences(now)],
         )
+        if report.notices and self.evaluator is not None:
+            self.evaluator.enqueue([Notice(**n.notice_fields()) for n in report.notices], now)
+        return report
 
     def _crash_hook(self) -> Any:
         if self.crash_after not in ("claim", "call"):
             return None
         point = self.crash_after
 
-        def crash(at: str, _row: object) -> None:  # TEST-ONLY: see TEST_CRASH_ENV
+        def crash(at: str, _row: object) -> None:  # TEST ONLY: see TEST_CRASH_ENV
             if at == point:
                 os.kill(os.getpid(), signal.SIGKILL)
 
         return crash
 
     async def once(self, names: list[str] | None = None) -> OnceResult:
-        """Every collector once, then one evaluation with delivery of what is due."""
+        """Every collector once, one evaluation, the act step (when there is one), then the
+        delivery of every notification due (the evaluation's and the act step's)."""
         reports = await self.collect(names)
-        cycle = await self.evaluate() if self.ruleset is not None else None
-        return OnceResult(reports, cycle)
+        cycle = self.evaluate_only() if self.ruleset is not None else None
+        actions = (await self.act(self.clock.now())).outcomes
+        deliveries = await self.deliver()
+        if cycle is not None:
+            cycle.deliveries = deliveries
+        return OnceResult(reports, cycle, actions=actions, deliveries=deliveries)
 
     def extra_jobs(self) -> list[Job]:
-        """Scheduler jobs beyond the collectors: the rule evaluation (graceful: a stop lets it
-        finish recording and delivering its notifications, within the grace)."""
+        """Scheduler jobs beyond the collectors: the rule evaluation, followed by a delivery
+        (graceful: a stop lets it finish, within the grace), and the delivery step on its own
+        schedule (``schedules.deliver``: retries, and what others put in the outbox)."""
 
         async def evaluate() -> None:
             report = await self.evaluate()
@@ -341,10 +432,26 @@ class App:
                 "evaluated",
                 rules=len(self.ruleset.rules) if self.ruleset is not None else 0,
                 firing=len(report.firing),
+                notifications=len(report.notifications),
                 deliveries=len(report.deliveries),
             )
 
-        return [Job("evaluate", float(self.config.schedules.evaluate), evaluate, graceful=True)]
+        async def deliver() -> None:
+            await self.deliver(wait=False)  # one under way (a slow channel): skip this run
+
+        async def act_step() -> None:
+            report = await self.act()
+            if report.outcomes:
+                log.info("acted", **report.counts())
+
+        schedules = self.config.schedules
+        return [
+            Job("evaluate", float(schedules.evaluate), evaluate, graceful=True),
+            Job("deliver", float(schedules.deliver), deliver, graceful=True),
+            # graceful: a stop never cuts an action's POST mid-call (its answer is awaited
+            # within the grace, else the ledger says outcome_unknown)
+            Job("act", float(schedules.act), act_step, graceful=True),
+        ]
 
     async def aclose(self) -> None:
         for ctx in self.contexts:

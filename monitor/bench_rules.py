@@ -6,8 +6,8 @@ multi-GPU machines with idle GPUs, monthly subscriptions about to expire, a few 
 in error), product prices, a balance, hourly and daily GPU bills, fresh collector runs, one row per
 instance and minute of metrics (bulk loaded, not through the collectors) and the hourly rollups of
 the completed hours. That is ``setup_s``. Then time one :meth:`Evaluator.judge` (facts read from
-the store, the rule engine, alert states saved): ``eval_s``. With ``runs`` > 1 the evaluation is
-repeated on the same database with the alert states cleared before each run (so every run does
+the store, the rule engine, alert states and notifications written in one transaction):
+``eval_s``. With ``runs`` > 1 the evaluation is repeated on the same database with the alert states cleared before each run (so every run does
 the same work) and the median is reported. The last line printed is one JSON object.
 
 The fleet is generated from ``seed``; the kind of each instance follows a fixed cycle (:data:`MIX`)

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from monitor.cli import _load, cli, config_option, handle_errors, open_database
+from monitor.cli import _load, _setup_logs, cli, config_option, handle_errors, open_database
 from monitor.cli_alerts import _clock, _iso, _when
 from monitor.errors import RuntimeFailure, UserError
 
@@ -115,6 +115,7 @@ def plan(config_path: str | None, as_json: bool) -> None:
 
     It does not collect (run it after `once`, or beside the daemon) and records nothing."""
     config = _load(config_path)
+    _setup_logs(config)  # logs to stderr: stdout stays the output (and parseable JSON)
     now = _clock().now()
     with open_database(config) as store:
         data = plan_rows(config, store, now)
@@ -227,6 +228,7 @@ def ledger_rows(
 def actions_cmd(config_path: str | None, as_json: bool, include_all: bool) -> None:
     """The action ledger, newest first: what was (or would be) done, why, and what it saved."""
     config = _load(config_path)
+    _setup_logs(config)  # logs to stderr: stdout stays the output (and parseable JSON)
     now = _clock().now()
     with open_database(config) as store:
         data = ledger_rows(store, [a.name for a in config.accounts], now, include_all)
@@ -305,6 +307,7 @@ def approve(config_path: str | None, action_id: str) -> None:
     """Approve an action awaiting approval (a renewal, a conversion): the act step runs it."""
     ident = _number(action_id)
     config = _load(config_path)
+    _setup_logs(config)  # logs to stderr: stdout stays the output (and parseable JSON)
     now = _clock().now()
     with open_database(config) as store:
         row = _row(store, config, ident)
@@ -335,6 +338,7 @@ def reject(config_path: str | None, action_id: str) -> None:
 
     ident = _number(action_id)
     config = _load(config_path)
+    _setup_logs(config)  # logs to stderr: stdout stays the output (and parseable JSON)
     now = _clock().now()
     with open_database(config) as store:
         row = _row(store, config, ident)
@@ -372,6 +376,7 @@ def undo(config_path: str | None, action_id: str) -> None:
 
     ident = _number(action_id)
     config = _load(config_path)
+    _setup_logs(config)  # logs to stderr: stdout stays the output (and parseable JSON)
     now = _clock().now()
     with open_database(config) as store:
         row = _row(store, config, ident)

@@ -370,11 +370,12 @@ class Schedules(StrictModel):
     async_tasks: Seconds = 30.0
     retention: Seconds = 3600.0
     evaluate: Seconds = 60.0
-    act: Seconds = 60.0
+    act: Seconds = 60.0  # the act step: due actions run
+    deliver: Seconds = 15.0  # the outbox: pending notifications that are due are sent
 
     def collectors(self) -> dict[str, float]:
-        """Intervals of the collectors (not the retention, evaluation and act jobs)."""
-        jobs = ("retention", "evaluate", "act")
+        """Intervals of the collectors (not the retention, evaluation, act and delivery jobs)."""
+        jobs = ("retention", "evaluate", "act", "deliver")
         return {k: v for k, v in self.model_dump().items() if k not in jobs}
 
 
@@ -402,6 +403,13 @@ class Retention(StrictModel):
         if self.rollup_days < self.raw_days:
             raise ValueError("rollup_days must be at least raw_days")
         return self
+
+
+class NotifySettings(StrictModel):
+    """The outbox: a notification not delivered (the channel down) is retried with backoff
+    until ``expire_after`` has passed since it was decided, then marked ``expired``."""
+
+    expire_after: Seconds = 86400.0
 
 
 class LogSettings(StrictModel):
@@ -453,6 +461,7 @@ class Config(StrictModel):
     stale_after: float = Field(default=3.0, ge=1)
     retention: Retention = Field(default_factory=Retention)
     log: LogSettings = Field(default_factory=LogSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
     channels: dict[Name, Channel] = Field(default_factory=dict)
     default_channels: Annotated[list[str], BeforeValidator(_str_list)] = Field(default_factory=list)
     routes: list[Route] = Field(default_factory=list)

@@ -9,9 +9,15 @@ is refused before it costs much, see ``monitor.yamlsrc``) is rejected with a log
 the running configuration stays. A valid one ends the old schedule as a stop does (collectors
 in flight cancelled, and due again at once on the new schedule).
 
-A notification whose delivery a stop cuts short stays recorded as ``pending`` (its alert state
-already counts it as sent). Nothing resends pending notifications yet: that is the outbox of
-"Remedies" (issue 9), which should pick them up at the next start.
+Notifications are an outbox (``monitor.notify.outbox``): each evaluation commits its alert
+states and notifications together, and a delivery step (after each evaluation, and every
+``schedules.deliver``) sends what is due; a delivery cut short by a stop or a crash stays
+``pending`` and is sent after the restart.
+
+``clock_url`` (``run --clock URL``, for tests and the demo only) makes the daemon follow a
+simulator's clock (``GET /_sim/clock``): its ``now`` is the simulator's time, re-read every
+few seconds, and its schedules run at the simulator's speed (an interval of 60 s runs every
+second at ``--speed 60``).
 """
 
 from __future__ import annotations
@@ -19,22 +25,24 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from monitor.app import App, intervals, settle_heap
-from monitor.clock import Clock, SystemClock
+from monitor.clock import Clock, FollowedClock, SystemClock, read_clock
 from monitor.collect.runner import run_collector
 from monitor.collect.scheduler import STOP_GRACE_S, Scheduler
 from monitor.config import Config
-from monitor.errors import UserError
+from monitor.errors import RuntimeFailure, UserError
 
 log = structlog.get_logger("monitor.daemon")
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: how often a followed clock is read again (wall seconds)
+CLOCK_SYNC_S = 5.0
 
 
 class Daemon:
@@ -44,15 +52,24 @@ class Daemon:
         clock: Clock | None = None,
         app_factory: Callable[[Config], App] | None = None,
         grace_s: float = STOP_GRACE_S,
+        clock_url: str | None = None,
+        dry_run: bool = False,
     ) -> None:
         self.config_path = config_path
-        self.clock = clock or SystemClock()
-        self._app_factory = app_factory or (lambda cfg: App.open(cfg, self.clock))
+        self.clock: Clock = clock or SystemClock()
+        self._app_factory = app_factory or (lambda cfg: App.open(cfg, self.clock, dry_run=dry_run))
         self.grace_s = grace_s
+        self.clock_url = clock_url
+        self.speed = 1.0  # the clock's speed: schedules run this many times faster
         self.app: App | None = None
         self.scheduler = Scheduler()
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
+
+    def _wall(self, when: datetime) -> datetime:
+        """The wall-clock time at which the daemon's clock reads ``when``."""
+        ahead = (when - self.clock.now()).total_seconds() / self.speed
+        return SystemClock().now() + timedelta(seconds=ahead)
 
     def _schedule(self, app: App) -> None:
         every = {**intervals(app.config), "retention": int(app.config.schedules.retention)}
@@ -65,9 +82,40 @@ class Daemon:
                 # due one interval after its last success (a reload keeps the rhythm)
                 last = app.store.last_success(ctx.account, name)
                 first = last + timedelta(seconds=interval) if last else self.clock.now()
-                self.scheduler.add(f"{ctx.account}:{name}", interval, job, first_run=first)
+                self.scheduler.add(
+                    f"{ctx.account}:{name}",
+                    interval / self.speed,
+                    job,
+                    first_run=self._wall(first),
+                )
         for extra in app.extra_jobs():
-            self.scheduler.add(extra.name, extra.interval_s, extra.fn, graceful=extra.graceful)
+            self.scheduler.add(
+                extra.name, extra.interval_s / self.speed, extra.fn, graceful=extra.graceful
+            )
+        if isinstance(self.clock, FollowedClock) and self.clock_url is not None:
+            self.scheduler.add("clock-sync", CLOCK_SYNC_S, self._sync_clock)
+
+    async def _sync_clock(self) -> None:
+        """Read the followed clock again (a simulator moved by hand is followed)."""
+        assert isinstance(self.clock, FollowedClock) and self.clock_url is not None
+        try:
+            now, speed = await asyncio.to_thread(read_clock, self.clock_url)
+        except ValueError as exc:
+            log.warning("clock_sync_failed", url=self.clock_url, error=str(exc))
+            return
+        self.clock.sync(now, speed)
+        if speed != self.speed:
+            log.warning("clock_speed_changed", old=self.speed, new=speed)
+
+    async def _follow_clock(self, url: str) -> None:
+        """Take the daemon's time from the clock at ``url`` (a simulator's, test-and-demo)."""
+        try:
+            now, speed = await asyncio.to_thread(read_clock, url)
+        except ValueError as exc:
+            raise RuntimeFailure(f"--clock: {exc}") from None
+        self.clock = FollowedClock(now, speed)
+        self.speed = speed
+        log.info("following_clock", url=url, now=now.isoformat(), speed=speed)
 
     async def _do_reload(self) -> None:
         try:
@@ -119,6 +167,8 @@ class Daemon:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
         try:
+            if self.clock_url is not None:
+                await self._follow_clock(self.clock_url)
             config = Config.load(self.config_path)
             self.app = self._app_factory(config)
         except BaseException:

@@ -1,25 +1,46 @@
-"""One evaluation cycle: facts from the store -> rule engine -> alert states -> notifications.
+"""One evaluation: facts from the store -> rule engine -> alert states, notifications and
+planned actions, written in ONE transaction (the outbox); delivery is a separate step.
 
-The engine is pure; this module is the thin step around it that reads the alert states and
-silences from the store, writes back the states that changed, turns due notifications into one
-grouped message per channel, records each delivery (pending, then sent or failed) and delivers.
-A failed delivery is retried by the notifier, recorded, and never blocks the next evaluation.
+    decision = evaluator.decide(now)      # reads, evaluates, plans (nothing written)
+    report = evaluator.record(decision)   # one transaction: alert states (compare-and-set on
+                                          # their version), pending notifications, actions
+    await evaluator.deliver(now)          # the outbox: sends what is due, retries with backoff
+
+``evaluate(now)`` is the first two, ``cycle(now)`` all three. A crash anywhere loses nothing:
+either the alert states and their notifications are committed together, or neither is (the
+next evaluation decides again); a committed notification stays pending until it is sent or
+expires (``notify.expire_after``). An alert another process moved since it was read is not
+written (its write is refused by the compare-and-set), nor are its notifications: the refusal
+is logged and the alert re-read at the next evaluation.
+
+The planner (``planner(result, facts, now) -> (actions, notices)``, see ``monitor.actions``)
+is called with the evaluation's result; its ledger rows go in through
+``store.insert_actions(rows, conn)`` in the same transaction, and its notices (announcements
+of planned actions) join the notifications.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 
 from monitor.facts import StoreFacts
-from monitor.notify import DeliveryResult, Notice, Router, build_messages
-from monitor.rules import AlertState, EvalResult, RuleSet, Silence, evaluate
+from monitor.notify import DeliveryResult, Notice, Renderer, Router, build_messages
+from monitor.notify.outbox import DEFAULT_EXPIRE_AFTER, Outbox, outbox_rows
+from monitor.rules import AlertState, EvalResult, Facts, RuleSet, Silence, evaluate
+from monitor.rules.lifecycle import fingerprint
+from monitor.store.alerting import StaleAlertWrite
+from monitor.store.models import ActionRecord
 from monitor.store.records import AlertRecord
 
 log = structlog.get_logger("monitor.evaluate")
+
+#: ``planner(result, facts, now) -> (ledger rows, notices)``: the actions an evaluation plans
+Planner = Callable[[EvalResult, Facts, datetime], tuple[list[ActionRecord], list[Notice]]]
 
 
 def to_state(rec: AlertRecord) -> AlertState:
@@ -89,11 +110,27 @@ def to_silence(rec: Any) -> Silence:
     )
 
 
+@dataclass(frozen=True)
+class Decision:
+    """What one evaluation decided, before anything is written."""
+
+    now: datetime
+    result: EvalResult
+    versions: dict[str, int]  # every alert's version as read (absent: not stored)
+    keep: list[AlertRecord]
+    forget: list[str]
+    notices: list[Notice]
+    actions: list[ActionRecord]
+
+
 @dataclass
 class CycleReport:
     now: datetime
     result: EvalResult
     deliveries: list[DeliveryResult] = field(default_factory=list)
+    notifications: list[int] = field(default_factory=list)  # outbox rows written
+    actions: list[int] = field(default_factory=list)  # ledger rows written
+    refused: set[str] = field(default_factory=set)  # alerts another writer moved first
 
     @property
     def firing(self) -> list[AlertState]:
@@ -101,7 +138,7 @@ class CycleReport:
 
 
 class Evaluator:
-    """Evaluates a rule set against the store and delivers what is due."""
+    """Evaluates a rule set against the store, records what it decided, delivers."""
 
     def __init__(
         self,
@@ -112,6 +149,11 @@ class Evaluator:
         accounts: list[str],
         intervals: dict[str, int],
         stale_after: float,
+        *,
+        planner: Planner | None = None,
+        expire_after: timedelta = DEFAULT_EXPIRE_AFTER,
+        renderer: Renderer | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self.store = store
         self.ruleset = ruleset
@@ -120,21 +162,71 @@ class Evaluator:
         self.accounts = accounts
         self.intervals = intervals
         self.stale_after = stale_after
+        self.planner = planner
+        self.expire_after = expire_after
+        self.renderer = renderer
+        self.outbox = outbox or Outbox(store, notifier)
 
-    def judge(self, now: datetime) -> EvalResult:
-        """Evaluate and persist the changed alert states (no delivery)."""
+    def decide(self, now: datetime) -> Decision:
+        """Read the alert states and silences, evaluate, plan: nothing is written."""
         facts = StoreFacts(self.store, self.accounts, self.intervals, self.stale_after, now=now)
-        states = {r.fingerprint: to_state(r) for r in self.store.load_alerts()}
+        records = self.store.load_alerts()
+        versions = {r.fingerprint: int(r.version) for r in records}
+        states = {r.fingerprint: to_state(r) for r in records}
         silences = [to_silence(s) for s in self.store.list_silences(now)]
         result = evaluate(self.ruleset, facts, now, states, silences)
         changed = [result.states[fp] for fp in sorted(result.changed)]
-        keep = [to_record(s) for s in changed if s.state != "inactive"]
-        forget = [s.fingerprint for s in changed if s.state == "inactive"]
-        if keep:
-            self.store.save_alerts(keep)
-        if forget:
-            self.store.delete_alerts(forget)
-        for tr in result.transitions:
+        notices = [Notice(**n.notice_fields()) for n in result.notifications_due]
+        actions: list[ActionRecord] = []
+        if self.planner is not None:
+            planned, announcements = self.planner(result, facts, now)
+            actions = list(planned)
+            notices += list(announcements)
+        return Decision(
+            now=now,
+            result=result,
+            versions=versions,
+            keep=[to_record(s) for s in changed if s.state != "inactive"],
+            forget=[s.fingerprint for s in changed if s.state == "inactive"],
+            notices=notices,
+            actions=actions,
+        )
+
+    def record(self, decision: Decision) -> CycleReport:
+        """Write the decision in one transaction: the alert states (compare-and-set), the
+        notifications due (pending, rendered per channel) and the planned actions."""
+        now = decision.now
+        try:
+            with self.store.transaction() as conn:
+                refused = self.store.write_alerts(
+                    decision.keep, decision.forget, decision.versions, conn
+                )
+                notices = [n for n in decision.notices if n.fingerprint not in refused]
+                messages = build_messages(notices, self.router, now, self.renderer)
+                ids = self.store.insert_notifications(
+                    outbox_rows(messages, now, self.expire_after), conn
+                )
+                actions = [a for a in decision.actions if _alert_of(a) not in refused]
+                action_ids = self.store.insert_actions(actions, conn) if actions else []
+        except StaleAlertWrite as exc:
+            # another writer moved an alert between the check and the write: nothing of
+            # this evaluation was kept; the next one reads the states again
+            log.warning("evaluation_refused", reason=str(exc))
+            refused = {r.fingerprint for r in decision.keep} | set(decision.forget)
+            return CycleReport(now=now, result=decision.result, refused=refused)
+        for fp in sorted(refused):
+            state = decision.result.states[fp]
+            log.warning(
+                "alert_write_refused",
+                fingerprint=fp,
+                rule=state.rule,
+                account=state.account,
+                resource=state.resource_id,
+                reason="changed by another writer since it was read; re-read next evaluation",
+            )
+        for tr in decision.result.transitions:
+            if tr.fingerprint in refused:
+                continue
             log.info(
                 "alert_transition",
                 rule=tr.rule,
@@ -144,35 +236,42 @@ class Evaluator:
                 new=tr.to_state,
                 reason=tr.reason,
             )
-        return result
+        return CycleReport(
+            now=now,
+            result=decision.result,
+            notifications=ids,
+            actions=action_ids,
+            refused=refused,
+        )
+
+    def enqueue(self, notices: Sequence[Notice], now: datetime) -> list[int]:
+        """Put notices that no evaluation decided (the act step's: an action done, a breaker
+        tripped, a stop that did not complete) in the outbox, pending, as the evaluation's."""
+        if not notices:
+            return []
+        messages = build_messages(list(notices), self.router, now, self.renderer)
+        return self.store.insert_notifications(outbox_rows(messages, now, self.expire_after))
+
+    def evaluate(self, now: datetime) -> CycleReport:
+        """Decide and record (no delivery)."""
+        return self.record(self.decide(now))
+
+    def judge(self, now: datetime) -> EvalResult:
+        """Decide and record; the engine's result (``bench rules`` times this)."""
+        return self.evaluate(now).result
+
+    async def deliver(self, now: datetime, wait: bool = True) -> list[DeliveryResult]:
+        """The delivery step: send the pending notifications due at ``now`` (``wait=False``:
+        not when a delivery is already under way)."""
+        return await self.outbox.deliver(now, wait)
 
     async def cycle(self, now: datetime) -> CycleReport:
-        result = self.judge(now)
-        notices = [Notice(**n.notice_fields()) for n in result.notifications_due]
-        messages = build_messages(notices, self.router, now)
-        ids = [
-            self.store.record_notification(
-                channel=m.channel,
-                kind=_kind(m),
-                fingerprints=list(m.fingerprints),
-                created_at=now,
-                body=f"{m.title}\n{m.body}",
-            )
-            for m in messages
-        ]
-        deliveries: list[DeliveryResult] = []
-        if messages:
-            deliveries = await self.notifier.deliver(messages)
-            for nid, res in zip(ids, deliveries, strict=True):
-                self.store.update_notification(
-                    nid,
-                    status="sent" if res.ok else "failed",
-                    attempts=res.attempts,
-                    error=res.error,
-                    sent_at=res.at if res.ok else None,
-                )
-        return CycleReport(now=now, result=result, deliveries=deliveries)
+        """Decide, record, then deliver what is due (this evaluation's and earlier ones')."""
+        report = self.evaluate(now)
+        report.deliveries = await self.deliver(now)
+        return report
 
 
-def _kind(message: Any) -> str:
-    return "resolved" if message.kind == "success" else "firing"
+def _alert_of(action: ActionRecord) -> str:
+    """The fingerprint of the instance alert an action was planned from."""
+    return fingerprint(action.account, action.rule, "instance", action.instance_id)

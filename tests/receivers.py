@@ -106,6 +106,11 @@ class JsonSink:
         with self._lock:
             self._failures.extend([status] * n)
 
+    def recover(self) -> None:
+        """Forget the failures still queued by :meth:`fail_next`: answer 200 again."""
+        with self._lock:
+            self._failures.clear()
+
     def hold(self) -> None:
         """Make requests hang until :meth:`release` (simulates a stalled receiver)."""
         self._gate.clear()

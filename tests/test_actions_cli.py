@@ -69,6 +69,17 @@ def as_json(result: Result) -> Any:
     return json.loads(result.stdout)
 
 
+def collect_only(tmp_path: Path, sim_app: Any, clock: ManualClock, extra: str) -> None:
+    async def go() -> None:
+        app = open_app(tmp_path, sim_app, clock, extra=extra)
+        try:
+            await app.collect(None)
+        finally:
+            await app.aclose()
+
+    asyncio.run(go())
+
+
 def once(tmp_path: Path, sim_app: Any, clock: ManualClock, extra: str) -> None:
     async def go() -> None:
         app = open_app(tmp_path, sim_app, clock, extra=extra)
@@ -106,7 +117,7 @@ def plan_into_ledger(config: Path, clock: ManualClock) -> list[ActionRecord]:
 def test_plan_shows_what_the_rules_would_do_and_records_nothing(
     rich: None, tmp_path: Path, sim_app: Any, clock: ManualClock, config: Path, extra: str
 ) -> None:
-    once(tmp_path, sim_app, clock, extra)
+    collect_only(tmp_path, sim_app, clock, extra)  # no evaluation yet: nothing planned
     data = as_json(run(config, clock, "plan", "--json"))
     plan = {(r["rule"], r["instance_id"]): r for r in data["plan"]}
     notebook = plan[("stop-idle-gpus", "demo-notebook")]

@@ -2,24 +2,25 @@
 alert states -> grouped messages -> REAL apprise delivery to local receivers (json://, mailto://).
 
 Time is the shared ManualClock: the simulator and the monitor move together, step by step, and
-every step runs the collectors that are due (as the daemon's scheduler would) and one evaluation.
+every step (``monitor.pipeline.Pipeline``) runs the collectors that are due (as the daemon's
+scheduler would), one evaluation and the delivery of what is due.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from monitor.app import App, intervals
 from monitor.clock import ManualClock
 from monitor.config import shipped_rules_dir
 from monitor.evaluate import CycleReport
 from monitor.novita.client import RetryPolicy
+from monitor.pipeline import Pipeline
 from tests.helpers import open_app
 from tests.receivers import JsonSink, SmtpSink
 
@@ -52,42 +53,6 @@ def channels(sink: JsonSink, mail: SmtpSink | None = None) -> str:
     if mail is not None:
         text += f'  mail: "{mail.mailto_url()}"\n'
     return text + f"default_channels: [ops{', mail' if mail else ''}]\n"
-
-
-class Pipeline:
-    """An App driven like the daemon: collectors when due, then one evaluation per step."""
-
-    def __init__(self, app: App, clock: ManualClock) -> None:
-        self.app = app
-        self.clock = clock
-        # async_tasks only matters while a task is watched (none here)
-        self.intervals = {k: v for k, v in intervals(app.config).items() if k != "async_tasks"}
-        self.last: dict[str, datetime] = {}
-        self.cycles: list[CycleReport] = []
-
-    def due(self) -> list[str]:
-        now = self.clock.now()
-        return [
-            name
-            for name, every in self.intervals.items()
-            if name not in self.last or now - self.last[name] >= timedelta(seconds=every)
-        ]
-
-    async def step(self) -> CycleReport:
-        names = self.due()
-        await self.app.collect(names)
-        for name in names:
-            self.last[name] = self.clock.now()
-        cycle = await self.app.evaluate()
-        self.cycles.append(cycle)
-        return cycle
-
-    async def advance(self, minutes: int, every: int = 1) -> list[CycleReport]:
-        out = []
-        for _ in range(minutes // every):
-            self.clock.advance(every * 60)
-            out.append(await self.step())
-        return out
 
 
 def firing(cycle: CycleReport) -> set[tuple[str, str]]:

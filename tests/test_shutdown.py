@@ -1,15 +1,17 @@
-"""A stop in the middle of a delivery: the notification stays ``pending``, the state the outbox
-of "Remedies" (issue 9) is to resend at the next start. Nothing resends it yet."""
+"""A stop in the middle of a delivery: the notification stays ``pending`` (the evaluation had
+committed it with its alert states), and the outbox sends it at its next attempt."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from monitor.clock import ManualClock
 from monitor.collect.scheduler import Scheduler
+from monitor.notify.testing import RecordingNotifier
 from tests.helpers import open_app
 
 
@@ -44,5 +46,22 @@ async def test_a_delivery_cut_by_the_stop_stays_pending(
         assert evaluation.done() and evaluation.result() is None
         pending = app.store.notifications(status="pending")
         assert pending and pending == app.store.notifications()  # none sent, none failed
+        # the interrupted attempt counts: the next one is due after the first backoff
+        assert [(n.attempts, n.next_attempt_at) for n in pending] == [
+            (1, clock.now() + timedelta(minutes=1))
+        ]
+    finally:
+        await app.aclose()
+
+    # after a restart, the outbox sends it when it is due, once
+    clock.advance(60)
+    recorder = RecordingNotifier()
+    app = open_app(tmp_path, sim_app, clock, notifier_factory=lambda _router, _clock: recorder)
+    try:
+        (result,) = await app.deliver()
+        assert result.ok and result.attempts == 2
+        assert [m.title for m in recorder.messages] == [pending[0].title]
+        assert app.store.notifications(status="pending") == []
+        assert await app.deliver() == []
     finally:
         await app.aclose()

@@ -591,7 +591,7 @@ class _Step:
             why = f"outcome unknown: {exc} (never retried; reconciled by reading the instance)"
             moved = self._move(
                 row, "outcome_unknown", reason=self._explained(why, row),
-                answer={"error": _error(exc)}, finished_at=None,
+                answer=_answer_of(exc), finished_at=None,
             )  # fmt: skip
             if moved is not None:
                 self._notify(
@@ -603,16 +603,14 @@ class _Step:
             # certainly not sent (a connect error after the client's retries): it ended without
             # acting, so its intent is released and a later plan may try again
             why = f"not sent, the API could not be reached: {exc}"
-            self._move(
-                row, "aborted", reason=self._explained(why, row), answer={"error": _error(exc)}
-            )
+            self._move(row, "aborted", reason=self._explained(why, row), answer=_answer_of(exc))
             self._notify(
                 row, "warning", f"{row.action} of {self._who(row)} not done: {why}",
                 event="aborted", state="aborted",
             )  # fmt: skip
             return
         except APIError as exc:
-            self._failed(row, f"the API refused it: {exc}", {"error": _error(exc)}, "failed")
+            self._failed(row, f"the API refused it: {exc}", _answer_of(exc), "failed")
             return
         except ValueError as exc:
             self._failed(row, f"not sent: {exc}", {"error": {"message": str(exc)}}, "failed")
@@ -751,6 +749,16 @@ def realized_so_far(row: ActionRecord, now: datetime) -> Decimal | None:
     if row.realized_saving_usd is not None:
         return row.realized_saving_usd
     return economics.stop_saving(row.saving_per_hour_usd, row.saving_since, row.saving_until, now)
+
+
+def _answer_of(exc: APIError) -> dict[str, Any]:
+    """The ledger's ``answer`` for an error: what went wrong and, when the API answered (a 4xx,
+    or a 2xx whose body carries an error), the body it sent (the key scrubbed)."""
+    out: dict[str, Any] = {"error": _error(exc)}
+    body = getattr(exc, "answer", None)
+    if body is not None:
+        out["response"] = body
+    return out
 
 
 def _error(exc: APIError) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
     notices ──► Router (rule's notify / defaults + routes; console when nothing)
             ──► build_messages (one grouped message per channel per cycle, Jinja2 templates)
-            ──► Notifier.deliver (apprise, retries with backoff, never raises)
-                 ──► DeliveryResult per message, for the alert lifecycle to record
+            ──► outbox rows (pending, written in the evaluation's transaction)
+            ──► Outbox.deliver (due rows; Notifier.deliver: apprise, never raises; a failed
+                 row is retried with backoff until it expires) ──► DeliveryResult per row
 
 ``dispatch(notices, router, notifier, now)`` does both steps; ``monitor.notify.testing`` has a
 ``RecordingNotifier`` for tests. Only this package uses apprise, and only when it delivers:
@@ -20,6 +21,7 @@ from monitor.notify.model import (
     Route,
     severity_rank,
 )
+from monitor.notify.outbox import Outbox
 from monitor.notify.redaction import protect, redact, secret_fragments
 from monitor.notify.render import (
     Renderer,
@@ -40,6 +42,7 @@ __all__ = [
     "Message",
     "Notice",
     "Notifier",
+    "Outbox",
     "Renderer",
     "ResultCallback",
     "Route",

@@ -259,15 +259,18 @@ class Renderer:
             totals[key] = sum(found, Decimal(0)) if found else None
         runways = [d for n in notices if (d := _dec(n.values.get("runway_hours"))) is not None]
         totals["runway_hours"] = min(runways) if runways else None
+        # the condition's kind (an action's announcement in the group carries none)
+        kind = next((n.values["kind"] for n in notices if n.values.get("kind")), None)
         gpus = sum(
             int(_dec(n.values.get("idle_gpus")) or _dec(n.values.get("gpu_count")) or 1)
             for n in notices
+            if n.values.get("kind") == kind
         )
         lines = [self.line(n, now) for n in notices]
         headline = _one_line(
             self.env.get_template("headline.j2").render(
                 rule=rule,
-                kind=notices[0].values.get("kind"),
+                kind=kind,
                 state=state,
                 severity=severity,
                 count=len(notices),

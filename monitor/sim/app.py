@@ -81,7 +81,8 @@ carried it out: count these for "exactly one renew"), ``fault`` (the switch that
 answer, or null).
 
 Control endpoints under ``/_sim/`` (no auth, no faults; not part of the Novita API):
-``GET /_sim/clock``, ``POST /_sim/clock/advance {"seconds"}``, ``POST /_sim/clock/set {"time"}``,
+``GET /_sim/clock`` (``now``, ``unix``, ``speed``: null for a clock moved only by hand),
+``POST /_sim/clock/advance {"seconds"}``, ``POST /_sim/clock/set {"time"}``,
 ``POST /_sim/profile {"instance_id", "profile"}``, ``GET /_sim/actions``,
 ``POST /_sim/topup {"usd"}`` (add credit; the balance may go negative, nothing is stopped),
 ``GET|POST /_sim/faults``, ``GET /_sim/stats``, ``POST /_sim/stats/reset``, ``GET /_sim/summary``,
@@ -482,7 +483,10 @@ def create_app(
 
     # --- control
     async def clock_get(request: Request) -> Response:
-        return JSONResponse({"now": sim.clock.now().isoformat(), "unix": sim.now_ts()})
+        speed = getattr(sim.clock, "speed", None)  # None: a clock moved only by hand
+        return JSONResponse(
+            {"now": sim.clock.now().isoformat(), "unix": sim.now_ts(), "speed": speed}
+        )
 
     async def clock_advance(request: Request) -> Response:
         body = await request.json()

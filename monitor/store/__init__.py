@@ -29,9 +29,13 @@ The :class:`Store` (one per process; every call is its own short transaction, th
 * tasks and runs: ``upsert_training_tasks`` (-> events), ``training_tasks``, ``watch_task``,
   ``watched_tasks``, ``update_async_task`` (-> event), ``record_run``, ``last_success``,
   ``last_runs``;
-* rule state: ``load_alerts``, ``save_alerts``, ``delete_alerts``, ``add_silence``,
-  ``list_silences``, ``remove_silence``, ``record_notification``, ``update_notification``,
-  ``notifications``.
+* rule state: ``load_alerts``, ``save_alerts``, ``write_alerts`` (compare-and-set, in the
+  evaluation's transaction), ``delete_alerts``, ``add_silence``, ``list_silences``,
+  ``remove_silence``, ``record_notification``, ``update_notification``, ``notifications``;
+* the outbox: ``insert_notifications`` (in the evaluation's transaction), ``due_notifications``,
+  ``claim_notification``, ``finish_notification``, ``expire_notifications``;
+* ``transaction()``: one transaction for the writes that take ``conn`` (alert states,
+  notifications and ``insert_actions`` together).
 
 Modules: ``db`` (engine, pragmas, migrations), ``models`` (the schema: SQLModel records and
 the Core metric tables), ``tables`` (every table as a Core ``Table``), ``types`` (UTC datetimes,

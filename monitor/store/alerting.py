@@ -2,24 +2,70 @@
 
 The lifecycle logic lives in ``monitor.rules``; this module only persists what it decides, so
 that a restart neither re-sends nor forgets.
+
+Two guarantees the evaluation builds on (``monitor.evaluate``, the outbox):
+
+* alerts are written with a **compare-and-set** on ``version`` (:meth:`AlertingRepo.write_alerts`):
+  a write applies only to the version the writer read, so of two processes that judged the
+  same alert, the second's stale write is refused (and its notices with it);
+* notifications are rows of an **outbox**: written ``pending`` (with ``title``, ``notify_type``,
+  ``next_attempt_at``, ``expires_at``) in the evaluation's transaction, then claimed
+  (:meth:`AlertingRepo.claim_notification`, which already sets the next attempt, so a crash
+  during the send retries it later), sent, and recorded ``sent`` or left pending for the next
+  attempt; past ``expires_at`` they are ``expired``. Rows without a title (stored before
+  revision 0004, and ``notify-test`` records) are never picked up.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
 from monitor.store import tables as t
 from monitor.store.base import StoreBase
 from monitor.store.models import AlertRecord, NotificationRecord, Silence
-from monitor.store.sql import upsert
+from monitor.store.sql import insert_statement, upsert
 
 ALERT_STATES = frozenset({"pending", "firing", "resolved"})
 NOTIFICATION_KINDS = frozenset({"firing", "resolved", "test"})
-NOTIFICATION_STATUSES = frozenset({"pending", "sent", "failed"})
+NOTIFICATION_STATUSES = frozenset({"pending", "sent", "failed", "expired"})
+#: notification columns an outbox row is written with (besides its id)
+_NOTIFICATION_COLUMNS = [c.name for c in t.notifications.columns if c.name != "id"]
+#: fingerprints per ``IN (...)`` (SQLite's limit on bound parameters is far above)
+_CHUNK = 500
+
+
+class StaleAlertWrite(RuntimeError):
+    """An alert changed between the compare-and-set's check and its write (a concurrent
+    writer): the whole evaluation's transaction is rolled back and judged again next time."""
+
+
+def _alert_row(alert: AlertRecord) -> dict[str, Any]:
+    if alert.state not in ALERT_STATES:
+        raise ValueError(f"alert state must be one of {sorted(ALERT_STATES)}")
+    return {
+        "fingerprint": alert.fingerprint,
+        "rule": alert.rule,
+        "account": alert.account,
+        "resource_kind": alert.resource_kind,
+        "resource_id": alert.resource_id,
+        "state": alert.state,
+        "active_since": alert.active_since,
+        "firing_since": alert.firing_since,
+        "resolved_at": alert.resolved_at,
+        "last_eval_at": alert.last_eval_at,
+        "last_notified_at": alert.last_notified_at,
+        "labels": dict(alert.labels),
+        "values": dict(alert.values),
+        "summary": alert.summary,
+        "resource_name": alert.resource_name,
+        "severity": alert.severity,
+        "last_match_at": alert.last_match_at,
+        "notified_severity": alert.notified_severity,
+    }
 
 
 class AlertingRepo(StoreBase):
@@ -38,35 +84,78 @@ class AlertingRepo(StoreBase):
         return self._load(query.order_by(a.fingerprint))
 
     def save_alerts(self, alerts: Sequence[AlertRecord]) -> int:
-        """Insert or replace alerts by fingerprint."""
-        rows = []
-        for alert in alerts:
-            if alert.state not in ALERT_STATES:
-                raise ValueError(f"alert state must be one of {sorted(ALERT_STATES)}")
-            rows.append(
-                {
-                    "fingerprint": alert.fingerprint,
-                    "rule": alert.rule,
-                    "account": alert.account,
-                    "resource_kind": alert.resource_kind,
-                    "resource_id": alert.resource_id,
-                    "state": alert.state,
-                    "active_since": alert.active_since,
-                    "firing_since": alert.firing_since,
-                    "resolved_at": alert.resolved_at,
-                    "last_eval_at": alert.last_eval_at,
-                    "last_notified_at": alert.last_notified_at,
-                    "labels": dict(alert.labels),
-                    "values": dict(alert.values),
-                    "summary": alert.summary,
-                    "resource_name": alert.resource_name,
-                    "severity": alert.severity,
-                    "last_match_at": alert.last_match_at,
-                    "notified_severity": alert.notified_severity,
-                }
-            )
+        """Insert or replace alerts by fingerprint (no compare-and-set: tools and tests; the
+        evaluation writes through :meth:`write_alerts`)."""
+        rows = [_alert_row(alert) for alert in alerts]
         with self.engine.begin() as conn:
             return upsert(conn, t.alerts, rows, keys=["fingerprint"])
+
+    def write_alerts(
+        self,
+        keep: Sequence[AlertRecord],
+        forget: Iterable[str],
+        read_versions: Mapping[str, int],
+        conn: Connection,
+    ) -> set[str]:
+        """Write an evaluation's changed alerts in ``conn``'s transaction, each with a
+        compare-and-set on ``version``: ``read_versions`` holds the version of every alert as
+        the evaluation read it (a fingerprint absent from it was absent from the store). An
+        alert saved or forgotten applies only when the stored row is still at that version (or
+        still absent), and moves to version + 1; the others are refused and returned (a
+        concurrent writer judged them first; the caller logs them and re-reads them at its
+        next evaluation). Raises :class:`StaleAlertWrite` (the caller's transaction is rolled
+        back) if a row moved between this check and its write."""
+        a = t.alerts.c
+        forget = list(forget)
+        wanted = [alert.fingerprint for alert in keep] + forget
+        current: dict[str, int] = {}
+        for i in range(0, len(wanted), _CHUNK):
+            query = select(a.fingerprint, a.version).where(
+                a.fingerprint.in_(wanted[i : i + _CHUNK])
+            )
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update()
+            current.update({fp: int(v) for fp, v in conn.execute(query)})
+        lost: set[str] = set()
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        for alert in keep:
+            fp = alert.fingerprint
+            read = read_versions.get(fp)
+            if current.get(fp) != read:
+                lost.add(fp)
+            elif read is None:
+                inserts.append({**_alert_row(alert), "version": 0})
+            else:
+                updates.append({**_alert_row(alert), "version": read + 1, "_fp": fp, "_v": read})
+        deletes: list[dict[str, Any]] = []
+        for fp in forget:
+            read = read_versions.get(fp)
+            if current.get(fp) != read:
+                lost.add(fp)
+            elif read is not None:
+                deletes.append({"_fp": fp, "_v": read})
+        if inserts:
+            stmt = (
+                insert_statement(conn, t.alerts)
+                .on_conflict_do_nothing(index_elements=["fingerprint"])
+                .returning(a.fingerprint)
+            )
+            for row in inserts:  # one by one: a conflict (nothing returned) is a lost race
+                if conn.execute(stmt, row).first() is None:
+                    raise StaleAlertWrite(f"alert {row['fingerprint']} was created meanwhile")
+        cas = (a.fingerprint == bindparam("_fp")) & (a.version == bindparam("_v"))
+        if updates:
+            columns = [c for c in updates[0] if not c.startswith("_")]
+            stmt = update(t.alerts).where(cas).values({c: bindparam(c) for c in columns})
+            done = conn.execute(stmt, updates).rowcount
+            if done != len(updates):
+                raise StaleAlertWrite(f"{len(updates) - done} alert(s) changed meanwhile")
+        if deletes:
+            done = conn.execute(delete(t.alerts).where(cas), deletes).rowcount
+            if done != len(deletes):
+                raise StaleAlertWrite(f"{len(deletes) - done} alert(s) changed meanwhile")
+        return lost
 
     def delete_alerts(self, fingerprints: Iterable[str]) -> int:
         with self.engine.begin() as conn:
@@ -166,6 +255,7 @@ class AlertingRepo(StoreBase):
         attempts: int | None = None,
         sent_at: datetime | None = None,
         error: str | None = None,
+        next_attempt_at: datetime | None = None,
     ) -> None:
         """Change the given fields of a notification (None leaves a field as it is)."""
         if status is not None and status not in NOTIFICATION_STATUSES:
@@ -177,6 +267,7 @@ class AlertingRepo(StoreBase):
                 "attempts": attempts,
                 "sent_at": sent_at,
                 "error": error,
+                "next_attempt_at": next_attempt_at,
             }.items()
             if v is not None
         }
@@ -199,3 +290,86 @@ class AlertingRepo(StoreBase):
         if since is not None:
             query = query.where(n.created_at >= since)
         return self._load(query.order_by(n.id))
+
+    # -- the outbox -------------------------------------------------------------------------
+
+    def insert_notifications(
+        self, rows: Sequence[NotificationRecord], conn: Connection | None = None
+    ) -> list[int]:
+        """Insert outbox rows (in ``conn``'s transaction when given); their ids, in order."""
+        if conn is None:
+            with self.engine.begin() as own:
+                return self.insert_notifications(rows, own)
+        ids = []
+        for row in rows:
+            values = {name: getattr(row, name) for name in _NOTIFICATION_COLUMNS}
+            if values["kind"] not in NOTIFICATION_KINDS:
+                raise ValueError(f"kind must be one of {sorted(NOTIFICATION_KINDS)}")
+            if values["status"] not in NOTIFICATION_STATUSES:
+                raise ValueError(f"status must be one of {sorted(NOTIFICATION_STATUSES)}")
+            result = conn.execute(
+                insert(t.notifications).values(**values).returning(t.notifications.c.id)
+            )
+            ids.append(int(result.scalar_one()))
+        return ids
+
+    def due_notifications(self, now: datetime, limit: int = 200) -> list[NotificationRecord]:
+        """Pending outbox rows whose next attempt is due at ``now`` (oldest first); rows
+        without a title (before revision 0004, tests of a channel) are never picked up."""
+        n = t.notifications.c
+        query = (
+            select(NotificationRecord)
+            .where(
+                n.status == "pending",
+                n.title.is_not(None),
+                n.next_attempt_at.is_not(None),
+                n.next_attempt_at <= now,
+            )
+            .order_by(n.next_attempt_at, n.id)
+            .limit(limit)
+        )
+        return self._load(query)
+
+    def expire_notifications(self, now: datetime) -> list[NotificationRecord]:
+        """Mark ``expired`` the pending outbox rows past their ``expires_at``; returns them."""
+        n = t.notifications.c
+        late = (n.status == "pending") & n.title.is_not(None) & (n.expires_at <= now)
+        rows = self._load(select(NotificationRecord).where(late).order_by(n.id))
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    update(t.notifications)
+                    .where(late, n.id.in_([r.id for r in rows]))
+                    .values(status="expired")
+                )
+        return rows
+
+    def claim_notification(self, row: NotificationRecord, retry_at: datetime) -> bool:
+        """Count one more attempt of ``row`` and set its next attempt to ``retry_at``, before
+        it is sent (a crash during the send leaves it pending, due again at ``retry_at``):
+        a compare-and-set on its attempts, so two senders never both send one attempt. False
+        when another sender got there first (or the row is no longer pending)."""
+        n = t.notifications.c
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(t.notifications)
+                .where(n.id == row.id, n.status == "pending", n.attempts == row.attempts)
+                .values(attempts=row.attempts + 1, next_attempt_at=retry_at)
+            )
+            return result.rowcount == 1
+
+    def finish_notification(
+        self, notification_id: int, *, ok: bool, at: datetime, error: str | None
+    ) -> None:
+        """Record a claimed attempt's answer: ``sent`` (at ``at``), or still pending with the
+        error (its next attempt was set by the claim)."""
+        n = t.notifications.c
+        values: dict[str, Any] = (
+            {"status": "sent", "sent_at": at, "error": None} if ok else {"error": error}
+        )
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(t.notifications)
+                .where(n.id == notification_id, n.status == "pending")
+                .values(**values)
+            )

@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, Select, func, insert, select
@@ -62,6 +63,14 @@ class StoreBase:
                     self._writer = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._writer, functools.partial(write, *args, **kwargs))
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One transaction for several writes that take ``conn`` (the evaluation writes its
+        alert states, notifications and planned actions together: the outbox). Committed when
+        the block ends, rolled back when it raises."""
+        with self.engine.begin() as conn:
+            yield conn
 
     def _load(self, query: Select[M]) -> list[M]:
         """The models ``query`` selects, detached: the session is closed (nothing committed,
