@@ -19,6 +19,7 @@ import structlog
 
 from monitor.clock import Clock, SystemClock
 from monitor.collect.collectors import COLLECTORS, AccountContext, CollectSettings
+from monitor.collect.envs import env_keys
 from monitor.collect.runner import RunReport, run_all_accounts
 from monitor.config import (
     Config,
@@ -33,7 +34,7 @@ from monitor.logs import register_secret
 from monitor.notify import Channel, Notifier, Route, Router
 from monitor.novita.client import NovitaClient
 from monitor.rules import RuleSet, load_rules
-from monitor.rules.tree import BuiltinNode
+from monitor.rules.tree import MAPPING_FIELDS, BuiltinNode, CompareNode
 from monitor.store.db import Store, open_store
 
 T = TypeVar("T")
@@ -123,6 +124,26 @@ def _rules_window(ruleset: RuleSet) -> int:
     """The longest metric window any rule reads (seconds): the first-sight backfill covers it."""
     windows = [w for rule in ruleset for w in _metric_windows(rule.when)]
     return int(max(windows, default=timedelta(0)).total_seconds())
+
+
+def _label_keys(node: Any) -> set[str]:
+    """The ``labels.KEY`` keys the comparisons of a ``when`` tree read (an instance's labels
+    are its environment variables)."""
+    if isinstance(node, CompareNode):
+        head, _, key = node.field.partition(".")
+        return {key} if key and head in MAPPING_FIELDS["instance"] else set()
+    children = list(getattr(node, "children", ()))
+    if getattr(node, "child", None) is not None:
+        children.append(node.child)
+    return {k for child in children for k in _label_keys(child)}
+
+
+def stored_env_keys(config: Config, ruleset: RuleSet) -> frozenset[str]:
+    """What of an instance's environment is stored (``monitor.collect.envs``): the protection
+    flag, the configuration's ``instance_env_keys`` and the keys the rules read."""
+    return env_keys(
+        config.instance_env_keys, (k for rule in ruleset for k in _label_keys(rule.when))
+    )
 
 
 def build_router(config: Config, env: Mapping[str, str]) -> Router:
@@ -228,6 +249,7 @@ class App:
             store.ensure_account(account.name)
             app.contexts.append(AccountContext(account.name, client, store, settings))
         notifier = notifier_factory(router, app.clock) if notifier_factory else None
+        settings.env_keys = stored_env_keys(config, ruleset)  # every context's settings
         app.evaluator = Evaluator(
             store,
             ruleset,

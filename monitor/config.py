@@ -407,6 +407,13 @@ class Config(StrictModel):
     channels: dict[Name, Channel] = Field(default_factory=dict)
     default_channels: Annotated[list[str], BeforeValidator(_str_list)] = Field(default_factory=list)
     routes: list[Route] = Field(default_factory=list)
+    #: Instance environment variables to store besides the protection flag
+    #: (``NOVITA_MONITOR_PROTECT``) and the ``labels.KEY`` the loaded rules compare; the values
+    #: of every other variable of an instance's environment are never stored (users keep tokens
+    #: there). See ``monitor.collect.envs``.
+    instance_env_keys: Annotated[list[str], BeforeValidator(_str_list)] = Field(
+        default_factory=list
+    )
 
     _path: Path | None = PrivateAttr(default=None)
     _linemap: LineMap = PrivateAttr(default_factory=LineMap)
@@ -558,6 +565,7 @@ class Config(StrictModel):
             },
             "default_channels": list(self.default_channels),
             "routes": [r.model_dump() for r in self.routes],
+            "instance_env_keys": list(self.instance_env_keys),
         }
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import structlog
@@ -40,8 +41,13 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
 
+    def _wake(self, account: str, names: Iterable[str]) -> None:
+        self.scheduler.run_soon(f"{account}:{name}" for name in names)
+
     def _schedule(self, app: App) -> None:
         every = {**intervals(app.config), "retention": int(app.config.schedules.retention)}
+        for ctx in app.contexts:  # a catch-up after an outage (monitor.collect.runner)
+            ctx.wake = partial(self._wake, ctx.account)
         for name, interval in every.items():
             for ctx in app.contexts:
 
