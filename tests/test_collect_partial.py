@@ -34,6 +34,7 @@ from monitor.novita.client import RetryPolicy
 from monitor.status import fleet_status
 from monitor.store import tables as t
 from tests.helpers import ENV, write_config
+from tests.test_numbers import Tamper
 from tests.test_rules_e2e import Pipeline
 
 BILLS = "/openapi/v1/billing/bill/list"
@@ -46,7 +47,7 @@ Edit = Callable[[str, dict[str, Any], Any], None]
 class Faulty(httpx.AsyncBaseTransport):
     """The simulator's ASGI app, with faults it lacks: ``fail(request)`` True answers 500
     UNKNOWN without reaching the simulator (so its stats do not count the request); ``edit``
-    changes JSON answers (``edit(path, query, body)``)."""
+    changes JSON answers (``edit(path, query, body)``, as ``tests.test_numbers.Tamper``)."""
 
     def __init__(
         self,
@@ -54,24 +55,16 @@ class Faulty(httpx.AsyncBaseTransport):
         fail: Callable[[httpx.Request], bool] | None = None,
         edit: Edit | None = None,
     ) -> None:
-        self.inner = httpx.ASGITransport(app=sim_app)
+        self.inner: httpx.AsyncBaseTransport = httpx.ASGITransport(app=sim_app)
+        if edit is not None:
+            self.inner = Tamper(self.inner, edit)
         self.fail = fail
-        self.edit = edit
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self.fail is not None and self.fail(request):
             body = {"code": 500, "reason": "UNKNOWN", "message": "injected", "metadata": {}}
             return httpx.Response(500, json=body)
-        response = await self.inner.handle_async_request(request)
-        if self.edit is None or request.url.path.startswith("/_sim"):
-            return response
-        raw = await response.aread()
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            return httpx.Response(response.status_code, content=raw)
-        self.edit(request.url.path, dict(request.url.params), body)
-        return httpx.Response(response.status_code, json=body)
+        return await self.inner.handle_async_request(request)
 
 
 def open_faulty(

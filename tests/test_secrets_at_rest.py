@@ -25,8 +25,9 @@ from monitor.novita.models import Instance
 from monitor.store import open_store
 from monitor.store.db import create_store_engine, current_revision, migrate
 from monitor.store.facade import Store
-from monitor.store.testing import pg_url, store_url
+from monitor.store.testing import store_url
 from tests.helpers import ENV, write_config
+from tests.test_store_migrations import BACKENDS
 
 TOKEN = "hf_SeCrEt0123456789abcdefGHIJKLmnop"
 LISTING = "/gpu-instance/openapi/v1/gpu/instances"
@@ -136,17 +137,6 @@ async def test_configured_keys_are_kept_and_a_reload_follows_the_new_rules(
 
 # ---------------------------------------------------------------------------------------------
 # Migration 0004: a database written before it is scrubbed
-
-BACKENDS = [
-    "sqlite",
-    pytest.param(
-        "postgresql",
-        marks=[
-            pytest.mark.postgres,
-            pytest.mark.skipif(pg_url() is None, reason="NOVITA_MONITOR_TEST_PG_URL not set"),
-        ],
-    ),
-]
 
 
 def listing_with_envs(minute: int, envs: dict[str, str]) -> list[dict[str, Any]]:
