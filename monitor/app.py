@@ -9,14 +9,18 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-from collections.abc import Coroutine, Mapping
+import signal
+import socket
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import structlog
 
+from monitor.actions.execute import ActReport, act
+from monitor.actions.settings import ActSettings
 from monitor.clock import Clock, SystemClock
 from monitor.collect.collectors import COLLECTORS, AccountContext, CollectSettings
 from monitor.collect.envs import env_keys
@@ -29,15 +33,23 @@ from monitor.config import (
     resolve_channel_url,
 )
 from monitor.errors import ConfigError
-from monitor.evaluate import CycleReport, Evaluator
+from monitor.evaluate import CycleReport, Evaluator, to_silence
+from monitor.facts import StoreFacts
 from monitor.logs import register_secret
 from monitor.notify import Channel, Notifier, Route, Router
 from monitor.novita.client import NovitaClient
 from monitor.rules import RuleSet, load_rules
-from monitor.rules.tree import MAPPING_FIELDS, BuiltinNode, CompareNode
+from monitor.rules.tree import MAPPING_FIELDS, CompareNode, metric_windows
 from monitor.store.db import Store, open_store
 
 T = TypeVar("T")
+
+#: TEST-ONLY crash hook: ``NOVITA_MONITOR_TEST_CRASH_AFTER=claim`` makes the process kill itself
+#: with SIGKILL right after an action's claim is committed, before its API call; ``=call`` right
+#: after the API answered, before the outcome is recorded (the end-to-end tests of "a crash
+#: between intent and outcome is reconciled by reading, never called again"). Never set it in
+#: production.
+TEST_CRASH_ENV = "NOVITA_MONITOR_TEST_CRASH_AFTER"
 
 log = structlog.get_logger("monitor.app")
 
@@ -104,25 +116,9 @@ def load_ruleset(config: Config) -> RuleSet:
     return load_rules(config.rule_paths, known_channels=set(config.channels) | {"console"})
 
 
-def _metric_windows(node: Any) -> list[timedelta]:
-    """Windows/lookbacks of the metric-reading conditions in a ``when`` tree."""
-    if isinstance(node, BuiltinNode):
-        if "metrics" not in node.spec.needs:
-            return []
-        return [
-            value
-            for name in ("window", "lookback")
-            if isinstance(value := getattr(node.params, name, None), timedelta)
-        ]
-    children = list(getattr(node, "children", ()))
-    if getattr(node, "child", None) is not None:
-        children.append(node.child)
-    return [w for child in children for w in _metric_windows(child)]
-
-
 def _rules_window(ruleset: RuleSet) -> int:
     """The longest metric window any rule reads (seconds): the first-sight backfill covers it."""
-    windows = [w for rule in ruleset for w in _metric_windows(rule.when)]
+    windows = [w for rule in ruleset for w in metric_windows(rule.when)]
     return int(max(windows, default=timedelta(0)).total_seconds())
 
 
@@ -140,10 +136,25 @@ def _label_keys(node: Any) -> set[str]:
 
 def stored_env_keys(config: Config, ruleset: RuleSet) -> frozenset[str]:
     """What of an instance's environment is stored (``monitor.collect.envs``): the protection
-    flag, the configuration's ``instance_env_keys`` and the keys the rules read."""
-    return env_keys(
-        config.instance_env_keys, (k for rule in ruleset for k in _label_keys(rule.when))
-    )
+    flag (``actions.protect.env``), the configuration's ``instance_env_keys`` and the keys the
+    rules read."""
+    rule_keys = (k for rule in ruleset for k in _label_keys(rule.when))
+    return env_keys(config.actions.protect.env, config.instance_env_keys, rule_keys)
+
+
+def claim_abandoned(claimed_by: str | None) -> bool:
+    """An ``executing`` row claimed by a process of this host that no longer runs (``by`` is
+    ``host:pid``, :attr:`App.actor`): it crashed mid-action, reconcile the row now."""
+    host, _, pid = (claimed_by or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
 
 
 def build_router(config: Config, env: Mapping[str, str]) -> Router:
@@ -207,6 +218,15 @@ class OnceResult:
         }
 
 
+class Job(NamedTuple):
+    """A scheduler job the daemon adds beyond the collectors (``App.extra_jobs``)."""
+
+    name: str
+    interval_s: float
+    fn: Callable[[], Awaitable[object]]
+    graceful: bool = False  # a stop waits for a run in flight (within the grace)
+
+
 @dataclass
 class App:
     """A running configuration: the store, one client per account, the clock."""
@@ -217,6 +237,8 @@ class App:
     contexts: list[AccountContext] = field(default_factory=list)
     ruleset: RuleSet | None = None
     evaluator: Evaluator | None = None
+    actor: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    crash_after: str | None = None  # TEST-ONLY (see TEST_CRASH_ENV)
 
     @classmethod
     def open(
@@ -231,23 +253,28 @@ class App:
         env = os.environ if env is None else env
         ruleset = load_ruleset(config)
         router = build_router(config, env)
-        store = open_store(config.database_url)
+        keys = {account.name: resolve_api_key(account, env) for account in config.accounts}
+        store = open_store(config.database_url)  # one-line errors: see monitor.store.db
         app = cls(config=config, clock=clock or SystemClock(), store=store)
         app.ruleset = ruleset
+        app.crash_after = env.get(TEST_CRASH_ENV) or None
         settings = collect_settings(config, max(rules_window_s, _rules_window(ruleset)))
-        for account in config.accounts:
-            key = resolve_api_key(account, env)
-            secret = key.get_secret_value()
-            register_secret(secret)
-            transport = transport_factory(account.name) if transport_factory else None
-            client = NovitaClient(
-                secret,
-                account.base_url,
-                transport=transport,
-                max_concurrency=account.max_concurrency,
-            )
-            store.ensure_account(account.name)
-            app.contexts.append(AccountContext(account.name, client, store, settings))
+        try:
+            for account in config.accounts:
+                secret = keys[account.name].get_secret_value()
+                register_secret(secret)
+                transport = transport_factory(account.name) if transport_factory else None
+                client = NovitaClient(
+                    secret,
+                    account.base_url,
+                    transport=transport,
+                    max_concurrency=account.max_concurrency,
+                )
+                app.contexts.append(AccountContext(account.name, client, store, settings))
+                store.ensure_account(account.name)
+        except BaseException:
+            store.close()  # the clients made so far hold no connection yet
+            raise
         notifier = notifier_factory(router, app.clock) if notifier_factory else None
         settings.env_keys = stored_env_keys(config, ruleset)  # every context's settings
         app.evaluator = Evaluator(
@@ -279,19 +306,67 @@ class App:
         assert self.evaluator is not None
         return await self.evaluator.cycle(self.clock.now())
 
+    def act_settings(self) -> ActSettings:
+        """The config's ``actions:`` section as the act step's settings (defaults without it)."""
+        return ActSettings.from_section(getattr(self.config, "actions", None))
+
+    def facts_at(self, now: datetime) -> StoreFacts:
+        return StoreFacts(
+            self.store,
+            [c.account for c in self.contexts],
+            intervals(self.config),
+            self.config.stale_after,
+            now=now,
+        )
+
+    async def act(self, now: datetime | None = None) -> ActReport:
+        """One act step (:func:`monitor.actions.execute.act`): reconcile, execute the due
+        actions, verify and close savings. Its notices are for the outbox."""
+        now = now if now is not None else self.clock.now()
+        return await act(
+            self.store,
+            {c.account: c.client for c in self.contexts},
+            self.facts_at,
+            self.act_settings(),
+            now,
+            by=self.actor,
+            ruleset=self.ruleset,
+            hook=self._crash_hook(),
+            abandoned=claim_abandoned,
+            silences=[to_silence(s) for s in self.store.list_silences(now)],
+        )
+
+    def _crash_hook(self) -> Any:
+        if self.crash_after not in ("claim", "call"):
+            return None
+        point = self.crash_after
+
+        def crash(at: str, _row: object) -> None:  # TEST-ONLY: see TEST_CRASH_ENV
+            if at == point:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        return crash
+
     async def once(self, names: list[str] | None = None) -> OnceResult:
         """Every collector once, then one evaluation with delivery of what is due."""
         reports = await self.collect(names)
         cycle = await self.evaluate() if self.ruleset is not None else None
         return OnceResult(reports, cycle)
 
-    def extra_jobs(self) -> list[tuple[str, float, Any]]:
-        """Scheduler jobs beyond the collectors: the rule evaluation."""
+    def extra_jobs(self) -> list[Job]:
+        """Scheduler jobs beyond the collectors: the rule evaluation (graceful: a stop lets it
+        finish recording and delivering its notifications, within the grace)."""
 
         async def evaluate() -> None:
-            await self.evaluate()
+            report = await self.evaluate()
+            log.info(
+                "evaluated",
+                rules=len(self.ruleset.rules) if self.ruleset is not None else 0,
+                firing=len(report.firing),
+                deliveries=len(report.deliveries),
+            )
 
-        return [("evaluate", float(self.config.schedules.evaluate), evaluate)]
+        return [Job("evaluate", float(self.config.schedules.evaluate), evaluate, graceful=True)]
 
     async def aclose(self) -> None:
         for ctx in self.contexts:

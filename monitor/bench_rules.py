@@ -165,7 +165,8 @@ def metric_rows(
 
 
 def _bill(plan: Planned, start: datetime, hours: float, cycle_s: int) -> UsageBill:
-    per_gpu = PRODUCTS[plan.instance.product_id or "p-h100"][0]
+    listed = PRODUCTS[plan.instance.product_id or "p-h100"]
+    per_gpu = listed[1] if plan.instance.billing_mode == "spot" else listed[0]
     usd = per_gpu * plan.gpus * hours
     units = str(round(usd * 10_000))
     ts = int(start.timestamp())
@@ -177,7 +178,10 @@ def _bill(plan: Planned, start: datetime, hours: float, cycle_s: int) -> UsageBi
             "ownerID": plan.instance.id,
             "productId": plan.instance.product_id,
             "productName": plan.instance.product_name,
-            "billNum0": str(plan.gpus * hours),
+            # card-seconds, the likelier reading of billNum0 (wire-format §7.1); the unit
+            # price per card-hour, from which the economics derives the card-hours
+            "billNum0": str(round(plan.gpus * hours * 3600)),
+            "discountPrice0": str(round(per_gpu * 10_000)),
             "amount": units,
             "payAmount": units,
         }

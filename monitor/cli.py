@@ -6,10 +6,15 @@ User errors print one clear message, never a traceback.
 
 from __future__ import annotations
 
+import errno
+import inspect
 import json
 import os
+import signal
+import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,7 +22,7 @@ from typing import Any, TypeVar
 import click
 
 from monitor import __version__
-from monitor.errors import MonitorError, UserError
+from monitor.errors import MonitorError, RuntimeFailure, UserError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,7 +44,7 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {_one_line_if_repeated(exc)}", err=True)
             sys.exit(exc.exit_code)
         except MonitorError as exc:
             click.echo(f"error: {exc}", err=True)
@@ -48,6 +53,15 @@ def handle_errors(fn: F) -> F:
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _one_line_if_repeated(exc: UserError) -> str:
+    """A lone problem that repeats the error's own message is printed once, with its place
+    (``file:line: account 'main': environment variable ... is not set``)."""
+    head = exc.args[0] if exc.args else ""
+    if len(exc.problems) == 1 and exc.problems[0].message == head:
+        return str(exc.problems[0])
+    return str(exc)
 
 
 def _setup_logs(config: Any = None, fmt: Any = None) -> None:
@@ -63,6 +77,41 @@ def _load(config_path: str | None) -> Any:
     from monitor.app import load_config
 
     return load_config(config_path)
+
+
+@contextmanager
+def open_database(config: Any) -> Iterator[Any]:
+    """The configured store, closed on the way out: how every command opens the database, so
+    each fails the same way (one line; exit 2 for what the user must fix, 1 for what may pass
+    on a retry: ``monitor.store.db.open_store``)."""
+    from monitor.store.db import open_store
+
+    store = open_store(config.database_url)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    """Fail in one line (exit 1: the port may be free on a retry) when ``host:port`` is taken,
+    rather than letting the server log its bind error and a traceback."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    family, kind, proto, _name, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise RuntimeFailure(
+                    f"cannot listen on {host}:{port}: the port is in use (stop what uses it, "
+                    "or pick another port)"
+                ) from None
+            raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -90,6 +139,13 @@ def cli() -> None:
 @click.option("--rate-limit", type=float, default=0.0, help="Requests per second (0: no limit).")
 @click.option("--error-rate", type=float, default=0.0, help="Share of requests answered 500/503.")
 @click.option("--speed", type=float, default=1.0, show_default=True, help="Clock speed factor.")
+@click.option(
+    "--quirk",
+    "quirks",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Answer one open question of the API docs one way (repeatable); see below.",
+)
 @handle_errors
 def simulator(
     port: int,
@@ -103,10 +159,21 @@ def simulator(
     rate_limit: float,
     error_rate: float,
     speed: float,
+    quirks: tuple[str, ...],
 ) -> None:
-    """Serve a simulated Novita API (same paths and wire format) on a local port."""
+    """Serve a simulated Novita API (same paths and wire format) on a local port.
+
+    The ground truth of the scenario is at GET /_sim/truth; quirks can also be changed at run
+    time with POST /_sim/quirks. Quirks (KEY=VALUES):
+    """
+    from monitor.sim.quirks import QuirkError, Quirks
     from monitor.sim.server import run_simulator
 
+    try:
+        chosen = Quirks.of(quirks)
+    except QuirkError as exc:
+        raise UserError(f"--quirk: {exc}") from None
+    ensure_port_free(host, port)
     if api_key:
         from monitor.logs import register_secret
 
@@ -123,7 +190,24 @@ def simulator(
         error_rate=error_rate,
         speed=speed,
         host=host,
+        quirks=chosen,
     )
+
+
+def _quirk_help() -> str:
+    import textwrap
+
+    from monitor.sim.quirks import SWITCHES
+
+    # \b keeps click from re-wrapping the list into one paragraph
+    lines = ["\b"]
+    for s in SWITCHES:
+        lines.append(f"{s.key}={'|'.join(s.values)} (default {s.default})")
+        lines.extend(textwrap.wrap(s.meaning, 72, initial_indent="    ", subsequent_indent="    "))
+    return "\n".join(lines)
+
+
+simulator.help = inspect.cleandoc(simulator.help or "") + "\n\n" + _quirk_help()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,6 +219,9 @@ def simulator(
 @handle_errors
 def run(config_path: str | None) -> None:
     """Run the daemon in the foreground (SIGTERM/SIGINT stop, SIGHUP reloads)."""
+    # Until the daemon's event loop takes the signals over, a stop request just ends the
+    # process (nothing is open yet): status 0, as for a stop at any later moment.
+    before = {sig: signal.signal(sig, _exit_now) for sig in (signal.SIGTERM, signal.SIGINT)}
     from monitor.app import find_config_path, run_async
     from monitor.daemon import Daemon
 
@@ -142,7 +229,15 @@ def run(config_path: str | None) -> None:
     _setup_logs(config)
     path = find_config_path(config_path, os.environ, Path.cwd())
     assert path is not None
-    run_async(Daemon(path).run())
+    try:
+        run_async(Daemon(path).run())
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def _exit_now(signum: int, _frame: Any) -> None:
+    raise SystemExit(0)
 
 
 @cli.command()
@@ -191,12 +286,10 @@ def status(config_path: str | None, as_json: bool) -> None:
     from monitor.clock import SystemClock
     from monitor.logs import configure_logging
     from monitor.status import fleet_status, render_text
-    from monitor.store.db import open_store
 
     config = _load(config_path)
     configure_logging("json" if as_json else config.log.format, config.log.level, stream=sys.stderr)
-    store = open_store(config.database_url)
-    try:
+    with open_database(config) as store:
         data = fleet_status(
             store,
             [a.name for a in config.accounts],
@@ -204,8 +297,6 @@ def status(config_path: str | None, as_json: bool) -> None:
             intervals(config),
             config.stale_after,
         )
-    finally:
-        store.close()
     click.echo(json.dumps(data, indent=2) if as_json else render_text(data))
 
 
@@ -231,7 +322,6 @@ def check(config_path: str | None, paths: tuple[Path, ...]) -> None:
 def watch_task(config_path: str | None, task_id: str, account: str | None, label: str) -> None:
     """Watch an async task id until it ends (the API cannot list async tasks)."""
     from monitor.clock import SystemClock
-    from monitor.store.db import open_store
 
     config = _load(config_path)
     names = [a.name for a in config.accounts]
@@ -241,12 +331,9 @@ def watch_task(config_path: str | None, task_id: str, account: str | None, label
         account = names[0]
     elif account not in names:
         raise UserError(f"no account named {account!r} (configured: {', '.join(names)})")
-    store = open_store(config.database_url)
-    try:
+    with open_database(config) as store:
         store.ensure_account(account)
         store.watch_task(account, task_id, label, SystemClock().now())
-    finally:
-        store.close()
     click.echo(f"watching async task {task_id} on account {account}")
 
 
@@ -275,7 +362,8 @@ def bench_collect(
     run_bench(instances, latency_ms, concurrency, seed, runs, echo=click.echo)
 
 
-from monitor import cli_alerts  # noqa: E402,F401  (registers alerts, silence, notify-test)
+# registers alerts, silence, notify-test (cli_alerts); plan, actions, approve, reject, undo
+from monitor import cli_actions, cli_alerts  # noqa: E402,F401
 
 
 @bench.command("rules")

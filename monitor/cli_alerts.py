@@ -14,14 +14,13 @@ import asyncio
 import fnmatch
 import json
 import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
 import click
 
-from monitor.cli import _load, cli, config_option, handle_errors
+from monitor.cli import _load, cli, config_option, handle_errors, open_database
 from monitor.clock import Clock, SystemClock
 from monitor.errors import RuntimeFailure, UserError
 
@@ -49,25 +48,7 @@ def _env() -> Mapping[str, str]:
     return env if env is not None else os.environ
 
 
-@contextmanager
-def _store(config: Any) -> Iterator[Any]:
-    from monitor.store.db import open_store
-
-    try:
-        store = open_store(config.database_url)
-    except Exception as exc:  # a database that cannot be opened is a runtime failure
-        raise RuntimeFailure(
-            f"cannot open the database: {type(exc).__name__}: {_first_line(exc)}"
-        ) from None
-    try:
-        yield store
-    finally:
-        store.close()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else ""
+_store = open_database  # the one way every command opens the database
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -261,6 +242,9 @@ def silence_add(
         )
     now = _clock().now()
     with _store(config) as store:
+        unknown = resource_id is not None and not _known_resource(
+            store, [account] if account else accounts, resource_id
+        )
         sid = store.add_silence(
             starts_at=now,
             ends_at=now + length,
@@ -273,6 +257,26 @@ def silence_add(
     target = f"rule {rule}" + (f", resource {resource_id}" if resource_id else "")
     target += f", account {account}" if account else ""
     click.echo(f"silence #{sid} added: {target}, until {_when(now + length, now)}")
+    if unknown:
+        click.echo(
+            f"warning: no known instance, task or account matches {resource_id!r} "
+            "(a typo? the silence holds nothing until one does; ids are listed by "
+            "novita-monitor status)",
+            err=True,
+        )
+
+
+def _known_resource(store: Any, accounts: list[str], pattern: str) -> bool:
+    """Whether ``pattern`` (an id or a glob) names a stored instance (listed now or before), a
+    task or an account: a silence naming none of them is probably a typo."""
+    for account in accounts:
+        ids = [account]
+        ids += [i.instance_id for i in store.instances(account, include_disappeared=True)]
+        ids += [t.task_id for t in store.training_tasks(account)]
+        ids += [w.task_id for w in store.watched_tasks(account, include_terminal=True)]
+        if any(fnmatch.fnmatchcase(i, pattern) for i in ids):
+            return True
+    return False
 
 
 @silence.command("list")

@@ -16,6 +16,7 @@ This module is part of the edge: :meth:`Config.load` takes the environment as a 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import stat
@@ -40,28 +41,34 @@ from pydantic import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from monitor.actions.settings import PROTECT_ENV
 from monitor.errors import ConfigError, Problem
 from monitor.logs import get_logger, register_secret
 from monitor.yamlsrc import (
     LineMap,
+    YamlLimits,
     format_path,
     load_yaml_with_lines,
     problems_from_validation_error,
+    read_yaml_file,
 )
 
 __all__ = [
     "DEFAULT_BASE_URL",
     "Account",
+    "ActionSettings",
     "Channel",
     "Config",
     "LogSettings",
     "MetricsSettings",
+    "ProtectSettings",
     "Retention",
     "Route",
     "Schedules",
     "default_database_url",
     "find_config_path",
     "inline_url_secret",
+    "is_loopback",
     "parse_duration",
     "resolve_api_key",
     "resolve_channel_url",
@@ -231,6 +238,18 @@ def _redact_url(url: str) -> str:
     return f"{parts.scheme}://{netloc}{parts.path}{query}"
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine: ``localhost`` or a loopback address (127.0.0.0/8,
+    ::1). Not ``*.localhost``: RFC 6761 reserves it, but glibc's resolver may still ask DNS."""
+    host = host.strip("[]").rstrip(".").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 # --------------------------------------------------------------------------------------------
 # the models
 
@@ -265,6 +284,12 @@ class Account(StrictModel):
             raise ValueError(f"{value!r} is not a valid base URL (expected http(s)://host[:port])")
         if parts.password or parts.query:
             raise ValueError("the base URL must not contain credentials or a query string")
+        if parts.scheme == "http" and not is_loopback(parts.hostname):
+            # the API key goes in every request's Authorization header
+            raise ValueError(
+                f"{value!r} would send the API key unencrypted (expected https://, or http:// "
+                "only to a loopback address: 127.0.0.1, ::1 or localhost)"
+            )
         return value.rstrip("/")
 
     @model_validator(mode="after")
@@ -346,10 +371,12 @@ class Schedules(StrictModel):
     async_tasks: Seconds = 30.0
     retention: Seconds = 3600.0
     evaluate: Seconds = 60.0
+    act: Seconds = 60.0
 
     def collectors(self) -> dict[str, float]:
-        """Intervals of the collectors (not the retention and evaluation jobs)."""
-        return {k: v for k, v in self.model_dump().items() if k not in ("retention", "evaluate")}
+        """Intervals of the collectors (not the retention, evaluation and act jobs)."""
+        jobs = ("retention", "evaluate", "act")
+        return {k: v for k, v in self.model_dump().items() if k not in jobs}
 
 
 class MetricsSettings(StrictModel):
@@ -388,6 +415,29 @@ class LogSettings(StrictModel):
         return value.lower() if isinstance(value, str) else value
 
 
+class ProtectSettings(StrictModel):
+    """Instances no action ever touches: names matching a glob, or an instance environment
+    variable set to ``true`` (the listing returns each instance's ``envs``)."""
+
+    names: list[str] = Field(default_factory=list, description="instance name globs")
+    env: EnvName = PROTECT_ENV
+
+
+class ActionSettings(StrictModel):
+    """Remedial actions (``actions:``): live once a rule asks for one, with breakers on."""
+
+    enabled: bool = Field(True, description="false: the kill switch (plans recorded, none run)")
+    dry_run: bool = Field(False, description="record and print plans, call nothing")
+    max_per_cycle: int = Field(3, ge=0, description="actions per act step, per account")
+    max_per_hour: int = Field(10, ge=0, description="per account, rolling hour")
+    max_per_rule_per_hour: int = Field(5, ge=0, description="per rule, rolling hour")
+    min_runway_after_charge: Seconds = Field(
+        86400.0, description="refuse a charge leaving less runway than this"
+    )
+    approval_ttl: Seconds = Field(86400.0, description="unapproved actions expire after this")
+    protect: ProtectSettings = Field(default_factory=ProtectSettings)
+
+
 def _str_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
@@ -407,8 +457,9 @@ class Config(StrictModel):
     channels: dict[Name, Channel] = Field(default_factory=dict)
     default_channels: Annotated[list[str], BeforeValidator(_str_list)] = Field(default_factory=list)
     routes: list[Route] = Field(default_factory=list)
+    actions: ActionSettings = Field(default_factory=ActionSettings)
     #: Instance environment variables to store besides the protection flag
-    #: (``NOVITA_MONITOR_PROTECT``) and the ``labels.KEY`` the loaded rules compare; the values
+    #: (``actions.protect.env``) and the ``labels.KEY`` the loaded rules compare; the values
     #: of every other variable of an instance's environment are never stored (users keep tokens
     #: there). See ``monitor.collect.envs``.
     instance_env_keys: Annotated[list[str], BeforeValidator(_str_list)] = Field(
@@ -426,7 +477,8 @@ class Config(StrictModel):
         """Read and validate ``path``; raise :class:`ConfigError` listing every problem."""
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            # stops reading at the size cap
+            text = read_yaml_file(path, error=ConfigError, limits=YamlLimits.from_env(env))
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise ConfigError(
@@ -447,7 +499,8 @@ class Config(StrictModel):
         euid: int | None = None,
     ) -> Config:
         """Validate a YAML text (tests, the demo); relative paths resolve against ``base_dir``."""
-        data, linemap = load_yaml_with_lines(text, filename, error=ConfigError)
+        limits = YamlLimits.from_env(env)
+        data, linemap = load_yaml_with_lines(text, filename, error=ConfigError, limits=limits)
         if data is None:
             data = {}
         if not isinstance(data, dict):
@@ -565,6 +618,7 @@ class Config(StrictModel):
             },
             "default_channels": list(self.default_channels),
             "routes": [r.model_dump() for r in self.routes],
+            "actions": self.actions.model_dump(),
             "instance_env_keys": list(self.instance_env_keys),
         }
 

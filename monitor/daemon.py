@@ -1,8 +1,17 @@
 """The foreground daemon: ``novita-monitor run``.
 
-Signals: SIGTERM/SIGINT stop gracefully (jobs in flight get up to 8 s to finish, well inside the
-10 s a service manager allows); SIGHUP reloads the configuration and the rules: an invalid new
-file is rejected with a logged error and the running configuration stays.
+Signals: SIGTERM/SIGINT stop at any moment, the first cycle included: collectors are cancelled
+at once (their GET requests in flight with them; a write already handed to the store finishes),
+the evaluation (which records and delivers notifications) gets up to ``grace_s`` (8 s) to
+finish, and the process exits with status 0 well inside the 10 s a service manager allows.
+SIGHUP reloads the configuration and the rules: an invalid new file (hostile YAML included: it
+is refused before it costs much, see ``monitor.yamlsrc``) is rejected with a logged error and
+the running configuration stays. A valid one ends the old schedule as a stop does (collectors
+in flight cancelled, and due again at once on the new schedule).
+
+A notification whose delivery a stop cuts short stays recorded as ``pending`` (its alert state
+already counts it as sent). Nothing resends pending notifications yet: that is the outbox of
+"Remedies" (issue 9), which should pick them up at the next start.
 """
 
 from __future__ import annotations
@@ -13,17 +22,20 @@ from collections.abc import Callable, Iterable
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from monitor.app import App, intervals, settle_heap
 from monitor.clock import Clock, SystemClock
 from monitor.collect.runner import run_collector
-from monitor.collect.scheduler import Scheduler
+from monitor.collect.scheduler import STOP_GRACE_S, Scheduler
 from monitor.config import Config
 from monitor.errors import UserError
 
 log = structlog.get_logger("monitor.daemon")
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class Daemon:
@@ -32,10 +44,12 @@ class Daemon:
         config_path: Path,
         clock: Clock | None = None,
         app_factory: Callable[[Config], App] | None = None,
+        grace_s: float = STOP_GRACE_S,
     ) -> None:
         self.config_path = config_path
         self.clock = clock or SystemClock()
         self._app_factory = app_factory or (lambda cfg: App.open(cfg, self.clock))
+        self.grace_s = grace_s
         self.app: App | None = None
         self.scheduler = Scheduler()
         self._stop = asyncio.Event()
@@ -58,8 +72,8 @@ class Daemon:
                 last = app.store.last_success(ctx.account, name)
                 first = last + timedelta(seconds=interval) if last else self.clock.now()
                 self.scheduler.add(f"{ctx.account}:{name}", interval, job, first_run=first)
-        for job_name, seconds, fn in app.extra_jobs():
-            self.scheduler.add(job_name, seconds, fn)
+        for extra in app.extra_jobs():
+            self.scheduler.add(extra.name, extra.interval_s, extra.fn, graceful=extra.graceful)
 
     async def _do_reload(self) -> None:
         try:
@@ -72,7 +86,7 @@ class Daemon:
             log.error("reload_failed", path=str(self.config_path), error=repr(exc))
             return
         old = self.app
-        await self.scheduler.stop()
+        await self.scheduler.stop(self.grace_s)
         self.scheduler = Scheduler()
         self.app = new_app
         self._schedule(new_app)
@@ -81,27 +95,52 @@ class Daemon:
             await old.aclose()
         log.info("reloaded", path=str(self.config_path), jobs=len(self.scheduler.job_ids()))
 
+    async def _unless_stopped(self, task: asyncio.Task[Any]) -> bool:
+        """Wait for ``task`` or a stop request, whichever comes first; True if ``task`` ended
+        (its exception, if any, is raised). A stop leaves the task to ``Scheduler.stop``."""
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if task.done() and not self._stop.is_set():
+            task.result()
+            return True
+        return False
+
+    async def _first_cycle(self, app: App) -> bool:
+        """One full cycle (every collector) and one evaluation before the schedule starts: no
+        rule judges an account the monitor has not looked at yet. False when stopped first."""
+        collect = self.scheduler.track("first-cycle:collect", app.collect())
+        if not await self._unless_stopped(collect):
+            return False
+        evaluate = self.scheduler.track("first-cycle:evaluate", app.evaluate(), graceful=True)
+        return await self._unless_stopped(evaluate)
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        config = Config.load(self.config_path)
-        self.app = self._app_factory(config)
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        # first of all: a stop asked for while the configuration loads or the database migrates
+        # is seen at the first await, before any request is sent
+        for sig in _STOP_SIGNALS:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
-        # one full cycle (every collector) and one evaluation before the schedule starts: no
-        # rule judges an account the monitor has not looked at yet
-        await self.app.collect()
-        await self.app.evaluate()
-        settle_heap()  # what the first cycle built (caches, compiled statements) lives on
-        self._schedule(self.app)
-        self.scheduler.start()
-        log.info(
-            "started",
-            config=str(self.config_path),
-            accounts=[c.account for c in self.app.contexts],
-            jobs=len(self.scheduler.job_ids()),
-        )
         try:
+            config = Config.load(self.config_path)
+            self.app = self._app_factory(config)
+        except BaseException:
+            self._remove_signal_handlers(loop)
+            raise
+        try:
+            if await self._first_cycle(self.app):
+                settle_heap()  # what the first cycle built (caches, statements) lives on
+                self._schedule(self.app)
+                self.scheduler.start()
+                log.info(
+                    "started",
+                    config=str(self.config_path),
+                    accounts=[c.account for c in self.app.contexts],
+                    jobs=len(self.scheduler.job_ids()),
+                )
             while not self._stop.is_set():
                 stop = asyncio.create_task(self._stop.wait())
                 reload = asyncio.create_task(self._reload.wait())
@@ -113,9 +152,13 @@ class Daemon:
                     await self._do_reload()
         finally:
             log.info("stopping")
-            await self.scheduler.stop()
+            await self.scheduler.stop(self.grace_s)
             if self.app is not None:
                 await self.app.aclose()
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(sig)
+            self._remove_signal_handlers(loop)
             log.info("stopped")
+
+    @staticmethod
+    def _remove_signal_handlers(loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (*_STOP_SIGNALS, signal.SIGHUP):
+            loop.remove_signal_handler(sig)

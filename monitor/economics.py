@@ -31,6 +31,7 @@ Units the API docs leave open (wire-format §6, §7) are not trusted alone:
 
 from __future__ import annotations
 
+import calendar
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -181,30 +182,84 @@ class CardHoursByOwner:
     problems: tuple[Problem, ...]
 
 
+@dataclass(frozen=True)
+class BillTotals:
+    """One owner's bills that lie wholly inside a window, summed (by the store, in SQL: a
+    month of a thousand instances' bills is not read row by row). ``priced_hours`` is the sum
+    of ``amount / unit price`` over the ``priced`` bills that carry a unit price, ``priced_num``
+    their ``billNum0``; ``unpriced_num`` the ``billNum0`` of the others; ``paid`` what all of
+    them cost (``payAmount``, else ``amount``)."""
+
+    owner_id: str
+    priced: int = 0
+    priced_hours: float = 0.0
+    priced_num: float = 0.0
+    unpriced: int = 0
+    unpriced_num: float = 0.0
+    paid: Decimal = Decimal(0)
+
+
+def _unit_of(num: float, derived: float) -> int | None:
+    """The ``billNum0`` time unit that makes ``num`` agree with ``derived`` card-hours within
+    :data:`UNIT_TOLERANCE`, or None when none does."""
+    if derived <= 0:
+        return None
+    unit = min(BILL_TIME_UNITS, key=lambda k: abs(num / k - derived))
+    return unit if abs(num / unit - derived) <= UNIT_TOLERANCE * derived else None
+
+
 def card_hours_by_owner(
-    bills: Iterable[Bill], win_start: datetime, win_end: datetime, as_of: datetime
+    totals: Iterable[BillTotals],
+    edges: Iterable[Bill],
+    win_start: datetime,
+    win_end: datetime,
+    as_of: datetime,
 ) -> CardHoursByOwner:
-    """Card-hours each owner was charged for in ``[win_start, win_end)``: every bill counts in
-    proportion to its overlap with the window (a daily bill that began before the window
-    counts for the part inside it), never "bills that start inside it"."""
-    bills = list(bills)
-    units = [bill_card_hours(b).unit for b in bills]
-    shown = [u for u in units if u is not None]
-    hint = max(set(shown), key=shown.count) if shown else None
+    """Card-hours each owner was charged for in ``[win_start, win_end)``: the bills wholly
+    inside it (``totals``) in full, and the bills straddling its edges (``edges``) in
+    proportion to their overlap (a daily bill that began before the window counts for the
+    part inside it), never "bills that start inside it". Each owner's card-hours come from
+    the money (``amount / unit price``) and are cross-checked against ``billNum0``: when no
+    time unit makes them agree within 25 %, that owner's hours are unknown (a problem)."""
+    totals, edges = list(totals), list(edges)
+    shown = [_unit_of(t.priced_num, t.priced_hours) for t in totals if t.priced_hours > 0]
+    shown += [bill_card_hours(b).unit for b in edges]
+    units = [u for u in shown if u is not None]
+    hint = max(set(units), key=units.count) if units else None
     hours: dict[str, float | None] = {}
     problems: list[Problem] = []
-    for bill in bills:
+
+    def add(owner: str, figure: float | None) -> None:
+        before = hours.get(owner, 0.0)
+        hours[owner] = None if figure is None or before is None else before + figure
+
+    for total in totals:
+        figure: float | None = total.priced_hours
+        if total.priced_hours > 0 and _unit_of(total.priced_num, total.priced_hours) is None:
+            figure = None
+            problems.append(
+                Problem(
+                    "bill_unit_mismatch",
+                    total.owner_id,
+                    "billNum0",
+                    f"sum_billNum0={total.priced_num} derived_card_hours={total.priced_hours:.4f}"
+                    f" bills={total.priced}",
+                )
+            )
+        elif total.priced_hours == 0 and total.priced_num > 0:
+            figure = None  # money says nothing was used, the quantity says otherwise
+        if total.unpriced:
+            extra = None if hint is None else total.unpriced_num / hint
+            figure = None if figure is None or extra is None else figure + extra
+        add(total.owner_id, figure)
+    for bill in edges:
         share = window_share(bill.start, bill.period_end, win_start, win_end, as_of)
         if share <= 0:
             continue
-        figure = bill_card_hours(bill, hint)
-        if figure.problem is not None:
-            problems.append(figure.problem)
-        before = hours.get(bill.owner_id, 0.0)
-        if figure.hours is None or before is None:
-            hours[bill.owner_id] = None
-        else:
-            hours[bill.owner_id] = before + figure.hours * share
+        one = bill_card_hours(bill, hint)
+        if one.problem is not None:
+            problems.append(one.problem)
+        add(bill.owner_id, None if one.hours is None else one.hours * share)
     return CardHoursByOwner(hours, hint, tuple(problems))
 
 
@@ -391,11 +446,11 @@ def steady_hours_per_month(
 def monthly_saving(
     hourly_usd: Decimal | None, hours_per_month: float | None, monthly_usd: Decimal | None
 ) -> Decimal | None:
-    """What a subscription would save per month at this use: ``hours x hourly - monthly``
-    (negative: it would cost more). Unknown when any input is."""
+    """What a subscription would save per month at this use: ``hours x hourly - monthly``, or
+    0 when it would cost more (no saving). Unknown when any input is."""
     if hourly_usd is None or hours_per_month is None or monthly_usd is None:
         return None
-    return hourly_usd * Decimal(str(round(hours_per_month, 6))) - monthly_usd
+    return max(Decimal(0), hourly_usd * Decimal(str(round(hours_per_month, 6))) - monthly_usd)
 
 
 def burn_rate(costs: Iterable[HourlyCost]) -> Decimal | None:
@@ -493,13 +548,18 @@ def runway(
 
 
 def spend(
-    bills: Iterable[Bill], win_start: datetime, win_end: datetime, as_of: datetime
+    inside_usd: Decimal,
+    edges: Iterable[Bill],
+    win_start: datetime,
+    win_end: datetime,
+    as_of: datetime,
 ) -> Decimal:
-    """Money paid (``payAmount``, after vouchers) for usage in ``[win_start, win_end)``: every
-    bill counted in proportion to its overlap with the window. The caller decides whether the
-    stored bills reach back far enough (else the figure is unknown, not this sum)."""
-    total = Decimal(0)
-    for bill in bills:
+    """Money paid (``payAmount``, after vouchers) for usage in ``[win_start, win_end)``: the
+    bills wholly inside it (``inside_usd``, summed by the store) and the bills straddling its
+    edges in proportion to their overlap. The caller decides whether the stored bills reach
+    back far enough (else the figure is unknown, not this sum)."""
+    total = inside_usd
+    for bill in edges:
         paid = bill.pay_amount if bill.pay_amount is not None else bill.amount
         if paid is None:
             continue
@@ -515,6 +575,35 @@ def cost_since(hourly_usd: Decimal | None, since: datetime | None, now: datetime
     if hourly_usd is None or since is None or since > now:
         return None
     return hourly_usd * Decimal(str((now - since).total_seconds() / HOUR_S))
+
+
+def stop_saving(
+    saving_per_hour_usd: Decimal | None,
+    since: datetime | None,
+    until: datetime | None,
+    now: datetime,
+) -> Decimal | None:
+    """The gross saving of a stop (the compute price not paid; storage of the stopped instance
+    is not subtracted): hours stopped x the hourly price it stopped paying. Stopped from
+    ``since`` until ``until`` (it ran again) or, still stopped, until ``now`` (accruing).
+    Unknown when the price or the start is; never negative."""
+    end = until if until is not None else now
+    if saving_per_hour_usd is None or since is None:
+        return None
+    if end <= since:
+        return Decimal(0)
+    return cost_since(saving_per_hour_usd, since, end)
+
+
+def months_after(when: datetime, months: int) -> datetime:
+    """``when`` moved ``months`` calendar months on (the day clamped to the month's length):
+    where a subscription's ``endTime`` should land after a renewal of ``months``."""
+    if months < 0:
+        raise ValueError("months must not be negative")
+    index = when.month - 1 + months
+    year, month = when.year + index // 12, index % 12 + 1
+    days = calendar.monthrange(year, month)[1]
+    return when.replace(year=year, month=month, day=min(when.day, days))
 
 
 def share_of_cost(hourly_usd: Decimal | None, part: int, whole: int) -> Decimal | None:
@@ -539,30 +628,40 @@ def average_per_window(
     return total_usd * Decimal(str(window / period))
 
 
+@dataclass(frozen=True)
+class Span:
+    """A stretch of samples: ``start``, its length, the highest GPU utilisation in it (None:
+    not sampled) and whether it is covered (a rolled-up hour with minutes missing is not)."""
+
+    start: datetime
+    length: timedelta
+    peak: float | None
+    complete: bool = True
+
+
 def idle_since(
-    samples_newest_first: Iterable[tuple[datetime, float | None]],
+    spans_newest_first: Iterable[Span | tuple[datetime, float | None]],
     threshold: float,
     *,
     not_before: datetime | None,
-    step: timedelta = timedelta(minutes=1),
     max_gap: timedelta = timedelta(minutes=5),
 ) -> datetime | None:
-    """When the current idle stretch began: walking back from the newest sample (each stamped
-    at the start of its minute, holding the highest GPU utilisation of that minute), the start
-    of the oldest minute of the unbroken run under ``threshold``. The run ends at a busy
-    sample, a gap longer than ``max_gap`` (missing data never counts as idle), or
-    ``not_before`` (the last start, or the start of stored history). None when the newest
-    sample is not idle or there is none."""
+    """When the current idle stretch began: walking back from the newest span (a minute, or a
+    rolled-up hour), the start of the oldest span of the unbroken run under ``threshold``. The
+    run ends at a busy span, one not fully sampled, a gap longer than ``max_gap`` between spans
+    (missing data never counts as idle), or ``not_before`` (the last start, or the start of
+    stored history). A ``(start, peak)`` pair is a one-minute span. None when the newest span
+    is not idle or there is none."""
     since: datetime | None = None
-    previous: datetime | None = None
-    for ts, value in samples_newest_first:
-        if not_before is not None and ts < not_before:
+    for item in spans_newest_first:
+        span = item if isinstance(item, Span) else Span(item[0], timedelta(minutes=1), item[1])
+        if not_before is not None and span.start + span.length <= not_before:
             break
-        if value is None or value >= threshold:
+        if span.peak is None or span.peak >= threshold or not span.complete:
             break
-        if previous is not None and previous - ts > max_gap:
+        if since is not None and since - (span.start + span.length) > max_gap:
             break
-        since, previous = ts, ts
+        since = span.start
     if since is not None and not_before is not None:
         since = max(since, not_before)
     return since
@@ -591,3 +690,127 @@ def bounded_percent(value: float | None) -> float | None:
     if value is None or math.isnan(value) or not 0 <= value <= 100.0001:
         return None
     return value
+
+
+# --------------------------------------------------------------------------------------------
+# remedies: what a charge leaves, what a stop saves
+
+
+def subscription_prices(
+    *,
+    listed_unit_usd: Mapping[int, Decimal],
+    on_demand_unit_usd: Decimal | None,
+    units: Decimal,
+    resource_id: str = "",
+) -> tuple[dict[int, Decimal | None], list[Problem]]:
+    """The price of each month count a product lists (``monthlyPrice[]``) for the whole
+    instance: each listed price x the units the instance is billed as, bounded per month as
+    :func:`monthly_price` bounds the 1-month price (a count whose price fails is listed with
+    an unknown price: renewing it is refused, never guessed)."""
+    out: dict[int, Decimal | None] = {}
+    problems: list[Problem] = []
+    for months, listed in sorted(listed_unit_usd.items()):
+        if months < 1:
+            continue
+        per_month, problem = monthly_price(
+            monthly_unit_usd=listed / months,
+            on_demand_unit_usd=on_demand_unit_usd,
+            units=units,
+            resource_id=resource_id,
+        )
+        out[months] = None if per_month is None else per_month * months
+        if problem is not None:
+            problems.append(problem)
+    return out, problems
+
+
+def runway_after_charge(
+    balance_usd: Decimal | None,
+    burn_usd_per_hour: Decimal | None,
+    charges: Iterable[Charge],
+    charge_usd: Decimal | None,
+    now: datetime,
+) -> Runway:
+    """The runway left if ``charge_usd`` were paid now (a renewal, a conversion): the balance
+    less the charge, at the current burn rate, the other charges (auto-renewals) subtracted at
+    their time (:func:`runway`). Unknown ("unknown_charge") when the charge is."""
+    if charge_usd is None:
+        return Runway(None, "unknown_charge", False)
+    if balance_usd is None:
+        return Runway(None, "unknown_balance", False)
+    return runway(balance_usd - charge_usd, burn_usd_per_hour, charges, now)
+
+
+def lookback_utilisation(avg: float | None, covered_s: float, span_s: float) -> float | None:
+    """Average GPU use over a lookback in which unsampled time counts as 0 % (a stopped
+    instance is not used): ``avg x covered / span``. Unknown without a span; 0 without
+    samples."""
+    if span_s <= 0:
+        return None
+    if avg is None:
+        return 0.0
+    return bounded_percent(avg * min(1.0, covered_s / span_s))
+
+
+def data_expires_at(stopped_at: datetime | None, keep_data_day: int | None) -> datetime | None:
+    """When a stopped instance's local data is deleted: ``keepDataDay`` days after the stop
+    (wire-format §7.5). Unknown when either is."""
+    if stopped_at is None or keep_data_day is None or keep_data_day < 0:
+        return None
+    return stopped_at + timedelta(days=keep_data_day)
+
+
+def saving_so_far(
+    per_hour_usd: Decimal | None,
+    since: datetime | None,
+    until: datetime | None,
+    now: datetime,
+) -> Decimal | None:
+    """What a stop has saved (gross: the compute price not paid): its hourly price x the hours
+    stopped, from ``since`` (the stop) to ``until`` (the next start), or to ``now`` while
+    still stopped. Unknown when the price or the stop time is."""
+    if per_hour_usd is None or since is None:
+        return None
+    end = until if until is not None else now
+    if end <= since:
+        return Decimal(0)
+    return per_hour_usd * Decimal(str((end - since).total_seconds() / HOUR_S))
+
+
+@dataclass(frozen=True)
+class SavingLine:
+    """One stop's saving as the ledger records it."""
+
+    per_hour_usd: Decimal | None
+    since: datetime | None  # when the instance was stopped (None: not stopped yet)
+    until: datetime | None = None  # when it ran again (None: still stopped)
+    realized_usd: Decimal | None = None  # closed figure, when recorded
+
+
+@dataclass(frozen=True)
+class Savings:
+    """Savings of a set of stops: ``expected_usd_per_hour`` of those still stopped,
+    ``realized_usd`` closed and accrued (still-stopped instances accrue up to now)."""
+
+    expected_usd_per_hour: Decimal
+    realized_usd: Decimal
+
+
+def savings(lines: Iterable[SavingLine], now: datetime) -> Savings:
+    """Sum the savings of ``lines`` (:class:`SavingLine`) at ``now``; a line whose price or
+    stop time is unknown adds nothing."""
+    expected = Decimal(0)
+    realized = Decimal(0)
+    for line in lines:
+        if line.since is None or line.per_hour_usd is None:
+            continue
+        if line.until is None:
+            expected += line.per_hour_usd
+        closed = line.realized_usd if line.until is not None else None
+        figure = (
+            closed
+            if closed is not None
+            else saving_so_far(line.per_hour_usd, line.since, line.until, now)
+        )
+        realized += figure or Decimal(0)
+    return Savings(expected, realized)

@@ -70,6 +70,11 @@ IDLE_LOOKBACK = timedelta(days=7)
 #: how far back the latest complete hourly bill is looked for
 HOURLY_BILL_LOOKBACK = timedelta(hours=3)
 
+_MINUTE = timedelta(minutes=1)
+_HOUR = timedelta(hours=1)
+#: a rolled-up hour with fewer sampled minutes has a gap: it never counts as idle
+_FULL_HOUR = 58
+
 _logged: set[tuple[str, str, str, str]] = set()
 UNIT_NAMES = {1: "hours", 60: "minutes", 3600: "seconds"}
 
@@ -151,7 +156,7 @@ class StoreFacts:
         start = now - HOURLY_BILL_LOOKBACK
         rows = self.store.usage_bills_overlapping(account, start, now, cycle_type="Hour")
         complete = [b for b in map(_bill, rows) if b.period_end <= now]
-        unit = economics.card_hours_by_owner(complete, start, now, now).unit
+        unit = economics.card_hours_by_owner([], complete, start, now, now).unit
         latest: dict[str, Bill] = {}
         for b in complete:
             if b.owner_id not in latest or b.start > latest[b.owner_id].start:
@@ -172,7 +177,8 @@ class StoreFacts:
         recs = self.store.instances(account)
         billed = self._billed_hourly(account, {r.instance_id: int(r.gpu_count or 0) for r in recs})
         ceiling = self.store.max_listed_price(account)
-        transitional = [r.instance_id for r in recs if r.status in economics.TRANSITIONAL_STATUSES]
+        # statuses whose start matters: stuck transitions, and stops (when data expires)
+        transitional = [r.instance_id for r in recs if r.status in _SINCE_STATUSES]
         histories = self.store.status_histories(account, transitional) if transitional else {}
         # the basis of the listed prices (per GPU or per instance), as the bills showed it
         listed: dict[str, Decimal | None] = {}
@@ -215,6 +221,17 @@ class StoreFacts:
                 resource_id=rec.instance_id,
             )
             self._problem(account, problem)
+            units = economics.price_units(
+                book.costs[rec.instance_id].usd, listed[rec.instance_id], int(rec.gpu_count or 0)
+            )
+            subscriptions, bad = economics.subscription_prices(
+                listed_unit_usd={} if price is None else dict(price.monthly_prices_usd),
+                on_demand_unit_usd=None if price is None else price.hourly_usd("onDemand"),
+                units=units,
+                resource_id=rec.instance_id,
+            )
+            for one in bad:  # the 1-month one repeats ``problem``: listed once (same key)
+                self._problem(account, one)
             book.instances.append(
                 InstanceFact(
                     id=rec.instance_id,
@@ -238,6 +255,7 @@ class StoreFacts:
                     auto_renew=rec.auto_renew,
                     auto_renew_months=rec.auto_renew_month,
                     keep_data_day=rec.keep_data_day,
+                    subscription_prices_usd=subscriptions,
                 )
             )
         return book
@@ -358,26 +376,54 @@ class StoreFacts:
         if not ids:
             return {}
         history = self.metrics_start(account)
-        minutes = self.store.gpu_minutes(account, ids, now - IDLE_LOOKBACK, now)
+        lookback = now - IDLE_LOOKBACK
+        # the raw minutes since the rollups' end, then the rolled-up hours before them: a
+        # stretch idle for days costs a few hundred rows, not ten thousand minutes
+        mark = self.store.rollup_watermark()
+        recent_from = lookback if mark is None else max(lookback, min(mark, now))
+        minutes = self.store.gpu_minutes(account, ids, recent_from, now)
+        hours = (
+            self.store.idle_hours(account, ids, lookback, recent_from, threshold, _FULL_HOUR)
+            if mark
+            else {}
+        )
         out: dict[str, datetime] = {}
         for iid in ids:
             inst = insts[iid]
-            bounds = [
-                t
-                for t in (inst.last_started_at or inst.created_at, history, now - IDLE_LOOKBACK)
-                if t is not None
-            ]
-            since = economics.idle_since(
-                minutes.get(iid, []), threshold, not_before=max(bounds) if bounds else None
-            )
-            if since is not None:
-                out[iid] = since
+            bounds = [t for t in (inst.last_started_at or inst.created_at, history, lookback) if t]
+            floor = max(bounds)
+            spans = [economics.Span(ts, _MINUTE, peak) for ts, peak in minutes.get(iid, [])]
+            run_since, broken_at = hours.get(iid, (None, None))
+            if run_since is not None:  # the rolled-up hours idle up to the raw minutes
+                spans.append(economics.Span(run_since, recent_from - run_since, 0.0))
+            if broken_at is not None:  # the hour that ended it
+                spans.append(economics.Span(broken_at, _HOUR, None))
+            since = economics.idle_since(spans, threshold, not_before=floor)
+            if since is None:
+                continue
+            # the stretch stopped at a rolled-up hour: that hour's minutes say when within it
+            if broken_at is not None and since == broken_at + _HOUR and broken_at >= floor:
+                inside = self.store.gpu_minutes(account, [iid], broken_at, since).get(iid, [])
+                before = economics.idle_since(
+                    [economics.Span(ts, _MINUTE, peak) for ts, peak in inside],
+                    threshold,
+                    not_before=floor,
+                )
+                if before is not None and inside and inside[0][0] >= since - _MINUTE:
+                    since = before
+            out[iid] = since
         return out
 
     def _bills_as_of(self, account: str) -> datetime:
-        """When the stored bills were last read: a period's bill counts up to then."""
+        """How far the stored bills' amounts reach: a period's bill counts up to then."""
+        covered = self.usage_covered_until(account)
+        return self.now if covered is None else covered
+
+    def usage_covered_until(self, account: str) -> datetime | None:
         last = self.store.last_success(account, "usage_bills")
-        return min(self.now, last) if last is not None else self.now
+        if last is None:
+            return None
+        return min(self.now, last).replace(minute=0, second=0, microsecond=0)
 
     def _bills_history(self, account: str, backfill: timedelta) -> datetime | None:
         first = self.store.first_success(account, "usage_bills")
@@ -387,8 +433,10 @@ class StoreFacts:
         history = self._bills_history(account, HOURLY_BILLS_HISTORY)
         if history is None or history > start:
             return None
-        rows = self.store.usage_bills_overlapping(account, start, end, cycle_type="Hour")
-        return economics.spend([_bill(r) for r in rows], start, end, self._bills_as_of(account))
+        as_of = self._bills_as_of(account)
+        sums, edges = self.store.usage_bills_in_window(account, start, end, as_of, "Hour")
+        inside = sum((s.paid for s in sums), Decimal(0))
+        return economics.spend(inside, [_bill(r) for r in edges], start, end, as_of)
 
     def running_hours(
         self,
@@ -402,9 +450,14 @@ class StoreFacts:
             return None
         key = (account, start, end)
         if key not in self._running:
-            rows = self.store.usage_bills_overlapping(account, start, end, cycle_type="Day")
+            as_of = self._bills_as_of(account)
+            sums, edges = self.store.usage_bills_in_window(account, start, end, as_of, "Day")
             by_owner = economics.card_hours_by_owner(
-                [_bill(r) for r in rows], start, end, self._bills_as_of(account)
+                [economics.BillTotals(**s._asdict()) for s in sums],
+                [_bill(r) for r in edges],
+                start,
+                end,
+                as_of,
             )
             for bad in by_owner.problems:
                 self._problem(account, bad)
@@ -418,6 +471,11 @@ class StoreFacts:
                 )
             out: dict[str, float | None] = {}
             for iid, inst in known.items():
+                if inst.billing_mode == "monthly":
+                    # prepaid time has no usage bills: its hours are not in them (unknown,
+                    # never the 0 the bills would suggest)
+                    out[iid] = None
+                    continue
                 hours, outside = economics.running_hours(
                     by_owner.hours.get(iid, 0.0), inst.gpu_count, end - start, iid
                 )
@@ -503,11 +561,17 @@ def _bill(row: Any) -> Bill:
     )
 
 
+#: statuses whose start the facts trace (``InstanceFact.status_since``)
+_SINCE_STATUSES = economics.TRANSITIONAL_STATUSES | {"exited"}
+
+
 def _status_since(rec: Any, statuses: list[tuple[datetime, str]] | None) -> datetime | None:
-    """When the instance entered its current (transitional) status: the first snapshot with
-    it, or its creation when it was never seen in another status while being created."""
-    if rec.status not in economics.TRANSITIONAL_STATUSES:
-        return None  # only the stuck-instance check asks
+    """When the instance entered its current status (transitional, or ``exited``): the first
+    snapshot with it, or its creation when it was never seen in another status while being
+    created. An instance stored only in its current status gets its first snapshot (an upper
+    bound: ``status_since == first_seen`` means the change itself was not seen)."""
+    if rec.status not in _SINCE_STATUSES:
+        return None  # only the stuck-instance and stopped-data checks ask
     statuses = statuses or []
     since, previous = rec.first_seen, None
     for ts, status in statuses:

@@ -14,6 +14,7 @@ from functools import partial
 from typing import Any
 
 from monitor import economics
+from monitor.actions.savings import savings_by_rule, savings_json
 from monitor.facts import STATUS_HOURS_WINDOW, STATUS_IDLE_THRESHOLD, StoreFacts
 
 
@@ -38,13 +39,15 @@ def account_status(facts: StoreFacts, account: str, now: datetime) -> dict[str, 
     idle = facts.idle_since(account, STATUS_IDLE_THRESHOLD, now)
     hours = facts.running_hours(account, now - STATUS_HOURS_WINDOW, now)
     history = facts.history_start(account)
+    covered = facts.usage_covered_until(account)
+    billed_until = now if covered is None else min(covered, now)
     util = facts.metric_window(account, "gpu_util", now - timedelta(minutes=15), now)
     instances = []
     for inst in insts:
         since = idle.get(inst.id)
         ran = None if hours is None else hours.get(inst.id)
         steady, _ = economics.steady_hours_per_month(
-            partial(_hours, facts, account, inst.id), now, history
+            partial(_hours, facts, account, inst.id), billed_until, history
         )
         # the advice compares paying by the hour with a subscription: on-demand only
         hourly = inst.hourly_cost_usd if inst.billing_mode == "onDemand" else None
@@ -92,6 +95,8 @@ def account_status(facts: StoreFacts, account: str, now: datetime) -> dict[str, 
             }
             for p in stored(account)
         ]
+    ledger = getattr(facts.store, "actions", None)
+    _, saved = savings_by_rule(ledger(account) if ledger is not None else [], now)
     return {
         "name": account,
         "balance_usd": _num(None if balance is None else balance.available_usd),
@@ -103,6 +108,8 @@ def account_status(facts: StoreFacts, account: str, now: datetime) -> dict[str, 
         "spend_24h_usd": _num(facts.spend(account, now - timedelta(hours=24), now)),
         "stale": facts.stale_store_collectors(account, now),
         "data_problems": problems,
+        # gross (the compute price not paid), from the action ledger's stops
+        "savings": savings_json(saved),
         "instances": instances,
     }
 
@@ -141,6 +148,12 @@ def render_text(status: dict[str, Any]) -> str:
             f"burn {_money(burn)}/h, runway {_runway(acc)}, "
             f"spent {_money(acc['spend_24h_usd'])} in 24 h"
         )
+        saved = acc.get("savings") or {}
+        if saved.get("expected_usd_per_hour") or saved.get("realized_usd"):
+            lines.append(
+                f"  savings: {_money(saved['expected_usd_per_hour'])}/h now, "
+                f"{_money(saved['realized_usd'])} realized (novita-monitor actions)"
+            )
         if acc["stale"]:
             lines.append(f"  STALE: {', '.join(acc['stale'])}")
         if acc["data_problems"]:

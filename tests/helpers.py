@@ -15,7 +15,7 @@ API_KEY = "sk-test-0123456789abcdef0123456789abcdef"
 ENV = {"NOVITA_API_KEY": API_KEY}
 
 
-def write_config(tmp_path: Path, base_url: str = "http://sim.test", extra: str = "") -> Path:
+def write_config(tmp_path: Path, base_url: str = "http://localhost", extra: str = "") -> Path:
     path = tmp_path / "novita-monitor.yaml"
     path.write_text(
         "accounts:\n"

@@ -204,7 +204,7 @@ async def test_business_errors_are_400_with_reasons(client: NovitaClient) -> Non
 
 async def test_insufficient_balance(client: NovitaClient) -> None:
     with pytest.raises(E.InsufficientBalanceError) as info:
-        await client.renew_instance("demo-subscription", 36)
+        await client.renew_instance("demo-subscription", 12)
     assert info.value.reason == "BALANCE_NOT_ENOUGH"
 
 
@@ -276,7 +276,9 @@ async def test_action_after_injected_429_is_retried(
     )
     assert await client.stop_instance("demo-notebook") == {}
     assert client.requests_sent == 2
-    assert [a["path"] for a in demo_sim.actions] == ["stop"]
+    # both requests were received; only the second reached the model
+    log = [(a["path"], a["status"], a["performed"], a["fault"]) for a in demo_sim.actions]
+    assert log == [("stop", 429, False, "fail_next"), ("stop", 200, True, None)]
 
 
 async def test_malformed_body(client: NovitaClient, sim_app: Any) -> None:

@@ -426,3 +426,33 @@ async def test_collectors_store_renewal_fields_and_bill_unit_prices_as_the_api_s
     assert {(b.owner_id, b.base_price) for b in fixed} == {
         (b.owner_id, b.base_price_usd) for b in wire_fixed
     }
+
+
+def test_converters_divide_by_price_precision_and_drop_bills_without_a_start() -> None:
+    from monitor.collect import convert
+    from monitor.novita.models import FixedTermBill, Instance, UsageBill
+
+    fixed = FixedTermBill.model_validate(
+        {"startTime": "1764547200", "endTime": "1767225600", "ownerID": "i-9",
+         "basePrice": "30000000000", "pricePrecision": 10000, "amount": "3000000",
+         "payAmountDisplay": "300"}
+    )  # fmt: skip
+    (row,) = convert.fixed_term_bill_rows([fixed, FixedTermBill(owner_id="i-x")])
+    assert row["base_price"] == Decimal(300)  # basePrice / pricePrecision, at 1/10000 USD
+    assert row["pay_amount"] == Decimal(300)  # the display figure when payAmount is absent
+    assert (row["category"], row["product_id"], row["start_ts"]) == ("", "", 1764547200)
+    assert convert.usage_bill_rows([UsageBill(owner_id="i-1")]) == []
+    inst = convert.instance_row(
+        Instance.model_validate(
+            {"id": "i-1", "envs": [{"key": "A", "value": "1"}, {"key": "B", "value": "2"}],
+             "autoRenew": "true", "autoRenewMonth": "2", "keepDataDay": 7}
+        ),
+        env_keys=frozenset({"A"}),  # of the environment, only what the monitor reads
+    )  # fmt: skip
+    assert (inst["envs"], inst["auto_renew"], inst["auto_renew_month"]) == ({"A": "1"}, True, 2)
+    assert (inst["name"], inst["status"], inst["gpu_count"], inst["keep_data_day"]) == (
+        "",
+        "",
+        0,
+        7,
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import textwrap
 from pathlib import Path
@@ -23,9 +24,16 @@ from monitor.config import (
     resolve_channel_url,
     shipped_rules_dir,
 )
-from monitor.errors import ConfigError, Problem
+from monitor.errors import ConfigError, Problem, UserError
 from monitor.logs import clear_secrets, redact_text
-from monitor.yamlsrc import LineMap, load_yaml_with_lines, problems_from_validation_error
+from monitor.yamlsrc import (
+    MAX_YAML_BYTES_ENV,
+    LineMap,
+    YamlLimits,
+    load_yaml_with_lines,
+    problems_from_validation_error,
+    read_yaml_file,
+)
 
 ENV = {"HOME": "/home/alice"}
 
@@ -509,6 +517,171 @@ class TestLineMap:
 
     def test_empty_document(self):
         assert load_yaml_with_lines("", "f.yaml") == (None, LineMap({(): 1}))
+
+
+def billion_laughs(levels: int = 9) -> str:
+    """``a`` holds 9 strings, ``b`` 9 aliases of ``a``, ... : 9**levels strings in ~40 bytes a
+    line (the 9-level file of issue 10 took ``check`` to 4 GB)."""
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    names = "abcdefghijklmnopqrstuvwxyz"
+    for prev, name in itertools.pairwise(names[:levels]):
+        lines.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def nested(levels: int) -> str:
+    """A block mapping nested ``levels`` deep: level n starts on line n."""
+    return "".join(f"{'  ' * i}k{i}:\n" for i in range(levels)) + "  " * levels + "end\n"
+
+
+class TestYamlLimits:
+    """Hostile YAML is refused while it is composed, in one problem that names the line."""
+
+    def refused(self, text: str, limits: YamlLimits | None = None) -> Problem:
+        with pytest.raises(UserError) as info:
+            load_yaml_with_lines(text, "f.yaml", limits=limits or YamlLimits())
+        return only(info.value.problems)
+
+    def test_billion_laughs_is_refused_at_the_alias_that_crosses_the_cap(self):
+        # nodes with their keys: a 11, b 92, c 821, d 7382, e 66431 (74738 with the root);
+        # the aliases of f (each worth 66430) cross 100000
+        p = self.refused(billion_laughs(9))
+
+        assert (p.file, p.line) == ("f.yaml", 6)
+        assert "expands to more than 100000 values" in p.message
+
+    def test_expanded_values_are_counted_exactly(self):
+        # the root 1, key a 1, its list 3, key b 1, its list 1 + 2 * 3: 13 nodes
+        text = "a: &a [1, 2]\nb: [*a, *a]\n"
+
+        assert load_yaml_with_lines(text, "f.yaml", limits=YamlLimits(max_values=13))[0] == {
+            "a": [1, 2],
+            "b": [[1, 2], [1, 2]],
+        }
+        assert self.refused(text, YamlLimits(max_values=12)).line == 2
+
+    def test_a_plain_file_with_too_many_values_is_not_called_a_bomb(self):
+        p = self.refused("[" + ",".join(["1"] * 20) + "]\n", YamlLimits(max_values=10))
+
+        assert p.line == 1 and "holds more than 10 values" in p.message
+        assert "split it" in p.message and MAX_YAML_BYTES_ENV in p.message
+
+    def test_a_thousand_nested_brackets(self):
+        p = self.refused("rules: " + "[" * 1000 + "]" * 1000 + "\n")
+
+        assert p.line == 1 and "nested deeper than 64 levels" in p.message
+
+    def test_depth_is_refused_at_the_line_of_the_first_level_too_many(self):
+        load_yaml_with_lines(nested(64), "f.yaml")  # 64 mappings: the limit, accepted
+
+        p = self.refused(nested(65))
+
+        assert p.line == 65 and "nested deeper than 64 levels" in p.message
+
+    def test_an_alias_inside_the_node_it_names(self):
+        p = self.refused("x: 1\na: &a [1, *a]\n")
+
+        assert p.line == 2 and "alias *a is used inside the node it names" in p.message
+
+    def test_size_cap_names_the_line_where_it_is_crossed(self):
+        text = "".join(f"k{i}: 12345\n" for i in range(10))  # 10 bytes a line
+
+        p = self.refused(text, YamlLimits(max_bytes=50))
+
+        assert p.line == 6
+        assert "larger than the limit of 50 bytes (100 bytes)" in p.message
+        assert MAX_YAML_BYTES_ENV in p.message
+
+    def test_size_cap_from_the_environment(self):
+        assert YamlLimits.from_env({}).max_bytes == 2 * 1024 * 1024
+        assert YamlLimits.from_env({MAX_YAML_BYTES_ENV: "4M"}) == YamlLimits(
+            max_bytes=4 * 1024 * 1024, max_values=200_000
+        )
+        assert YamlLimits.from_env({MAX_YAML_BYTES_ENV: "512 KiB"}).max_bytes == 512 * 1024
+        assert YamlLimits.from_env({MAX_YAML_BYTES_ENV: "1000"}) == YamlLimits(max_bytes=1000)
+        for bad in ("lots", "0", "-5", "1.5M"):
+            with pytest.raises(UserError, match=f"{MAX_YAML_BYTES_ENV}=.* is not a size"):
+                YamlLimits.from_env({MAX_YAML_BYTES_ENV: bad})
+
+    def test_config_load_obeys_the_cap_of_its_environment(self, tmp_path):
+        path = write(tmp_path, MINIMAL + "log: {level: info}\n" * 20)
+
+        p = only(problems_of(path, {**ENV, MAX_YAML_BYTES_ENV: "100"}))
+
+        assert p.file == str(path) and p.line is not None
+        assert "larger than the limit of 100 bytes" in p.message
+
+    def test_a_file_is_read_no_further_than_the_cap(self, tmp_path):
+        path = tmp_path / "big.yaml"
+        path.write_text("x: 1\n" * 1000)
+        reads: list[int] = []
+        real_open = Path.open
+
+        def spy_open(self, *args, **kwargs):
+            fh = real_open(self, *args, **kwargs)
+            real_read = fh.read
+            fh.read = lambda n=-1: reads.append(n) or real_read(n)  # type: ignore[method-assign]
+            return fh
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(Path, "open", spy_open)
+            with pytest.raises(UserError) as info:
+                read_yaml_file(path, limits=YamlLimits(max_bytes=100))
+
+        assert reads == [101]
+        assert "(5000 bytes)" in str(info.value)
+
+    def test_a_cap_that_cuts_a_character_in_two_is_still_the_size_error(self, tmp_path):
+        path = tmp_path / "big.yaml"
+        path.write_text("x: é\n" * 100, encoding="utf-8")  # é is bytes 4 and 5: read 4, cut
+
+        with pytest.raises(UserError, match="larger than the limit of 3 bytes"):
+            read_yaml_file(path, limits=YamlLimits(max_bytes=3))
+
+    def test_lines_are_recorded_per_node_not_per_path(self):
+        """With the expansion cap lifted, the bomb's 9**9 paths are still 90 nodes: loading
+        and looking a line up stay instant (the old path-by-path walk never finished)."""
+        data, lines = load_yaml_with_lines(
+            billion_laughs(9), "f.yaml", limits=YamlLimits(max_values=10**12)
+        )
+
+        assert data["i"][8][8][8][8][8][8][8][8][0] == "lol"
+        assert lines.line_for(("i", 8, 8, 8, 8, 8, 8, 8, 8, 0)) == 1  # the string, in a's line
+        assert lines.line_for(("i", 8)) == 8  # an alias item: the node it names starts there
+        assert lines.line_for(("e",)) == 5
+        assert ("i", 0, 0) in lines and ("i", 9) not in lines
+
+
+class TestBaseUrl:
+    """The API key travels in every request's header: never unencrypted off this machine."""
+
+    @pytest.mark.parametrize(
+        "url",
+        ["http://api.novita.ai", "http://10.0.0.5:8080", "http://127.0.0.1.example.com"],
+    )
+    def test_plain_http_to_another_host_is_refused(self, tmp_path, url):
+        text = MINIMAL.replace("NOVITA_API_KEY\n", f"NOVITA_API_KEY\n    base_url: {url}\n")
+
+        p = only(problems_of(write(tmp_path, text)))
+
+        assert (p.line, p.field) == (4, "accounts[0].base_url")
+        assert "would send the API key unencrypted (expected https://" in p.message
+
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "https://api.example.com",
+            "http://127.0.0.1:8765",
+            "http://127.3.2.1",
+            "http://[::1]:8765",
+            "http://localhost:8765",
+            "HTTP://LOCALHOST",
+        ],
+    )
+    def test_https_anywhere_and_http_to_loopback_are_accepted(self, tmp_path, url):
+        text = MINIMAL.replace("NOVITA_API_KEY\n", f"NOVITA_API_KEY\n    base_url: {url}\n")
+
+        assert Config.load(write(tmp_path, text), env=ENV).accounts[0].base_url == url
 
 
 class _Idle(BaseModel):

@@ -69,7 +69,7 @@ def test_without_a_unit_price_billnum0_needs_the_unit_other_bills_showed() -> No
     b = bill(T0, 5, unit_price=False)
     assert e.bill_card_hours(b).hours is None
     assert e.bill_card_hours(b, unit_hint=3600).hours == pytest.approx(5)
-    shown = e.card_hours_by_owner([bill(T0 - DAY, 24), b], T0 - DAY, T0 + DAY, T0 + DAY)
+    shown = e.card_hours_by_owner([], [bill(T0 - DAY, 24), b], T0 - DAY, T0 + DAY, T0 + DAY)
     assert shown.unit == 3600
     assert shown.hours["i-1"] == pytest.approx(29)
 
@@ -85,7 +85,7 @@ def test_a_24_7_instance_reads_full_time_at_any_hour_of_the_day(hour: float) -> 
     bills = [bill(day0 - (i + 1) * DAY, 24) for i in range(31)]
     bills.append(bill(day0, hour))
     window = timedelta(days=7)
-    got = e.card_hours_by_owner(bills, now - window, now, as_of=now)
+    got = e.card_hours_by_owner([], bills, now - window, now, as_of=now)
     hours, problem = e.running_hours(got.hours["i-1"], 1, window)
     assert problem is None
     assert hours == pytest.approx(7 * 24, rel=1e-6)
@@ -101,9 +101,28 @@ def test_hours_beyond_the_window_are_unknown_not_a_number() -> None:
 
 def test_spend_counts_each_bill_by_its_overlap() -> None:
     hourly = [bill(T0 + i * H, 1, period=H) for i in range(48)]  # $0.35 each
-    assert e.spend(hourly, T0 + 24 * H, T0 + 48 * H, T0 + 48 * H) == D("0.35") * 24
+    assert e.spend(D(0), hourly, T0 + 24 * H, T0 + 48 * H, T0 + 48 * H) == D("0.35") * 24
     # half of the first hour's bill
-    assert e.spend(hourly, T0 + timedelta(minutes=30), T0 + 2 * H, T0 + 48 * H) == D("0.525")
+    assert e.spend(D(0), hourly, T0 + timedelta(minutes=30), T0 + 2 * H, T0 + 48 * H) == D("0.525")
+    # the bills wholly inside, summed by the store, plus the edges in proportion
+    assert e.spend(D(10), hourly[:1], T0 + timedelta(minutes=30), T0 + 2 * H, T0 + 48 * H) == D(
+        "10.175"
+    )
+
+
+def test_bills_summed_inside_a_window_are_cross_checked_per_owner() -> None:
+    inside = e.BillTotals("i-1", priced=6, priced_hours=144.0, priced_num=144 * 3600.0)
+    edge = bill(T0 - timedelta(hours=12), 24)  # half of it in the window
+    got = e.card_hours_by_owner([inside], [edge], T0, T0 + 7 * DAY, T0 + 7 * DAY)
+    assert got.unit == 3600 and got.hours["i-1"] == pytest.approx(144 + 12)
+    doubled = e.BillTotals("i-2", priced=6, priced_hours=144.0, priced_num=2 * 144 * 3600.0)
+    bad = e.card_hours_by_owner([doubled], [], T0, T0 + 7 * DAY, T0 + 7 * DAY)
+    assert bad.hours == {"i-2": None}
+    assert [p.kind for p in bad.problems] == ["bill_unit_mismatch"]
+    # bills without a unit price count through the unit the others showed
+    mixed = e.BillTotals("i-3", priced=1, priced_hours=24.0, priced_num=24 * 3600.0, unpriced=1,
+                         unpriced_num=10 * 3600.0)  # fmt: skip
+    assert e.card_hours_by_owner([mixed], [], T0, T0 + DAY, T0 + DAY).hours["i-3"] == 34.0
 
 
 # -- hourly cost, monthly price, break-even --------------------------------------------------
@@ -292,3 +311,27 @@ def test_no_runway_is_computed_outside_the_economics_module() -> None:
                 if "burn" in text or "hourly" in text or "price" in text:
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
     assert offenders == []
+
+
+def test_facts_and_economics_import_no_collector_command_or_wire_code() -> None:
+    """Dependencies point one way: the facts read the store through its methods and the
+    economics is pure; neither reaches down to the collectors or the wire, nor up to a
+    command (``status`` is built on the facts, never the other way)."""
+    from tests.test_store_imports import _imports
+
+    checks = {
+        ROOT / "facts.py": ("monitor.collect", "monitor.cli", "monitor.status", "monitor.novita"),
+        ROOT / "economics.py": (
+            "monitor.store", "monitor.collect", "monitor.cli", "monitor.status",
+            "monitor.novita", "monitor.rules", "monitor.facts", "sqlalchemy",
+        ),
+    }  # fmt: skip
+    bad = [
+        f"{path.name}:{line}: {module}"
+        for path, forbidden in checks.items()
+        for line, module in _imports(path)
+        if any(module == f or module.startswith(f + ".") for f in forbidden)
+    ]
+    assert bad == []
+    # and the facts read no table directly (only through the store's methods)
+    assert "monitor.store.tables" not in {m for _, m in _imports(ROOT / "facts.py")}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from monitor.app import App, intervals
 from monitor.clock import ManualClock
 from monitor.config import Config
 from monitor.facts import StoreFacts
+from monitor.sim import FleetSim, create_app
+from monitor.sim.truth import truth_json
 from monitor.status import fleet_status
 from tests.helpers import ENV, write_config
 from tests.receivers import JsonSink
@@ -234,6 +237,30 @@ async def test_a_utilisation_above_100_percent_is_missing_data(
         assert trainer["gpu_util_avg_15m"] is None
         kinds = {(p["kind"], p["resource_id"]) for p in status["data_problems"]}
         assert ("utilisation_out_of_bounds", "demo-trainer") in kinds
+    finally:
+        await app.aclose()
+
+
+@pytest.mark.parametrize("hour", [(0, 30), (5, 0), (23, 30)], ids=["00:30", "05:00", "23:30"])
+async def test_the_advice_does_not_flip_with_the_time_of_day(
+    tmp_path: Path, sink: JsonSink, hour: tuple[int, int]
+) -> None:
+    """The 24/7 instance is named, with its true saving, at any hour of the day (a daily bill
+    straddling the window's start counts in proportion; today's partial bill counts to now)."""
+    clock = ManualClock(datetime(2026, 11, 20, *hour, tzinfo=UTC))
+    sim = FleetSim(clock, scenario="demo", seed=0)  # billNum0 in card-seconds (the default)
+    app = open_tampered(tmp_path, create_app(sim), clock, untouched, channels(sink))
+    try:
+        cycle = await Pipeline(app, clock).step()
+        advice = firing_values(cycle, "subscription-candidate")
+        assert set(advice) == {"demo-allmonth"}
+        want = {i["id"]: i for i in truth_json(sim)["instances"]}["demo-allmonth"]
+        assert advice["demo-allmonth"]["monthly_saving_usd"] == pytest.approx(
+            want["monthly_saving_usd"], abs=0.01
+        )
+        status = status_of(app, clock)
+        allmonth = next(i for i in status["instances"] if i["id"] == "demo-allmonth")
+        assert allmonth["running_hours_30d"] == pytest.approx(want["usage_hours_30d"], abs=1.0)
     finally:
         await app.aclose()
 

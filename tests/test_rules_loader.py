@@ -151,14 +151,17 @@ def test_duplicate_names_across_files_and_unknown_channel(tmp_path: Path) -> Non
     assert problems(a, b) == [got[1]]
 
 
-def test_actions_are_rejected_clearly(tmp_path: Path) -> None:
+def test_an_action_on_the_wrong_resource_is_rejected_clearly(tmp_path: Path) -> None:
     f = write(
         tmp_path,
         "r.yaml",
         "rules:\n  - name: r\n    resource: monitor\n    when: {collector_stale: {}}\n    actions: [{stop: {}}]\n",
     )
     (msg,) = problems(f)
-    assert msg.startswith(f"{f}:5: rule r: actions: actions are not supported yet")
+    assert msg == (
+        f"{f}:5: rule r: actions[0].stop: stop does not apply to monitor rules "
+        "(expected resource: instance)"
+    )
 
 
 def test_condition_on_wrong_resource_unknown_condition_and_shapes(tmp_path: Path) -> None:

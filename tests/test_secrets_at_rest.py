@@ -1,7 +1,7 @@
 """Secrets at rest (issue 10 §3, the environment part): of an instance's environment the store
 keeps only what the monitor reads (the protection flag, ``instance_env_keys``, the ``labels.KEY``
 the loaded rules compare), so a token kept there never reaches the database file, its ``-wal``
-or its ``-shm``; and migration 0004 scrubs a database written before."""
+or its ``-shm``; and migration 0005 scrubs a database written before."""
 
 from __future__ import annotations
 
@@ -135,12 +135,27 @@ async def test_configured_keys_are_kept_and_a_reload_follows_the_new_rules(
     assert_not_on_disk(tmp_path / "monitor.db", TOKEN)
 
 
+async def test_a_protection_flag_of_another_name_is_the_one_kept(
+    tmp_path: Path, sim_app: Any, clock: ManualClock
+) -> None:
+    envs = {PROTECT_ENV: "true", "KEEP_OFF": "true", "HF_TOKEN": TOKEN}
+    extra = "actions: {protect: {env: KEEP_OFF}}\nrules: []\n"
+    app = open_with_env(tmp_path, sim_app, clock, envs, extra)
+    try:
+        assert app.contexts[0].settings.env_keys == {"KEEP_OFF"}
+        await app.collect(["instances"])
+        (one, *_) = app.store.instances("main")
+    finally:
+        await app.aclose()
+    assert one.envs == {"KEEP_OFF": "true"}
+
+
 # ---------------------------------------------------------------------------------------------
-# Migration 0004: a database written before it is scrubbed
+# Migration 0005: a database written before it is scrubbed
 
 
 def listing_with_envs(minute: int, envs: dict[str, str]) -> list[dict[str, Any]]:
-    """A listing as the code before 0004 stored it: the whole environment (its size varies
+    """A listing as the code before 0005 stored it: the whole environment (its size varies
     from one listing to the next, so rewritten rows leave their old copies behind)."""
     status = ["running", "exited", "stopping"][minute % 3]
     rows = []
@@ -152,12 +167,12 @@ def listing_with_envs(minute: int, envs: dict[str, str]) -> list[dict[str, Any]]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_migration_0004_scrubs_a_database_written_before_it(backend: str, tmp_path: Path) -> None:
+def test_migration_0005_scrubs_a_database_written_before_it(backend: str, tmp_path: Path) -> None:
     url = store_url(backend, tmp_path)
     engine = create_store_engine(url)
     if backend == "sqlite":  # as SQLite builds without SECURE_DELETE (Debian's has it) leave
         event.listen(engine, "connect", lambda c, _r: c.execute("PRAGMA secure_delete=OFF"))
-    migrate(engine, revision="0003")
+    migrate(engine, revision="0004")
     old = Store(engine)
     envs = {"HF_TOKEN": TOKEN, PROTECT_ENV: "1", "PATH": "/usr/bin"}
     for minute in range(12):  # a daemon's rewrites of its rows, minute after minute
@@ -179,9 +194,9 @@ def test_migration_0004_scrubs_a_database_written_before_it(backend: str, tmp_pa
         urls.append(f"sqlite:///{crashed}")
 
     for where in urls:
-        store = open_store(where)  # migrates 0003 -> head
+        store = open_store(where)  # migrates 0004 -> head
         try:
-            assert current_revision(store.engine) == "0004"
+            assert current_revision(store.engine) == "0005"
             kept = {r.instance_id: r.envs for r in store.instances("main")}
             assert len(kept) == 40 and all(e == {PROTECT_ENV: "1"} for e in kept.values())
             with store.engine.connect() as conn:  # the rewrite it asked for is done
@@ -217,7 +232,7 @@ def test_a_rewrite_that_cannot_be_done_now_is_left_to_the_next_open(
 
     url = store_url("sqlite", tmp_path)
     engine = create_store_engine(url)
-    migrate(engine, revision="0003")
+    migrate(engine, revision="0004")
     old = Store(engine)
     old.upsert_instances("main", listing_with_envs(0, {"HF_TOKEN": TOKEN}), T0)
     old.close()

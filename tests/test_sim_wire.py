@@ -336,7 +336,8 @@ async def test_hourly_bills_per_instance(client: httpx.AsyncClient, demo_sim: Fl
     )
     assert {b["ownerID"] for b in rows} == {"demo-trainer"}
     assert "ownerId" not in rows[0]
-    full = [b for b in rows if b["billNum0"] == "2.0000"]
+    # billNum0 in card-seconds (the default reading, quirk bill-time): 2 GPUs x 3600 s
+    full = [b for b in rows if float(b["billNum0"]) == 7200]
     assert len(full) == 3  # 3.5 h running: three full hours, one half hour
     bill = full[0]
     for key in ("amount", "payAmount", "voucherAmount", "startTime", "endTime", "discountPrice0"):

@@ -255,6 +255,14 @@ def test_bills_overlapping_a_window_include_the_one_running_into_it(store: Store
     assert store.usage_bills_overlapping("main", T0 - timedelta(hours=3), T0, "Day") == []
     llm = store.usage_bills_overlapping("main", T0 - timedelta(hours=3), T0, "Hour", "llm")
     assert [r.owner_id for r in llm] == ["i-2"]
+    # summed when wholly inside the window (up to where the bills reach), rows at the edges
+    sums, edges = store.usage_bills_in_window(
+        "main", T0 - timedelta(hours=3, minutes=30), T0, T0 - timedelta(hours=1), "Hour"
+    )
+    (inside,) = sums
+    assert (inside.owner_id, inside.priced, inside.unpriced) == ("i-1", 0, 2)
+    assert inside.unpriced_num == 2.0 and inside.paid == Decimal("0.70")
+    assert sorted(r.start for r in edges) == [T0 - timedelta(hours=4), T0 - timedelta(hours=1)]
 
 
 def test_fixed_term_bills_idempotent(store: Store) -> None:
@@ -629,3 +637,39 @@ def test_data_problems_count_and_keep_the_first_sighting(store: Store) -> None:
     assert [(p.count, p.raw) for p in store.data_problems("team-b")] == [(1, "1")]
     with pytest.raises(ValueError, match="aware"):
         store.record_data_problems("main", [], datetime(2026, 1, 1))
+
+
+def test_bill_rows_are_checked(store: Store) -> None:
+    row = hour_bill("i-1", -1, "3500")
+    with pytest.raises(ValueError, match=r"upsert_usage_bills: .*missing \['unit_price'\]"):
+        store.upsert_usage_bills(
+            "main", "Hour", [{k: v for k, v in row.items() if k != "unit_price"}]
+        )
+    with pytest.raises(ValueError, match=r"unknown \['account_id'\]"):
+        store.upsert_usage_bills("main", "Hour", [{**row, "account_id": 7}])
+    with pytest.raises(ValueError, match=r"upsert_fixed_term_bills: .*missing \['base_price'"):
+        store.upsert_fixed_term_bills("main", [row])
+    assert store.bills("main") == []
+
+
+def test_records_build_like_sqlmodel_with_defaults_per_instance_and_strict_fields() -> None:
+    from sqlalchemy import inspect
+
+    a = AlertRecord(fingerprint="fp", rule="r", account=None, resource_kind="monitor",
+                    resource_id="x", state="firing")  # fmt: skip
+    b = AlertRecord(fingerprint="fp2", rule="r", account=None, resource_kind="monitor",
+                    resource_id="y", state="pending", values={"v": 1})  # fmt: skip
+    assert inspect(a).transient  # an instrumented instance, in no session
+    assert a.labels == {} and a.values == {} and a.summary == "" and a.severity is None
+    a.labels["k"] = "v"
+    assert b.labels == {}  # a factory default is made per instance, never shared
+    assert b.model_dump()["values"] == {"v": 1}
+    assert a.model_fields_set == {"fingerprint", "rule", "account", "resource_kind",
+                                  "resource_id", "state"}  # fmt: skip
+    a.state = "resolved"  # assignable, as SQLModel's own
+    assert a.state == "resolved"
+    with pytest.raises(TypeError, match=r"unknown field.*colour"):
+        AlertRecord(fingerprint="fp", rule="r", resource_kind="m", resource_id="x",
+                    state="firing", colour="red")  # fmt: skip
+    with pytest.raises(TypeError, match="missing required field 'available_usd'"):
+        BalanceSample(ts=T0)

@@ -259,3 +259,36 @@ def test_database_bytes_grow_with_samples(store: Store) -> None:
     assert key is not None
     fill(store, key, E0, 3 * 1440)
     assert store.database_bytes() > before
+
+
+def test_an_idle_stretch_is_traced_through_the_rollups_to_its_minute(store: Store) -> None:
+    """Idle stretches that began days ago are found to the minute through the rollups (a few
+    hundred rows, not every minute): one GPU of two still busy while the average is under the
+    threshold is not idle; a gap in the samples ends a stretch."""
+    from monitor.facts import StoreFacts
+    from monitor.store.types import from_epoch
+
+    k1, k2 = store.instance_key("main", "i-1"), store.instance_key("main", "i-2")
+    assert k1 is not None and k2 is not None
+    start = E0 - 4 * 86400
+    turn = E0 - 3 * 86400 + 17 * 60  # the first idle minute of both
+    hole = E0 - 2 * 86400  # i-2 has no samples for 30 minutes from here
+    rows = []
+    for ts in range(start, E0, 60):
+        busy = ts < turn
+        # i-1: GPU 2 at 8 % (average 4.5 %, under 5 %) until the turn
+        rows.append(
+            MetricRow(k1, ts, gpu_util=4.5 if busy else 1.0, gpu_utils=(1.0, 8.0 if busy else 1.0))
+        )
+        if not hole <= ts < hole + 1800:
+            rows.append(
+                MetricRow(
+                    k2, ts, gpu_util=80.0 if busy else 1.0, gpu_utils=(80.0 if busy else 1.0,)
+                )
+            )
+    store.bulk_insert_metrics(rows)
+    store.rollup(T0, chunk_hours=24 * 5)
+    assert store.rollup_watermark() is not None
+    facts = StoreFacts(store, ["main"], {}, 2.0, now=T0)
+    since = facts.idle_since("main", 5.0, T0, ["i-1", "i-2"])
+    assert since == {"i-1": from_epoch(turn), "i-2": from_epoch(hole + 1800)}

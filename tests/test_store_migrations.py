@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, MetaData, inspect, select, text
+from sqlalchemy import Column, Engine, MetaData, Table, inspect, select, text
 
 from monitor.collect.convert import balance_sample, instance_rows
 from monitor.novita.models import Balance, Instance
@@ -26,7 +26,7 @@ from monitor.store.tables import metadata
 from monitor.store.testing import pg_url, store_url
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
-HEAD = "0004"
+HEAD = "0005"
 
 BACKENDS = [
     "sqlite",
@@ -123,6 +123,9 @@ def test_upgrade_from_0001_keeps_data(url: str, tmp_path: Path) -> None:
         assert store.instance("main", "i-1").gpu_count == 8  # type: ignore[union-attr]
         (alert,) = store.load_alerts()
         assert (alert.fingerprint, alert.state, alert.severity) == ("fp", "firing", None)
+        # NULL JSON and text read as empty, as the callers (evaluate.to_state) expect
+        assert (alert.labels, alert.values, alert.summary) == ({}, {}, "")
+        assert store.instance("main", "i-1").envs == {}  # type: ignore[union-attr]
     finally:
         store.close()
 
@@ -173,7 +176,7 @@ def test_in_memory_sqlite_store() -> None:
         store.close()
 
 
-# -- 0002 -> 0003: a database written by the code at 0002 keeps every row ------------------------
+# -- 0002 -> head: a database written by the code at 0002 keeps every row ------------------------
 
 E0 = int(T0.timestamp())
 AT = {"created_at": T0 - timedelta(days=10), "first_seen": T0 - timedelta(days=5)}
@@ -327,8 +330,19 @@ def test_upgrade_from_0002_keeps_every_row(url: str) -> None:
                 if table.name in rows:
                     columns = set(table.columns.keys())
                     assert all(set(r) == columns for r in rows[table.name]), table.name
-                    # through today's column types (Money, UTCDateTime), as the code wrote them
-                    conn.execute(t.metadata.tables[table.name].insert(), rows[table.name])
+                    # through today's column types (Money, UTCDateTime), as the code wrote
+                    # them, but only the columns of 0002 (later ones have defaults of their own)
+                    today = t.metadata.tables[table.name]
+                    shaped = Table(
+                        table.name,
+                        MetaData(),
+                        *[
+                            Column(c.name, c.type, primary_key=c.primary_key)
+                            for c in today.columns
+                            if c.name in columns
+                        ],
+                    )
+                    conn.execute(shaped.insert(), rows[table.name])
             if engine.dialect.name == "postgresql":  # ids given explicitly: move the sequences
                 for name in ("accounts", "instances", "collector_runs", "silences"):
                     key = "key" if name == "instances" else "id"
@@ -349,22 +363,25 @@ def test_upgrade_from_0002_keeps_every_row(url: str) -> None:
         added = {
             "instances": {"auto_renew", "auto_renew_month", "keep_data_day"},
             "usage_bills": {"unit_price"},
+            "notifications": {"title", "notify_type", "next_attempt_at", "expires_at"},
+            "alerts": {"version"},
         }
-        assert set(after) == set(before) | {"data_problems"}
+        assert set(after) == set(before) | {"data_problems", "actions"}
         if store.dialect == "sqlite":  # added to in place, never rebuilt without WITHOUT ROWID
             with store.engine.connect() as conn:
                 ddl = dict(conn.execute(text("SELECT name, sql FROM sqlite_master")).all())
             for name in ("usage_bills", "balance_samples", "metric_samples", "metric_hourly"):
                 assert "WITHOUT ROWID" in ddl[name], name
-        assert after["data_problems"] == []
-        for row in before["instances"]:  # 0004: of an environment, only the protection flag
+        assert after["data_problems"] == [] and after["actions"] == []
+        for row in before["instances"]:  # 0005: of an environment, only the protection flag
             row["envs"] = {k: v for k, v in row["envs"].items() if k == "NOVITA_MONITOR_PROTECT"}
         for name, old_rows in before.items():
             new_cols = added.get(name, set())
             assert [{k: v for k, v in r.items() if k not in new_cols} for r in after[name]] == (
                 old_rows
             ), name
-            assert all(r[c] is None for r in after[name] for c in new_cols), name
+            fresh = {"version": 0}  # alerts start at version 0 (0004)
+            assert all(r[c] == fresh.get(c) for r in after[name] for c in new_cols), name
 
         # and the store reads the old rows as its records, decoded
         (i1,) = store.instances("main")

@@ -3,11 +3,10 @@
 APScheduler only decides *when* they run (``monitor.collect.scheduler``); tests, the benchmark and
 later the demo and a backtest call them directly on an injected clock. Each collector reads the API
 through ``ctx.client`` and writes through ``ctx.store``, converting the API's payloads into the
-store's records on the way (``monitor.collect.convert``: the store never sees the wire; the
-conversion runs on the store's writer thread, with the write, as it did inside the store before);
-a collector that fails part-way raises
-:class:`PartialFailure` carrying the counts of what it did and the per-item errors, so one bad
-instance never hides the others.
+store's records on the way (``monitor.collect.convert``: the store never sees the wire; the bulk
+conversions run on the store's writer thread with their write, where the store did them before).
+A collector that fails part-way raises :class:`PartialFailure` carrying the counts of what it did
+and the per-item errors, so one bad instance never hides the others.
 
 Partial failures make partial progress:
 
@@ -134,24 +133,29 @@ async def collect_instances(ctx: AccountContext, now: datetime) -> Counts:
     kept as stored (never marked disappeared; when its id cannot be read, no instance is marked
     disappeared this time) and counted in the account's data problems."""
     instances = await ctx.client.list_instances()
+    events = await ctx.store.in_writer(_write_instances, ctx, instances, now)
+    counts = {"instances": len(instances), "events": len(events)}
+    if getattr(instances, "bad", None):
+        counts["unparsable"] = len(instances.bad)
+    return counts
+
+
+def _write_instances(ctx: AccountContext, instances: list[Any], now: datetime) -> list[Any]:
+    """Convert a listing to the store's rows and record it (on the store's writer thread).
+
+    Of each environment only ``ctx.settings.env_keys`` is kept. An item that arrived but did
+    not parse (the listing's ``bad``) is kept as stored: never marked disappeared (when its id
+    cannot be read, no instance is marked disappeared this time), and counted in the account's
+    data problems."""
     bad = list(getattr(instances, "bad", ()))
     kept = [b.resource_id for b in bad if b.resource_id]
-    store = ctx.store
-
-    def write() -> list[Any]:
-        rows = convert.instance_rows(instances, ctx.settings.env_keys)
-        events: list[Any] = store.upsert_instances(
-            ctx.account, rows, now, complete=len(kept) == len(bad), keep=kept
-        )
-        if bad:
-            store.record_data_problems(ctx.account, convert.listing_problems(bad), now)
-        return events
-
-    events = await store.in_writer(write)
-    counts = {"instances": len(instances), "events": len(events)}
+    rows = convert.instance_rows(instances, ctx.settings.env_keys)
+    events = ctx.store.upsert_instances(
+        ctx.account, rows, now, complete=len(kept) == len(bad), keep=kept
+    )
     if bad:
-        counts["unparsable"] = len(bad)
-    return counts
+        ctx.store.record_data_problems(ctx.account, convert.listing_problems(bad), now)
+    return list(events)
 
 
 def metrics_window(
@@ -289,12 +293,14 @@ async def collect_balance(ctx: AccountContext, now: datetime) -> Counts:
 
 def _bill_start(ctx: AccountContext, collector: str, now: datetime, first: timedelta,
                 overlap: timedelta) -> datetime:  # fmt: skip
-    """Where a bills request starts: whole hours of history on a first collection; later, the
-    last success minus one period and the settling margin (not rounded to the hour, which
-    would add a period every time)."""
+    """Where a bills request starts: whole hours of history on a first collection, reaching one
+    period further back (``overlap``) so that the bill whose period straddles the start of the
+    history is stored too (a window counts it in proportion: without it a 30-day window read
+    12 h short at noon); later, the last success minus one period and the settling margin (not
+    rounded to the hour, which would add a period every time)."""
     last = ctx.store.last_success(ctx.account, collector)
     if last is None:
-        return (now - first).replace(minute=0, second=0, microsecond=0)
+        return (now - first - overlap).replace(minute=0, second=0, microsecond=0)
     return max(last - overlap, now - first).replace(second=0, microsecond=0)
 
 

@@ -5,29 +5,32 @@ found 11 times in the database file), and the listing sends them all. The collec
 each instance's environment, only the keys it is handed (``CollectSettings.env_keys``); the
 composition root (``monitor.app``) builds that set from what the monitor reads:
 
-* :data:`PROTECT_ENV`, the protection flag (an instance that carries it is never acted upon;
-  the remedies to come read it as ``actions.protect.env``);
+* the protection flag: ``actions.protect.env``, by default :data:`PROTECT_ENV` (an instance
+  that carries it is never acted upon);
 * the keys listed in the configuration's ``instance_env_keys``;
 * every ``labels.KEY`` a loaded rule compares (rules read an instance's environment variables as
   its labels), collected once per loaded rule set, so a reload (SIGHUP) follows the new rules.
 
-Nothing else is stored, and a database written before this was scrubbed by migration 0004.
+Nothing else is stored, and a database written before this was scrubbed by migration 0005.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-#: the environment variable that protects an instance from the monitor's actions
-PROTECT_ENV = "NOVITA_MONITOR_PROTECT"
+from monitor.actions.settings import PROTECT_ENV
+
+__all__ = ["DEFAULT_ENV_KEYS", "PROTECT_ENV", "env_keys", "keep_envs"]
 
 #: what is kept when nothing else is asked for
 DEFAULT_ENV_KEYS: frozenset[str] = frozenset({PROTECT_ENV})
 
 
-def env_keys(configured: Iterable[str] = (), rule_keys: Iterable[str] = ()) -> frozenset[str]:
+def env_keys(
+    protect: str = PROTECT_ENV, configured: Iterable[str] = (), rule_keys: Iterable[str] = ()
+) -> frozenset[str]:
     """The keys to keep: the protection flag, the configured ones, the ones rules read."""
-    return frozenset({PROTECT_ENV, *configured, *rule_keys})
+    return frozenset({protect, *configured, *rule_keys})
 
 
 def keep_envs(env: Mapping[str, str], keys: frozenset[str]) -> dict[str, str]:

@@ -12,6 +12,8 @@ One :class:`NovitaClient` per account. It owns:
   timeouts and connection errors. An action (POST) is retried only when it was certainly not
   carried out (connect error, 429); a 5xx or a read timeout raises
   :class:`~monitor.novita.errors.OutcomeUnknownError`, because a repeated renew costs money;
+  an action answered 2xx with an error in its body (``reason``, ``error``, a non-zero
+  ``code``) raises that error, never reads as success (:meth:`NovitaClient._action`);
 * error mapping by the body's ``reason``, then by HTTP status (:mod:`monitor.novita.errors`);
 * pagination: ``pageNum``/``pageNo`` pages (robust to 0- vs 1-based numbering, de-duplicated by
   id, with a page cap) and ``pagination.cursor`` cursors; the instance listing must add up to its
@@ -19,7 +21,11 @@ One :class:`NovitaClient` per account. It owns:
   that does not parse is reported (:class:`BadItem`) rather than failing the whole listing;
 * an answer size cap (``max_response_bytes``, 20 MB by default): a larger answer is refused
   before it is read whole (:class:`~monitor.novita.errors.ResponseTooLargeError`); a bills
-  window whose answer hits it is halved and asked again (bills have no pagination).
+  window whose answer hits it is halved and asked again (bills have no pagination);
+* readings of what the docs leave open, detected from the answers and logged once per process
+  (``novita.reading``; :data:`READINGS`): the page base, the metric timestamp form, whether
+  ``cpuUtilization`` is summed over cores (its values are withheld until that is shown), the
+  metric lag.
 
 The API key is sent only as ``Authorization: Bearer``; it is kept out of reprs, logs and errors.
 """
@@ -48,6 +54,7 @@ from monitor.novita.errors import (
     REASON_TO_ERROR,
     APIError,
     IncompleteListingError,
+    InvalidRequestError,
     MalformedResponseError,
     NotFoundError,
     NovitaError,
@@ -57,7 +64,9 @@ from monitor.novita.errors import (
     ServerError,
     UnavailableError,
     error_class_for,
+    error_class_for_status,
     redact,
+    redact_json,
 )
 from monitor.novita.models import (
     BILLING_MODES,
@@ -96,6 +105,7 @@ __all__ = [
     "NovitaClient",
     "RetryPolicy",
     "parse_retry_after",
+    "renewal_bills_for",
     "split_window",
 ]
 
@@ -103,15 +113,26 @@ DEFAULT_BASE_URL = "https://api.novita.ai"
 USER_AGENT = "novita-monitor"
 GPU = "/gpu-instance/openapi/v1"
 INSTANCE_ACTION = f"{GPU}/gpu/instance"
+#: a fixed-term bill's ``tradeType`` for a renewal (manual or automatic; wire-format §2.7)
+RENEWAL_TRADE_TYPE = "monthly_re_buy"
 #: Bills are not paginated; the docs ask for windows of at most 31 days (wire-format §2.6).
 MAX_BILL_WINDOW = timedelta(days=31)
 #: A bills window whose answer is over the size cap is halved, down to this length.
 MIN_BILL_WINDOW = timedelta(minutes=1)
+#: Page size of the instance listing (tests make it small to exercise the page base).
+INSTANCE_PAGE_SIZE = 100
 #: The metrics endpoint silently replaces a window shorter than this by its default (§2.5).
 MIN_METRIC_WINDOW = timedelta(seconds=60)
 MIN_METRIC_INTERVAL_EXCLUSIVE = 15
 
 M = TypeVar("M", bound=pydantic.BaseModel)
+
+#: ``(what, value)`` readings already logged by this process: a reading detected from the data
+#: is logged once per process, not once per answer (or per client: the daemon makes a new
+#: client per account and on every reload)
+READINGS: set[tuple[str, str]] = set()
+#: a ``cpuUtilization`` value above this is not a per-core percentage: the series is summed
+CPU_PER_CORE_MAX = 100.0
 
 
 async def _asyncio_sleep(seconds: float) -> None:
@@ -333,6 +354,11 @@ class NovitaClient:
         self._log = logger if logger is not None else structlog.get_logger("monitor.novita")
         self._clock = clock
         self._noted: set[tuple[str, str]] = set()
+        #: what this client has read from the answers (see :meth:`_reading`): ``page_base``
+        #: ("0"/"1"), ``metric_timestamp`` ("s"/"ms"/"iso"), ``cpu`` ("summed" once shown)
+        self.readings: dict[str, str] = {}
+        #: the smallest gap seen between a metrics window's end and its newest point (s)
+        self.metric_lag_s: int | None = None
 
     def __repr__(self) -> str:
         return f"NovitaClient(base_url={self.base_url!r}, api_key='***')"
@@ -387,7 +413,7 @@ class NovitaClient:
     # -----------------------------------------------------------------------------------------
     # Instances and metrics
 
-    async def list_instances(self, page_size: int = 100) -> Listing[Instance]:
+    async def list_instances(self, page_size: int | None = None) -> Listing[Instance]:
         """Every instance, all pages (``pageNum`` from 0; see :meth:`_pages`).
 
         The listing must add up: when its pages hold fewer items than ``total``,
@@ -400,7 +426,7 @@ class NovitaClient:
             Instance,
             "instances",
             "pageNum",
-            page_size,
+            page_size or INSTANCE_PAGE_SIZE,
             "id",
             complete=True,
         )
@@ -443,7 +469,49 @@ class NovitaClient:
             "endTime": end_s,
             "interval": interval_s,
         }
-        return self._parse(InstanceMetrics, await self._get(path, params), path)
+        body = await self._get(path, params)
+        form = _timestamp_form(body)
+        if form is not None:
+            self._reading("metric_timestamp", form, path=path)
+        metrics = self._parse(InstanceMetrics, body, path)
+        self._note_lag(metrics, end_s, interval_s)
+        return self._cpu_as_known(metrics, instance_id)
+
+    def _cpu_as_known(self, metrics: InstanceMetrics, instance_id: str) -> InstanceMetrics:
+        """``cpuUtilization`` only once it is known to be summed over cores.
+
+        The docs do not say whether it is summed over cores (up to 100 x cpuNum) or a per-core
+        average (0-100); the console divides it by ``cpuNum`` (wire-format §2.5). A value above
+        100 shows it is summed; no value can show the opposite (a summed series of a quiet
+        instance stays below 100 too). Until some answer of this account shows a value above
+        100, the series is withheld (an unknown CPU figure, not one ``cpuNum`` times too
+        small); from then on it is passed on as received, for the store to divide by
+        ``cpuNum``.
+        """
+        cpu = metrics.cpu_utilization
+        if not cpu or self.readings.get("cpu") == "summed":
+            return metrics
+        if max(p.value for p in cpu) > CPU_PER_CORE_MAX:
+            self._reading("cpu", "summed", instance_id=instance_id)
+            return metrics
+        self._reading(
+            "cpu",
+            "unknown",
+            instance_id=instance_id,
+            note="cpuUtilization withheld until a value above 100 shows it is summed over cores",
+        )
+        return metrics.model_copy(update={"cpu_utilization": []})
+
+    def _note_lag(self, metrics: InstanceMetrics, end_s: int, interval_s: int) -> None:
+        """Track how far the newest point trails the window's end (the docs: "about 1 min")."""
+        newest = max((p.ts for series in _all_series(metrics) for p in series[-1:]), default=None)
+        if newest is None or end_s - newest > 10 * 60:  # a stopped instance says nothing
+            return
+        lag = max(0, end_s - newest)
+        if self.metric_lag_s is None or lag < self.metric_lag_s:
+            self.metric_lag_s = lag
+        # the newest point may be up to one interval older than the lag itself
+        self._reading("metric_lag", f"{lag // interval_s * interval_s}s+")
 
     # -----------------------------------------------------------------------------------------
     # Bills
@@ -478,6 +546,37 @@ class NovitaClient:
         path = "/openapi/v1/billing/bill/monthly/list"
         base = {"category": category, "ownerId": owner_id}
         return await self._windowed_bills(path, base, start, end, FixedTermBill)
+
+    async def list_instance_fixed_term_bills(
+        self, instance_id: str, start: datetime, end: datetime
+    ) -> list[FixedTermBill]:
+        """One instance's subscription bills (``ownerId``) created in ``[start, end]`` (GPU
+        category; 31-day windows). Bills of another ``ownerID`` are dropped (a server that
+        ignored the filter); bills without one are kept (asked by ``ownerId``, they are
+        presumably this instance's, and a "renewal already paid" check errs on that side)."""
+        if not instance_id:
+            raise ValueError("instance_id is required")
+        bills = await self.list_fixed_term_bills(start, end, "gpu", owner_id=instance_id)
+        mine = [b for b in bills if b.owner_id in (None, instance_id)]
+        if len(mine) < len(bills):
+            self._log.warning(
+                "novita.owner_filter_ignored",
+                instance_id=instance_id,
+                dropped=len(bills) - len(mine),
+            )
+        return mine
+
+    async def find_renewal_bills(
+        self, instance_id: str, end_time: datetime, start: datetime, end: datetime
+    ) -> list[FixedTermBill]:
+        """Bills that renewed ``instance_id``'s subscription for the period starting at
+        ``end_time`` (the ``endTime`` being renewed), among its fixed-term bills created in
+        ``[start, end]`` (see :func:`renewal_bills_for`). Whether the bill list's
+        ``startTime``/``endTime`` filter the bills' creation or their period is undocumented:
+        a window from before the renewal could have been bought (an auto-renewal is charged 3
+        days before ``end_time``) to after both now and ``end_time`` covers both readings."""
+        bills = await self.list_instance_fixed_term_bills(instance_id, start, end)
+        return renewal_bills_for(bills, end_time)
 
     async def _windowed_bills(
         self, path: str, base: dict[str, Any], start: datetime, end: datetime, model: type[M]
@@ -620,6 +719,25 @@ class NovitaClient:
         return await self._action("setAutoRenew", body)
 
     async def _action(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST one action; the answer as a dict for the audit log (``{}`` as documented; a
+        body that is not JSON as ``{"raw": text}``, another JSON value as ``{"result": v}``).
+
+        Success is a 2xx whose body carries no error. Raised instead:
+
+        * the mapped business error for an error answer, a 4xx or a 2xx with ``reason``,
+          ``error`` or a non-zero ``code`` in its body
+          (:class:`~monitor.novita.errors.InsufficientBalanceError` for
+          ``BALANCE_NOT_ENOUGH``, :class:`~monitor.novita.errors.InvalidRequestError` for a
+          refused parameter or state, ...): the platform said no, nothing was done;
+        * :class:`~monitor.novita.errors.OutcomeUnknownError` after exactly one send for a
+          5xx, a timeout or a disconnect once the request was sent (or a 2xx naming a server
+          error): the caller reads the instance to learn what happened;
+        * :class:`~monitor.novita.errors.UnavailableError` (``not_sent``) when it could not be
+          sent at all, after the retries (a connect error or a 429 is retried: certainly not
+          carried out).
+
+        Each error built from an answer keeps its body in ``answer``.
+        """
         path = f"{INSTANCE_ACTION}/{name}"
         answer = await self._request("POST", path, json_body=body)
         if isinstance(answer, dict):
@@ -675,6 +793,15 @@ class NovitaClient:
             items, failed = self._parse_items_lenient(model, body, items_key, path, id_attr)
             return items, failed, total
 
+        first_ids: set[str] = set()
+
+        def base_from(second: list[M]) -> None:
+            """Page 1 repeating page 0 means 1-based pages (page 0 read as page 1); new items
+            on page 1 mean 0-based ones (wire-format §1.5, open question 1)."""
+            ids = {str(getattr(item, id_attr)) for item in second}
+            if first_ids and ids:
+                self._reading("page_base", "1" if ids <= first_ids else "0", path=path)
+
         def add(items: list[M], failed: Sequence[tuple[str, BadItem]] = ()) -> int:
             new = 0
             for item in items:
@@ -698,7 +825,11 @@ class NovitaClient:
         if not items and not failed and (total is None or total > 0):
             items, failed, total = await fetch(1)
             sent, page = 2, 1
+            if items:  # an empty page 0, then items: pages start at 1
+                self._reading("page_base", "1", path=path)
         add(items, failed)
+        if page == 0:
+            first_ids.update(str(getattr(item, id_attr)) for item in items)
         count = len(items) + len(failed)
         done = not count or (total is not None and received() >= total)
         done = done or (total is None and count < page_size)
@@ -706,6 +837,8 @@ class NovitaClient:
             last = min(-(-total // page_size), self.max_pages - 1)
             pages = await asyncio.gather(*(fetch(n) for n in range(1, last + 1)))
             sent += len(pages)
+            if pages:
+                base_from(pages[0][0])
             fresh = [add(p_items, p_failed) for p_items, p_failed, _ in pages]
             page = last
             done = received() >= total or not pages or not (pages[-1][0] or pages[-1][1])
@@ -723,6 +856,8 @@ class NovitaClient:
             page += 1
             items, failed, total = await fetch(page)
             sent += 1
+            if page == 1:
+                base_from(items)
             new = add(items, failed)
             count = len(items) + len(failed)
             if not count:
@@ -816,6 +951,16 @@ class NovitaClient:
             self._note("status", inst.status, inst.id)
         if inst.billing_mode and inst.billing_mode not in BILLING_MODES:
             self._note("billing_mode", inst.billing_mode, inst.id)
+
+    def _reading(self, what: str, value: str, **context: Any) -> None:
+        """Record a reading of the API detected from its answers; log it once per process."""
+        if self.readings.get(what) == value:
+            return
+        self.readings[what] = value
+        if (what, value) in READINGS:
+            return
+        READINGS.add((what, value))
+        self._log.info("novita.reading", what=what, value=value, **context)
 
     def _note(self, what: str, value: str, instance_id: str) -> None:
         if (what, value) in self._noted:
@@ -956,8 +1101,17 @@ class NovitaClient:
     def _handle(self, response: Reply, method: str, path: str) -> Any:
         status = response.status_code
         if 200 <= status < 300:
-            return self._decode_ok(response, method, path)
-        err = self._error_from(response, method, path)
+            answer = self._decode_ok(response, method, path)
+            if method == "GET":
+                return answer
+            err = self._error_in_body(answer, status, method, path)
+            if err is None:
+                return answer
+            self._log.warning(
+                "novita.action_error_body", path=path, status=status, reason=err.reason
+            )
+        else:
+            err = self._error_from(response, method, path)
         unknown = status >= 500 or isinstance(err, ServerError | UnavailableError)
         if method != "GET" and unknown and not isinstance(err, RateLimitedError):
             raise OutcomeUnknownError(
@@ -967,8 +1121,55 @@ class NovitaClient:
                 path=path,
                 method=method,
                 underlying=err,
+                answer=err.answer,
             )
         raise err
+
+    def _error_in_body(self, answer: Any, status: int, method: str, path: str) -> APIError | None:
+        """The error a 2xx action answer carries, or None: a non-empty ``reason``, a non-empty
+        ``error`` or a non-zero ``code`` (wire-format §7.7). Mapped by ``reason``; else by
+        ``code`` when it is an HTTP error status (the kratos envelope's ``code``); else
+        :class:`InvalidRequestError` (the platform said it failed, without saying how)."""
+        if not isinstance(answer, dict):
+            return None
+        raw_reason = answer.get("reason")
+        reason = str(raw_reason).strip() if _present(raw_reason) else None
+        reason = reason or None
+        error = answer.get("error")
+        code = answer.get("code")
+        try:
+            code_n = parse_int(code)
+        except ValueError:
+            code_n = None  # a non-numeric code ("FAILED"): not zero
+            bad_code = True
+        else:
+            bad_code = code_n is not None and code_n != 0
+        if reason is None and not _present(error) and not bad_code:
+            return None
+        cls: type[APIError] = InvalidRequestError
+        if reason is not None and reason.upper() in REASON_TO_ERROR:
+            cls = error_class_for(reason, status)
+        elif code_n is not None and 400 <= code_n <= 599:
+            cls = error_class_for_status(code_n)
+        if reason is not None and reason.upper() not in REASON_TO_ERROR:
+            self._log.warning("novita.unknown_reason", path=path, status=status, reason=reason)
+        message = answer.get("message")
+        if not message and isinstance(error, dict):
+            message = error.get("message")
+        if not message and _present(error) and not isinstance(error, dict):
+            message = error
+        what = str(message)[:500] if message else f"code {code!r}"
+        kw: dict[str, Any] = {
+            "status": status,
+            "reason": reason,
+            "path": path,
+            "method": method,
+            "answer": redact_json(answer, self._api_key),
+        }
+        text = redact(f"HTTP {status} with an error in its body: {what}", self._api_key)
+        if issubclass(cls, RateLimitedError):
+            return RateLimitedError(text, retry_after=None, **kw)
+        return cls(text, **kw)
 
     def _decode_ok(self, response: Reply, method: str, path: str) -> Any:
         content = response.content
@@ -1000,7 +1201,13 @@ class NovitaClient:
         cls = error_class_for(reason, status)
         if reason and reason.upper() not in REASON_TO_ERROR:
             self._log.warning("novita.unknown_reason", path=path, status=status, reason=reason)
-        kw: dict[str, Any] = {"status": status, "reason": reason, "path": path, "method": method}
+        kw: dict[str, Any] = {
+            "status": status,
+            "reason": reason,
+            "path": path,
+            "method": method,
+            "answer": _answer_of(response, self._api_key),
+        }
         if issubclass(cls, RateLimitedError):
             ref = _date_header(response) or self._now()
             retry_after = parse_retry_after(response.headers.get("Retry-After"), ref)
@@ -1016,6 +1223,38 @@ def _list_of(model: type[M]) -> pydantic.TypeAdapter[list[M]]:
     return pydantic.TypeAdapter(list[model])  # type: ignore[valid-type]
 
 
+def _all_series(metrics: InstanceMetrics) -> list[list[Any]]:
+    gpus = (metrics.gpu_utilization, metrics.gpu_mem_utilization)
+    return [
+        metrics.cpu_utilization,
+        metrics.mem_utilization,
+        metrics.root_disk_utilization,
+        *(g.avg for g in gpus),
+        *(s.items for g in gpus for s in g.gpu_ids),
+    ]
+
+
+def _timestamp_form(body: Any) -> str | None:
+    """How a metrics answer writes its points' ``timestamp``: ``s`` (Unix seconds), ``ms``
+    (milliseconds) or ``iso`` (ISO 8601), from its first point; None without points. The
+    parser accepts all three (:func:`monitor.novita.models.parse_timestamp`); the docs show
+    only ``"<string>"`` (wire-format §2.5, §6 question 5)."""
+    if not isinstance(body, dict):
+        return None
+    for key in ("gpuUtilization", "cpuUtilization", "memUtilization"):
+        series = body.get(key)
+        if isinstance(series, dict):
+            series = series.get("avg")
+        if isinstance(series, list) and series and isinstance(series[0], dict):
+            stamp = series[0].get("timestamp")
+            try:
+                seconds = float(stamp)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                return "iso" if isinstance(stamp, str) and stamp.strip() else None
+            return "ms" if seconds > 1e11 else "s"
+    return None
+
+
 def _total(body: Any) -> int | None:
     """The listing's ``total`` (a string or a number); unreadable counts as absent."""
     if not isinstance(body, dict):
@@ -1025,6 +1264,41 @@ def _total(body: Any) -> int | None:
     except ValueError:
         return None
     return total if total is not None and total >= 0 else None
+
+
+def renewal_bills_for(
+    bills: Iterable[FixedTermBill], end_time: datetime, tolerance: timedelta = timedelta(days=1)
+) -> list[FixedTermBill]:
+    """The bills among ``bills`` that renew a subscription for the period starting at
+    ``end_time`` (the ``endTime`` being renewed): ``tradeType`` ``monthly_re_buy`` (a renewal,
+    manual or automatic; wire-format §2.7) or absent, whose ``startTime`` lies within
+    ``tolerance`` of ``end_time`` or is absent. Unknown fields count as a match: this answers
+    "is this period already paid for?", where a wrong "no" pays twice."""
+    out = []
+    for bill in bills:
+        if bill.trade_type not in (None, RENEWAL_TRADE_TYPE):
+            continue
+        if bill.start_time is not None and abs(bill.start_time - end_time) > tolerance:
+            continue
+        out.append(bill)
+    return out
+
+
+def _present(value: Any) -> bool:
+    """An ``error`` field that says something (not null, empty, false or zero)."""
+    return value not in (None, "", {}, [], False, 0)
+
+
+def _answer_of(response: Reply, secret: str | None) -> dict[str, Any] | None:
+    """An error answer's body for the ledger: the JSON object, else ``{"raw": text}``."""
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        text = response.text.strip()
+        return {"raw": redact(text[:2000], secret)} if text else None
+    if isinstance(body, dict):
+        return dict(redact_json(body, secret))
+    return {"result": redact_json(body, secret)}
 
 
 def _check_months(months: int) -> None:

@@ -21,6 +21,14 @@ NovitaError
     └── ResponseTooLargeError    an answer over the client's size cap, refused before it was
                                  read whole (never retried: it would be as large again)
 
+An action (POST) answered 2xx is a success only when its body carries no error: a body with a
+non-empty ``reason``, a non-empty ``error`` or a non-zero ``code`` (wire-format §7.7) raises the
+error it names, mapped as above (by ``reason``; else by ``code`` when it is an HTTP status, as
+in the kratos envelope; else :class:`InvalidRequestError`), with ``status`` the 2xx received.
+A server error so named (``UNKNOWN``, a ``code`` of 5xx) on a POST is an
+:class:`OutcomeUnknownError`, as a 5xx would be. Every :class:`APIError` built from an answer
+keeps the answer's body in ``answer`` (a dict, the key scrubbed) for the action ledger.
+
 Why by ``reason`` first: the GPU API answers nearly every business error with HTTP 400, even
 "not found" and "balance not enough" (wire-format §1.6), so the status alone says little. An
 unknown reason, or a body that is not the ``{code, reason, message, metadata}`` envelope, falls back
@@ -44,7 +52,8 @@ class APIError(NovitaError):
 
     ``status`` is the HTTP status (None when no response arrived), ``reason`` the envelope's
     UPPER_SNAKE token (None when the body had none), ``message`` a human text, ``path`` the
-    request path (no query string, no host).
+    request path (no query string, no host), ``answer`` the body received (a JSON object, or
+    ``{"raw": text}``; the API key scrubbed; None when no answer arrived).
     """
 
     def __init__(
@@ -55,12 +64,14 @@ class APIError(NovitaError):
         reason: str | None = None,
         path: str | None = None,
         method: str | None = None,
+        answer: dict[str, Any] | None = None,
     ) -> None:
         self.status = status
         self.reason = reason
         self.message = message
         self.path = path
         self.method = method
+        self.answer = answer
         super().__init__(message)
 
     def __str__(self) -> str:
@@ -88,7 +99,8 @@ class NotFoundError(APIError):
 
 
 class InsufficientBalanceError(APIError):
-    """The account cannot pay (renewal, conversion, start)."""
+    """The account cannot pay (renewal, conversion, start): ``BALANCE_NOT_ENOUGH`` and its
+    kin. Nothing was charged; retrying before a top-up fails the same way."""
 
 
 class RateLimitedError(APIError):
@@ -309,3 +321,14 @@ def redact(text: str, secret: str | None) -> str:
     if secret and len(secret) >= 4 and secret in text:
         return text.replace(secret, "***")
     return text
+
+
+def redact_json(value: Any, secret: str | None) -> Any:
+    """``value`` (decoded JSON) with ``secret`` removed from every string in it."""
+    if isinstance(value, str):
+        return redact(value, secret)
+    if isinstance(value, dict):
+        return {redact(str(k), secret): redact_json(v, secret) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_json(v, secret) for v in value]
+    return value

@@ -23,7 +23,7 @@ from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Annotated, Any, NamedTuple
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, model_validator
 
 # ---------------------------------------------------------------------------------------------
 # Lenient scalars
@@ -427,8 +427,10 @@ def _gpu_series(value: Any) -> Any:
 class InstanceMetrics(WireModel):
     """``GET /openapi/v1/metrics/gpu/instance``. Series may be empty.
 
-    ``cpu_utilization`` is as received: summed over cores (up to 100 x cpuNum). Use
-    :meth:`cpu_per_core` for the normalised value.
+    ``cpu_utilization`` is as received: summed over cores (up to 100 x cpuNum). From
+    :meth:`~monitor.novita.client.NovitaClient.get_metrics` it is empty until the answers have
+    shown it summed (a value above 100): a per-core average cannot be told from a quiet summed
+    series. Use :meth:`cpu_per_core` for the normalised value.
     """
 
     cpu_utilization: Points = Field(default_factory=list, alias="cpuUtilization")
@@ -481,8 +483,9 @@ class UsageBill(WireModel):
 
     @property
     def unit_price_usd(self) -> Decimal | None:
-        """USD per unit of ``billNum0`` (per card-hour when the time unit is hours):
-        ``discountPrice0`` / ``pricePrecision`` at the 1/10000 scale."""
+        """USD per card-hour: ``discountPrice0`` / ``pricePrecision`` at the 1/10000 scale.
+        ``amount`` / this = the card-hours charged, whatever unit ``billNum0`` counts time in
+        (the docs leave it open; the console's code suggests seconds, wire-format §7.1)."""
         return _precise(self.discount_price0, self.price_precision)
 
 
@@ -523,8 +526,44 @@ class MonthlyPrice(WireModel):
     price_usd: Money100k = Field(default=None, alias="price")
 
 
+def _product_precision(data: Any) -> Any:
+    """Product prices divided by a ``pricePrecision`` sent with them.
+
+    No source shows ``pricePrecision`` on products (bills carry it; the console divides
+    ``monthlyPrice`` by a precision from its internal API, wire-format §7.3). Should a product
+    carry one other than 0 or 1, its ``price``, ``spotPrice`` and ``monthlyPrice[].price`` are
+    divided by it before the 1/100000 scale, as the console does for bills."""
+    if not isinstance(data, dict):
+        return data
+    try:
+        precision = parse_int(data.get("pricePrecision"))
+    except ValueError:
+        return data
+    if not precision or precision == 1:
+        return data
+
+    def scaled(value: Any) -> Any:
+        amount = _decimal(value)
+        return value if amount is None else amount / Decimal(precision)
+
+    out = dict(data)
+    for key in ("price", "spotPrice"):
+        if key in out:
+            out[key] = scaled(out[key])
+    monthly = out.get("monthlyPrice")
+    if isinstance(monthly, list):
+        out["monthlyPrice"] = [
+            {**m, "price": scaled(m.get("price"))} if isinstance(m, dict) else m for m in monthly
+        ]
+    return out
+
+
 class Product(WireModel):
-    """A GPU product. Prices in USD: ``price_usd_per_hour`` is probably per GPU (unconfirmed)."""
+    """A GPU product. Prices in USD: ``price_usd_per_hour`` is probably per GPU (unconfirmed).
+
+    ``monthly_price`` holds the wire's ``monthlyPrice`` entries as sent: whether an entry for
+    m months is the total or one month's price of that term is unconfirmed (wire-format §7.3).
+    """
 
     id: Id
     name: Text = ""
@@ -541,6 +580,13 @@ class Product(WireModel):
         default_factory=list, alias="billingMethods"
     )
     inventory_state: OptStr = Field(default=None, alias="inventoryState")
+    #: as sent (rare, never seen); the prices above are already divided by it
+    price_precision: LenientInt = Field(default=None, alias="pricePrecision")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _divide_by_precision(cls, data: Any) -> Any:
+        return _product_precision(data)
 
     def monthly_price_usd(self, months: int = 1) -> Decimal | None:
         for mp in self.monthly_price:

@@ -173,7 +173,19 @@ def idle_gpu(params: IdleGpuParams, ctx: EvalContext, resource: Resource) -> Res
     if match:
         # how long it has truly been idle: from the first idle sample of the current stretch
         # (bounded by the last start and the stored history), not from the window's start
-        since = ctx.facts.idle_since(ctx.account, params.threshold, ctx.now, None).get(inst.id)
+        # traced once per evaluation for the instances whose window stayed under the
+        # threshold (a superset of the idle ones), not for the whole fleet
+        quiet = ctx.facts.memo(
+            ("quiet", ctx.account, params.window, params.threshold, ctx.now),
+            lambda: tuple(
+                iid
+                for iid, agg in ctx.facts.metric_window(
+                    ctx.account, "gpu_util", ctx.now - params.window, ctx.now
+                ).items()
+                if agg.max < params.threshold
+            ),
+        )
+        since = ctx.facts.idle_since(ctx.account, params.threshold, ctx.now, quiet).get(inst.id)
         if since is not None:
             values["idle_since"] = _iso(since)
             values["idle_minutes"] = round((ctx.now - since).total_seconds() / 60)
@@ -609,7 +621,10 @@ def subscription_candidate(
         hours = ctx.facts.running_hours(ctx.account, start, end)
         return None if hours is None else hours.get(inst.id, 0.0)
 
-    steady, by_days = economics.steady_hours_per_month(hours_in, ctx.now, history, params.lookbacks)
+    # windows end where the usage bills reach (the last complete hour), not at now
+    covered = ctx.facts.usage_covered_until(ctx.account)
+    end = ctx.now if covered is None else min(covered, ctx.now)
+    steady, by_days = economics.steady_hours_per_month(hours_in, end, history, params.lookbacks)
     for days, scaled in by_days.items():
         values[f"hours_per_month_{days}d"] = round(scaled, 1)
     if steady is None:
@@ -643,3 +658,50 @@ def collector_stale(params: CollectorStaleParams, ctx: EvalContext, resource: Re
         bool(stale),
         {"kind": "collector_stale", "collectors": ", ".join(sorted(stale)), "value": len(stale)},
     )
+
+
+# --------------------------------------------------------------------------------------------
+# stopped_data_expiring
+
+
+class StoppedDataExpiringParams(StrictModel):
+    within: Duration = Field(
+        timedelta(days=2), description="warn when the data is deleted at most this far ahead"
+    )
+
+
+@conditions.register(
+    "stopped_data_expiring",
+    StoppedDataExpiringParams,
+    resources=("instance",),
+    needs=("instances",),
+)
+def stopped_data_expiring(
+    params: StoppedDataExpiringParams, ctx: EvalContext, resource: Resource
+) -> Result:
+    """A stopped (``exited``) instance whose local data the platform deletes within
+    ``within``: ``keepDataDay`` days after the stop. When the stop itself was not seen (the
+    instance was already stopped when first collected), the earliest possible stop is used
+    (its last start), so the warning comes early rather than late."""
+    inst = _instance(resource)
+    if inst.status != "exited":
+        return Result(False)
+    values: dict[str, object] = {
+        "kind": "stopped_data_expiring",
+        "keep_data_day": inst.keep_data_day,
+        "status": inst.status,
+    }
+    seen = inst.status_since is not None and (
+        inst.first_seen is None or inst.status_since > inst.first_seen
+    )
+    stopped = inst.status_since if seen else (inst.last_started_at or inst.created_at)
+    expires = economics.data_expires_at(stopped, inst.keep_data_day)
+    if expires is None:
+        return Result(None, values)
+    left = expires - ctx.now
+    values["stopped_at"] = _iso(stopped)
+    values["stopped_at_estimated"] = not seen
+    values["data_expires_at"] = _iso(expires)
+    values["days_left"] = round(left.total_seconds() / 86400, 1)
+    values["hours_left"] = round(left.total_seconds() / HOUR, 1)
+    return Result(left <= params.within, values)

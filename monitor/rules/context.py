@@ -155,6 +155,11 @@ class CachedFacts:
             lambda: self._facts.running_hours(account, start, end),
         )
 
+    def usage_covered_until(self, account: str) -> datetime | None:
+        return self._get(
+            ("usage_covered", account), lambda: self._facts.usage_covered_until(account)
+        )
+
     def tasks(self, account: str) -> list[TaskFact]:
         return self._get(("tasks", account), lambda: self._facts.tasks(account))
 

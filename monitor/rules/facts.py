@@ -63,6 +63,9 @@ class InstanceFact:
     auto_renew: bool | None = None  # subscription renews itself (charged ~3 days early)
     auto_renew_months: int | None = None
     keep_data_day: int | None = None  # days a stopped instance's local data is kept
+    # price of the whole instance for each month count its product lists (renew/convert take
+    # only these; a count whose price failed its bounds maps to None)
+    subscription_prices_usd: Mapping[int, Decimal | None] = field(default_factory=dict)
 
     def field_map(self) -> dict[str, object]:
         """Fields a generic comparison may name (``labels.KEY`` reaches into labels)."""
@@ -209,6 +212,12 @@ class Facts(Protocol):
         instance whose figure is unknown maps to ``None``; instances never billed in the
         window map to 0 or are absent. ``None`` if the store's history does not reach back to
         ``start``."""
+        ...
+
+    def usage_covered_until(self, account: str) -> datetime | None:
+        """How far the stored usage bills reach: bills are issued for completed hours, so the
+        last complete hour before they were read. Windows over running hours end there (an
+        hour not billed yet is not an hour not run). ``None``: up to now."""
         ...
 
     def tasks(self, account: str) -> list[TaskFact]:
@@ -442,6 +451,9 @@ class InMemoryFacts:
             minutes = sum(1 for _, v in _window(self.running.get(iid, []), start, end) if v)
             out[iid] = minutes * SAMPLE_STEP_S / 3600
         return out
+
+    def usage_covered_until(self, account: str) -> datetime | None:
+        return None
 
     def tasks(self, account: str) -> list[TaskFact]:
         return list(self.task_list.get(account, []))

@@ -16,10 +16,12 @@ from typing import Any
 import pydantic
 from pydantic import BaseModel
 
+import monitor.actions.model  # registers the actions (parameter models)
 import monitor.rules.conditions  # noqa: F401  (registers the built-in conditions)
 from monitor.errors import Problem, RuleError
-from monitor.rules.model import Rule, RuleFileModel, RuleModel, RuleSet
-from monitor.rules.tree import Path_, parse_when
+from monitor.rules.model import Rule, RuleAction, RuleFileModel, RuleModel, RuleSet
+from monitor.rules.registry import actions as action_registry
+from monitor.rules.tree import BuiltinNode, Node, Path_, parse_when
 from monitor.yamlsrc import (
     LineMap,
     format_path,
@@ -182,7 +184,8 @@ def _build_rule(
             pass  # reported by the model as missing
         else:
             node = parse_when(when, ("when",), resource, report)
-    if model is None or node is None:
+    rule_actions = _parse_actions(raw, report, filename, node)
+    if model is None or node is None or rule_actions is None:
         return None
     return Rule(
         name=model.name,
@@ -199,7 +202,90 @@ def _build_rule(
         summary=model.summary,
         source=f"{filename}:{line}" if line else filename,
         needs=node.needs,
+        actions=rule_actions,
+        exclude=tuple(model.exclude),
+        dry_run=model.dry_run,
     )
+
+
+def _uses(node: Node | None, name: str) -> bool:
+    if node is None:
+        return False
+    if isinstance(node, BuiltinNode):
+        return node.spec.name == name
+    children = getattr(node, "children", None)
+    if children is not None:
+        return any(_uses(c, name) for c in children)
+    return _uses(getattr(node, "child", None), name)
+
+
+def _parse_actions(
+    raw: dict[str, Any], report: _Reporter, filename: str, node: Node | None
+) -> tuple[RuleAction, ...] | None:
+    """The rule's ``actions`` list, each item one registered action with its parameters;
+    None when something is wrong (reported)."""
+    items = raw.get("actions")
+    if items is None or not isinstance(items, list):
+        return ()  # absent, or not a list: the rule model reports the latter
+    expected = ", ".join(action_registry.names())
+    resource = raw.get("resource")
+    out: list[RuleAction] = []
+    ok = True
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        path: Path_ = ("actions", i)
+        if isinstance(item, str) and item in action_registry:
+            item = {item: None}  # "- start" reads as "- start: {}"
+        if not isinstance(item, dict) or len(item) != 1:
+            report.error(path, f"an action is a mapping with one key (expected one of: {expected})")
+            ok = False
+            continue
+        ((name, value),) = item.items()
+        sub: Path_ = (*path, name)
+        spec = action_registry.get(str(name))
+        if spec is None:
+            hint = " (deleting is not an action: nothing deletes)" if name == "delete" else ""
+            report.error(sub, f"unknown action {name!r}{hint} (expected one of: {expected})")
+            ok = False
+            continue
+        if isinstance(resource, str) and resource not in spec.resources:
+            wanted = " or ".join(sorted(spec.resources))
+            report.error(
+                sub, f"{name} does not apply to {resource} rules (expected resource: {wanted})"
+            )
+            ok = False
+            continue
+        if name in seen:
+            report.error(sub, f"{name} is listed twice (expected each action at most once)")
+            ok = False
+            continue
+        seen.add(str(name))
+        data = {} if value is None else value
+        if not isinstance(data, dict):
+            report.error(sub, f"{name} takes a mapping of parameters (expected e.g. {name}: {{}})")
+            ok = False
+            continue
+        try:
+            params = spec.params.model_validate(data)
+        except pydantic.ValidationError as exc:
+            report.validation(exc, sub, data, spec.params)
+            ok = False
+            continue
+        if (
+            name == "convert_to_subscription"
+            and node is not None
+            and not _uses(node, "subscription_candidate")
+        ):
+            report.error(
+                sub,
+                "convert_to_subscription acts only on subscription_candidate alerts "
+                "(expected the rule's when to use subscription_candidate)",
+            )
+            ok = False
+            continue
+        line = report.linemap.line_for((*report.rule_path, *sub))
+        out.append(RuleAction(str(name), params, f"{filename}:{line}" if line else filename))
+    return tuple(out) if ok else None
 
 
 def load_rules(paths: Iterable[Path | str], known_channels: set[str] | None = None) -> RuleSet:

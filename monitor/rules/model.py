@@ -60,16 +60,15 @@ class RuleModel(StrictModel):
     summary: str | None = Field(
         default=None, description="Jinja2 template overriding the notification text"
     )
-    actions: list[Any] | None = Field(default=None, description="not supported yet")
-
-    @field_validator("actions")
-    @classmethod
-    def _no_actions(cls, value: list[Any] | None) -> list[Any] | None:
-        if value:
-            raise ValueError(
-                "actions are not supported yet (remove the key; notifications come from notify)"
-            )
-        return value
+    actions: list[Any] | None = Field(
+        default=None,
+        description="remedial actions when the alert fires: stop, start, renew, "
+        "convert_to_subscription, set_auto_renew (one key each)",
+    )
+    exclude: list[str] = Field(
+        default_factory=list, description="instance ids or name globs the actions never touch"
+    )
+    dry_run: bool = Field(False, description="record and print the plan, call nothing")
 
     @field_validator("summary")
     @classmethod
@@ -92,6 +91,15 @@ class RuleFileModel(StrictModel):
 
 
 @dataclass(frozen=True)
+class RuleAction:
+    """One action a rule asks for: its registered name and validated parameters."""
+
+    name: str
+    params: BaseModel
+    source: str = ""  # file:line of the action, for messages
+
+
+@dataclass(frozen=True)
 class Rule:
     """A validated rule, ready to evaluate."""
 
@@ -109,6 +117,9 @@ class Rule:
     summary: str | None = None
     source: str = ""  # file:line, for messages
     needs: frozenset[str] = frozenset()  # collectors the rule's conditions read
+    actions: tuple[RuleAction, ...] = ()
+    exclude: tuple[str, ...] = ()  # instance ids or name globs the actions never touch
+    dry_run: bool = False
 
     @property
     def is_monitor_rule(self) -> bool:

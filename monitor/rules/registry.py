@@ -1,8 +1,10 @@
-"""Registries: built-in conditions (and, later, actions) looked up by name, never if-chains.
+"""Registries: built-in conditions and actions, looked up by name, never if-chains.
 
-Each entry owns its parameter model (pydantic, ``extra="forbid"``), the resource kinds it
+Each condition owns its parameter model (pydantic, ``extra="forbid"``), the resource kinds it
 applies to and the collectors whose data it reads (so stale data inhibits exactly the rules
-that depend on it).
+that depend on it). Each action (:data:`actions`, filled by :mod:`monitor.actions.model`) owns
+its parameter model and the resource kinds it applies to; what it does lives in
+``monitor.actions`` (the engine never executes anything).
 """
 
 from __future__ import annotations
@@ -67,3 +69,51 @@ class Registry:
 
 
 conditions = Registry("condition")
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    """A remedial action a rule may ask for: its parameter model and where it applies."""
+
+    name: str
+    params: type[BaseModel]
+    resources: frozenset[str]
+    doc: str = ""
+    #: what the action spends (renew, convert, set_auto_renew): approval and money guards
+    spends: bool = False
+
+
+class ActionRegistry:
+    """A name -> :class:`ActionSpec` table."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, ActionSpec] = {}
+
+    def register(
+        self,
+        name: str,
+        params: type[BaseModel],
+        resources: tuple[str, ...] = ("instance",),
+        *,
+        spends: bool = False,
+    ) -> type[BaseModel]:
+        if name in self._items:
+            raise ValueError(f"action {name!r} registered twice")
+        doc = (params.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        self._items[name] = ActionSpec(name, params, frozenset(resources), doc, spends)
+        return params
+
+    def get(self, name: str) -> ActionSpec | None:
+        return self._items.get(name)
+
+    def names(self) -> list[str]:
+        return list(self._items)
+
+    def __iter__(self) -> Iterator[ActionSpec]:
+        return iter(self._items.values())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+
+actions = ActionRegistry()

@@ -14,10 +14,11 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
+import monitor.actions.model  # registers the actions (parameter models)
 import monitor.rules.conditions  # noqa: F401  (registers the built-in conditions)
 from monitor.rules.durations import format_duration
 from monitor.rules.model import RuleModel
-from monitor.rules.registry import conditions
+from monitor.rules.registry import actions, conditions
 from monitor.rules.tree import CompareModel
 
 _DELTA = TypeAdapter(timedelta)
@@ -28,7 +29,13 @@ REF = "#/$defs/{model}"
 def rule_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of a rule file."""
     specs = list(conditions)
-    models: list[type[BaseModel]] = [RuleModel, CompareModel, *(s.params for s in specs)]
+    action_specs = list(actions)
+    models: list[type[BaseModel]] = [
+        RuleModel,
+        CompareModel,
+        *(s.params for s in specs),
+        *(a.params for a in action_specs),
+    ]
     refs, top = models_json_schema(
         [(m, "validation") for m in models], ref_template=REF, by_alias=True
     )
@@ -39,10 +46,25 @@ def rule_schema() -> dict[str, Any]:
 
     rule = defs[RuleModel.__name__]
     rule["properties"]["when"] = {"$ref": "#/$defs/Condition"}
+    action_branches = []
+    for act in action_specs:
+        branch = _single(act.name, {"anyOf": [dict(ref_of(act.params)), {"type": "null"}]})
+        branch["description"] = act.doc
+        action_branches.append(branch)
     rule["properties"]["actions"] = {
-        "description": "not supported yet: remedial actions come in a later release",
-        "type": "array",
-        "maxItems": 0,
+        "description": rule["properties"]["actions"].get("description", ""),
+        "anyOf": [
+            {
+                "type": "array",
+                "items": {
+                    "anyOf": [
+                        *action_branches,
+                        {"enum": [a.name for a in action_specs], "description": "no parameters"},
+                    ]
+                },
+            },
+            {"type": "null"},
+        ],
     }
     condition = "#/$defs/Condition"
     branches: list[dict[str, Any]] = [

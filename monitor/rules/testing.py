@@ -112,6 +112,7 @@ class InstanceSpec(StrictModel):
     error_state: str | None = None
     hourly_cost: float | None = None
     monthly_price: float | None = None
+    keep_data_day: int | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     changes: list[dict[str, Any]] = Field(
         default_factory=list, description="[{at: -10m, status: exited, ...}]: later field values"
@@ -270,6 +271,7 @@ class _Scenario:
             hourly_cost_usd=_dec(fields["hourly_cost"]),
             monthly_price_usd=_dec(fields["monthly_price"]),
             labels=dict(fields["labels"]),
+            keep_data_day=fields["keep_data_day"],
         )
 
     def task(self, spec: TaskSpec, t: datetime) -> TaskFact | None:

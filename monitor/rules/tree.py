@@ -227,6 +227,23 @@ class BuiltinNode:
         return self.spec.fn(self.params, ctx, resource)
 
 
+def metric_windows(node: Any) -> list[timedelta]:
+    """Windows/lookbacks of the metric-reading conditions in a ``when`` tree (what the
+    collectors' first-sight backfill covers, and what the act step re-reads before a stop)."""
+    if isinstance(node, BuiltinNode):
+        if "metrics" not in node.spec.needs:
+            return []
+        return [
+            value
+            for name in ("window", "lookback")
+            if isinstance(value := getattr(node.params, name, None), timedelta)
+        ]
+    children = list(getattr(node, "children", ()))
+    if getattr(node, "child", None) is not None:
+        children.append(node.child)
+    return [w for child in children for w in metric_windows(child)]
+
+
 # --------------------------------------------------------------------------------------------
 # Parsing
 

@@ -11,11 +11,17 @@ import signal
 import sys
 from types import FrameType
 
+from monitor.sim.quirks import QuirkError, Quirks, help_text
 from monitor.sim.server import run_simulator
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m monitor.sim", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m monitor.sim",
+        description=__doc__,
+        epilog="quirks:\n" + help_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--scenario", choices=("demo", "fleet"), default="demo")
@@ -27,7 +33,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate-limit", type=float, default=0.0)
     parser.add_argument("--error-rate", type=float, default=0.0)
     parser.add_argument("--speed", type=float, default=1.0)
+    parser.add_argument("--quirk", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
+    try:
+        quirks = Quirks.of(args.quirk)
+    except QuirkError as exc:
+        parser.error(str(exc))
 
     def _terminate(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
@@ -45,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         error_rate=args.error_rate,
         speed=args.speed,
         host=args.host,
+        quirks=quirks,
     )
 
 

@@ -12,32 +12,82 @@ purpose (each one is covered by ``tests/test_sim_quirks.py`` or ``tests/test_sim
 3. ``endTime`` ``"-1"`` (pay-as-you-go) and ``"0"`` (stopped and pending instances): both mean no
    expiry.
 4. The undocumented ``pending`` status (``demo-pending``).
-5. ``cpuUtilization`` summed over cores (up to 100 x ``cpuNum``).
-6. Metric lag: no point newer than now - 60 s.
+5. ``cpuUtilization`` summed over cores (up to 100 x ``cpuNum``; quirk ``cpu``).
+6. Metric lag: no point newer than now - 60 s (quirk ``metric-lag``).
 7. Invalid or short metric windows silently replaced by the defaults (last 60 s, interval 15).
-8. Unknown extra keys on instances (``autoRenew``, ``instanceGroupId``, ``maintainStatus``),
-   bills (``billNumUnit``, ``amountDecimal``), products (``gpuMemory``), balance (``currency``).
+8. Unknown extra keys, in no documentation, that clients must ignore: on instances
+   (``instanceGroupId``, ``maintainStatus``), usage bills (``amountDecimal``, which only the
+   console's internal Bill type has), products (``gpuMemory``), balance (``currency``),
+   ``/v3/user`` ``free_trial`` (its key ``gpu_instance``: the keys are undocumented).
+   Instances also carry ``autoRenew``, ``autoRenewMonth`` and ``keepDataDay`` (list and get),
+   which only the console reads (wire-format §7.4, §7.5).
 9. Three money scales: 1/10000 USD (balance, ``credit_balance``, bill amounts), 1/100000 USD
    (product ``price``, ``monthlyPrice[].price``, ``spotPrice``), USD (bill ``payAmountDisplay``).
+   Bills' unit prices (``discountPrice0``, ``basePrice0``, fixed-term ``basePrice``) are
+   1/10000 USD times ``pricePrecision`` (quirk ``price-precision``); ``discountPrice0`` is per
+   card-hour whatever ``billNum0``'s unit (card-seconds by default: quirk ``bill-time``).
+   Spot usage bills have ``billingMethod`` 4 (wire-format §7.6), other usage bills 1.
 10. 429 ``RATE_LIMIT_EXCEEDED`` without ``Retry-After``.
 11. ``volumeMounts[].size`` a string in the list, an int in the get response.
 12. Business errors are HTTP 400 whatever they mean (``RESOURCE_NOT_FOUND``,
     ``BALANCE_NOT_ENOUGH``, ...): branch on ``reason``.
 13. ``pageNum`` is 1-based and ``pageNum=0`` reads as page 1, so pages 0 and 1 are the same
-    (the open 0/1 question, answered adversarially); ``total`` is always present. Same for the
-    storage list's ``pageNo``.
+    (the open 0/1 question, answered adversarially; quirk ``page-base=0`` makes them 0-based);
+    ``total`` is always present. Same for the storage list's ``pageNo``.
+
+Every reading no source settles is a switch (:mod:`monitor.sim.quirks`): ``bill-time``,
+``monthly-price``, ``price-basis``, ``price-precision``, ``page-base``, ``metric-ts``, ``cpu``,
+``metric-lag``; the positions live on the model (``FleetSim(quirks=...)``).
 
 Auth: ``Authorization: Bearer <key>``. Missing -> 401 ``UNAUTHORIZED``; with ``api_key`` set, a
 different key -> 403 ``INVALID_API_KEY``; with ``api_key=None`` any non-empty key is accepted.
 
 Errors use the envelope ``{"code", "reason", "message", "metadata"}``.
 
+Actions (``POST /gpu-instance/openapi/v1/gpu/instance/<name>``) answer ``{}`` when carried out
+and change the model over simulated time as the platform does (:mod:`monitor.sim.fleet`'s
+docstring: transitions, renewals and their bills, auto-renew and its fall-back to
+pay-as-you-go, ``BALANCE_NOT_ENOUGH``, the month counts offered, a stop of a subscription).
+
+Fault switches (:mod:`monitor.sim.faults`), set in-process on ``app.state.faults`` or through
+``POST /_sim/faults``; each entry is used up by its ``count``:
+
+* ``fail_next`` / ``faults.fail_next(path_prefix, status, reason, count)``: answered with an
+  error *before* reaching the model (nothing is done);
+* ``action_5xx_after`` / ``faults.fail_after(path_prefix, count=1, status=500,
+  reason="UNKNOWN")``: the action is carried out, then answered 5xx;
+* ``action_error_body`` / ``faults.error_body_next(path_prefix, body=None, count=1,
+  performed=False, status=200)``: a 2xx whose body is an error, ``{"code": 1, "reason": ...,
+  "message": ...}`` by default or any object such as ``{"error": "..."}``; carried out first
+  only with ``performed: true``;
+* ``stuck_stop`` / ``faults.stick_stop(instance_id=None, count=1)``: a stop accepted that never
+  completes (the instance stays ``stopping``);
+* ``action_delay`` / ``faults.delay_next(path_prefix, seconds, count=1)``: carried out, then
+  the answer held ``seconds`` of real time (a daemon stopped or killed mid-call);
+* and the random ones: ``error_rate`` (5xx before the model), ``timeout_rate`` (the answer
+  withheld ``hang_seconds`` *after* the model acted), ``malformed_rate``, ``latency_ms``,
+  ``rate_limit_rps``, ``max_concurrency``.
+
+Example: ``POST /_sim/faults {"action_5xx_after": {"path_prefix":
+"/gpu-instance/openapi/v1/gpu/instance/renewInstance", "count": 1}}``.
+
+The action log, ``GET /_sim/actions`` -> ``{"actions": [...]}``, oldest first: every action
+request received, those refused by auth, the rate limit or a fault included, logged on
+arrival (so a client that timed out still finds it): ``time`` (simulated clock, ISO 8601),
+``path`` (the action's name, e.g. ``renewInstance``), ``body`` (its JSON), ``status`` and
+``answer`` (the HTTP status and JSON body given; for a withheld answer, the one held back),
+``result`` (``"ok"`` or the answer's ``reason``), ``message``, ``performed`` (whether the model
+carried it out: count these for "exactly one renew"), ``fault`` (the switch that shaped the
+answer, or null).
+
 Control endpoints under ``/_sim/`` (no auth, no faults; not part of the Novita API):
 ``GET /_sim/clock``, ``POST /_sim/clock/advance {"seconds"}``, ``POST /_sim/clock/set {"time"}``,
 ``POST /_sim/profile {"instance_id", "profile"}``, ``GET /_sim/actions``,
 ``POST /_sim/topup {"usd"}`` (add credit; the balance may go negative, nothing is stopped),
 ``GET|POST /_sim/faults``, ``GET /_sim/stats``, ``POST /_sim/stats/reset``, ``GET /_sim/summary``,
-and an apprise ``json://`` sink: ``POST /_sim/notify`` records the body,
+``GET|POST /_sim/quirks`` (POST ``{"bill-time": "hours", ...}`` changes switches; an unknown key or
+value is a 400 naming it), ``GET /_sim/truth[?since=T]`` and ``GET /_sim/truth/metrics``
+(the ground truth, :mod:`monitor.sim.truth`), and an apprise ``json://`` sink: ``POST /_sim/notify`` records the body,
 ``GET /_sim/notifications`` lists them.
 """
 
@@ -58,7 +108,9 @@ from starlette.routing import Route
 
 from monitor.sim import wire
 from monitor.sim.faults import Faults, TokenBucket
-from monitor.sim.fleet import DAY, FleetSim, SimError
+from monitor.sim.fleet import DAY, FleetSim, SimError, error_body
+from monitor.sim.quirks import QuirkError
+from monitor.sim.truth import metrics_truth, truth_json
 
 __all__ = ["Faults", "create_app"]
 
@@ -77,9 +129,33 @@ Handler = Callable[[Request], Awaitable[Any]]
 
 
 def error_response(status: int, reason: str, message: str) -> JSONResponse:
-    return JSONResponse(
-        {"code": status, "reason": reason, "message": message, "metadata": {}}, status_code=status
-    )
+    return JSONResponse(error_body(status, reason, message), status_code=status)
+
+
+def _note_fault(request: Request, fault: str) -> None:
+    """Name the fault that shaped an action's answer in its log entry."""
+    entry = getattr(request.state, "action_entry", None)
+    if entry is not None:
+        entry["fault"] = fault
+
+
+def _answered(entry: dict[str, Any], response: Response) -> None:
+    """Complete an action's log entry with the answer given."""
+    raw = bytes(response.body)
+    try:
+        answer: Any = json.loads(raw) if raw else {}
+    except ValueError:
+        answer = raw.decode("utf-8", "replace")
+    entry["status"] = response.status_code
+    entry["answer"] = answer
+    reason = answer.get("reason") if isinstance(answer, dict) else None
+    if reason:
+        entry["result"] = reason
+        entry["message"] = str(answer.get("message", ""))
+    elif 200 <= response.status_code < 300:
+        entry["result"] = "ok"
+    else:
+        entry["result"] = f"HTTP {response.status_code}"
 
 
 class Stats:
@@ -139,6 +215,7 @@ class Gate:
             return error_response(429, "RATE_LIMIT_EXCEEDED", "request rate limit exceeded")
         forced = f.take_forced(request.url.path)
         if forced is not None:
+            _note_fault(request, "fail_next")
             return error_response(forced.status, forced.reason, "injected failure")
         sem = self._semaphore()
         if sem is None:
@@ -155,12 +232,15 @@ class Gate:
                 await asyncio.sleep(f.latency_ms / 1000)
             if f.draw(f.error_rate):
                 status, reason = f.pick(((500, "UNKNOWN"), (503, "SERVICE_NOT_AVAILABLE")))
+                _note_fault(request, "error_rate")
                 return error_response(status, reason, "injected server error")
             response = await _call(request, handler)
             if f.draw(f.timeout_rate):
                 # the work is done, the answer never arrives in time (an "outcome unknown")
+                _note_fault(request, "timeout_rate")
                 await asyncio.sleep(f.hang_seconds)
             if response.status_code == 200 and f.draw(f.malformed_rate):
+                _note_fault(request, "malformed_rate")
                 body = bytes(response.body)
                 return Response(
                     body[: max(1, len(body) // 2)], status_code=200, media_type="application/json"
@@ -250,10 +330,22 @@ def create_app(
     gate = Gate(faults, api_key, stats)
     notifications: list[dict[str, Any]] = []
 
-    def api(path: str, handler: Handler, method: str = "GET") -> Route:
+    def api(path: str, handler: Handler, method: str = "GET", action: str = "") -> Route:
         async def endpoint(request: Request) -> Response:
+            entry: dict[str, Any] | None = None
+            if action:  # logged on arrival, whatever becomes of it
+                raw = await request.body()
+                try:
+                    sent: Any = json.loads(raw) if raw else {}
+                except ValueError:
+                    sent = raw.decode("utf-8", "replace")
+                entry = sim.action_entry(action, sent)
+                request.state.action_entry = entry
+                sim.log_action(entry)
             response = await gate.run(request, handler)
             stats.record(path, response.status_code)
+            if entry is not None:
+                _answered(entry, response)
             return response
 
         return Route(path, endpoint, methods=[method])
@@ -324,7 +416,9 @@ def create_app(
 
     # --- catalog
     async def products(request: Request) -> Any:
-        return wire.products_json(_str(request, "clusterId"), _str(request, "productName"))
+        return wire.products_json(
+            _str(request, "clusterId"), _str(request, "productName"), sim.quirks
+        )
 
     async def cpu_products(request: Request) -> Any:
         return wire.cpu_products_json(_str(request, "productName"))
@@ -333,8 +427,10 @@ def create_app(
         return wire.clusters_json()
 
     async def storages(request: Request) -> Any:
+        first = sim.quirks.first_page
+        page_no = _int(request, "pageNo", first)
         return wire.storages_json(
-            _int(request, "pageNo", 1) or 1, _int(request, "pageSize", 10) or 10
+            first if page_no is None else page_no, _int(request, "pageSize", 10) or 10, sim.quirks
         )
 
     # --- tasks
@@ -350,8 +446,37 @@ def create_app(
 
     # --- actions
     def action(name: str) -> Handler:
+        path = f"{GPU}/gpu/instance/{name}"
+
         async def handler(request: Request) -> Any:
-            return sim.perform(name, await _json_body(request))
+            entry: dict[str, Any] = request.state.action_entry
+            body = await _json_body(request)
+            shaped = faults.peek_error_body(path)
+            if shaped is not None and not shaped.performed:
+                faults.take_error_body(path)
+                entry["fault"] = "action_error_body"
+                return JSONResponse(shaped.body, status_code=shaped.status)
+            iid = body.get("instanceId") if isinstance(body, dict) else None
+            stuck = name == "stop" and isinstance(iid, str) and faults.stop_sticks(iid)
+            result = sim.perform(name, body, stuck=stuck, entry=entry)  # SimError: answered
+            if stuck and isinstance(iid, str):
+                faults.take_stuck_stop(iid)
+                entry["fault"] = "stuck_stop"
+            shaped = faults.take_error_body(path)
+            if shaped is not None:  # performed first (``performed: true``)
+                entry["fault"] = "action_error_body"
+                return JSONResponse(shaped.body, status_code=shaped.status)
+            delay = faults.take_delay(path)
+            if delay is not None:  # carried out; the answer comes late
+                entry["fault"] = "action_delay"
+                await asyncio.sleep(delay.seconds)
+            after = faults.take_after(path)
+            if after is not None:
+                entry["fault"] = "action_5xx_after"
+                return error_response(
+                    after.status, after.reason, "injected: carried out, then the answer failed"
+                )
+            return result
 
         return handler
 
@@ -420,6 +545,46 @@ def create_app(
             }
         )
 
+    async def quirks_endpoint(request: Request) -> Response:
+        if request.method == "POST":
+            try:
+                body = await request.json()
+                if not isinstance(body, dict):
+                    raise QuirkError("body must be an object of quirk keys and values")
+                sim.set_quirks(body)
+            except (QuirkError, ValueError) as exc:
+                return error_response(400, "VALIDATOR_PARAM", str(exc))
+        return JSONResponse(sim.quirks.as_dict())
+
+    def _time_param(request: Request, name: str) -> int | None:
+        raw = request.query_params.get(name, "").strip()
+        if not raw:
+            return None
+        try:
+            return int(float(raw))
+        except ValueError:
+            return int(datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp())
+
+    async def truth(request: Request) -> Response:
+        try:
+            since = _time_param(request, "since")
+        except ValueError as exc:
+            return error_response(400, "VALIDATOR_PARAM", f"since: {exc}")
+        return JSONResponse(await asyncio.to_thread(truth_json, sim, since))
+
+    async def truth_metrics(request: Request) -> Response:
+        try:
+            iid = _str(request, "instanceId")
+            start, end = _time_param(request, "start"), _time_param(request, "end")
+            interval = _int(request, "interval", 60) or 60
+            if not iid or start is None or end is None:
+                raise ValueError("instanceId, start and end are required")
+            return JSONResponse(metrics_truth(sim, iid, start, end, interval))
+        except SimError as exc:
+            return error_response(exc.status, exc.reason, exc.message)
+        except ValueError as exc:
+            return error_response(400, "VALIDATOR_PARAM", str(exc))
+
     async def notify(request: Request) -> Response:
         raw = await request.body()
         try:
@@ -451,7 +616,7 @@ def create_app(
         api(f"{GPU}/networkstorages/list", storages),
         api("/v3/training", training),
         api("/v3/async/task-result", async_result),
-        *(api(f"{GPU}/gpu/instance/{name}", action(name), "POST") for name in ACTIONS),
+        *(api(f"{GPU}/gpu/instance/{name}", action(name), "POST", name) for name in ACTIONS),
         Route("/_sim/clock", clock_get, methods=["GET"]),
         Route("/_sim/clock/advance", clock_advance, methods=["POST"]),
         Route("/_sim/clock/set", clock_set, methods=["POST"]),
@@ -462,6 +627,9 @@ def create_app(
         Route("/_sim/stats", stats_get, methods=["GET"]),
         Route("/_sim/stats/reset", stats_reset, methods=["POST"]),
         Route("/_sim/summary", summary, methods=["GET"]),
+        Route("/_sim/quirks", quirks_endpoint, methods=["GET", "POST"]),
+        Route("/_sim/truth", truth, methods=["GET"]),
+        Route("/_sim/truth/metrics", truth_metrics, methods=["GET"]),
         Route("/_sim/notify", notify, methods=["POST"]),
         Route("/_sim/notifications", notifications_get, methods=["GET"]),
         Route("/{path:path}", not_found, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),

@@ -2,7 +2,9 @@
 
 Prices are kept in the wire unit of the product endpoints, 1/100000 USD per GPU-hour
 (``35000`` = $0.35), and differ by cluster (wire-format §2.9: "product prices differ by cluster").
-The monthly price is per GPU per subscription period, in the same unit.
+The monthly price is per GPU per subscription period, in the same unit. Under the quirk
+``price-basis=per-instance`` every price here is read as the whole instance's (see
+:mod:`monitor.sim.quirks`).
 """
 
 from __future__ import annotations
@@ -75,10 +77,17 @@ def spot_price(product_id: str, cluster_id: str) -> int:
 
 
 def monthly_price(product_id: str, cluster_id: str, months: int) -> int:
-    """Subscription price per GPU for ``months`` months, 1/100000 USD."""
+    """Subscription price per GPU for ``months`` months (the total), 1/100000 USD: a whole
+    number of months at :func:`monthly_price_per_month`, so both readings of the wire's
+    ``monthlyPrice`` (quirk ``monthly-price``) give exact figures."""
+    return monthly_price_per_month(product_id, cluster_id, months) * months
+
+
+def monthly_price_per_month(product_id: str, cluster_id: str, months: int) -> int:
+    """One month's price per GPU in a ``months``-month subscription, 1/100000 USD."""
     hourly = hourly_price(product_id, cluster_id)
     discount = MONTHLY_DISCOUNT.get(months, MONTHLY_DISCOUNT[1])
-    return _round100(hourly * HOURS_PER_MONTH * months * discount)
+    return _round100(hourly * HOURS_PER_MONTH * discount)
 
 
 @dataclass(frozen=True, slots=True)

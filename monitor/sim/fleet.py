@@ -7,9 +7,35 @@ balance is ``initial - usage charges up to now - fixed-term charges (purchases, 
 conversions)``. Usage is debited continuously (to the second); usage bills are issued for
 completed hours only.
 
-Status changes that an action starts (``stop``: ``toStop`` -> ``stopping`` after 30 s ->
-``exited`` after 60 s) are scheduled at simulated times and applied lazily whenever the model is
-read, so jumping the clock applies them at the right moments (billing stops at ``exited``).
+Actions behave as on the platform (wire-format §2.10, §7), as far as the sources tell:
+
+* transitions take time: ``stop``: ``toStop`` -> ``stopping`` after 30 s -> ``exited`` after
+  60 s (billing ends at ``exited``); ``start``: ``toStart`` -> ``starting`` after 10 s ->
+  ``running`` after 30 s; ``restart`` and ``delete`` likewise (:data:`STOP_STEPS` ...). They
+  are scheduled at simulated times and applied lazily whenever the model is read, so jumping
+  the clock applies them at the right moments. A stop may be made never to complete (fault
+  switch ``stuck_stop``, :mod:`monitor.sim.faults`): the instance stays ``stopping`` and
+  keeps billing.
+* ``renewInstance {instanceId, month}`` moves ``endTime`` on by ``month`` calendar months and
+  charges a fixed-term bill for that period (``tradeType`` ``monthly_re_buy``, ``startTime``
+  the old ``endTime``); ``transToMonthlyInstance`` makes a pay-as-you-go instance ``monthly``
+  with ``endTime`` = now + ``month`` months and a ``monthly_new_buy`` bill; ``setAutoRenew``
+  sets ``autoRenew``/``autoRenewMonth``. ``month`` must be a count the product lists in its
+  ``monthlyPrice`` (:data:`monitor.sim.catalog.MONTHLY_DISCOUNT`: 1, 3, 6, 12), else 400
+  ``VALIDATOR_PARAM``; a renew or convert the balance cannot pay is 400
+  ``BALANCE_NOT_ENOUGH`` and charges nothing.
+* An auto-renewed subscription is charged 3 days before its ``endTime`` (the console's words,
+  wire-format §7.4), or, when the balance was short then, at ``endTime``; when that charge
+  fails too, it falls back to pay-as-you-go ("switch to pay-as-you-go if payment fails"):
+  ``billingMode`` becomes ``onDemand``, ``endTime`` ``"-1"``, and its running hours are billed
+  by usage from the old ``endTime`` on. A subscription without auto-renew stops (``exited``)
+  at ``endTime`` and cannot be started again until renewed (``EXPIRED_OR_BALANCE_NOT_ENOUGH``).
+* A stop of a ``monthly`` instance (the reading taken here; no source says otherwise): the
+  platform accepts it and the instance goes to ``exited`` as any other, but the prepaid term
+  runs on: ``endTime`` does not move, nothing is refunded or saved, it may be started again
+  until ``endTime``, and its auto-renewal is still charged (the subscription, not the
+  container, is what renews; the costlier reading, so a monitor assuming the opposite is
+  caught out). At ``endTime`` without renewal it lapses (stays ``exited``).
 
 Scenario ``demo`` (ids are fixed; other tests rely on them; ``T`` is the clock's time at start):
 
@@ -44,6 +70,7 @@ from __future__ import annotations
 import calendar
 import random
 import threading
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -51,6 +78,7 @@ from typing import Any
 from monitor.clock import Clock
 from monitor.sim import catalog
 from monitor.sim.profiles import PROFILES, key_of
+from monitor.sim.quirks import Quirks
 
 HOUR = 3600
 DAY = 86400
@@ -58,11 +86,22 @@ DAY = 86400
 USER_ID = "sim-user-0001"
 
 STOP_STEPS = ((0, "toStop", None), (30, "stopping", None), (60, "exited", "close"))
+#: a stop that never completes (fault switch ``stuck_stop``): it stays ``stopping``
+STUCK_STOP_STEPS = STOP_STEPS[:-1]
 START_STEPS = ((0, "toStart", None), (10, "starting", None), (30, "running", "open"))
 RESTART_STEPS = ((0, "toRestart", None), (10, "restarting", None), (30, "running", None))
 DELETE_STEPS = ((0, "toRemove", "close"), (10, "removing", None), (30, "removed", None))
 
+#: an auto-renewed subscription is charged this long before its endTime (the console: "auto-charge
+#: 3 days before expiry", wire-format §7.4); if that charge fails, once more at endTime
+RENEW_LEAD = 3 * DAY
+
 STOPPABLE = {"running", "pulling", "pending", "creating", "toStart", "starting", "restarting"}
+
+
+def error_body(status: int, reason: str, message: str) -> dict[str, Any]:
+    """The go-kratos error envelope the API answers errors with (wire-format §1.6)."""
+    return {"code": status, "reason": reason, "message": message, "metadata": {}}
 
 
 class SimError(Exception):
@@ -93,11 +132,21 @@ class SimInstance:
     idle_gpus: frozenset[int] = frozenset()
     paygo_from: int = 0
     paygo_until: int | None = None
+    #: earlier, closed pay-as-you-go spans ``(from, until)`` (an instance converted to a
+    #: subscription that later fell back to pay-as-you-go has two)
+    paygo_past: list[tuple[int, int]] = field(default_factory=list)
+    #: the subscription ran out without renewal (it stays ``monthly`` with its old ``endTime``)
+    lapsed: bool = False
     auto_renew: bool = False
     auto_renew_month: int = 1
+    auto_renew_from: int = 0  # when auto-renew was last switched on
+    renew_tried: int | None = None  # the endTime whose early renewal charge was attempted
     last_stopped_at: int | None = None
     transitions: list[tuple[int, str, str | None]] = field(default_factory=list)
     image_url: str = "nvcr.io/nvidia/pytorch:24.05-py3"
+    keep_data_day: int = 7
+    #: quirk ``price-basis=per-instance``: the listed price is for the whole instance
+    per_instance_price: bool = False
 
     @property
     def product(self) -> catalog.GpuProduct:
@@ -124,29 +173,52 @@ class SimInstance:
                 break
         return current
 
+    @property
+    def price_units(self) -> int:
+        """How many times the listed price is charged: the GPU count, or 1 when the price is
+        for the whole instance (quirk ``price-basis=per-instance``)."""
+        return 1 if self.per_instance_price else self.gpu_num
+
     def price_per_gpu_hour(self) -> int:
-        """1/100000 USD per GPU-hour at which this instance's usage is billed."""
+        """The listed hourly price (1/100000 USD) at which this instance's usage is billed: per
+        GPU, or per instance under ``price-basis=per-instance``."""
         if self.billing_mode == "spot":
             return catalog.spot_price(self.product_id, self.cluster_id)
         return catalog.hourly_price(self.product_id, self.cluster_id)
 
     def rate_10k_per_hour(self) -> float:
         """Usage cost per running hour in 1/10000 USD (charged only inside the pay-as-you-go span)."""
-        return self.price_per_gpu_hour() * self.gpu_num / 10
+        return self.price_per_gpu_hour() * self.price_units / 10
 
-    def paygo_seconds(self, a: int, b: int, now: int) -> int:
-        """Seconds in [a, b) during which the instance ran and was billed by usage."""
-        lo = max(a, self.paygo_from)
-        hi = min(b, now if self.paygo_until is None else self.paygo_until)
-        if hi <= lo:
-            return 0
+    def run_seconds(self, a: int, b: int, now: int) -> int:
+        """Seconds in [a, b) during which the instance ran, whatever its billing."""
         total = 0
         for start, end in self.runs:
             assert start is not None
-            s = max(lo, start)
-            e = min(hi, now if end is None else end)
+            s = max(a, start)
+            e = min(b, now, now if end is None else end)
             if e > s:
                 total += e - s
+        return total
+
+    def paygo_seconds(self, a: int, b: int, now: int) -> int:
+        """Seconds in [a, b) during which the instance ran and was billed by usage."""
+        spans: list[tuple[int, int | None]] = [
+            *self.paygo_past,
+            (self.paygo_from, self.paygo_until),
+        ]
+        total = 0
+        for span_from, span_until in spans:
+            lo = max(a, span_from)
+            hi = min(b, now if span_until is None else span_until)
+            if hi <= lo:
+                continue
+            for start, end in self.runs:
+                assert start is not None
+                s = max(lo, start)
+                e = min(hi, now if end is None else end)
+                if e > s:
+                    total += e - s
         return total
 
     def running_at(self, t: int, now: int) -> bool:
@@ -192,7 +264,11 @@ class FleetSim:
         instances: int = 0,
         seed: int = 0,
         history_hours: int = 24,
+        quirks: Quirks | Mapping[str, Any] | Iterable[str] | None = None,
     ) -> None:
+        """``quirks``: the positions of the switches of :mod:`monitor.sim.quirks` (a
+        :class:`Quirks`, a ``{"bill-time": "hours"}`` mapping or ``KEY=VALUE`` strings)."""
+        self.quirks = Quirks.of(quirks)
         if scenario not in ("demo", "fleet"):
             raise ValueError(f"unknown scenario {scenario!r}; valid: demo, fleet")
         self.clock = clock
@@ -252,6 +328,7 @@ class FleetSim:
     # ------------------------------------------------------------------ building
 
     def _add(self, inst: SimInstance) -> SimInstance:
+        inst.per_instance_price = self.quirks.per_instance_price
         self._instances[inst.id] = inst
         self._keys[inst.id] = key_of(self.seed, inst.id)
         return inst
@@ -470,8 +547,8 @@ class FleetSim:
     def _charge_fixed(
         self, inst: SimInstance, when: int, start: int, end: int, months: int, trade: str
     ) -> FixedCharge:
-        per_gpu = catalog.monthly_price(inst.product_id, inst.cluster_id, months)
-        amount = per_gpu * inst.gpu_num // 10
+        listed = catalog.monthly_price(inst.product_id, inst.cluster_id, months)
+        amount = listed * inst.price_units // 10
         charge = FixedCharge(
             time=when,
             instance_id=inst.id,
@@ -482,6 +559,7 @@ class FleetSim:
             end=end,
             months=months,
             amount_10k=amount,
+            # the unit price: one month of one GPU (of the instance, price-basis=per-instance)
             base_price_10k=catalog.monthly_price(inst.product_id, inst.cluster_id, 1) // 10,
         )
         self._fixed.append(charge)
@@ -527,25 +605,38 @@ class FleetSim:
             for iid in list(self._pending):
                 inst = self._instances[iid]
                 self._apply_due(inst, now)
-                if not inst.transitions and not (
-                    inst.billing_mode == "monthly"
-                    and inst.end_time is not None
-                    and inst.status not in ("exited", "removed")
-                ):
+                if not inst.transitions and not self._active_subscription(inst):
                     self._pending.discard(iid)
             self._settled_at = now
 
+    def renewal_due(self, inst: SimInstance) -> int | None:
+        """When the model will next try to charge an auto-renewal of ``inst``: 3 days before
+        its ``endTime`` (not before auto-renew was switched on), or at ``endTime`` when that
+        early charge failed; None without an active auto-renewed subscription."""
+        if not self._active_subscription(inst) or not inst.auto_renew:
+            return None
+        assert inst.end_time is not None
+        if inst.renew_tried == inst.end_time:
+            return inst.end_time
+        return max(inst.end_time - RENEW_LEAD, inst.auto_renew_from)
+
+    @staticmethod
+    def _active_subscription(inst: SimInstance) -> bool:
+        """A subscription whose term has not lapsed, running or stopped (a stopped one's
+        prepaid term runs on, and its auto-renewal is still charged)."""
+        return (
+            inst.billing_mode == "monthly"
+            and inst.end_time is not None
+            and not inst.lapsed
+            and inst.status != "removed"
+        )
+
     def _apply_due(self, inst: SimInstance, now: int) -> None:
         while True:
-            expiry = (
-                inst.end_time
-                if inst.billing_mode == "monthly"
-                and inst.end_time is not None
-                and inst.status not in ("exited", "removed")
-                else None
-            )
+            expiry = inst.end_time if self._active_subscription(inst) else None
+            renew_at = self.renewal_due(inst)
             step_at = inst.transitions[0][0] if inst.transitions else None
-            candidates = [x for x in (expiry, step_at) if x is not None and x <= now]
+            candidates = [x for x in (expiry, renew_at, step_at) if x is not None and x <= now]
             if not candidates:
                 return
             at = min(candidates)
@@ -554,13 +645,30 @@ class FleetSim:
                 self._set_status(inst, status, effect, at)
                 continue
             assert inst.end_time is not None
-            if inst.auto_renew and self._balance_at(at) >= self._renew_cost(
-                inst, inst.auto_renew_month
-            ):
-                self._renew(inst, inst.auto_renew_month, at)
-            else:
-                inst.transitions.clear()
-                self._set_status(inst, "exited", "close", at)
+            if renew_at == at:  # early (or, that failed, at expiry): renew if the money is there
+                inst.renew_tried = inst.end_time
+                if self._balance_at(at) >= self._renew_cost(inst, inst.auto_renew_month):
+                    self._renew(inst, inst.auto_renew_month, at)
+                    continue
+                if at < inst.end_time:
+                    continue
+                self._fall_back_to_paygo(inst, at)
+                continue
+            inst.lapsed = True
+            inst.transitions.clear()
+            self._set_status(inst, "exited", "close", at)
+
+    def _fall_back_to_paygo(self, inst: SimInstance, at: int) -> None:
+        """An auto-renewal that could not be paid, at ``endTime``: the console's "switch to
+        pay-as-you-go if payment fails" (wire-format §7.4). The instance keeps its status;
+        from ``at`` on its running hours are billed by usage."""
+        inst.paygo_past.append((inst.paygo_from, inst.paygo_until or inst.paygo_from))
+        inst.paygo_from, inst.paygo_until = at, None
+        inst.billing_mode = "onDemand"
+        inst.end_time = None
+        inst.no_expiry = "-1"
+        inst.auto_renew = False
+        inst.renew_tried = None
 
     def _balance_at(self, t: int) -> float:
         return self._initial_10k - self._charged_10k(t)
@@ -582,30 +690,72 @@ class FleetSim:
 
     # ------------------------------------------------------------------ actions
 
-    def perform(self, action: str, body: Any) -> dict[str, Any]:
-        """Run one POST action, log it, and return the response body (``{}`` on success)."""
+    def action_entry(self, action: str, body: Any) -> dict[str, Any]:
+        """A new entry of the action log (``GET /_sim/actions``), not yet logged: ``time``
+        (the simulated clock, ISO 8601), ``path`` (the action's name, e.g. ``renewInstance``),
+        ``body`` (the request's JSON), and, once answered, ``status`` (HTTP), ``answer`` (the
+        JSON body sent back), ``result`` (``"ok"`` or the error's ``reason``), ``message``,
+        ``performed`` (whether the model carried it out), ``fault`` (the fault switch that
+        shaped the answer, if any)."""
+        return {
+            "time": self.clock.now().isoformat(),
+            "path": action,
+            "body": body,
+            "status": None,
+            "answer": None,
+            "result": None,
+            "message": "",
+            "performed": False,
+            "fault": None,
+        }
+
+    def log_action(self, entry: dict[str, Any]) -> None:
+        with self._lock:
+            self.actions.append(entry)
+
+    def perform(
+        self,
+        action: str,
+        body: Any,
+        *,
+        stuck: bool = False,
+        entry: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Run one POST action and return the response body (``{}`` on success); a business
+        error raises :class:`SimError`. Logs it (see :meth:`action_entry`) unless the caller
+        passes its own ``entry`` to fill in (the HTTP app logs every action it receives, those
+        refused before reaching the model too). ``stuck``: a stop that never completes."""
         with self._lock:
             self.settle()
-            entry: dict[str, Any] = {
-                "time": self.clock.now().isoformat(),
-                "path": action,
-                "body": body,
-            }
+            own = entry is None
+            if entry is None:
+                entry = self.action_entry(action, body)
             try:
                 handler = getattr(self, f"_act_{action}", None)
                 if handler is None:
                     raise SimError(404, "API_NOT_FOUND", f"unknown action {action!r}")
                 if not isinstance(body, dict):
                     raise SimError(400, "INVALID_REQUEST_BODY", "body must be a JSON object")
-                result: dict[str, Any] = handler(body)
+                result: dict[str, Any] = (
+                    self._act_stop(body, stuck=True)
+                    if stuck and action == "stop"
+                    else handler(body)
+                )
             except SimError as exc:
                 self._settled_at = None
-                entry.update(status=exc.status, result=exc.reason, message=exc.message)
-                self.actions.append(entry)
+                entry.update(
+                    status=exc.status,
+                    result=exc.reason,
+                    message=exc.message,
+                    answer=error_body(exc.status, exc.reason, exc.message),
+                )
+                if own:
+                    self.log_action(entry)
                 raise
             self._settled_at = None  # the action may have scheduled changes
-            entry.update(status=200, result="ok")
-            self.actions.append(entry)
+            entry.update(status=200, result="ok", answer=result, performed=True)
+            if own:
+                self.log_action(entry)
             return result
 
     def _target(self, body: dict[str, Any]) -> SimInstance:
@@ -616,18 +766,26 @@ class FleetSim:
 
     @staticmethod
     def _months(body: dict[str, Any], name: str = "month") -> int:
+        """A month count the products list in ``monthlyPrice`` (wire-format §7.8), else 400
+        ``VALIDATOR_PARAM`` naming the counts offered."""
         month = body.get(name)
-        if isinstance(month, bool) or not isinstance(month, int) or not 1 <= month <= 36:
-            raise SimError(400, "VALIDATOR_PARAM", f"{name} must be an integer from 1 to 36")
+        offered = sorted(catalog.MONTHLY_DISCOUNT)
+        if isinstance(month, bool) or not isinstance(month, int) or month not in offered:
+            raise SimError(
+                400,
+                "VALIDATOR_PARAM",
+                f"{name} must be one of the month counts offered "
+                f"({', '.join(map(str, offered))}), got {month!r}",
+            )
         return month
 
-    def _act_stop(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _act_stop(self, body: dict[str, Any], stuck: bool = False) -> dict[str, Any]:
         inst = self._target(body)
         if inst.status not in STOPPABLE:
             raise SimError(
                 400, "DEPENDENT_RESOURCE_STATE", f"instance is {inst.status}, cannot stop"
             )
-        self._schedule(inst, STOP_STEPS)
+        self._schedule(inst, STUCK_STOP_STEPS if stuck else STOP_STEPS)
         return {}
 
     def _act_start(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -664,12 +822,17 @@ class FleetSim:
         return {}
 
     def _renew_cost(self, inst: SimInstance, months: int) -> int:
-        return catalog.monthly_price(inst.product_id, inst.cluster_id, months) * inst.gpu_num // 10
+        listed = catalog.monthly_price(inst.product_id, inst.cluster_id, months)
+        return listed * inst.price_units // 10
 
     def _renew(self, inst: SimInstance, months: int, when: int) -> FixedCharge:
+        """Move ``endTime`` on by ``months`` (a lapsed subscription: from ``when``) and charge
+        the renewal (a ``monthly_re_buy`` bill for the new period)."""
         assert inst.end_time is not None
-        start = inst.end_time
+        start = max(inst.end_time, when) if inst.lapsed else inst.end_time
+        inst.lapsed = False
         inst.end_time = add_months(start, months)
+        self._pending.add(inst.id)  # watched for expiry again
         return self._charge_fixed(inst, when, start, inst.end_time, months, "monthly_re_buy")
 
     def _act_renewInstance(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -688,9 +851,7 @@ class FleetSim:
         now = self.now_ts()
         if self._balance_at(now) < self._renew_cost(inst, months):
             raise SimError(400, "BALANCE_NOT_ENOUGH", "insufficient balance")
-        self._renew(inst, months, now)
-        if inst.status == "exited" and inst.end_time > now:
-            pass  # an expired subscription stays stopped until started again
+        self._renew(inst, months, now)  # a lapsed subscription stays stopped until started
         return {}
 
     def _act_transToMonthlyInstance(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -728,7 +889,10 @@ class FleetSim:
                 raise SimError(
                     400, "UNSUPPORTED_BILLING_MODE", f"{inst.id} is not a subscription instance"
                 )
+        now = self.now_ts()
         for inst in targets:
+            if auto and not inst.auto_renew:
+                inst.auto_renew_from = now
             inst.auto_renew, inst.auto_renew_month = auto, months
         return {}
 
@@ -740,6 +904,15 @@ class FleetSim:
         with self._lock:
             self._initial_10k += amount_10k
             self._settled_at = None  # an expiry may now renew
+
+    def set_quirks(self, changes: Any) -> None:
+        """Move switches at run time (see :mod:`monitor.sim.quirks`; money switches rewrite
+        the simulated past too). Raises :class:`~monitor.sim.quirks.QuirkError`."""
+        with self._lock:
+            self.quirks = self.quirks.updated(changes)
+            for inst in self._instances.values():
+                inst.per_instance_price = self.quirks.per_instance_price
+            self._settled_at = None
 
     def set_profile(self, instance_id: str, profile: str) -> None:
         """Change an instance's utilization profile from now on (history is kept)."""

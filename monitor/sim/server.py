@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 
 import uvicorn
@@ -13,6 +14,7 @@ from monitor.clock import ScaledClock
 from monitor.sim.app import create_app
 from monitor.sim.faults import Faults
 from monitor.sim.fleet import FleetSim
+from monitor.sim.quirks import Quirks
 
 STARTUP_TIMEOUT = 15.0
 
@@ -90,10 +92,13 @@ def build(
     rate_limit: float = 0.0,
     error_rate: float = 0.0,
     speed: float = 1.0,
+    quirks: Quirks | Mapping[str, str] | Iterable[str] | None = None,
 ) -> Starlette:
     """The standalone app: wall-clock time (``speed`` times faster), 24 h of history."""
     clock = ScaledClock(speed)
-    sim = FleetSim(clock, scenario=scenario, instances=instances, seed=seed, history_hours=24)
+    sim = FleetSim(
+        clock, scenario=scenario, instances=instances, seed=seed, history_hours=24, quirks=quirks
+    )
     faults = Faults(
         latency_ms=latency_ms,
         max_concurrency=max_concurrency,
@@ -116,6 +121,7 @@ def run_simulator(
     error_rate: float = 0.0,
     speed: float = 1.0,
     host: str = "127.0.0.1",
+    quirks: Quirks | Mapping[str, str] | Iterable[str] | None = None,
 ) -> None:
     """Serve the simulator until interrupted (``novita-monitor simulator``).
 
@@ -131,6 +137,7 @@ def run_simulator(
         rate_limit,
         error_rate,
         speed,
+        quirks,
     )
     server = SimServer(app, host=host, port=port)
     server.start()

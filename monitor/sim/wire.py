@@ -15,8 +15,9 @@ from typing import Any
 
 from monitor.sim import catalog, profiles
 from monitor.sim.fleet import DAY, HOUR, USER_ID, FleetSim, SimError, SimInstance
+from monitor.sim.quirks import Quirks
 
-METRIC_LAG = 60  # seconds: no metric point newer than now - 60
+METRIC_LAG = 60  # seconds: no metric point newer than now - 60 (quirk ``metric-lag``)
 DEFAULT_WINDOW = 60
 DEFAULT_INTERVAL = 15
 MAX_BILL_WINDOW = 31 * DAY
@@ -97,8 +98,11 @@ def instance_json(inst: SimInstance, detail: bool = False) -> dict[str, Any]:
         "createdAt": _s(inst.created_at),
         "lastStartedAt": _s(inst.last_started_at),
         "lastStoppedAt": _s(inst.last_stopped_at),
-        # keys in no documentation: clients must ignore them
+        # read by the console, not in the OpenAPI docs (wire-format §7.4, §7.5)
         "autoRenew": inst.auto_renew,
+        "autoRenewMonth": inst.auto_renew_month,
+        "keepDataDay": inst.keep_data_day,
+        # keys in no documentation: clients must ignore them
         "instanceGroupId": "",
         "maintainStatus": "normal",
     }
@@ -120,7 +124,6 @@ def instance_json(inst: SimInstance, detail: bool = False) -> dict[str, Any]:
                     "isRunning": inst.status == "running",
                 },
                 "freeStorageSize": 30,
-                "keepDataDay": 7,
             }
         )
     return body
@@ -134,10 +137,10 @@ def instances_page(
     product_name: str = "",
     status: str = "",
 ) -> dict[str, Any]:
-    """One page of instances. Pages are 1-based; ``pageNum=0`` is read as page 1.
-
-    So page 0 and page 1 are the same page: a client that starts at 0 must de-duplicate by id
-    and stop at ``total`` or at an empty page (wire-format §1.5, open question 1).
+    """One page of instances. Quirk ``page-base=1`` (default): pages are 1-based and
+    ``pageNum=0`` is read as page 1, so page 0 and page 1 are the same page: a client that starts
+    at 0 must de-duplicate by id and stop at ``total`` or at an empty page (wire-format §1.5,
+    open question 1). ``page-base=0``: page 0 is the first page.
     """
     items = sim.instances()
     if name:
@@ -146,9 +149,17 @@ def instances_page(
         items = [i for i in items if product_name.lower() in i.product.name.lower()]
     if status:
         items = [i for i in items if i.status == status]
-    page = max(page_num, 1)
-    chunk = items[(page - 1) * page_size : page * page_size] if page_size > 0 else []
+    chunk = _page(items, page_num, page_size, sim.quirks)
     return {"instances": [instance_json(i) for i in chunk], "total": len(items)}
+
+
+def _page(items: list[Any], page_num: int, page_size: int, quirks: Quirks) -> list[Any]:
+    """Page ``page_num`` of ``items``, counted from ``quirks.first_page`` (a 1-based server
+    reads page 0 as page 1)."""
+    if page_size <= 0:
+        return []
+    index = max(page_num, 1) - 1 if quirks.first_page == 1 else page_num
+    return items[index * page_size : (index + 1) * page_size]
 
 
 # ---------------------------------------------------------------------------------- metrics
@@ -175,14 +186,32 @@ def metric_window(
 Point = dict[str, Any]
 
 
+def stamp(t: int, form: str) -> str:
+    """A point's ``timestamp`` in the form of quirk ``metric-ts``: Unix seconds (``s``),
+    milliseconds (``ms``) or ISO 8601 UTC (``iso``), always a string."""
+    if form == "ms":
+        return str(t * 1000)
+    if form == "iso":
+        return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return str(t)
+
+
 @lru_cache(maxsize=1 << 17)
 def _sample(
-    key: int, profile: str, gpu_num: int, idle_gpus: frozenset[int], cpu_num: int, t: int
+    key: int,
+    profile: str,
+    gpu_num: int,
+    idle_gpus: frozenset[int],
+    cpu_num: int,
+    t: int,
+    ts_form: str = "s",
+    cpu_summed: bool = True,
 ) -> tuple[tuple[Point, ...], tuple[Point, ...], Point, Point, Point, Point, Point]:
     """Every series' point at ``t`` for one instance: per-GPU utilization and memory, their
-    averages, CPU (summed over cores), memory, disk. Deterministic, so cached: a collector
-    re-reads the last minutes every cycle. The dicts are shared; never mutate them."""
-    ts = str(t)
+    averages, CPU (summed over cores, or per core: quirk ``cpu``), memory, disk.
+    Deterministic, so cached: a collector re-reads the last minutes every cycle. The dicts are
+    shared; never mutate them."""
+    ts = stamp(t, ts_form)
     gpus: list[Point] = []
     vrams: list[Point] = []
     for g in range(gpu_num):
@@ -191,8 +220,9 @@ def _sample(
         vrams.append({"timestamp": ts, "value": profiles.gpu_mem_util(profile, key, g, t, idle)})
     g_avg = round(sum(p["value"] for p in gpus) / gpu_num, 2)
     v_avg = round(sum(p["value"] for p in vrams) / gpu_num, 2)
-    # summed over cores: up to 100 x cpuNum
-    summed = round(profiles.cpu_per_core(profile, key, t) * cpu_num, 2)
+    # summed over cores: up to 100 x cpuNum (or the per-core average under cpu=per-core)
+    per_core = profiles.cpu_per_core(profile, key, t)
+    summed = round(per_core * cpu_num, 2) if cpu_summed else round(per_core, 2)
     return (
         tuple(gpus),
         tuple(vrams),
@@ -214,14 +244,22 @@ def metrics_json(sim: FleetSim, inst: SimInstance, start: int, end: int, interva
     vram_avg: list[Point] = []
     per_gpu: list[list[Point]] = [[] for _ in range(inst.gpu_num)]
     per_vram: list[list[Point]] = [[] for _ in range(inst.gpu_num)]
+    quirks = sim.quirks
     if inst.status == "running":
         key = sim.key(inst.id)
-        last = min(end, now - METRIC_LAG)  # the ~1 minute lag
+        last = min(end, now - quirks.lag_s)  # the ~1 minute lag
         t = -(-start // interval) * interval
         while t <= last:
             if inst.running_at(t, now):
                 gpus, vrams, g_avg, v_avg, c, m, d = _sample(
-                    key, inst.profile_at(t), inst.gpu_num, inst.idle_gpus, inst.cpu_num, t
+                    key,
+                    inst.profile_at(t),
+                    inst.gpu_num,
+                    inst.idle_gpus,
+                    inst.cpu_num,
+                    t,
+                    quirks.metric_ts,
+                    quirks.cpu == "summed",
                 )
                 for g in range(inst.gpu_num):
                     per_gpu[g].append(gpus[g])
@@ -313,31 +351,56 @@ def periods(cycle: str, start: int, end: int) -> Iterator[tuple[int, int]]:
         ps = pe
 
 
+def bill_num(card_seconds: float, quirks: Quirks) -> str:
+    """``billNum0`` ("number of cards x billing time", docs): card-seconds (quirk
+    ``bill-time=seconds``, an integer) or card-hours (``hours``, four decimals)."""
+    if quirks.bill_seconds:
+        return str(round(card_seconds))
+    return f"{card_seconds / HOUR:.4f}"
+
+
+def precise_price(price_10k: float, quirks: Quirks) -> str:
+    """A bill's unit price in 1/10000 USD times ``pricePrecision`` (quirk ``price-precision``),
+    rounded to an integer as the wire sends it."""
+    return str(round(price_10k * quirks.precision))
+
+
 def _usage_bill(
-    ps: int, pe: int, amount: int, gpu_hours: float, unit_price_10k: int, **fields: str
+    ps: int,
+    pe: int,
+    amount: int,
+    card_seconds: float,
+    unit_price_10k: float,
+    quirks: Quirks,
+    billing_method: int = 1,
+    **fields: str,
 ) -> dict[str, Any]:
+    """One usage bill. ``discountPrice0`` (and ``basePrice0``, no discount here) is the price
+    of one card-hour whatever ``billNum0``'s unit, so ``amount`` = card-hours x unit price
+    (within rounding) under every quirk: the bill's window and money give its card-hours
+    without knowing ``billNum0``'s unit (issue 8 §2)."""
+    price = precise_price(unit_price_10k, quirks)
     return {
         "userId": USER_ID,
         "startTime": str(ps),
         "endTime": str(pe - 1),
-        "billingMethod": 1,
+        "billingMethod": billing_method,
         "productName": fields.get("productName", ""),
         "category": fields.get("category", "gpu"),
         "ownerID": fields.get("ownerID", ""),
-        "billNum0": f"{gpu_hours:.4f}",
+        "billNum0": bill_num(card_seconds, quirks),
         "billNum1": "0",
-        "basePrice0": str(unit_price_10k),
+        "basePrice0": price,
         "basePrice1": "0",
-        "discountPrice0": str(unit_price_10k),
+        "discountPrice0": price,
         "discountPrice1": "0",
         "amount": str(amount),
         "voucherAmount": "0",
         "payAmount": str(amount),
         "payAmountDisplay": round(amount / 10000, 4),  # already USD
-        "pricePrecision": 1,
+        "pricePrecision": quirks.precision,
         "productId": fields.get("productId", ""),
-        # not documented for the OpenAPI (the console's Bill type has them)
-        "billNumUnit": "card*hour",
+        # not documented for the OpenAPI (the console's Bill type has it): clients ignore it
         "amountDecimal": f"{amount / 10000:.4f}",
     }
 
@@ -355,6 +418,7 @@ def usage_bills(
     if category not in ("gpu", "summary"):
         return []
     now = sim.now_ts()
+    quirks = sim.quirks
     cutoff = now - now % HOUR  # bills exist for completed hours only
     window = [(ps, pe) for ps, pe in periods(cycle, start, min(end, cutoff)) if ps < cutoff]
     if not window:
@@ -369,25 +433,30 @@ def usage_bills(
         if inst.paygo_seconds(window[0][0], min(window[-1][1], cutoff), now) == 0:
             continue
         rate = inst.rate_10k_per_hour()
-        unit_price = inst.price_per_gpu_hour() // 10
+        # per card-hour: the listed price, or its share of the whole instance's price
+        unit_price = rate / inst.gpu_num
+        # pay-as-you-go 1, spot 4 (the console, wire-format §7.6)
+        method = 4 if inst.billing_mode == "spot" else 1
         for ps, pe in window:
             seconds = inst.paygo_seconds(ps, min(pe, cutoff), now)
             if seconds <= 0:
                 continue
             amount = round(rate * seconds / HOUR)
-            gpu_hours = inst.gpu_num * seconds / HOUR
+            card_seconds = inst.gpu_num * seconds
             if category == "summary":
                 acc = totals.setdefault(ps, [0.0, 0.0])
                 acc[0] += amount
-                acc[1] += gpu_hours
+                acc[1] += card_seconds
                 continue
             bills.append(
                 _usage_bill(
                     ps,
                     pe,
                     amount,
-                    gpu_hours,
+                    card_seconds,
                     unit_price,
+                    quirks,
+                    method,
                     productName=inst.product.name,
                     category="gpu",
                     ownerID=inst.id,
@@ -397,8 +466,8 @@ def usage_bills(
     if category == "summary":
         for ps, pe in window:
             if ps in totals:
-                amount, gpu_hours = int(totals[ps][0]), totals[ps][1]
-                bills.append(_usage_bill(ps, pe, amount, gpu_hours, 0, category="summary"))
+                total, cards = int(totals[ps][0]), totals[ps][1]
+                bills.append(_usage_bill(ps, pe, total, cards, 0, quirks, category="summary"))
     return bills
 
 
@@ -409,6 +478,7 @@ def fixed_bills(
     if category not in ("gpu", "summary"):
         return []
     out: list[dict[str, Any]] = []
+    quirks = sim.quirks
     for c in sim.fixed_charges():
         if not start <= c.time <= end:
             continue
@@ -428,13 +498,14 @@ def fixed_bills(
                 "ownerID": c.instance_id,
                 "tradeMode": "monthly",
                 "tradeType": c.trade_type,
-                "basePrice": str(c.base_price_10k),
+                # one month of one GPU, times pricePrecision (quirk price-precision)
+                "basePrice": precise_price(c.base_price_10k, quirks),
                 "billNum": str(c.months),
                 "amount": str(c.amount_10k),
                 "voucherAmount": "0",
                 "payAmount": str(c.amount_10k),
                 "payAmountDisplay": round(c.amount_10k / 10000, 4),
-                "pricePrecision": 1,
+                "pricePrecision": quirks.precision,
                 "createTime": str(c.time),
                 "cycle": datetime.fromtimestamp(c.start, UTC).strftime("%Y-%m"),
                 "storageDays": "0",
@@ -448,7 +519,12 @@ def fixed_bills(
 # ---------------------------------------------------------------------------------- catalog
 
 
-def _product_json(product: catalog.GpuProduct, cluster_id: str | None) -> dict[str, Any]:
+def _product_json(
+    product: catalog.GpuProduct, cluster_id: str | None, quirks: Quirks
+) -> dict[str, Any]:
+    """One product. No ``pricePrecision`` here under any quirk: no source shows it on products
+    (the console's division of ``monthlyPrice`` by it reads its internal API, wire-format
+    §7.3); the client divides by it if it ever appears."""
     if cluster_id is None:
         ref = min(catalog.CLUSTERS, key=lambda c: catalog.hourly_price(product.id, c.id))
         regions = [c.name for c in catalog.CLUSTERS]
@@ -467,9 +543,10 @@ def _product_json(product: catalog.GpuProduct, cluster_id: str | None) -> dict[s
         "minLocalStorage": 0,
         "maxLocalStorage": 1024,
         "regions": regions,
-        "price": catalog.hourly_price(product.id, ref.id),  # 1/100000 USD per GPU-hour
+        # 1/100000 USD per GPU-hour (per instance-hour under price-basis=per-instance)
+        "price": catalog.hourly_price(product.id, ref.id),
         "monthlyPrice": [
-            {"price": catalog.monthly_price(product.id, ref.id, m), "month": m}
+            {"price": _monthly(product.id, ref.id, m, quirks), "month": m}
             for m in sorted(catalog.MONTHLY_DISCOUNT)
         ],
         "billingMethods": ["onDemand", "monthly", "spot"],
@@ -479,7 +556,17 @@ def _product_json(product: catalog.GpuProduct, cluster_id: str | None) -> dict[s
     }
 
 
-def products_json(cluster_id: str = "", product_name: str = "") -> dict[str, Any]:
+def _monthly(product_id: str, cluster_id: str, months: int, quirks: Quirks) -> int:
+    """``monthlyPrice[].price`` for ``months``: the total (quirk ``monthly-price=total``) or one
+    month's price of that term (``per-month``)."""
+    if quirks.monthly_price == "per-month":
+        return catalog.monthly_price_per_month(product_id, cluster_id, months)
+    return catalog.monthly_price(product_id, cluster_id, months)
+
+
+def products_json(
+    cluster_id: str = "", product_name: str = "", quirks: Quirks | None = None
+) -> dict[str, Any]:
     """GPU products. With ``clusterId``: that cluster's prices; without: the lowest price of
     any cluster and every cluster name in ``regions``."""
     if cluster_id and cluster_id not in {c.id for c in catalog.CLUSTERS}:
@@ -491,7 +578,8 @@ def products_json(cluster_id: str = "", product_name: str = "") -> dict[str, Any
         or product_name.lower() in p.name.lower()
         or product_name.lower() in p.id.lower()
     ]
-    return {"data": [_product_json(p, cluster_id or None) for p in items]}
+    quirks = quirks or Quirks()
+    return {"data": [_product_json(p, cluster_id or None, quirks) for p in items]}
 
 
 def cpu_products_json(product_name: str = "") -> dict[str, Any]:
@@ -528,11 +616,10 @@ def clusters_json() -> dict[str, Any]:
     }
 
 
-def storages_json(page_no: int, page_size: int) -> dict[str, Any]:
-    """Network storage. ``pageNo`` is 1-based (0 is read as 1), like instances' ``pageNum``."""
+def storages_json(page_no: int, page_size: int, quirks: Quirks | None = None) -> dict[str, Any]:
+    """Network storage. ``pageNo`` counts like instances' ``pageNum`` (quirk ``page-base``)."""
     items = list(catalog.NETWORK_STORAGES)
-    page = max(page_no, 1)
-    return {"data": items[(page - 1) * page_size : page * page_size], "total": len(items)}
+    return {"data": _page(items, page_no, page_size, quirks or Quirks()), "total": len(items)}
 
 
 # ---------------------------------------------------------------------------------- tasks

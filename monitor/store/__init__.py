@@ -23,8 +23,9 @@ The :class:`Store` (one per process; every call is its own short transaction, th
   ``gpu_minutes`` (the raw minutes an idle stretch is traced in);
 * money: ``add_balance``, ``latest_balance``, ``balance_samples``, ``upsert_usage_bills``,
   ``upsert_fixed_term_bills``, ``bills``, ``fixed_term_bills``, ``usage_bills_overlapping``,
-  ``upsert_products``, ``product_price``, ``max_listed_price``, ``record_data_problems``,
-  ``data_problems`` (the store only fetches: every figure is computed by ``monitor.economics``);
+  ``upsert_products``, ``product_price``, ``max_listed_price`` (the store only fetches: every figure is
+  computed by ``monitor.economics``);
+* data problems: ``record_data_problems``, ``data_problems``;
 * tasks and runs: ``upsert_training_tasks`` (-> events), ``training_tasks``, ``watch_task``,
   ``watched_tasks``, ``update_async_task`` (-> event), ``record_run``, ``last_success``,
   ``last_runs``; ``collect_mark``, ``set_collect_mark`` (how far a backfill has got);
@@ -38,8 +39,8 @@ money as micro-dollars, metric encodings), ``sql`` (the dialect-chosen upsert), 
 caches, meta), ``repo`` (instances, events), ``money`` (balance, bills, prices), ``tasks``
 (training/async tasks, collector runs), ``progress`` (collectors' backfill marks), ``metrics``
 (samples, rollups, windows, retention), ``alerting`` (alerts, silences, notifications),
-``facade`` (:class:`Store`), ``records`` (the returned types), ``testing`` (fresh
-SQLite/PostgreSQL URLs for tests).
+``problems`` (data problems), ``facade`` (:class:`Store`), ``records`` (the returned types),
+``testing`` (fresh SQLite/PostgreSQL URLs for tests).
 """
 
 from monitor.store.db import create_store_engine, migrate, open_store

@@ -8,23 +8,43 @@
 
 Migrations run at every open (alembic, programmatically; a no-op when already at head), so an
 upgraded daemon upgrades its database and keeps the data.
+
+Every command opens the database through :func:`open_store`, so every command fails the same
+way, in one line: :class:`DatabaseUnusable` (exit 2) for what the user must fix (a folder that
+cannot be created, a file that is not a database, a schema newer than this code, a refused
+login), :class:`DatabaseUnavailable` (exit 1) for what may pass on a retry (the server down or
+starting, the file locked).
+
+A SQLite database holds the account's history and what its instances run: it is created
+private to the daemon's user (0600, and 0700 for any folder created for it); SQLite gives its
+``-wal`` and ``-shm`` files the database file's mode. An existing database that others can read
+gets a warning.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import time
 from pathlib import Path
 from typing import Any
 
+import structlog
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
+from monitor.errors import RuntimeFailure, UserError
 from monitor.store.facade import Store
+
+log = structlog.get_logger("monitor.store")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -61,15 +81,77 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+class DatabaseUnusable(UserError):
+    """The database cannot be used as configured; the user must fix something (exit 2)."""
+
+
+class DatabaseUnavailable(RuntimeFailure):
+    """The database cannot be reached now; a retry may succeed (exit 1)."""
+
+
+#: PostgreSQL refusals at connection time that are passing states, not configuration errors
+_PG_TRANSIENT = (
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "too many clients",
+    "remaining connection slots are reserved",
+)
+_PG_TRANSIENT_CLASSES = ("08", "40", "53", "57")
+
+
+def _private_sqlite_file(path: Path) -> None:
+    """Create the folders (0700 each: ``mkdir -p`` would give the missing parents the default
+    mode) and an empty database file (0600, which SQLite then gives its ``-wal`` and ``-shm``
+    files), or warn when an existing database can be read by others."""
+    missing: list[Path] = []
+    folder = path.parent
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        return
+    except FileExistsError:
+        pass
+    loose = []
+    for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            st = candidate.stat()
+        except OSError:
+            continue
+        mode = stat.S_IMODE(st.st_mode)
+        if stat.S_ISREG(st.st_mode) and mode & (stat.S_IRWXG | stat.S_IRWXO):
+            loose.append(f"{candidate.name} {mode:04o}")
+    if loose:
+        log.warning(
+            "database readable by other users; run chmod 600 on it and its -wal and -shm files",
+            path=str(path),
+            modes=", ".join(loose),
+        )
+
+
+def _sqlite_path(url: Any) -> Path | None:
+    """The file of a SQLite URL (None for ``:memory:`` and ``file:`` URIs)."""
+    database = url.database
+    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    if database.startswith("file:"):
+        return None
+    return Path(database).expanduser()
+
+
 def create_store_engine(url: str) -> Engine:
-    """An engine for ``url``; for a SQLite file, the parent directory is created."""
+    """An engine for ``url``; for a SQLite file, its folder and the file are created private
+    to this user (see the module docstring)."""
     parsed = make_url(url)
     kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
-        database = parsed.database
-        if database and database != ":memory:" and not database.startswith("file:"):
-            path = Path(database).expanduser()
-            path.parent.mkdir(parents=True, exist_ok=True)
+        path = _sqlite_path(parsed)
+        if path is not None:
+            _private_sqlite_file(path)
             parsed = parsed.set(database=str(path))
     else:
         kwargs["pool_pre_ping"] = True
@@ -140,11 +222,61 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def open_store(url: str) -> Store:
-    """Create the engine, migrate to head, and return the :class:`Store` facade."""
-    engine = create_store_engine(url)
+    """Create the engine, migrate to head, and return the :class:`Store` facade.
+
+    Raises :class:`DatabaseUnusable` or :class:`DatabaseUnavailable` with a one-line message
+    (never the URL's password, never a SQL statement)."""
+    where = make_url(url).render_as_string(hide_password=True)
+    try:
+        engine = create_store_engine(url)
+    except OSError as exc:
+        target = exc.filename or url
+        reason = exc.strerror or type(exc).__name__
+        raise DatabaseUnusable(
+            f"database {where}: cannot create {target}: {reason} "
+            "(expected a path the daemon's user can create and write)"
+        ) from None
     try:
         migrate(engine)
-    except Exception:
+    except Exception as exc:
+        error = _open_error(exc, where, engine)
         engine.dispose()
-        raise
+        raise error from None
     return Store(engine)
+
+
+def _open_error(exc: Exception, where: str, engine: Engine) -> Exception:
+    """The one-line error for a failure while opening and migrating."""
+    if isinstance(exc, CommandError) and "Can't locate revision" in str(exc):
+        try:
+            found = current_revision(engine)
+        except Exception:
+            found = None
+        head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+        return DatabaseUnusable(
+            f"database {where}: its schema (revision {found or '?'}) is newer than this "
+            f"novita-monitor knows (head {head}); run the newer novita-monitor, or point "
+            "this one at another database"
+        )
+    if isinstance(exc, DBAPIError):
+        orig = exc.orig
+        reason = _first_line(orig if orig is not None else exc)
+        if isinstance(orig, sqlite3.Error):
+            if "locked" in reason or "busy" in reason:
+                return DatabaseUnavailable(f"database {where}: {reason} (try again)")
+            return DatabaseUnusable(f"database {where}: {reason}")
+        if engine.dialect.name == "postgresql":
+            state = getattr(orig, "sqlstate", None)
+            if state is None:  # refused while connecting: libpq passes no SQLSTATE on
+                transient = "FATAL:" not in reason or any(t in reason for t in _PG_TRANSIENT)
+            else:  # connection lost, resources, shutdown, conflicts
+                transient = state[:2] in _PG_TRANSIENT_CLASSES
+            if transient:
+                return DatabaseUnavailable(f"database {where}: {reason} (try again)")
+        return DatabaseUnusable(f"database {where}: {reason}")
+    return DatabaseUnavailable(f"database {where}: {type(exc).__name__}: {_first_line(exc)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0].strip() if lines else type(exc).__name__

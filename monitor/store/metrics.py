@@ -755,6 +755,98 @@ class MetricsRepo(StoreBase):
                 out.setdefault(keys[key], []).append((from_epoch(ts), top))
         return out
 
+    def rollup_watermark(self) -> datetime | None:
+        """The end of the hours the rollups hold (raw minutes after it are not rolled up)."""
+        with self.engine.connect() as conn:
+            mark = self._watermark(conn)
+        return None if mark is None else from_epoch(mark)
+
+    def idle_hours(
+        self,
+        account: str,
+        instance_ids: Sequence[str],
+        start: datetime,
+        end: datetime,
+        threshold: float,
+        full_minutes: int,
+    ) -> dict[str, tuple[datetime | None, datetime | None]]:
+        """Per instance, the unbroken run of rolled-up hours reaching ``end`` in which every
+        GPU stayed under ``threshold`` % and at least ``full_minutes`` minutes were sampled:
+        ``(since, broken_at)``, the start of its oldest hour (None: the hour before ``end`` is
+        not such an hour) and the start of the hour that ended it (None: the run reached
+        ``start``, or an hour with no samples at all ended it). In two small queries: the hours
+        that could end a run (busy by the across-GPU maximum, partly sampled, or several GPUs
+        to look at one by one), then the count of hours after each run's end, so a stretch
+        idle for a week costs a row or two per instance, not 168."""
+        account_id = self.ensure_account(account)
+        h = t.metric_hourly.c
+        s, e = to_epoch(start), to_epoch(end)
+        out: dict[str, tuple[datetime | None, datetime | None]] = {}
+        with self.engine.connect() as conn:
+            keys = self._keys(conn, account_id, list(instance_ids))
+            if not keys:
+                return out
+            in_range = (h.instance_key.in_(list(keys)), h.ts >= s, h.ts < e)
+            maybe = or_(
+                h.gpu_util_max >= threshold * 10,
+                h.n < full_minutes,
+                func.length(h.gpu_utils_max) > 1,
+            )
+            broken: dict[int, int] = {}
+            rows = conn.execute(
+                select(h.instance_key, h.ts, h.gpu_util_max, h.gpu_utils_max, h.n).where(
+                    *in_range, maybe
+                )
+            )
+            for key, ts, top, per_gpu, n in rows:
+                values = [b for b in (per_gpu or b"") if b != GPU_MISSING]
+                peak = float(max(values)) if values else decode_pct(top)
+                if peak is None or peak >= threshold or (n or 0) < full_minutes:
+                    broken[key] = max(broken.get(key, ts), ts)
+            after = or_(
+                *[and_(h.instance_key == key, h.ts > broken.get(key, s - 1)) for key in keys]
+            )
+            counts = conn.execute(
+                select(h.instance_key, func.count(), func.min(h.ts))
+                .where(*in_range, after)
+                .group_by(h.instance_key)
+            )
+            runs = {key: (int(n), int(first)) for key, n, first in counts}
+            for key, iid in keys.items():
+                stop = broken.get(key)
+                n, first = runs.get(key, (0, e))
+                if n == 0:  # nothing idle after the break: the break (if last) or a gap
+                    last = None if stop is None or stop != e - HOUR else from_epoch(stop)
+                    out[iid] = (None, last)
+                elif n == (e - first) // HOUR:  # consecutive from ``first`` to ``end``
+                    begin = s if stop is None else stop + HOUR
+                    ended = None if stop is None or first != begin else from_epoch(stop)
+                    out[iid] = (from_epoch(first), ended)
+                else:  # hours missing inside the run
+                    out[iid] = self._run_end(conn, key, s if stop is None else stop + HOUR, e)
+        return out
+
+    def _run_end(
+        self, conn: Connection, key: int, begin: int, end: int
+    ) -> tuple[datetime | None, datetime | None]:
+        """The run of consecutive rolled-up hours reaching ``end`` when some are missing
+        (rare: the instance did not run, or the monitor did not watch): read their starts."""
+        h = t.metric_hourly.c
+        stamps = [
+            ts
+            for (ts,) in conn.execute(
+                select(h.ts)
+                .where(h.instance_key == key, h.ts >= begin, h.ts < end)
+                .order_by(h.ts.desc())
+            )
+        ]
+        since, expect = None, end - HOUR
+        for ts in stamps:
+            if ts != expect:
+                break
+            since, expect = ts, ts - HOUR
+        return (None if since is None else from_epoch(since), None)
+
 
 def _raw_ranges(s: int, e: int, h0: int, h1: int) -> list[tuple[int, int]]:
     """The parts of ``[s, e)`` read from the raw table: all of it, or the edges around the

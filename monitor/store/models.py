@@ -34,7 +34,6 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
     BigInteger,
     Boolean,
     Column,
@@ -50,7 +49,15 @@ from sqlalchemy import (
 )
 from sqlmodel import Field, SQLModel
 
-from monitor.store.types import EpochSeconds, Money, MonthlyPrices, UTCDateTime
+from monitor.store.types import (
+    EpochSeconds,
+    JSONList,
+    JSONObject,
+    Money,
+    MonthlyPrices,
+    TextOrEmpty,
+    UTCDateTime,
+)
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -166,7 +173,45 @@ def _key_str(length: int) -> Any:
 # -- records ----------------------------------------------------------------------------------
 
 
-class InstanceRecord(SQLModel, table=True):
+class StoreRecord(SQLModel):
+    """Base of the store's record models: SQLModel, with a faster constructor.
+
+    SQLModel builds a table model by setting each field through both SQLAlchemy's
+    instrumentation and pydantic's ``__setattr__``: about 40 µs for an alert, twenty times a
+    frozen dataclass, and the rule evaluation builds one :class:`AlertRecord` per changed alert
+    (hundreds in a first evaluation of a thousand instances). Table models are not validated
+    by SQLModel either, so this constructor does what it does, directly: every field from the
+    keywords or its default (factories called per instance), written to the instance's
+    ``__dict__`` (which SQLAlchemy's instrumentation reads; its generated ``__init__`` wrapper
+    still creates the instance state first), and pydantic's set of fields given. Unknown or
+    missing required fields raise ``TypeError`` rather than passing silently. Rows loaded from
+    the database never run ``__init__``.
+    """
+
+    def __init__(self, **data: Any) -> None:
+        cls = type(self)
+        plan = cls.__dict__.get("_init_plan_")
+        if plan is None:
+            plan = [
+                (name, info.default_factory, info.default, info.is_required())
+                for name, info in cls.model_fields.items()
+            ]
+            type.__setattr__(cls, "_init_plan_", plan)
+        if not data.keys() <= cls.model_fields.keys():
+            unknown = sorted(data.keys() - cls.model_fields.keys())
+            raise TypeError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
+        values = self.__dict__
+        for name, factory, default, required in plan:
+            if name in data:
+                values[name] = data[name]
+            elif required:
+                raise TypeError(f"{cls.__name__}: missing required field {name!r}")
+            else:
+                values[name] = factory() if factory is not None else default  # type: ignore[call-arg]
+        object.__setattr__(self, "__pydantic_fields_set__", set(data))
+
+
+class InstanceRecord(StoreRecord, table=True):
     """An instance's current state as last listed (and when it was first and last seen)."""
 
     __tablename__ = "instances"
@@ -197,7 +242,7 @@ class InstanceRecord(SQLModel, table=True):
     first_seen: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_seen: datetime | None = Field(default=None, sa_type=UTCDateTime)
     disappeared_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
-    envs: dict[str, str] | None = Field(default=None, sa_type=JSON)
+    envs: dict[str, str] = Field(default_factory=dict, sa_type=JSONObject, nullable=True)
     # revision 0003: subscription renewal (wire-format §7: the platform charges about 3 days
     # before ``endTime`` when auto-renew is on) and how long data is kept after expiry
     auto_renew: bool | None = Field(default=None, sa_type=Boolean)
@@ -232,7 +277,7 @@ LISTED_FIELDS = (
 )
 
 
-class BalanceSample(SQLModel, table=True):
+class BalanceSample(StoreRecord, table=True):
     """The account's balance at ``ts`` (stored as epoch seconds: the table grows with time)."""
 
     __tablename__ = "balance_samples"
@@ -254,7 +299,7 @@ class BalanceSample(SQLModel, table=True):
     source: str = _str(32, default="")
 
 
-class UsageBillRecord(SQLModel, table=True):
+class UsageBillRecord(StoreRecord, table=True):
     """A pay-as-you-go bill (one period of one product of one owner); its amount grows until
     the period ends. Times are epoch seconds (bills are many and keyed by start)."""
 
@@ -278,12 +323,14 @@ class UsageBillRecord(SQLModel, table=True):
     amount: Decimal | None = Field(default=None, sa_type=Money)
     voucher_amount: Decimal | None = Field(default=None, sa_type=Money)
     pay_amount: Decimal | None = Field(default=None, sa_type=Money)
-    # revision 0003: USD per unit of ``bill_num0`` (the wire's ``discountPrice0`` divided by
-    # ``pricePrecision`` where sent)
+    # revision 0003: USD per card-hour (the wire's ``discountPrice0`` divided by
+    # ``pricePrecision`` where sent): ``amount / unit_price`` gives the card-hours the bill
+    # charged for, whatever unit ``bill_num0`` counts in (the docs leave it open, wire-format
+    # §6/§7.1; ``monitor.economics.bill_card_hours`` cross-checks the two)
     unit_price: Decimal | None = Field(default=None, sa_type=Money)
 
 
-class FixedTermBillRecord(SQLModel, table=True):
+class FixedTermBillRecord(StoreRecord, table=True):
     """A subscription (monthly/yearly) bill."""
 
     __tablename__ = "fixed_term_bills"
@@ -309,7 +356,7 @@ class FixedTermBillRecord(SQLModel, table=True):
     create_ts: int | None = Field(default=None, sa_type=BigInteger)
 
 
-class ProductPrice(SQLModel, table=True):
+class ProductPrice(StoreRecord, table=True):
     """A product's listed prices in one cluster (``cluster_id`` "" when listed without one)."""
 
     __tablename__ = "products"
@@ -324,14 +371,14 @@ class ProductPrice(SQLModel, table=True):
     spot_price_usd_per_hour: Decimal | None = Field(
         default=None, sa_column=Column("spot_price_per_hour", Money)
     )
-    monthly_prices_usd: dict[int, Decimal] | None = Field(
-        default=None, sa_column=Column("monthly_prices", MonthlyPrices)
+    monthly_prices_usd: dict[int, Decimal] = Field(
+        default_factory=dict, sa_column=Column("monthly_prices", MonthlyPrices, nullable=True)
     )
     available_deploy: bool | None = Field(default=None, sa_type=Boolean)
     updated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
     def monthly_price_usd(self, months: int = 1) -> Decimal | None:
-        return (self.monthly_prices_usd or {}).get(months)
+        return self.monthly_prices_usd.get(months)
 
     def hourly_usd(self, billing_mode: str | None) -> Decimal | None:
         """Listed per-GPU hourly price for a billing mode: the spot price for ``spot`` (the
@@ -344,7 +391,7 @@ class ProductPrice(SQLModel, table=True):
         return self.price_usd_per_hour
 
 
-class TrainingTaskRecord(SQLModel, table=True):
+class TrainingTaskRecord(StoreRecord, table=True):
     __tablename__ = "training_tasks"
 
     account_id: int = _account_key()
@@ -357,10 +404,10 @@ class TrainingTaskRecord(SQLModel, table=True):
     first_seen: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_seen: datetime | None = Field(default=None, sa_type=UTCDateTime)
     status_changed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
-    models: list[dict[str, Any]] | None = Field(default=None, sa_type=JSON)
+    models: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSONList, nullable=True)
 
 
-class WatchedTask(SQLModel, table=True):
+class WatchedTask(StoreRecord, table=True):
     """An async task id the monitor polls (the API cannot list them)."""
 
     __tablename__ = "watched_tasks"
@@ -378,7 +425,7 @@ class WatchedTask(SQLModel, table=True):
     status_changed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
-class CollectorRun(SQLModel, table=True):
+class CollectorRun(StoreRecord, table=True):
     __tablename__ = "collector_runs"
     __table_args__ = (
         Index("ix_collector_runs_lookup", "account_id", "collector", "outcome", "finished"),
@@ -390,11 +437,11 @@ class CollectorRun(SQLModel, table=True):
     started: datetime = Field(sa_type=UTCDateTime)
     finished: datetime = Field(sa_type=UTCDateTime)
     outcome: str = _str(16)  # ok | partial | failed
-    counts: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+    counts: dict[str, Any] = Field(default_factory=dict, sa_type=JSONObject, nullable=True)
     error: str | None = Field(default=None, sa_type=Text)
 
 
-class AlertRecord(SQLModel, table=True):
+class AlertRecord(StoreRecord, table=True):
     """One alert's lifecycle state, as the rule engine last saved it."""
 
     __tablename__ = "alerts"
@@ -411,24 +458,27 @@ class AlertRecord(SQLModel, table=True):
     resolved_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_eval_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_notified_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
-    labels: dict[str, Any] = Field(default_factory=dict, sa_column=Column("labels", JSON))
-    values: dict[str, Any] = Field(default_factory=dict, sa_column=Column("values", JSON))
-    summary: str = Field(default="", sa_column=Column("summary", Text))
+    labels: dict[str, Any] = Field(default_factory=dict, sa_type=JSONObject, nullable=True)
+    values: dict[str, Any] = Field(default_factory=dict, sa_type=JSONObject, nullable=True)
+    summary: str = Field(default="", sa_type=TextOrEmpty, nullable=True)
     # revision 0002
     resource_name: str | None = Field(default=None, sa_type=Text)
     severity: str | None = _str(32, default=None)
     last_match_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     notified_severity: str | None = _str(32, default=None)
+    # revision 0004: written with compare-and-set (a writer that read version n updates only
+    # a row still at n, and sets n + 1): two processes never both move one alert
+    version: int = Field(default=0, sa_type=Integer, nullable=False)
 
 
-class Silence(SQLModel, table=True):
+class Silence(StoreRecord, table=True):
     __tablename__ = "silences"
 
     id: int | None = Field(default=None, primary_key=True)
     rule: str | None = _str(200, default=None)
     account: str | None = _str(200, default=None)
     resource_id: str | None = _str(200, default=None)
-    matchers: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+    matchers: dict[str, Any] = Field(default_factory=dict, sa_type=JSONObject, nullable=True)
     starts_at: datetime = Field(sa_type=UTCDateTime)
     ends_at: datetime = Field(sa_type=UTCDateTime)
     reason: str = Field(default="", sa_type=Text)
@@ -438,23 +488,83 @@ class Silence(SQLModel, table=True):
         return self.starts_at <= now < self.ends_at
 
 
-class NotificationRecord(SQLModel, table=True):
+class NotificationRecord(StoreRecord, table=True):
     __tablename__ = "notifications"
     __table_args__ = (Index("ix_notifications_created", "created_at"),)
 
     id: int | None = Field(default=None, primary_key=True)
     channel: str = _str(200)
     kind: str = _str(16)  # firing | resolved | test
-    fingerprints: list[str] | None = Field(default=None, sa_type=JSON)
+    fingerprints: list[str] = Field(default_factory=list, sa_type=JSONList, nullable=True)
     created_at: datetime = Field(sa_type=UTCDateTime)
     sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     attempts: int = 0
-    status: str = _str(16)  # pending | sent | failed
+    status: str = _str(16)  # pending | sent | failed | expired
     error: str | None = Field(default=None, sa_type=Text)
     body: str | None = Field(default=None, sa_type=Text)
+    # revision 0004, the outbox: a notification is written (pending) in the transaction that
+    # decides it, and a delivery step sends it, retrying with backoff until ``expires_at``
+    title: str | None = Field(default=None, sa_type=Text)
+    notify_type: str | None = _str(16, default=None)  # apprise: info | success | warning | failure
+    next_attempt_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
-class DataProblem(SQLModel, table=True):
+class ActionRecord(StoreRecord, table=True):
+    """One remedial action (stop, start, renew, convert_to_subscription, set_auto_renew): the
+    ledger row that explains it afterwards. Its intent is committed before any API call and its
+    outcome after; a row is claimed for execution with a compare-and-set on ``version``.
+
+    ``intent_key`` names what it is about: rule, action, instance and period (the ``endTime``
+    being renewed; for a stop, the run being stopped: ``lastStartedAt``, or ``createdAt``).
+    ``idempotency_key`` holds the same text while the row may still act or has acted (unique:
+    the same renewal can never be planned, so never paid, twice) and is cleared when the row
+    ends without acting (aborted, refused, skipped, rejected, expired, dry run), so that a later
+    plan for the same intent may go ahead.
+    """
+
+    __tablename__ = "actions"
+    __table_args__ = (
+        Index("ix_actions_state_due", "state", "due_at"),
+        Index("ix_actions_account_planned", "account", "planned_at"),
+        UniqueConstraint("idempotency_key", name="uq_actions_idempotency_key"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    account: str = _str(200)
+    rule: str = _str(200)
+    action: str = _str(32)
+    instance_id: str = _str(200)
+    instance_name: str = Field(default="", sa_type=TextOrEmpty, nullable=True)
+    params: dict[str, Any] = Field(default_factory=dict, sa_type=JSONObject, nullable=True)
+    # the figures and snapshot that triggered it (alert values, instance state, data ages)
+    facts: dict[str, Any] = Field(default_factory=dict, sa_type=JSONObject, nullable=True)
+    intent_key: str = _str(400)
+    idempotency_key: str | None = _str(400, default=None)
+    dry_run: bool = Field(default=False, sa_type=Boolean, nullable=False)
+    # planned | announced | awaiting_approval | approved | rejected | expired | executing |
+    # succeeded | failed | aborted | refused | skipped | dry_run | outcome_unknown | undone
+    state: str = _str(32)
+    reason: str = Field(default="", sa_type=TextOrEmpty, nullable=True)
+    planned_at: datetime = Field(sa_type=UTCDateTime)
+    due_at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # grace ends / approved
+    expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # approval TTL
+    decided_at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # approved/rejected
+    started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    answer: dict[str, Any] = Field(default_factory=dict, sa_type=JSONObject, nullable=True)
+    attempts: int = Field(default=0, sa_type=Integer, nullable=False)
+    claimed_by: str | None = _str(200, default=None)
+    version: int = Field(default=0, sa_type=Integer, nullable=False)
+    # savings (gross: the compute price not paid): expected per hour from the stop; realized
+    # = hours stopped x that price, closed when the instance runs again
+    saving_per_hour_usd: Decimal | None = Field(default=None, sa_type=Money)
+    saving_since: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    saving_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    realized_saving_usd: Decimal | None = Field(default=None, sa_type=Money)
+
+
+class DataProblem(StoreRecord, table=True):
     """A value from the API that could not be used (did not parse, or fell outside its physical
     bounds), counted per (account, kind, resource, field): ``raw`` is the latest offending value
     (at most :data:`RAW_LIMIT` characters), ``count`` how often it was reported."""

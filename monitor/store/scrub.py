@@ -2,7 +2,7 @@
 
 An ``UPDATE`` that drops a value from a row leaves the old bytes where they were: in the freed
 space of the page, in pages on SQLite's free list, in older copies of the page in the ``-wal``
-file (and, on PostgreSQL, in the dead tuple until a vacuum). Migration 0004 removes the values
+file (and, on PostgreSQL, in the dead tuple until a vacuum). Migration 0005 removes the values
 of instance environments (users keep tokens there); a migration that removes secrets asks for
 this rewrite by setting :data:`DUE` in ``store_meta`` (in its own transaction), and
 :func:`finish_scrub` (run by ``monitor.store.db.migrate`` once the migrations are committed,

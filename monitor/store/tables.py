@@ -12,6 +12,7 @@ from typing import cast
 from sqlalchemy import Table
 
 from monitor.store.models import (
+    ActionRecord,
     AlertRecord,
     BalanceSample,
     CollectorRun,
@@ -48,6 +49,7 @@ training_tasks = table_of(TrainingTaskRecord)
 watched_tasks = table_of(WatchedTask)
 collector_runs = table_of(CollectorRun)
 alerts = table_of(AlertRecord)
+actions = table_of(ActionRecord)
 silences = table_of(Silence)
 notifications = table_of(NotificationRecord)
 data_problems = table_of(DataProblem)

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime
+from sqlalchemy import JSON, BigInteger, DateTime, Text
 from sqlalchemy.types import TypeDecorator
 
 MICROS = Decimal(1_000_000)
@@ -110,6 +110,38 @@ class EpochSeconds(TypeDecorator[datetime]):
         return None if value is None else from_epoch(value)
 
 
+class JSONObject(TypeDecorator[dict[str, Any]]):
+    """A JSON object that reads as ``{}`` where the column is NULL (rows written before the
+    column was filled, stub rows): callers iterate the dict without a None check, as they did
+    when the store's mappers coerced it."""
+
+    impl = JSON
+    cache_ok = True
+
+    def process_result_value(self, value: Any, dialect: Any) -> dict[str, Any]:
+        return {} if value is None else dict(value)
+
+
+class JSONList(TypeDecorator[list[Any]]):
+    """A JSON array that reads as ``[]`` where the column is NULL (see :class:`JSONObject`)."""
+
+    impl = JSON
+    cache_ok = True
+
+    def process_result_value(self, value: Any, dialect: Any) -> list[Any]:
+        return [] if value is None else list(value)
+
+
+class TextOrEmpty(TypeDecorator[str]):
+    """Text that reads as ``""`` where the column is NULL (see :class:`JSONObject`)."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_result_value(self, value: str | None, dialect: Any) -> str:
+        return "" if value is None else value
+
+
 class MonthlyPrices(TypeDecorator[dict[int, Decimal]]):
     """Months -> Decimal USD in the API; JSON ``{"1": "123.45"}`` (strings: exact) in the
     database, the form revisions 0001-0002 wrote."""
@@ -126,9 +158,9 @@ class MonthlyPrices(TypeDecorator[dict[int, Decimal]]):
 
     def process_result_value(
         self, value: dict[str, Any] | None, dialect: Any
-    ) -> dict[int, Decimal] | None:
+    ) -> dict[int, Decimal]:
         if value is None:
-            return None
+            return {}
         return {int(k): Decimal(str(v)) for k, v in value.items()}
 
 
