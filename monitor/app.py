@@ -25,6 +25,7 @@ from monitor.actions.plan import plan_actions
 from monitor.actions.settings import ActSettings
 from monitor.clock import Clock, SystemClock
 from monitor.collect.collectors import COLLECTORS, AccountContext, CollectSettings
+from monitor.collect.envs import env_keys
 from monitor.collect.runner import RunReport, run_all_accounts
 from monitor.config import (
     Config,
@@ -40,7 +41,7 @@ from monitor.logs import register_secret
 from monitor.notify import Channel, DeliveryResult, Notice, Notifier, Route, Router
 from monitor.novita.client import NovitaClient
 from monitor.rules import RuleSet, load_rules
-from monitor.rules.tree import metric_windows
+from monitor.rules.tree import MAPPING_FIELDS, CompareNode, metric_windows
 from monitor.store.db import Store, open_store
 
 T = TypeVar("T")
@@ -126,6 +127,26 @@ def _rules_window(ruleset: RuleSet) -> int:
     """The longest metric window any rule reads (seconds): the first-sight backfill covers it."""
     windows = [w for rule in ruleset for w in metric_windows(rule.when)]
     return int(max(windows, default=timedelta(0)).total_seconds())
+
+
+def _label_keys(node: Any) -> set[str]:
+    """The ``labels.KEY`` keys the comparisons of a ``when`` tree read (an instance's labels
+    are its environment variables)."""
+    if isinstance(node, CompareNode):
+        head, _, key = node.field.partition(".")
+        return {key} if key and head in MAPPING_FIELDS["instance"] else set()
+    children = list(getattr(node, "children", ()))
+    if getattr(node, "child", None) is not None:
+        children.append(node.child)
+    return {k for child in children for k in _label_keys(child)}
+
+
+def stored_env_keys(config: Config, ruleset: RuleSet) -> frozenset[str]:
+    """What of an instance's environment is stored (``monitor.collect.envs``): the protection
+    flag (``actions.protect.env``), the configuration's ``instance_env_keys`` and the keys the
+    rules read."""
+    rule_keys = (k for rule in ruleset for k in _label_keys(rule.when))
+    return env_keys(config.actions.protect.env, config.instance_env_keys, rule_keys)
 
 
 def claim_abandoned(claimed_by: str | None) -> bool:
@@ -297,6 +318,7 @@ class App:
             store.close()  # the clients made so far hold no connection yet
             raise
         notifier = notifier_factory(router, app.clock) if notifier_factory else None
+        settings.env_keys = stored_env_keys(config, ruleset)  # every context's settings
         app.evaluator = Evaluator(
             store,
             ruleset,

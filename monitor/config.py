@@ -41,6 +41,7 @@ from pydantic import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from monitor.actions.settings import PROTECT_ENV
 from monitor.errors import ConfigError, Problem
 from monitor.logs import get_logger, register_secret
 from monitor.yamlsrc import (
@@ -427,7 +428,7 @@ class ProtectSettings(StrictModel):
     variable set to ``true`` (the listing returns each instance's ``envs``)."""
 
     names: list[str] = Field(default_factory=list, description="instance name globs")
-    env: EnvName = "NOVITA_MONITOR_PROTECT"
+    env: EnvName = PROTECT_ENV
 
 
 class ActionSettings(StrictModel):
@@ -466,6 +467,13 @@ class Config(StrictModel):
     default_channels: Annotated[list[str], BeforeValidator(_str_list)] = Field(default_factory=list)
     routes: list[Route] = Field(default_factory=list)
     actions: ActionSettings = Field(default_factory=ActionSettings)
+    #: Instance environment variables to store besides the protection flag
+    #: (``actions.protect.env``) and the ``labels.KEY`` the loaded rules compare; the values
+    #: of every other variable of an instance's environment are never stored (users keep tokens
+    #: there). See ``monitor.collect.envs``.
+    instance_env_keys: Annotated[list[str], BeforeValidator(_str_list)] = Field(
+        default_factory=list
+    )
 
     _path: Path | None = PrivateAttr(default=None)
     _linemap: LineMap = PrivateAttr(default_factory=LineMap)
@@ -620,6 +628,7 @@ class Config(StrictModel):
             "default_channels": list(self.default_channels),
             "routes": [r.model_dump() for r in self.routes],
             "actions": self.actions.model_dump(),
+            "instance_env_keys": list(self.instance_env_keys),
         }
 
 

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +72,13 @@ class Daemon:
         ahead = (when - self.clock.now()).total_seconds() / self.speed
         return SystemClock().now() + timedelta(seconds=ahead)
 
+    def _wake(self, account: str, names: Iterable[str]) -> None:
+        self.scheduler.run_soon(f"{account}:{name}" for name in names)
+
     def _schedule(self, app: App) -> None:
         every = {**intervals(app.config), "retention": int(app.config.schedules.retention)}
+        for ctx in app.contexts:  # a catch-up after an outage (monitor.collect.runner)
+            ctx.wake = partial(self._wake, ctx.account)
         for name, interval in every.items():
             for ctx in app.contexts:
 

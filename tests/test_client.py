@@ -395,9 +395,8 @@ async def test_server_ignoring_page_number_ends(make: Any) -> None:
     page = {"instances": [{"id": f"i{k}"} for k in range(10)], "total": 50}
     rec = Recorder({f"{GPU}/gpu/instances": page})
     async with make(rec) as client:
-        with capture_logs() as logs:
-            instances = await client.list_instances(page_size=10)
-    assert len(instances) == 10
+        with capture_logs() as logs, pytest.raises(E.IncompleteListingError, match="10 of 50"):
+            await client.list_instances(page_size=10)
     assert len(rec.requests) == 6  # page 0, then pages 1..5 at once: nothing new, so it ends
     assert any(e["event"] == "novita.pages_repeat" for e in logs)
 
@@ -870,6 +869,7 @@ def test_public_names() -> None:
             "Cluster",
             "CpuProduct",
             "FixedTermBill",
+            "IncompleteListingError",
             "InsufficientBalanceError",
             "Instance",
             "InstanceMetrics",
@@ -883,6 +883,7 @@ def test_public_names() -> None:
             "OutcomeUnknownError",
             "Product",
             "RateLimitedError",
+            "ResponseTooLargeError",
             "RetryPolicy",
             "ServerError",
             "TrainingTask",

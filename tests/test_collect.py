@@ -444,9 +444,10 @@ def test_converters_divide_by_price_precision_and_drop_bills_without_a_start() -
     assert convert.usage_bill_rows([UsageBill(owner_id="i-1")]) == []
     inst = convert.instance_row(
         Instance.model_validate(
-            {"id": "i-1", "envs": [{"key": "A", "value": "1"}], "autoRenew": "true",
-             "autoRenewMonth": "2", "keepDataDay": 7}
-        )
+            {"id": "i-1", "envs": [{"key": "A", "value": "1"}, {"key": "B", "value": "2"}],
+             "autoRenew": "true", "autoRenewMonth": "2", "keepDataDay": 7}
+        ),
+        env_keys=frozenset({"A"}),  # of the environment, only what the monitor reads
     )  # fmt: skip
     assert (inst["envs"], inst["auto_renew"], inst["auto_renew_month"]) == ({"A": "1"}, True, 2)
     assert (inst["name"], inst["status"], inst["gpu_count"], inst["keep_data_day"]) == (

@@ -592,7 +592,8 @@ def test_returned_records_are_detached_and_usable_after_close(tmp_path: Path) ->
     from sqlalchemy import inspect
 
     store = open_store(store_url("sqlite", tmp_path))
-    store.upsert_instances("main", [inst("i-1", envs=[{"key": "A", "value": "b"}])], T0)
+    envs = [{"key": "NOVITA_MONITOR_PROTECT", "value": "yes"}, {"key": "HF_TOKEN", "value": "x"}]
+    store.upsert_instances("main", [inst("i-1", envs=envs)], T0)
     store.save_alerts(
         [AlertRecord(fingerprint="fp", rule="r", account="main", resource_kind="instance",
                      resource_id="i-1", state="firing", labels={"a": 1})]
@@ -602,7 +603,8 @@ def test_returned_records_are_detached_and_usable_after_close(tmp_path: Path) ->
     store.close()  # the engine is disposed: any lazy load would fail now
     assert all(inspect(r).detached for r in records)
     instance, alert, sample = records
-    assert instance.envs == {"A": "b"} and instance.first_seen == T0  # type: ignore[union-attr]
+    assert instance.envs == {"NOVITA_MONITOR_PROTECT": "yes"}  # type: ignore[union-attr]
+    assert instance.first_seen == T0  # type: ignore[union-attr]
     assert alert.labels == {"a": 1} and alert.state == "firing"  # type: ignore[union-attr]
     assert sample.available_usd == Decimal(5)  # type: ignore[union-attr]
 

@@ -26,7 +26,7 @@ from monitor.store.tables import metadata
 from monitor.store.testing import pg_url, store_url
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
-HEAD = "0004"
+HEAD = "0005"
 
 BACKENDS = [
     "sqlite",
@@ -373,6 +373,8 @@ def test_upgrade_from_0002_keeps_every_row(url: str) -> None:
             for name in ("usage_bills", "balance_samples", "metric_samples", "metric_hourly"):
                 assert "WITHOUT ROWID" in ddl[name], name
         assert after["data_problems"] == [] and after["actions"] == []
+        for row in before["instances"]:  # 0005: of an environment, only the protection flag
+            row["envs"] = {k: v for k, v in row["envs"].items() if k == "NOVITA_MONITOR_PROTECT"}
         for name, old_rows in before.items():
             new_cols = added.get(name, set())
             assert [{k: v for k, v in r.items() if k not in new_cols} for r in after[name]] == (
@@ -384,7 +386,7 @@ def test_upgrade_from_0002_keeps_every_row(url: str) -> None:
         # and the store reads the old rows as its records, decoded
         (i1,) = store.instances("main")
         assert (i1.instance_id, i1.gpu_count, i1.envs, i1.created_at) == (
-            "i-1", 8, {"A": "b"}, AT["created_at"],
+            "i-1", 8, {}, AT["created_at"],
         )  # fmt: skip
         assert i1.auto_renew is None and i1.end_time == T0 + timedelta(days=30)
         assert [r.instance_id for r in store.instances("team-b", include_disappeared=True)] == [

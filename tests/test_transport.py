@@ -30,7 +30,7 @@ import pytest
 from aiohttp.client_reqrep import ConnectionKey
 
 from monitor.novita.client import NovitaClient, RetryPolicy
-from monitor.novita.errors import OutcomeUnknownError, UnavailableError
+from monitor.novita.errors import OutcomeUnknownError, ResponseTooLargeError, UnavailableError
 from monitor.novita.transport import map_error
 
 API_KEY = "sk-test-7f3e9a1c-SECRET-d4b2"
@@ -467,6 +467,117 @@ async def test_chunked_gzip_answer_is_decoded() -> None:
     async with served(replying(raw), Sleeps()) as (_server, client):
         balance = await client.get_balance()
     assert balance.available_usd == Decimal("12.34")
+
+
+# ---------------------------------------------------------------------------------------------
+# 4b. Answers over the size cap: refused before they are read whole
+
+CAP = 1024 * 1024  # 1 MB for these tests (the default is 20 MB)
+BIG = 50 * 1024 * 1024  # the 50 MB answer that once took the daemon from 107 to 257 MB
+
+
+def streaming(total: int, *, announce: bool, sent: list[int]) -> Behaviour:
+    """Answer 200 with ``total`` bytes of JSON-ish body in 64 kB pieces, counting in ``sent``
+    what was written before the client went away (``announce``: a Content-Length)."""
+
+    async def behave(seen: Seen, writer: asyncio.StreamWriter) -> bytes | None:
+        head = ["HTTP/1.1 200 OK", "Content-Type: application/json"]
+        head.append(f"Content-Length: {total}" if announce else "Transfer-Encoding: chunked")
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
+        piece = b" " * 65536
+        try:
+            while sent[0] < total:
+                writer.write(piece if announce else b"%x\r\n%s\r\n" % (len(piece), piece))
+                await writer.drain()
+                sent[0] += len(piece)
+        except (ConnectionError, OSError):
+            pass
+        writer.close()
+        return None
+
+    return behave
+
+
+@asynccontextmanager
+async def capped(behave: Behaviour) -> AsyncIterator[tuple[WireServer, NovitaClient]]:
+    """A server behaving as told and a client whose answer cap is :data:`CAP`."""
+    async with (
+        wire_server(behave) as server,
+        NovitaClient(API_KEY, server.url, max_response_bytes=CAP) as client,
+    ):
+        yield server, client
+
+
+@pytest.mark.parametrize("announce", [True, False], ids=["content-length", "chunked"])
+async def test_an_answer_over_the_cap_is_refused_before_it_is_read_whole(announce: bool) -> None:
+    import tracemalloc
+
+    sent = [0]
+    sleeps = Sleeps()
+    async with wire_server(streaming(BIG, announce=announce, sent=sent)) as server:
+        policy = RetryPolicy(max_attempts=ATTEMPTS, sleep=sleeps, random=lambda: 0.5)
+        async with NovitaClient(
+            API_KEY, server.url, retry=policy, max_response_bytes=CAP
+        ) as client:
+            tracemalloc.start()
+            try:
+                with pytest.raises(ResponseTooLargeError) as caught:
+                    await client.list_products()
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+    error = caught.value
+    assert error.limit == CAP and error.status == 200
+    assert f"cap of {CAP} bytes" in str(error)
+    assert (str(BIG) in str(error)) is announce  # the announced size, when there was one
+    assert client.requests_sent == 1 and sleeps.waits == []  # never retried: as large again
+    assert len(server.requests) == 1
+    # the body was not read whole: the server could not even write most of it
+    assert sent[0] < BIG / 2
+    assert peak < 8 * CAP, f"peak {peak / 1e6:.1f} MB while refusing a {BIG / 1e6:.0f} MB answer"
+    assert_key_hidden(error)
+
+
+async def test_a_compressed_answer_is_capped_by_its_decoded_size() -> None:
+    packed = gzip.compress(b"[" + b"0," * (2 * CAP) + b"0]")  # 4 MB of JSON in a few kB
+    raw = answer(
+        body=packed,
+        headers=(("Content-Type", "application/json"), ("Content-Encoding", "gzip")),
+    )
+    async with capped(replying(raw)) as (_server, client):
+        with pytest.raises(ResponseTooLargeError):
+            await client.list_products()
+    assert len(packed) < CAP / 10
+
+
+async def test_an_answer_within_the_cap_and_the_connection_after_a_refusal() -> None:
+    small = json.dumps(BALANCE).encode()
+
+    async def behave(seen: Seen, writer: asyncio.StreamWriter) -> bytes | None:
+        if "products" in seen.target:
+            return answer(body=b"[" + b"0," * CAP + b"0]")
+        return answer(body=small)
+
+    async with capped(behave) as (server, client):
+        with pytest.raises(ResponseTooLargeError):
+            await client.list_products()
+        balance = await client.get_balance()  # a fresh connection: the big one was dropped
+    assert balance.available_usd == Decimal("12.34")
+    assert server.connections == 2
+
+
+async def test_an_action_answered_over_the_cap_is_still_an_outcome() -> None:
+    """A 2xx to an action means it was carried out: the unread answer is not an error; a 5xx
+    over the cap is still an unknown outcome, sent once."""
+    ok = answer(body=b'{"pad": "' + b"x" * (2 * CAP) + b'"}')
+    failed = answer(status=500, body=b'{"pad": "' + b"x" * (2 * CAP) + b'"}')
+    async with capped(replying(ok)) as (server, client):
+        result = await client.stop_instance("i-1")
+    assert "not read" in result["raw"] and len(server.requests) == 1
+    async with capped(replying(failed)) as (server, client):
+        with pytest.raises(OutcomeUnknownError):
+            await client.stop_instance("i-1")
+    assert len(server.requests) == 1
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,18 +7,32 @@ store's records on the way (``monitor.collect.convert``: the store never sees th
 conversions run on the store's writer thread with their write, where the store did them before).
 A collector that fails part-way raises :class:`PartialFailure` carrying the counts of what it did
 and the per-item errors, so one bad instance never hides the others.
+
+Partial failures make partial progress:
+
+* an instance listing item that arrived but does not parse counts as received: the others are
+  stored, it is kept as last listed (never marked disappeared) and reported in the account's
+  data problems; a listing with fewer items than its ``total`` fails the run (the client raises)
+  and the previous listing stays;
+* the usage bills are fetched window by window and each stored window moves a per-cycle mark
+  (:func:`bills_resume_point`), so a run that fails half-way is resumed where it stopped, not
+  restarted from the 30-day backfill;
+* after an outage, the collectors that failed meanwhile are run again as soon as the instance
+  listing answers again (``AccountContext.wake``, see ``monitor.collect.runner``), not at their
+  next (daily) slot.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from monitor.collect import convert
+from monitor.collect.envs import DEFAULT_ENV_KEYS
 from monitor.novita.errors import NovitaError
 from monitor.novita.models import InstanceMetrics
 
@@ -56,6 +70,8 @@ class CollectSettings:
     rules_window_s: int = 0
     retention_raw_days: int = 7
     retention_rollup_days: int = 365
+    #: the keys of an instance's environment that are stored (``monitor.collect.envs``)
+    env_keys: frozenset[str] = DEFAULT_ENV_KEYS
 
     @property
     def backfill(self) -> timedelta:
@@ -73,6 +89,9 @@ class AccountContext:
     settings: CollectSettings = field(default_factory=CollectSettings)
     #: within a full cycle, the instance listing under way (see :func:`collect_metrics`)
     listing: asyncio.Future[Any] | None = None
+    #: asks for these collectors of the account to run now (the daemon's scheduler fills it
+    #: in; see ``monitor.collect.runner.run_collector``): a catch-up after an outage
+    wake: Callable[[Sequence[str]], object] | None = None
 
 
 class PartialFailure(Exception):
@@ -108,14 +127,35 @@ def _describe(exc: BaseException) -> str:
 
 
 async def collect_instances(ctx: AccountContext, now: datetime) -> Counts:
+    """The account's instances. A listing that does not add up to its ``total`` raises (the
+    client's :class:`~monitor.novita.errors.IncompleteListingError`): nothing is written, the
+    previous listing stays and the run is failed. An item that arrived but does not parse is
+    kept as stored (never marked disappeared; when its id cannot be read, no instance is marked
+    disappeared this time) and counted in the account's data problems."""
     instances = await ctx.client.list_instances()
     events = await ctx.store.in_writer(_write_instances, ctx, instances, now)
-    return {"instances": len(instances), "events": len(events)}
+    counts = {"instances": len(instances), "events": len(events)}
+    if getattr(instances, "bad", None):
+        counts["unparsable"] = len(instances.bad)
+    return counts
 
 
 def _write_instances(ctx: AccountContext, instances: list[Any], now: datetime) -> list[Any]:
-    """Convert a listing to the store's rows and record it (on the store's writer thread)."""
-    return list(ctx.store.upsert_instances(ctx.account, convert.instance_rows(instances), now))
+    """Convert a listing to the store's rows and record it (on the store's writer thread).
+
+    Of each environment only ``ctx.settings.env_keys`` is kept. An item that arrived but did
+    not parse (the listing's ``bad``) is kept as stored: never marked disappeared (when its id
+    cannot be read, no instance is marked disappeared this time), and counted in the account's
+    data problems."""
+    bad = list(getattr(instances, "bad", ()))
+    kept = [b.resource_id for b in bad if b.resource_id]
+    rows = convert.instance_rows(instances, ctx.settings.env_keys)
+    events = ctx.store.upsert_instances(
+        ctx.account, rows, now, complete=len(kept) == len(bad), keep=kept
+    )
+    if bad:
+        ctx.store.record_data_problems(ctx.account, convert.listing_problems(bad), now)
+    return list(events)
 
 
 def metrics_window(
@@ -272,10 +312,43 @@ def _windows(start: datetime, end: datetime, step: timedelta) -> list[tuple[date
     return out
 
 
-def _write_usage_bills(ctx: AccountContext, cycle: str, bills: list[Any]) -> int:
-    """Store GPU bills fetched with ``productCategory=gpu`` (their category is the request's)."""
+def _write_usage_bills(
+    ctx: AccountContext, cycle: str, bills: list[Any], mark: datetime | None = None
+) -> int:
+    """Store GPU bills fetched with ``productCategory=gpu`` (their category is the request's),
+    then move the cycle's progress mark to ``mark`` (when given)."""
     rows = convert.usage_bill_rows(bills, product_category="gpu")
-    return int(ctx.store.upsert_usage_bills(ctx.account, cycle, rows))
+    written = int(ctx.store.upsert_usage_bills(ctx.account, cycle, rows))
+    if mark is not None:
+        ctx.store.set_collect_mark(ctx.account, bills_mark(cycle), mark)
+    return written
+
+
+def bills_mark(cycle: str) -> str:
+    """The name of the usage bills' progress mark of one cycle type (``Store.collect_mark``)."""
+    return f"usage_bills:{cycle}"
+
+
+def bills_resume_point(
+    ctx: AccountContext, cycle: str, now: datetime, first: timedelta, overlap: timedelta
+) -> datetime:
+    """Where the usage bills of ``cycle`` resume: at the cycle's mark, which each stored window
+    moved (see :func:`bills_mark_after`); without a mark (a database written before marks),
+    as before: the last success minus one period and the settling margin, else the whole
+    backfill. Never further back than the backfill."""
+    mark = ctx.store.collect_mark(ctx.account, bills_mark(cycle))
+    if mark is None:
+        return _bill_start(ctx, "usage_bills", now, first, overlap)
+    if mark <= now - first:
+        return (now - first).replace(minute=0, second=0, microsecond=0)
+    return mark.replace(second=0, microsecond=0)
+
+
+def bills_mark_after(hi: datetime, now: datetime, overlap: timedelta) -> datetime:
+    """The mark once the window ending at ``hi`` is stored, fetched at ``now``: every period
+    that started before it was final when fetched (a period plus the settling margin before
+    ``now``), so it is never fetched again; a later one is (its amount may still grow)."""
+    return min(hi, now - overlap)
 
 
 async def collect_usage_bills(ctx: AccountContext, now: datetime) -> Counts:
@@ -285,24 +358,36 @@ async def collect_usage_bills(ctx: AccountContext, now: datetime) -> Counts:
 
     The API does not paginate bills, so a first backfill is fetched and stored window by window
     (3 h of hourly bills, 5 days of daily ones, the two cycle types side by side): a fleet of
-    thousands of instances never holds more than one window of each in memory."""
+    thousands of instances never holds more than one window of each in memory. Each stored
+    window moves its cycle's progress mark, so a run that fails half-way (and fails: the bills
+    are incomplete) is resumed at the window that failed, never refetching those stored; the
+    other cycle type goes on to its end meanwhile."""
     plan = [
-        ("Day", _bill_start(ctx, "usage_bills", now, BILLS_BACKFILL, DAILY_OVERLAP), DAY_CHUNK),
-        ("Hour", _bill_start(ctx, "usage_bills", now, HOURLY_BACKFILL, HOURLY_OVERLAP), HOUR_CHUNK),
+        ("Day", BILLS_BACKFILL, DAILY_OVERLAP, DAY_CHUNK),
+        ("Hour", HOURLY_BACKFILL, HOURLY_OVERLAP, HOUR_CHUNK),
     ]
 
-    async def one_cycle(cycle: str, start: datetime, step: timedelta) -> tuple[int, int]:
+    async def one_cycle(
+        cycle: str, first: timedelta, overlap: timedelta, step: timedelta
+    ) -> tuple[int, int]:
         bills = rows = 0
+        start = bills_resume_point(ctx, cycle, now, first, overlap)
         for lo, hi in _windows(start, now, step):
             got = await ctx.client.list_usage_bills(cycle, "gpu", lo, hi)
-            rows += await ctx.store.in_writer(_write_usage_bills, ctx, cycle, got)
+            mark = bills_mark_after(hi, now, overlap)
+            rows += await ctx.store.in_writer(_write_usage_bills, ctx, cycle, got, mark)
             bills += len(got)
         return bills, rows
 
     # the two cycle types side by side: both are done while the instance listing is still
-    # on the wire, not in the middle of the metrics fan-out
-    done = await asyncio.gather(*(one_cycle(*step) for step in plan))
-    return {"bills": sum(b for b, _ in done), "rows": sum(r for _, r in done)}
+    # on the wire, not in the middle of the metrics fan-out; one failing does not stop the
+    # other half-way (it would lose that progress)
+    done = await asyncio.gather(*(one_cycle(*step) for step in plan), return_exceptions=True)
+    for outcome in done:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    counts = [c for c in done if not isinstance(c, BaseException)]
+    return {"bills": sum(b for b, _ in counts), "rows": sum(r for _, r in counts)}
 
 
 async def collect_fixed_term_bills(ctx: AccountContext, now: datetime) -> Counts:

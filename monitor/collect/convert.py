@@ -5,6 +5,10 @@ The store never imports the wire models (a test walks its imports): each collect
 here. Listings that run to thousands of items per cycle (instances, bills, metric minutes)
 become plain mappings keyed by the store's field names and are written with Core statements;
 a balance becomes a :class:`~monitor.store.models.BalanceSample` (one per cycle).
+
+Of an instance's environment only the keys the monitor reads are kept (``env_keys``, see
+:mod:`monitor.collect.envs`): the other values never reach the store. Listing items that
+arrived but did not parse become :class:`~monitor.store.models.DataProblem` records.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from monitor.collect.envs import DEFAULT_ENV_KEYS, keep_envs
+from monitor.novita.client import BadItem
 from monitor.novita.models import (
     AsyncTask,
     Balance,
@@ -25,13 +31,14 @@ from monitor.novita.models import (
     UsageBill,
 )
 from monitor.store.metrics import MINUTE, MinuteRows
-from monitor.store.models import BalanceSample
+from monitor.store.models import BalanceSample, DataProblem
 from monitor.store.records import SERIES
 from monitor.store.types import pack_gpus, to_epoch
 
 
-def instance_row(inst: Instance) -> dict[str, Any]:
-    """One listed instance: ``instance_id`` and the store's ``LISTED_FIELDS``."""
+def instance_row(inst: Instance, env_keys: frozenset[str] = DEFAULT_ENV_KEYS) -> dict[str, Any]:
+    """One listed instance: ``instance_id`` and the store's ``LISTED_FIELDS``; of its
+    environment, only ``env_keys``."""
     return {
         "instance_id": inst.id,
         "name": inst.name or "",
@@ -51,15 +58,30 @@ def instance_row(inst: Instance) -> dict[str, Any]:
         "created_at": inst.created_at,
         "last_started_at": inst.last_started_at,
         "last_stopped_at": inst.last_stopped_at,
-        "envs": inst.env,
+        "envs": keep_envs(inst.env, env_keys),
         "auto_renew": inst.auto_renew,
         "auto_renew_month": inst.auto_renew_month,
         "keep_data_day": inst.keep_data_day,
     }
 
 
-def instance_rows(instances: Iterable[Instance]) -> list[dict[str, Any]]:
-    return [instance_row(inst) for inst in instances]
+def instance_rows(
+    instances: Iterable[Instance], env_keys: frozenset[str] = DEFAULT_ENV_KEYS
+) -> list[dict[str, Any]]:
+    return [instance_row(inst, env_keys) for inst in instances]
+
+
+#: the data problem kind of a listing item that arrived but did not parse
+UNPARSABLE_ITEM = "unparsable_item"
+
+
+def listing_problems(bad: Iterable[BadItem]) -> list[DataProblem]:
+    """Listing items that did not parse, as data problems (``resource_id`` ``""`` when the
+    item's id could not be read)."""
+    return [
+        DataProblem(kind=UNPARSABLE_ITEM, resource_id=b.resource_id or "", field=b.field, raw=b.raw)
+        for b in bad
+    ]
 
 
 def _paid(bill: UsageBill | FixedTermBill) -> Any:

@@ -3,6 +3,13 @@
 A run is timed, its outcome (ok, partial, failed) and error are recorded in the store's
 ``collector_runs`` table, and it never raises: one failing collector or account never stops the
 others. Time comes from the clock handed in.
+
+Catch-up after an outage: when the instance listing succeeds after a failed one (the API answers
+again), every other collector of the account whose latest run failed is asked to run now
+(``AccountContext.wake``: the daemon's scheduler moves their next run to now), so each runs
+within one ``instances`` interval of the API's return instead of at its next slot (a daily one
+would otherwise go stale after the others recovered, and the "cannot see the account" alert
+would resolve, fire again and resolve).
 """
 
 from __future__ import annotations
@@ -12,11 +19,15 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any
 
 import structlog
 
 from monitor.clock import Clock
 from monitor.collect.collectors import COLLECTORS, TASKS, AccountContext, PartialFailure, _describe
+
+#: the collector whose success after a failure means the API answers again
+HEARTBEAT = "instances"
 
 log = structlog.get_logger("monitor.collect")
 
@@ -35,6 +46,7 @@ class RunReport:
 
 async def run_collector(ctx: AccountContext, name: str, clock: Clock) -> RunReport:
     collector = TASKS[name]
+    recovering = name == HEARTBEAT and ctx.wake is not None and _failed_last(ctx, name)
     started = clock.now()
     t0 = time.perf_counter()
     counts: dict[str, int] = {}
@@ -63,6 +75,8 @@ async def run_collector(ctx: AccountContext, name: str, clock: Clock) -> RunRepo
         ctx.store.record_run(ctx.account, name, started, finished, outcome, counts, error)
     except Exception as exc:  # the database itself failing: log, keep going
         log.error("record_run_failed", account=ctx.account, collector=name, error=_describe(exc))
+    if recovering and outcome == "ok":
+        _wake_failed(ctx)
     level = "info" if outcome == "ok" else "warning"
     getattr(log, level)(
         "collector_run",
@@ -74,6 +88,33 @@ async def run_collector(ctx: AccountContext, name: str, clock: Clock) -> RunRepo
         **counts,
     )
     return report
+
+
+def _last_runs(ctx: AccountContext) -> dict[str, Any]:
+    """The latest run of each collector of the account ({} when the database fails: then no
+    catch-up, the schedule goes on)."""
+    try:
+        return dict(ctx.store.last_runs(ctx.account))
+    except Exception as exc:
+        log.error("last_runs_failed", account=ctx.account, error=_describe(exc))
+        return {}
+
+
+def _failed_last(ctx: AccountContext, name: str) -> bool:
+    run = _last_runs(ctx).get(name)
+    return run is not None and run.outcome == "failed"
+
+
+def _wake_failed(ctx: AccountContext) -> None:
+    """Ask for every collector of the account whose latest run failed to run now."""
+    behind = sorted(
+        n
+        for n, run in _last_runs(ctx).items()
+        if n in COLLECTORS and n != HEARTBEAT and run.outcome == "failed"
+    )
+    if behind and ctx.wake is not None:
+        log.info("collectors_catch_up", account=ctx.account, collectors=behind)
+        ctx.wake(behind)
 
 
 #: collectors that read the instance list the ``instances`` collector stores in the same cycle

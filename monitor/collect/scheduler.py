@@ -16,7 +16,7 @@ ends quietly instead.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -105,6 +105,18 @@ class Scheduler:
 
     def start(self) -> None:
         self._aps.start()
+
+    def run_soon(self, names: Iterable[str]) -> list[str]:
+        """Move the next run of these jobs to now (a catch-up after an outage); their interval
+        then counts from this run. Unknown names are ignored; a job already running is not
+        started twice (``max_instances=1``: that run is its catch-up). Returns the jobs moved."""
+        moved = []
+        for name in names:
+            job = self._aps.get_job(name)
+            if job is not None:
+                job.modify(next_run_time=datetime.now(UTC))
+                moved.append(name)
+        return moved
 
     def job_ids(self) -> list[str]:
         return [j.id for j in self._aps.get_jobs()]

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from monitor.novita.errors import (
     APIError,
     AuthenticationError,
+    IncompleteListingError,
     InsufficientBalanceError,
     InvalidRequestError,
     MalformedResponseError,
@@ -21,6 +22,7 @@ from monitor.novita.errors import (
     NovitaError,
     OutcomeUnknownError,
     RateLimitedError,
+    ResponseTooLargeError,
     ServerError,
     UnavailableError,
 )
@@ -48,6 +50,7 @@ __all__ = [
     "Cluster",
     "CpuProduct",
     "FixedTermBill",
+    "IncompleteListingError",
     "Instance",
     "InstanceMetrics",
     "InsufficientBalanceError",
@@ -61,6 +64,7 @@ __all__ = [
     "OutcomeUnknownError",
     "Product",
     "RateLimitedError",
+    "ResponseTooLargeError",
     "RetryPolicy",
     "ServerError",
     "TrainingTask",

@@ -16,7 +16,12 @@ One :class:`NovitaClient` per account. It owns:
   ``code``) raises that error, never reads as success (:meth:`NovitaClient._action`);
 * error mapping by the body's ``reason``, then by HTTP status (:mod:`monitor.novita.errors`);
 * pagination: ``pageNum``/``pageNo`` pages (robust to 0- vs 1-based numbering, de-duplicated by
-  id, with a page cap) and ``pagination.cursor`` cursors;
+  id, with a page cap) and ``pagination.cursor`` cursors; the instance listing must add up to its
+  ``total`` (:class:`~monitor.novita.errors.IncompleteListingError` otherwise), an item of it
+  that does not parse is reported (:class:`BadItem`) rather than failing the whole listing;
+* an answer size cap (``max_response_bytes``, 20 MB by default): a larger answer is refused
+  before it is read whole (:class:`~monitor.novita.errors.ResponseTooLargeError`); a bills
+  window whose answer hits it is halved and asked again (bills have no pagination);
 * readings of what the docs leave open, detected from the answers and logged once per process
   (``novita.reading``; :data:`READINGS`): the page base, the metric timestamp form, whether
   ``cpuUtilization`` is summed over cores (its values are withheld until that is shown), the
@@ -31,7 +36,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -48,12 +53,14 @@ from monitor.clock import Clock
 from monitor.novita.errors import (
     REASON_TO_ERROR,
     APIError,
+    IncompleteListingError,
     InvalidRequestError,
     MalformedResponseError,
     NotFoundError,
     NovitaError,
     OutcomeUnknownError,
     RateLimitedError,
+    ResponseTooLargeError,
     ServerError,
     UnavailableError,
     error_class_for,
@@ -80,11 +87,21 @@ from monitor.novita.models import (
     UserInfo,
     parse_int,
 )
-from monitor.novita.transport import AiohttpWire, HttpxWire, Reply, Wire
+from monitor.novita.transport import (
+    DEFAULT_MAX_BYTES,
+    AiohttpWire,
+    HttpxWire,
+    Reply,
+    TooLarge,
+    Wire,
+)
 
 __all__ = [
     "DEFAULT_BASE_URL",
+    "DEFAULT_MAX_BYTES",
     "MAX_BILL_WINDOW",
+    "BadItem",
+    "Listing",
     "NovitaClient",
     "RetryPolicy",
     "parse_retry_after",
@@ -100,6 +117,8 @@ INSTANCE_ACTION = f"{GPU}/gpu/instance"
 RENEWAL_TRADE_TYPE = "monthly_re_buy"
 #: Bills are not paginated; the docs ask for windows of at most 31 days (wire-format §2.6).
 MAX_BILL_WINDOW = timedelta(days=31)
+#: A bills window whose answer is over the size cap is halved, down to this length.
+MIN_BILL_WINDOW = timedelta(minutes=1)
 #: Page size of the instance listing (tests make it small to exercise the page base).
 INSTANCE_PAGE_SIZE = 100
 #: The metrics endpoint silently replaces a window shorter than this by its default (§2.5).
@@ -162,6 +181,56 @@ def parse_retry_after(value: str | None, now: datetime | None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - now).total_seconds())
+
+
+@dataclass(frozen=True)
+class BadItem:
+    """An item of a listing that arrived but does not parse into its model.
+
+    ``resource_id`` is its id when one can be read (None otherwise), ``field`` the first field
+    that failed, as the API names it (``""`` for the item itself), ``raw`` the offending value
+    (at most 200 characters; None when it is not to be kept: anything under ``envs``, where
+    users keep tokens), ``error`` what was wrong with it (there, only the kind of error).
+    """
+
+    resource_id: str | None
+    field: str
+    raw: str | None
+    error: str
+
+
+class Listing(list[M]):
+    """The parsed items of a listing (a plain list of models), and ``bad``: the items that
+    arrived but did not parse (:class:`BadItem`)."""
+
+    def __init__(self, items: Iterable[M] = (), bad: Iterable[BadItem] = ()) -> None:
+        super().__init__(items)
+        self.bad: list[BadItem] = list(bad)
+
+
+#: fields whose values are never copied into a :class:`BadItem` (instance environments)
+_SECRET_FIELDS = frozenset({"envs", "env"})
+
+
+def _bad_item(item: Any, exc: pydantic.ValidationError, id_attr: str) -> BadItem:
+    """What to say of an item that does not parse: its id if readable, its first bad field."""
+    errors = exc.errors(include_url=False)
+    first: dict[str, Any] = dict(errors[0]) if errors else {}
+    loc = tuple(first.get("loc", ()))
+    field_name = ".".join(str(p) for p in loc)
+    raw: str | None
+    error = str(first.get("msg", "does not parse"))
+    if loc and str(loc[0]) in _SECRET_FIELDS:
+        raw, error = None, str(first.get("type", "invalid"))  # a message may quote the value
+    else:
+        value = first.get("input", item)
+        raw = (value if isinstance(value, str) else json.dumps(value, default=str))[:200]
+    resource_id = None
+    if isinstance(item, dict):
+        ident = item.get(id_attr)
+        if isinstance(ident, str | int) and not isinstance(ident, bool) and str(ident).strip():
+            resource_id = str(ident).strip()
+    return BadItem(resource_id, field_name, raw, error)
 
 
 def split_window(
@@ -255,9 +324,12 @@ class NovitaClient:
         logger: Any = None,
         clock: Clock | None = None,
         max_pages: int = 200,
+        max_response_bytes: int | None = DEFAULT_MAX_BYTES,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
+        #: the largest answer body read (bytes, decoded; None: no cap), see ``transport``
+        self.max_response_bytes = max_response_bytes
         self._api_key = api_key or ""
         headers = {"Accept": "application/json", "Content-Type": "application/json"}
         if self._api_key:
@@ -341,8 +413,14 @@ class NovitaClient:
     # -----------------------------------------------------------------------------------------
     # Instances and metrics
 
-    async def list_instances(self, page_size: int | None = None) -> list[Instance]:
-        """Every instance, all pages (``pageNum`` from 0; see :meth:`_pages`)."""
+    async def list_instances(self, page_size: int | None = None) -> Listing[Instance]:
+        """Every instance, all pages (``pageNum`` from 0; see :meth:`_pages`).
+
+        The listing must add up: when its pages hold fewer items than ``total``,
+        :class:`~monitor.novita.errors.IncompleteListingError` (whatever is missing would
+        silently drop out of burn rate and expiry checks). An item that arrived but does not
+        parse counts as received: it is left out of the list and described in ``.bad``.
+        """
         instances = await self._pages(
             f"{GPU}/gpu/instances",
             Instance,
@@ -350,6 +428,7 @@ class NovitaClient:
             "pageNum",
             page_size or INSTANCE_PAGE_SIZE,
             "id",
+            complete=True,
         )
         for inst in instances:
             self._note_instance(inst)
@@ -502,11 +581,31 @@ class NovitaClient:
     async def _windowed_bills(
         self, path: str, base: dict[str, Any], start: datetime, end: datetime, model: type[M]
     ) -> list[M]:
+        """Bills over ``[start, end]``, in windows of at most 31 days; a window whose answer
+        is over the size cap is halved and each half asked for (down to
+        :data:`MIN_BILL_WINDOW`): the API does not paginate bills, so a shorter window is the
+        only way to ask for less."""
         out: list[M] = []
         seen: set[str] = set()
-        for lo, hi in split_window(start, end):
+        todo = list(reversed(split_window(start, end)))
+        while todo:
+            lo, hi = todo.pop()
             params = {**base, "startTime": _unix(lo), "endTime": _unix(hi)}
-            body = await self._get(path, params)
+            try:
+                body = await self._get(path, params)
+            except ResponseTooLargeError:
+                half = timedelta(seconds=(_unix(hi) - _unix(lo)) // 2)
+                if half < MIN_BILL_WINDOW:
+                    raise
+                self._log.warning(
+                    "novita.bills_window_halved",
+                    path=path,
+                    start=lo.isoformat(),
+                    end=hi.isoformat(),
+                    limit=self.max_response_bytes,
+                )
+                todo += [(lo + half, hi), (lo, lo + half)]  # the earlier half first
+                continue
             # a window of a thousand instances' bills takes tens of milliseconds to validate:
             # done on a worker thread, the event loop keeps serving the requests in flight
             parsed = await asyncio.to_thread(self._parse_items, model, body, "bills", path)
@@ -656,7 +755,9 @@ class NovitaClient:
         page_param: str,
         page_size: int,
         id_attr: str,
-    ) -> list[M]:
+        *,
+        complete: bool = False,
+    ) -> Listing[M]:
         """Collect all pages, whether the server counts pages from 0 or from 1.
 
         Starts at page 0. When the first page gives ``total``, the pages it implies are fetched
@@ -668,15 +769,29 @@ class NovitaClient:
         while ``total`` is absent or positive is followed by page 1 (a 1-based server that
         answers page 0 with nothing). Two pages in a row with nothing new end the listing (a
         server that ignores the page number); ``max_pages`` caps the requests.
+
+        ``complete``: the listing stands for the whole account, so an item that does not parse
+        counts as received (it goes to ``Listing.bad``, the others are kept), and fewer items
+        received than the smallest ``total`` any page announced raise
+        :class:`~monitor.novita.errors.IncompleteListingError`. Otherwise an item that does not
+        parse fails the listing and a short one is only logged.
         """
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
         collected: dict[str, M] = {}
+        bad: dict[str, BadItem] = {}
+        totals: list[int] = []
         sent = 0
 
-        async def fetch(n: int) -> tuple[list[M], int | None]:
+        async def fetch(n: int) -> tuple[list[M], list[tuple[str, BadItem]], int | None]:
             body = await self._get(path, {"pageSize": page_size, page_param: n})
-            return self._parse_items(model, body, items_key, path), _total(body)
+            total = _total(body)
+            if total is not None:
+                totals.append(total)
+            if not complete:
+                return self._parse_items(model, body, items_key, path), [], total
+            items, failed = self._parse_items_lenient(model, body, items_key, path, id_attr)
+            return items, failed, total
 
         first_ids: set[str] = set()
 
@@ -687,37 +802,46 @@ class NovitaClient:
             if first_ids and ids:
                 self._reading("page_base", "1" if ids <= first_ids else "0", path=path)
 
-        def add(items: list[M]) -> int:
+        def add(items: list[M], failed: Sequence[tuple[str, BadItem]] = ()) -> int:
             new = 0
             for item in items:
                 key = str(getattr(item, id_attr))
                 if key not in collected:
                     collected[key] = item
+                    bad.pop(key, None)
+                    new += 1
+            for key, found in failed:
+                if key not in collected and key not in bad:
+                    bad[key] = found
                     new += 1
             return new
 
-        items, total = await fetch(0)
+        def received() -> int:
+            return len(collected) + len(bad)
+
+        items, failed, total = await fetch(0)
         sent = 1
         page = 0
-        if not items and (total is None or total > 0):
-            items, total = await fetch(1)
+        if not items and not failed and (total is None or total > 0):
+            items, failed, total = await fetch(1)
             sent, page = 2, 1
             if items:  # an empty page 0, then items: pages start at 1
                 self._reading("page_base", "1", path=path)
-        add(items)
+        add(items, failed)
         if page == 0:
             first_ids.update(str(getattr(item, id_attr)) for item in items)
-        done = not items or (total is not None and len(collected) >= total)
-        done = done or (total is None and len(items) < page_size)
+        count = len(items) + len(failed)
+        done = not count or (total is not None and received() >= total)
+        done = done or (total is None and count < page_size)
         if not done and total is not None and page == 0:
             last = min(-(-total // page_size), self.max_pages - 1)
             pages = await asyncio.gather(*(fetch(n) for n in range(1, last + 1)))
             sent += len(pages)
             if pages:
                 base_from(pages[0][0])
-            fresh = [add(p_items) for p_items, _ in pages]
+            fresh = [add(p_items, p_failed) for p_items, p_failed, _ in pages]
             page = last
-            done = len(collected) >= total or not pages or not pages[-1][0]
+            done = received() >= total or not pages or not (pages[-1][0] or pages[-1][1])
             if not done and sum(fresh[-2:]) == 0 and len(fresh) >= 2:
                 self._log.warning("novita.pages_repeat", path=path, page=page)
                 done = True
@@ -730,26 +854,40 @@ class NovitaClient:
                     method="GET",
                 )
             page += 1
-            items, total = await fetch(page)
+            items, failed, total = await fetch(page)
             sent += 1
             if page == 1:
                 base_from(items)
-            new = add(items)
-            if not items:
+            new = add(items, failed)
+            count = len(items) + len(failed)
+            if not count:
                 break
-            if total is not None and len(collected) >= total:
+            if total is not None and received() >= total:
                 break
-            if total is None and len(items) < page_size:
+            if total is None and count < page_size:
                 break
             stale = 0 if new else stale + 1
             if stale >= 2:
                 self._log.warning("novita.pages_repeat", path=path, page=page)
                 break
-        if total is not None and len(collected) < total:
+        expected = min(totals, default=None)
+        if expected is not None and received() < expected:
+            if complete:
+                raise IncompleteListingError(
+                    f"incomplete listing: {received()} of {expected} items arrived",
+                    status=200,
+                    path=path,
+                    method="GET",
+                )
+            self._log.warning("novita.pages_short", path=path, total=expected, collected=received())
+        if bad:
             self._log.warning(
-                "novita.pages_short", path=path, total=total, collected=len(collected)
+                "novita.items_unparsable",
+                path=path,
+                count=len(bad),
+                first=next(iter(bad.values())).error,
             )
-        return list(collected.values())
+        return Listing(collected.values(), bad.values())
 
     def _parse(self, model: type[M], body: Any, path: str) -> M:
         try:
@@ -763,7 +901,7 @@ class NovitaClient:
                 method="GET",
             ) from exc
 
-    def _parse_items(self, model: type[M], body: Any, key: str, path: str) -> list[M]:
+    def _raw_items(self, body: Any, key: str, path: str) -> list[Any]:
         raw: Any
         if isinstance(body, list):
             raw = body
@@ -777,10 +915,35 @@ class NovitaClient:
             raise MalformedResponseError(
                 f"expected a list under {key!r}", status=200, path=path, method="GET"
             )
+        return raw
+
+    def _parse_items(self, model: type[M], body: Any, key: str, path: str) -> list[M]:
+        raw = self._raw_items(body, key, path)
         try:  # the whole list in one call into pydantic-core: a fifth less CPU per item
             return _list_of(model).validate_python(raw)
         except pydantic.ValidationError:  # item by item, for the error that names the item
             return [self._parse(model, item, path) for item in raw]
+
+    def _parse_items_lenient(
+        self, model: type[M], body: Any, key: str, path: str, id_attr: str
+    ) -> tuple[list[M], list[tuple[str, BadItem]]]:
+        """Like :meth:`_parse_items`, but an item that does not parse is described (with a
+        key: its id, else its JSON text) instead of failing the page."""
+        raw = self._raw_items(body, key, path)
+        try:  # the usual case: every item parses, in one call into pydantic-core
+            return _list_of(model).validate_python(raw), []
+        except pydantic.ValidationError:
+            pass
+        items: list[M] = []
+        failed: list[tuple[str, BadItem]] = []
+        for item in raw:
+            try:
+                items.append(model.model_validate(item))
+            except pydantic.ValidationError as exc:
+                found = _bad_item(item, exc, id_attr)
+                key_of = found.resource_id or "#" + json.dumps(item, sort_keys=True, default=str)
+                failed.append((key_of, found))
+        return items, failed
 
     def _note_instance(self, inst: Instance) -> None:
         """Log unknown statuses and billing modes once per value: tolerated, but worth knowing."""
@@ -881,7 +1044,11 @@ class NovitaClient:
         async with self._concurrency():
             self.requests_sent += 1
             try:
-                response = await self._wire.send(method, url, self._headers, body)
+                response = await self._wire.send(
+                    method, url, self._headers, body, self.max_response_bytes
+                )
+            except TooLarge as exc:
+                return self._too_large(exc, method, path)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 raise UnavailableError(
                     f"could not connect: {type(exc).__name__}",
@@ -899,6 +1066,37 @@ class NovitaClient:
                     method=method,
                 ) from exc
         return self._handle(response, method, path)
+
+    def _too_large(self, exc: TooLarge, method: str, path: str) -> Any:
+        """An answer over the cap, not read. Its status still speaks: an error status is mapped
+        as usual (a 5xx is retried); a read's 2xx raises
+        :class:`~monitor.novita.errors.ResponseTooLargeError`; an action's 2xx means the
+        platform accepted it, so it is returned as such, its unread words noted."""
+        status = exc.status_code
+        self._log.warning(
+            "novita.answer_too_large",
+            method=method,
+            path=path,
+            status=status,
+            limit=exc.limit,
+            announced=exc.declared,
+        )
+        if not 200 <= status < 300:
+            return self._handle(Reply(status, exc.headers, b""), method, path)
+        if method != "GET":
+            return {"raw": f"(an answer of more than {exc.limit} bytes, not read)"}
+        what = (
+            "its body passed the cap"
+            if exc.declared is None
+            else f"{exc.declared} bytes announced, over the cap"
+        )
+        raise ResponseTooLargeError(
+            f"answer refused: {what} of {exc.limit} bytes (max_response_bytes)",
+            limit=exc.limit,
+            status=status,
+            path=path,
+            method=method,
+        ) from None
 
     def _handle(self, response: Reply, method: str, path: str) -> Any:
         status = response.status_code

@@ -16,7 +16,10 @@ NovitaError
     │                            of a read request after its retries (``status`` is None then)
     ├── OutcomeUnknownError      an action (POST) whose result is unknown: a 5xx or a read timeout
     │                            after the request was sent; never retried, the caller reconciles
-    └── MalformedResponseError   a 2xx body that is not JSON or does not parse into the model
+    ├── MalformedResponseError   a 2xx body that is not JSON or does not parse into the model
+    │   └── IncompleteListingError   a listing whose pages hold fewer items than its ``total``
+    └── ResponseTooLargeError    an answer over the client's size cap, refused before it was
+                                 read whole (never retried: it would be as large again)
 
 An action (POST) answered 2xx is a success only when its body carries no error: a body with a
 non-empty ``reason``, a non-empty ``error`` or a non-zero ``code`` (wire-format §7.7) raises the
@@ -142,6 +145,23 @@ class OutcomeUnknownError(APIError):
 
 class MalformedResponseError(APIError):
     """A 2xx answer whose body is not JSON or does not have the documented shape."""
+
+
+class IncompleteListingError(MalformedResponseError):
+    """A paginated listing whose pages hold fewer items than the ``total`` it announced (an item
+    that arrived but did not parse counts as received): what is missing is unknown, so the
+    listing cannot stand for the whole account."""
+
+
+class ResponseTooLargeError(APIError):
+    """An answer larger than the client's cap (``limit`` bytes), refused as soon as that was
+    known: from its ``Content-Length``, else once that many bytes had arrived. Never retried
+    (the same request would bring the same answer); a caller that can ask for less (a shorter
+    bills window) does so."""
+
+    def __init__(self, message: str, *, limit: int, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.limit = limit
 
 
 # ---------------------------------------------------------------------------------------------

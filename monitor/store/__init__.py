@@ -28,7 +28,7 @@ The :class:`Store` (one per process; every call is its own short transaction, th
 * data problems: ``record_data_problems``, ``data_problems``;
 * tasks and runs: ``upsert_training_tasks`` (-> events), ``training_tasks``, ``watch_task``,
   ``watched_tasks``, ``update_async_task`` (-> event), ``record_run``, ``last_success``,
-  ``last_runs``;
+  ``last_runs``; ``collect_mark``, ``set_collect_mark`` (how far a backfill has got);
 * rule state: ``load_alerts``, ``save_alerts``, ``write_alerts`` (compare-and-set, in the
   evaluation's transaction), ``delete_alerts``, ``add_silence``, ``list_silences``,
   ``remove_silence``, ``record_notification``, ``update_notification``, ``notifications``;
@@ -41,10 +41,10 @@ Modules: ``db`` (engine, pragmas, migrations), ``models`` (the schema: SQLModel 
 the Core metric tables), ``tables`` (every table as a Core ``Table``), ``types`` (UTC datetimes,
 money as micro-dollars, metric encodings), ``sql`` (the dialect-chosen upsert), ``base`` (engine,
 caches, meta), ``repo`` (instances, events), ``money`` (balance, bills, prices), ``tasks``
-(training/async tasks, collector runs), ``metrics`` (samples, rollups, windows, retention),
-``alerting`` (alerts, silences, notifications), ``problems`` (data problems), ``facade``
-(:class:`Store`), ``records`` (the returned types), ``testing`` (fresh SQLite/PostgreSQL URLs for
-tests).
+(training/async tasks, collector runs), ``progress`` (collectors' backfill marks), ``metrics``
+(samples, rollups, windows, retention), ``alerting`` (alerts, silences, notifications),
+``problems`` (data problems), ``facade`` (:class:`Store`), ``records`` (the returned types),
+``testing`` (fresh SQLite/PostgreSQL URLs for tests).
 """
 
 from monitor.store.db import create_store_engine, migrate, open_store

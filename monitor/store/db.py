@@ -208,6 +208,9 @@ def migrate(engine: Engine, revision: str = "head", config: Config | None = None
             cfg = config or alembic_config()
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, revision)
+        from monitor.store.scrub import finish_scrub  # a migration that removed secrets
+
+        finish_scrub(target)  # rewrites the file, outside the migration's transaction
     finally:
         if sqlite:
             target.dispose()

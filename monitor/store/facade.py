@@ -7,6 +7,7 @@ from monitor.store.ledger import LedgerRepo
 from monitor.store.metrics import MetricsRepo
 from monitor.store.money import MoneyRepo
 from monitor.store.problems import DataProblemsRepo
+from monitor.store.progress import ProgressRepo
 from monitor.store.repo import InstancesRepo
 from monitor.store.tasks import TasksRepo
 
@@ -19,6 +20,7 @@ class Store(
     AlertingRepo,
     DataProblemsRepo,
     LedgerRepo,
+    ProgressRepo,
 ):
     """Every repository function of the store (see the package docstring for the list).
 

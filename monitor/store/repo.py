@@ -65,6 +65,7 @@ class InstancesRepo(StoreBase):
         instances: Sequence[Mapping[str, Any]],
         now: datetime,
         complete: bool = True,
+        keep: Iterable[str] = (),
     ) -> list[Event]:
         """Record a listing of the account's instances; return the events it implies.
 
@@ -76,6 +77,10 @@ class InstancesRepo(StoreBase):
         History rows and events are written only on a real change of a tracked field. With
         ``complete=True`` (the listing holds every instance), known instances missing from it are
         marked disappeared; a disappeared instance that shows up again "appears" again.
+
+        ``keep``: ids of instances the listing holds but whose item could not be read (it did
+        not parse): they are left as stored (their last listed state, ``last_seen``
+        included) and never marked disappeared.
         """
         if now.tzinfo is None:
             raise ValueError("upsert_instances needs an aware datetime")
@@ -84,6 +89,7 @@ class InstancesRepo(StoreBase):
         events: list[Event] = []
         history: list[dict[str, Any]] = []
         seen: set[str] = set()
+        kept = set(keep)
         only_seen: list[int] = []
         new_rows: list[dict[str, Any]] = []
 
@@ -161,7 +167,7 @@ class InstancesRepo(StoreBase):
                         self._instance_keys[(account_id, instance_id)] = key
             if complete:
                 for instance_id, old in existing.items():
-                    if instance_id in seen or old.disappeared_at is not None:
+                    if instance_id in seen or instance_id in kept or old.disappeared_at is not None:
                         continue
                     if old.first_seen is None:  # a stub never listed
                         continue
