@@ -153,14 +153,9 @@ class StoreFacts:
         """Per instance, the hourly cost its latest *complete* hourly bill shows (the current
         hour's bill is partial and never used)."""
         now = self.now
-        start = now - HOURLY_BILL_LOOKBACK
-        rows = self.store.usage_bills_overlapping(account, start, now, cycle_type="Hour")
-        complete = [b for b in map(_bill, rows) if b.period_end <= now]
-        unit = economics.card_hours_by_owner([], complete, start, now, now).unit
-        latest: dict[str, Bill] = {}
-        for b in complete:
-            if b.owner_id not in latest or b.start > latest[b.owner_id].start:
-                latest[b.owner_id] = b
+        rows = self.store.latest_complete_bills(account, now, HOURLY_BILL_LOOKBACK)
+        latest = {b.owner_id: b for b in map(_bill, rows)}
+        unit = economics.card_hours_by_owner([], latest.values(), now, now, now).unit
         out: dict[str, Decimal] = {}
         for owner, b in latest.items():
             card_hours = economics.bill_card_hours(b, unit).hours
@@ -464,7 +459,10 @@ class StoreFacts:
             if by_owner.unit is not None:
                 log_reading_once(account, "billNum0_time_unit", UNIT_NAMES[by_owner.unit])
             known = {i.id: i for i in self.instances(account)}
-            strangers = sorted(set(by_owner.hours) - set(known) - self._all_instance_ids(account))
+            unlisted = set(by_owner.hours) - set(known)
+            strangers = (
+                sorted(unlisted - self.store.known_instance_ids(account)) if unlisted else []
+            )
             for owner in strangers:
                 self._problem(
                     account, Problem("bill_owner_unknown", owner, "ownerID", "not in the listing")
@@ -484,9 +482,6 @@ class StoreFacts:
             self._running[key] = out
         wanted = set(instance_ids) if instance_ids is not None else None
         return {k: v for k, v in self._running[key].items() if wanted is None or k in wanted}
-
-    def _all_instance_ids(self, account: str) -> set[str]:
-        return {r.instance_id for r in self.store.instances(account, include_disappeared=True)}
 
     def tasks(self, account: str) -> list[TaskFact]:
         out = [

@@ -232,9 +232,9 @@ class Renderer:
         }
         return {**notice.values, **fields}
 
-    def line(self, notice: Notice, now: datetime) -> str:
+    def line(self, notice: Notice, now: datetime, context: dict[str, Any] | None = None) -> str:
         """The notice's line: the rule's override if it renders, else ``line.j2``."""
-        context = self.line_context(notice, now)
+        context = context if context is not None else self.line_context(notice, now)
         override = self._override(notice)
         if override is not None:
             try:
@@ -266,7 +266,8 @@ class Renderer:
             for n in notices
             if n.values.get("kind") == kind
         )
-        lines = [self.line(n, now) for n in notices]
+        contexts = [self.line_context(n, now) for n in notices]  # once: lines and headline
+        lines = [self.line(n, now, c) for n, c in zip(notices, contexts, strict=True)]
         headline = _one_line(
             self.env.get_template("headline.j2").render(
                 rule=rule,
@@ -277,7 +278,7 @@ class Renderer:
                 gpus=gpus,
                 noun=notices[0].resource_kind or "resource",
                 totals=totals,
-                notices=[self.line_context(n, now) for n in notices],
+                notices=contexts,
             )
         )
         return Group(rule, state, severity, len(notices), headline, lines, totals)

@@ -136,14 +136,16 @@ class AlertingRepo(StoreBase):
             elif read is not None:
                 deletes.append({"_fp": fp, "_v": read})
         if inserts:
-            stmt = (
-                insert_statement(conn, t.alerts)
-                .on_conflict_do_nothing(index_elements=["fingerprint"])
-                .returning(a.fingerprint)
+            stmt = insert_statement(conn, t.alerts).on_conflict_do_nothing(
+                index_elements=["fingerprint"]
             )
-            for row in inserts:  # one by one: a conflict (nothing returned) is a lost race
-                if conn.execute(stmt, row).first() is None:
-                    raise StaleAlertWrite(f"alert {row['fingerprint']} was created meanwhile")
+            # in one go (a first evaluation of a big fleet creates hundreds; SQLAlchemy's
+            # "insertmanyvalues" returns every inserted row on SQLite and PostgreSQL alike):
+            # a conflict inserts nothing, so a fingerprint not returned is a lost race
+            made = {fp for (fp,) in conn.execute(stmt.returning(a.fingerprint), inserts)}
+            missing = sorted({row["fingerprint"] for row in inserts} - made)
+            if missing:
+                raise StaleAlertWrite(f"alert(s) {', '.join(missing)} created meanwhile")
         cas = (a.fingerprint == bindparam("_fp")) & (a.version == bindparam("_v"))
         if updates:
             columns = [c for c in updates[0] if not c.startswith("_")]

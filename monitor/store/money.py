@@ -4,7 +4,7 @@ prices, and the queries ``status`` and the rules make of them (spend, running ho
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, NamedTuple
 
@@ -337,6 +337,37 @@ class MoneyRepo(StoreBase):
         """Every usage bill of ``cycle_type`` overlapping ``[start, end)`` as a row (for a few
         hours of bills; a long window wants :meth:`usage_bills_in_window`)."""
         return self.usage_bills_in_window(account, start, end, start, cycle_type, category)[1]
+
+    def latest_complete_bills(
+        self, account: str, now: datetime, lookback: timedelta, category: str = "gpu"
+    ) -> list[UsageBillRow]:
+        """Each owner's latest hourly bill whose hour ended by ``now`` (within ``lookback``):
+        one row per owner, picked in SQL (the current hour's bill is partial)."""
+        account_id = self.ensure_account(account)
+        u = t.usage_bills.c
+        end, start = to_epoch(now), to_epoch(now - lookback)
+        where = (
+            u.account_id == account_id,
+            u.cycle_type == "Hour",
+            u.category == category,
+            u.owner_id != "",
+        )
+        latest = (
+            select(u.owner_id.label("owner"), func.max(u.start_ts).label("ts"))
+            .where(*where, u.start_ts >= start, u.start_ts + 3600 <= end)
+            .group_by(u.owner_id)
+            .subquery()
+        )
+        query = select(
+            u.owner_id, u.start_ts, u.end_ts, u.amount, u.pay_amount, u.unit_price, u.bill_num0
+        ).join(latest, and_(u.owner_id == latest.c.owner, u.start_ts == latest.c.ts))
+        with self.engine.connect() as conn:
+            return [
+                UsageBillRow(
+                    owner, from_epoch(ts), None if e is None else from_epoch(e), a, p, up, n
+                )
+                for owner, ts, e, a, p, up, n in conn.execute(query.where(*where))
+            ]
 
     def max_listed_price(self, account: str) -> Decimal | None:
         """The highest listed hourly price (per unit) of any product of the account."""

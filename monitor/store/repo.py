@@ -192,6 +192,14 @@ class InstancesRepo(StoreBase):
             query = query.where(c.disappeared_at.is_(None))
         return self._load(query.order_by(c.instance_id))
 
+    def known_instance_ids(self, account: str) -> set[str]:
+        """Every instance id the account ever listed (gone ones included): a narrow read."""
+        account_id = self.ensure_account(account)
+        c = t.instances.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(c.instance_id).where(c.account_id == account_id))
+            return {iid for (iid,) in rows}
+
     def running_instances(self, account: str) -> list[tuple[str, int | None]]:
         """``(instance_id, cpu_num)`` of the instances last listed as running: what the
         metrics collector fans out over (a narrow read; :meth:`instances` builds records)."""
