@@ -429,9 +429,8 @@ class StoreFacts:
         if history is None or history > start:
             return None
         as_of = self._bills_as_of(account)
-        sums, edges = self.store.usage_bills_in_window(account, start, end, as_of, "Hour")
-        inside = sum((s.paid for s in sums), Decimal(0))
-        return economics.spend(inside, [_bill(r) for r in edges], start, end, as_of)
+        sums = self.store.usage_bill_sums(account, start, end, as_of, "Hour", by_owner=False)
+        return sum((s.paid for s in sums), Decimal(0))
 
     def running_hours(
         self,
@@ -446,13 +445,9 @@ class StoreFacts:
         key = (account, start, end)
         if key not in self._running:
             as_of = self._bills_as_of(account)
-            sums, edges = self.store.usage_bills_in_window(account, start, end, as_of, "Day")
+            sums = self.store.usage_bill_sums(account, start, end, as_of, "Day")
             by_owner = economics.card_hours_by_owner(
-                [economics.BillTotals(**s._asdict()) for s in sums],
-                [_bill(r) for r in edges],
-                start,
-                end,
-                as_of,
+                [economics.BillTotals(**s._asdict()) for s in sums], [], start, end, as_of
             )
             for bad in by_owner.problems:
                 self._problem(account, bad)

@@ -255,14 +255,20 @@ def test_bills_overlapping_a_window_include_the_one_running_into_it(store: Store
     assert store.usage_bills_overlapping("main", T0 - timedelta(hours=3), T0, "Day") == []
     llm = store.usage_bills_overlapping("main", T0 - timedelta(hours=3), T0, "Hour", "llm")
     assert [r.owner_id for r in llm] == ["i-2"]
-    # summed when wholly inside the window (up to where the bills reach), rows at the edges
-    sums, edges = store.usage_bills_in_window(
-        "main", T0 - timedelta(hours=3, minutes=30), T0, T0 - timedelta(hours=1), "Hour"
-    )
-    (inside,) = sums
-    assert (inside.owner_id, inside.priced, inside.unpriced) == ("i-1", 0, 2)
-    assert inside.unpriced_num == 2.0 and inside.paid == Decimal("0.70")
-    assert sorted(r.start for r in edges) == [T0 - timedelta(hours=4), T0 - timedelta(hours=1)]
+    # summed in SQL, each bill weighted by its share of the window up to where bills reach:
+    # the same figures as the economics' own definition over the rows
+    from monitor import economics
+    from monitor.facts import _bill
+
+    start, end, as_of = T0 - timedelta(hours=3, minutes=30), T0, T0 - timedelta(minutes=30)
+    (summed,) = store.usage_bill_sums("main", start, end, as_of, "Hour")
+    assert (summed.owner_id, summed.priced, summed.unpriced) == ("i-1", 0, 4)
+    rows = [_bill(r) for r in store.usage_bills_overlapping("main", start, end, "Hour")]
+    rows = [b for b in rows if b.owner_id == "i-1"]
+    # half of the 8:00 bill, the 9:00 and 10:00 ones, and the 11:00 one read at 11:30 in full
+    assert summed.paid == economics.spend(Decimal(0), rows, start, end, as_of) == Decimal("1.225")
+    (paid,) = store.usage_bill_sums("main", start, end, as_of, "Hour", by_owner=False)
+    assert paid.paid == Decimal("1.225")  # llm bills are another category
 
 
 def test_fixed_term_bills_idempotent(store: Store) -> None:
@@ -445,8 +451,8 @@ def test_bills_keyed_by_requested_product_category(store: Store) -> None:
     assert store.upsert_usage_bills("main", "Hour", convert.usage_bill_rows([bill], "gpu")) == 1
     window = (T0 - timedelta(hours=2), T0)
     (gpu,) = store.usage_bills_overlapping("main", *window, cycle_type="Hour")  # not summary too
-    (summed,) = store.usage_bills_overlapping("main", *window, "Hour", category="summary")
-    assert gpu.pay_amount == summed.pay_amount == Decimal("0.35")
+    (summary,) = store.usage_bills_overlapping("main", *window, "Hour", category="summary")
+    assert gpu.pay_amount == summary.pay_amount == Decimal("0.35")
 
 
 def test_store_is_shared_by_threads(store: Store) -> None:

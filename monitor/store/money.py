@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from sqlalchemy import BigInteger, Float, and_, case, cast, func, select, type_coerce
+from sqlalchemy import BigInteger, Float, and_, case, cast, func, literal, select, type_coerce
 
 from monitor.store import tables as t
 from monitor.store.base import StoreBase
@@ -249,25 +249,62 @@ class MoneyRepo(StoreBase):
 
     # -- reads for the economics (monitor/economics.py computes; these only fetch) ------------
 
-    def usage_bills_in_window(
+    def usage_bill_sums(
         self,
         account: str,
         start: datetime,
         end: datetime,
-        inside_end: datetime,
+        as_of: datetime,
         cycle_type: str,
         category: str = "gpu",
-    ) -> tuple[list[BillSums], list[UsageBillRow]]:
-        """The usage bills of ``cycle_type`` that overlap ``[start, end)``, in two parts: those
-        lying wholly inside ``[start, inside_end)`` summed per owner in SQL (a month of a
-        thousand instances' bills is ~30,000 rows: never read one by one), and the others (the
-        few straddling an edge, or running past ``inside_end``) as rows, for the economics to
-        count in proportion. Hour bills last an hour, Day bills a UTC day."""
+        by_owner: bool = True,
+    ) -> list[BillSums]:
+        """The usage bills of ``cycle_type`` overlapping ``[start, end)``, summed in SQL per
+        owner (or all together: ``by_owner=False``), each bill weighted by the share of its
+        period that lies in the window, the period counted only up to ``as_of`` (what a bill
+        read then can have charged: the current period's is partial). A month of a thousand
+        instances' bills is ~30,000 rows: never read one by one. Hour bills last an hour, Day
+        bills a UTC day. The weighting is the economics' ``window_share``, written in SQL."""
         account_id = self.ensure_account(account)
         u = t.usage_bills.c
         period = 86400 if cycle_type == "Day" else 3600
-        s, e, inner = to_epoch(start), to_epoch(end), to_epoch(min(inside_end, end))
-        base = (
+        s, e, a = to_epoch(start), to_epoch(end), to_epoch(as_of)
+
+        def least(x: Any, y: Any) -> Any:
+            return case((x < y, x), else_=y)
+
+        def greatest(x: Any, y: Any) -> Any:
+            return case((x > y, x), else_=y)
+
+        effective_end = least(u.start_ts + period, a)
+        overlap = least(effective_end, e) - greatest(u.start_ts, s)
+        share = case(
+            (
+                and_(effective_end > u.start_ts, overlap > 0),
+                cast(overlap, Float) / (effective_end - u.start_ts),
+            ),
+            else_=0.0,
+        )
+        amount = type_coerce(u.amount, BigInteger)
+        unit = type_coerce(u.unit_price, BigInteger)
+        priced = unit > 0
+        unpriced = ~priced | unit.is_(None)
+
+        def when(condition: Any, value: Any) -> Any:
+            return func.sum(case((condition, value), else_=0))
+
+        def columns(weight: Any) -> list[Any]:
+            paid = cast(type_coerce(func.coalesce(u.pay_amount, u.amount), BigInteger), Float)
+            return [
+                when(priced, 1),
+                when(priced, cast(amount, Float) / unit * weight),
+                when(priced, u.bill_num0 * weight),
+                when(unpriced, 1),
+                when(unpriced, u.bill_num0 * weight),
+                func.sum(paid * weight),
+            ]
+
+        where = (
             u.account_id == account_id,
             u.cycle_type == cycle_type,
             u.category == category,
@@ -275,56 +312,34 @@ class MoneyRepo(StoreBase):
             u.start_ts < e,
             u.start_ts > s - period,
         )
-        inside = and_(u.start_ts >= s, u.start_ts + period <= inner)
-        amount = type_coerce(u.amount, BigInteger)
-        unit = type_coerce(u.unit_price, BigInteger)
-        priced = unit > 0
-
-        def when(condition: Any, value: Any) -> Any:
-            return func.sum(case((condition, value), else_=0))
-
-        sums = (
-            select(
-                u.owner_id,
-                when(priced, 1),
-                when(priced, cast(amount, Float) / unit),
-                when(priced, u.bill_num0),
-                when(~priced | unit.is_(None), 1),
-                when(~priced | unit.is_(None), u.bill_num0),
-                func.sum(type_coerce(func.coalesce(u.pay_amount, u.amount), BigInteger)),
-            )
-            .where(*base, inside)
-            .group_by(u.owner_id)
-        )
-        edges = select(
-            u.owner_id, u.start_ts, u.end_ts, u.amount, u.pay_amount, u.unit_price, u.bill_num0
-        ).where(*base, ~inside)
+        # the bills wholly inside (nearly all of them) count in full: a plain sum; the few at
+        # the edges are weighted (the CASE per row costs, so only for them)
+        inside = and_(u.start_ts >= s, u.start_ts + period <= min(e, a))
+        parts = [(inside, columns(1.0)), (~inside, columns(share))]
+        sums: dict[str, list[float]] = {}
         with self.engine.connect() as conn:
-            totals = [
-                BillSums(
-                    owner_id=owner,
-                    priced=int(n_priced or 0),
-                    priced_hours=float(hours or 0.0),
-                    priced_num=float(num or 0.0),
-                    unpriced=int(n_other or 0),
-                    unpriced_num=float(other or 0.0),
-                    paid=micros_to_usd(paid or 0) or Decimal(0),
-                )
-                for owner, n_priced, hours, num, n_other, other, paid in conn.execute(sums)
-            ]
-            rows = [
-                UsageBillRow(
-                    owner_id=owner,
-                    start=from_epoch(start_ts),
-                    end=None if end_ts is None else from_epoch(end_ts),
-                    amount=amount_usd,
-                    pay_amount=pay,
-                    unit_price=unit_usd,
-                    bill_num0=num,
-                )
-                for owner, start_ts, end_ts, amount_usd, pay, unit_usd, num in conn.execute(edges)
-            ]
-        return totals, rows
+            for condition, cols in parts:
+                owner = u.owner_id if by_owner else literal("")
+                query = select(owner, *cols).where(*where, condition)
+                if by_owner:
+                    query = query.group_by(u.owner_id)
+                for key, *values in conn.execute(query):
+                    into = sums.setdefault(key, [0.0] * 6)
+                    for n, value in enumerate(values):
+                        into[n] += float(value or 0)
+        return [
+            BillSums(
+                owner_id=key,
+                priced=int(v[0]),
+                priced_hours=v[1],
+                priced_num=v[2],
+                unpriced=int(v[3]),
+                unpriced_num=v[4],
+                paid=micros_to_usd(round(v[5])) or Decimal(0),
+            )
+            for key, v in sums.items()
+            if v[0] or v[3]
+        ]
 
     def usage_bills_overlapping(
         self,
@@ -335,8 +350,28 @@ class MoneyRepo(StoreBase):
         category: str = "gpu",
     ) -> list[UsageBillRow]:
         """Every usage bill of ``cycle_type`` overlapping ``[start, end)`` as a row (for a few
-        hours of bills; a long window wants :meth:`usage_bills_in_window`)."""
-        return self.usage_bills_in_window(account, start, end, start, cycle_type, category)[1]
+        hours of bills; a long window wants :meth:`usage_bill_sums`)."""
+        account_id = self.ensure_account(account)
+        u = t.usage_bills.c
+        period = 86400 if cycle_type == "Day" else 3600
+        s, e = to_epoch(start), to_epoch(end)
+        query = select(
+            u.owner_id, u.start_ts, u.end_ts, u.amount, u.pay_amount, u.unit_price, u.bill_num0
+        ).where(
+            u.account_id == account_id,
+            u.cycle_type == cycle_type,
+            u.category == category,
+            u.owner_id != "",
+            u.start_ts < e,
+            u.start_ts > s - period,
+        )
+        with self.engine.connect() as conn:
+            return [
+                UsageBillRow(
+                    owner, from_epoch(ts), None if te is None else from_epoch(te), am, p, up, n
+                )
+                for owner, ts, te, am, p, up, n in conn.execute(query)
+            ]
 
     def latest_complete_bills(
         self, account: str, now: datetime, lookback: timedelta, category: str = "gpu"
