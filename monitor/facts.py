@@ -41,6 +41,7 @@ from monitor.rules.facts import (
     InstanceFact,
     TaskFact,
     WindowAgg,
+    account_runway,
 )
 
 log = get_logger("monitor.facts")
@@ -334,25 +335,8 @@ class StoreFacts:
         return economics.burn_rate(self._book(account).costs.values())
 
     def runway(self, account: str, now: datetime) -> Runway:
-        balance = self.balance(account)
-        charges = []
-        for inst in self.instances(account):
-            charge = economics.renewal_charge(
-                instance_id=inst.id,
-                billing_mode=inst.billing_mode,
-                end_time=inst.end_time,
-                auto_renew=inst.auto_renew,
-                auto_renew_months=inst.auto_renew_months,
-                monthly_usd=inst.monthly_price_usd,
-                now=now,
-            )
-            if charge is not None:
-                charges.append(charge)
-        return economics.runway(
-            None if balance is None else balance.available_usd,
-            self.burn_rate(account),
-            charges,
-            now,
+        return account_runway(
+            self.balance(account), self.burn_rate(account), self.instances(account), now
         )
 
     def idle_since(

@@ -126,6 +126,34 @@ class TaskFact:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
+def account_runway(
+    balance: BalanceFact | None,
+    burn: Decimal | None,
+    instances: Iterable[InstanceFact],
+    now: datetime,
+) -> Runway:
+    """The account's runway (:func:`monitor.economics.runway`), the auto-renewals its
+    subscriptions will be charged subtracted at their time: what every :class:`Facts`
+    answers for :meth:`Facts.runway`."""
+    charges = [
+        charge
+        for inst in instances
+        if (
+            charge := economics.renewal_charge(
+                instance_id=inst.id,
+                billing_mode=inst.billing_mode,
+                end_time=inst.end_time,
+                auto_renew=inst.auto_renew,
+                auto_renew_months=inst.auto_renew_months,
+                monthly_usd=inst.monthly_price_usd,
+                now=now,
+            )
+        )
+        is not None
+    ]
+    return economics.runway(None if balance is None else balance.available_usd, burn, charges, now)
+
+
 @runtime_checkable
 class Facts(Protocol):
     """The questions the rule engine asks. Implementations must be read-only and cheap to call
@@ -359,27 +387,10 @@ class InMemoryFacts:
         return self.burn_rates.get(account)
 
     def runway(self, account: str, now: datetime) -> Runway:
-        balance = self.balances.get(account)
-        charges = [
-            charge
-            for inst in self.instance_list.get(account, [])
-            if (
-                charge := economics.renewal_charge(
-                    instance_id=inst.id,
-                    billing_mode=inst.billing_mode,
-                    end_time=inst.end_time,
-                    auto_renew=inst.auto_renew,
-                    auto_renew_months=inst.auto_renew_months,
-                    monthly_usd=inst.monthly_price_usd,
-                    now=now,
-                )
-            )
-            is not None
-        ]
-        return economics.runway(
-            None if balance is None else balance.available_usd,
+        return account_runway(
+            self.balances.get(account),
             self.burn_rate(account),
-            charges,
+            self.instance_list.get(account, []),
             now,
         )
 
