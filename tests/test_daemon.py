@@ -157,6 +157,22 @@ def test_daemon_collects_reloads_and_stops(tmp_path: Path, live_sim: SimServer) 
 ADDRESS_SPACE_CAP = 2 * 1024**3
 
 
+#: runs ``python -m monitor ARGS...`` as its own child under an address-space cap and writes
+#: that child's peak RSS (KiB) to a file; exits with the child's status
+MEASURE = """
+import os, resource, sys
+cap, peak, args = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable, "-m", "monitor", *args])
+_, status, usage = os.wait4(pid, 0)
+with open(peak, "w") as f:
+    f.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def _cap_memory(pid: int) -> None:
     """Set on the child just started (a ``preexec_fn`` is unsafe in a process with threads);
     it spends its first half second importing, long before it reads any YAML."""
@@ -187,28 +203,31 @@ def test_check_refuses_hostile_yaml_fast_and_small(tmp_path: Path, text: str, pr
     path = tmp_path / "hostile.yaml"
     path.write_text(text)
     out = tmp_path / "out.txt"
+    peak = tmp_path / "peak.txt"
     started = time.monotonic()
     with out.open("w") as sink:
+        # ``check`` runs as the child of a small wrapper, not of pytest: Linux carries a
+        # process's peak RSS across exec, so a child forked from a 200 MB test process would
+        # report 200 MB whatever ``check`` used
         proc = subprocess.Popen(
-            [sys.executable, "-m", "monitor", "check", str(path)],
+            [sys.executable, "-c", MEASURE, str(ADDRESS_SPACE_CAP), str(peak), "check", str(path)],
             stdout=sink,
             stderr=subprocess.STDOUT,
         )
-        _cap_memory(proc.pid)
         killer = threading.Timer(DEADLINE_S, proc.kill)
         killer.start()
         try:
-            _pid, status, usage = os.wait4(proc.pid, 0)  # this child's own peak memory
+            proc.wait()
         finally:
             killer.cancel()
-    proc.returncode = os.waitstatus_to_exitcode(status)
     elapsed = time.monotonic() - started
+    maxrss_kib = int(peak.read_text())
 
     lines = out.read_text().splitlines()
     assert proc.returncode == 2
     assert len(lines) == 2 and lines[0] == "error: 1 problem(s) found:", lines
     assert lines[1].startswith(f"{path}{problem}")
-    assert usage.ru_maxrss < 200 * 1024  # KiB: under 200 MB (about 55 MB: the imports)
+    assert maxrss_kib < 200 * 1024  # KiB: under 200 MB (about 55 MB: the imports)
     assert elapsed < 10  # about 0.5 s, the imports; generous for a shared machine
 
 
