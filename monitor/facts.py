@@ -381,7 +381,7 @@ class StoreFacts:
             if since is None:
                 continue
             # the stretch stopped at a rolled-up hour: that hour's minutes say when within it
-            if broken_at is not None and since == broken_at + _HOUR and broken_at >= floor:
+            if broken_at is not None and since == broken_at + _HOUR and since > floor:
                 inside = self.store.gpu_minutes(account, [iid], broken_at, since).get(iid, [])
                 before = economics.idle_since(
                     [economics.Span(ts, _MINUTE, peak) for ts, peak in inside],

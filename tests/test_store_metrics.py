@@ -292,3 +292,23 @@ def test_an_idle_stretch_is_traced_through_the_rollups_to_its_minute(store: Stor
     facts = StoreFacts(store, ["main"], {}, 2.0, now=T0)
     since = facts.idle_since("main", 5.0, T0, ["i-1", "i-2"])
     assert since == {"i-1": from_epoch(turn), "i-2": from_epoch(hole + 1800)}
+
+
+def test_an_idle_stretch_reaches_back_to_a_history_that_began_mid_hour(store: Store) -> None:
+    """The first rolled-up hour of a history that began at :30 has half its minutes: it is the
+    start of what is stored, not a gap, and the stretch reaches back to its first minute (the
+    same figure as from the raw minutes alone)."""
+    from monitor.facts import StoreFacts
+    from monitor.store.types import from_epoch
+
+    key = store.instance_key("main", "i-2")
+    assert key is not None
+    start = E0 - 5 * 3600 + 1800  # 07:30
+    store.bulk_insert_metrics(
+        [MetricRow(key, ts, gpu_util=1.0, gpu_utils=(1.0,)) for ts in range(start, E0, 60)]
+    )
+    raw = StoreFacts(store, ["main"], {}, 2.0, now=T0).idle_since("main", 5.0, T0, ["i-2"])
+    store.rollup(T0)
+    assert store.rollup_watermark() is not None
+    rolled = StoreFacts(store, ["main"], {}, 2.0, now=T0).idle_since("main", 5.0, T0, ["i-2"])
+    assert raw == rolled == {"i-2": from_epoch(start)}
