@@ -294,16 +294,31 @@ def test_an_idle_stretch_is_traced_through_the_rollups_to_its_minute(store: Stor
     assert since == {"i-1": from_epoch(turn), "i-2": from_epoch(hole + 1800)}
 
 
-def test_an_idle_stretch_reaches_back_to_a_history_that_began_mid_hour(store: Store) -> None:
-    """The first rolled-up hour of a history that began at :30 has half its minutes: it is the
-    start of what is stored, not a gap, and the stretch reaches back to its first minute (the
-    same figure as from the raw minutes alone)."""
+def test_an_idle_stretch_reaches_back_to_a_start_mid_hour(store: Store) -> None:
+    """An instance started at 07:31 and idle since: its first rolled-up hour has 29 minutes
+    (not a gap: the start of its run), and the stretch reaches back to 07:31 through the
+    rollups as through the raw minutes (the demo's notebook read 4.5 h instead of 5 h before)."""
     from monitor.facts import StoreFacts
     from monitor.store.types import from_epoch
 
+    start = E0 - 5 * 3600 + 31 * 60  # 07:31
+    store.upsert_instances(
+        "main",
+        instance_rows(
+            [
+                Instance(
+                    id="i-2",
+                    status="running",
+                    gpu_num=1,
+                    cpu_num=1,
+                    last_started_at=from_epoch(start),
+                )
+            ]
+        ),
+        T0,
+    )
     key = store.instance_key("main", "i-2")
     assert key is not None
-    start = E0 - 5 * 3600 + 1800  # 07:30
     store.bulk_insert_metrics(
         [MetricRow(key, ts, gpu_util=1.0, gpu_utils=(1.0,)) for ts in range(start, E0, 60)]
     )
