@@ -154,7 +154,7 @@ class StoreFacts:
         """Per instance, the hourly cost its latest *complete* hourly bill shows (the current
         hour's bill is partial and never used)."""
         now = self.now
-        rows = self.store.latest_complete_bills(account, now, HOURLY_BILL_LOOKBACK)
+        rows = self.store.latest_complete_bills(account, now, HOURLY_BILL_LOOKBACK, list(gpus))
         latest = {b.owner_id: b for b in map(_bill, rows)}
         unit = economics.card_hours_by_owner([], latest.values(), now, now, now).unit
         out: dict[str, Decimal] = {}
@@ -171,7 +171,15 @@ class StoreFacts:
         self._built.add(account)
         book = self._books.setdefault(account, _Book())
         recs = self.store.instances(account)
-        billed = self._billed_hourly(account, {r.instance_id: int(r.gpu_count or 0) for r in recs})
+        billed = self._billed_hourly(  # only what may bill by the hour now
+            account,
+            {
+                r.instance_id: int(r.gpu_count or 0)
+                for r in recs
+                if r.status in economics.BILLABLE_STATUSES
+                and r.billing_mode in economics.HOURLY_MODES
+            },
+        )
         ceiling = self.store.max_listed_price(account)
         # statuses whose start matters: stuck transitions, and stops (when data expires)
         transitional = [r.instance_id for r in recs if r.status in _SINCE_STATUSES]

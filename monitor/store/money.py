@@ -318,7 +318,10 @@ class MoneyRepo(StoreBase):
         # the bills wholly inside (nearly all of them) count in full: a plain sum; the few at
         # the edges are weighted (the CASE per row costs, so only for them)
         inside = and_(u.start_ts >= s, u.start_ts + period <= min(e, a))
-        parts = [(inside, columns(1.0)), (~inside, columns(share))]
+        if by_owner:
+            parts = [(inside, columns(1.0)), (~inside, columns(share))]
+        else:  # one scan: the weight is worked out only for the few bills at the edges
+            parts = [(literal(True), columns(case((inside, 1.0), else_=share)))]
         sums: dict[str, list[float]] = {}
         with self.engine.connect() as conn:
             for condition, cols in parts:
@@ -377,35 +380,42 @@ class MoneyRepo(StoreBase):
             ]
 
     def latest_complete_bills(
-        self, account: str, now: datetime, lookback: timedelta, category: str = "gpu"
+        self,
+        account: str,
+        now: datetime,
+        lookback: timedelta,
+        owner_ids: Sequence[str],
+        category: str = "gpu",
     ) -> list[UsageBillRow]:
-        """Each owner's latest hourly bill whose hour ended by ``now`` (within ``lookback``):
-        one row per owner, picked in SQL (the current hour's bill is partial)."""
+        """Each of ``owner_ids``' latest hourly bill whose hour ended by ``now`` (within
+        ``lookback``): one row per owner, picked in SQL (the current hour's bill is partial);
+        naming the owners lets the key's prefix (account, cycle, category, owner) find them."""
         account_id = self.ensure_account(account)
         u = t.usage_bills.c
         end, start = to_epoch(now), to_epoch(now - lookback)
+        if not owner_ids:
+            return []
         where = (
             u.account_id == account_id,
             u.cycle_type == "Hour",
             u.category == category,
-            u.owner_id != "",
+            u.owner_id.in_(list(owner_ids)),
         )
-        latest = (
-            select(u.owner_id.label("owner"), func.max(u.start_ts).label("ts"))
+        query = (
+            select(
+                u.owner_id, u.start_ts, u.end_ts, u.amount, u.pay_amount, u.unit_price, u.bill_num0
+            )
             .where(*where, u.start_ts >= start, u.start_ts + 3600 <= end)
-            .group_by(u.owner_id)
-            .subquery()
+            .order_by(u.owner_id, u.start_ts.desc())
         )
-        query = select(
-            u.owner_id, u.start_ts, u.end_ts, u.amount, u.pay_amount, u.unit_price, u.bill_num0
-        ).join(latest, and_(u.owner_id == latest.c.owner, u.start_ts == latest.c.ts))
+        out: dict[str, UsageBillRow] = {}
         with self.engine.connect() as conn:
-            return [
-                UsageBillRow(
-                    owner, from_epoch(ts), None if e is None else from_epoch(e), a, p, up, n
-                )
-                for owner, ts, e, a, p, up, n in conn.execute(query.where(*where))
-            ]
+            for owner, ts, e, a, p, up, n in conn.execute(query):
+                if owner not in out:  # the newest first
+                    out[owner] = UsageBillRow(
+                        owner, from_epoch(ts), None if e is None else from_epoch(e), a, p, up, n
+                    )
+        return list(out.values())
 
     def max_listed_price(self, account: str) -> Decimal | None:
         """The highest listed hourly price (per unit) of any product of the account."""
