@@ -208,6 +208,15 @@ def _unit_of(num: float, derived: float) -> int | None:
     return unit if abs(num / unit - derived) <= UNIT_TOLERANCE * derived else None
 
 
+def bill_time_unit(totals: Iterable[BillTotals], bills: Iterable[Bill]) -> int | None:
+    """The ``billNum0`` time unit (1, 60 or 3600) most of the bills show when their quantity
+    is checked against their money; None when none shows one."""
+    shown = [_unit_of(t.priced_num, t.priced_hours) for t in totals if t.priced_hours > 0]
+    shown += [bill_card_hours(b).unit for b in bills]
+    units = [u for u in shown if u is not None]
+    return max(set(units), key=units.count) if units else None
+
+
 def card_hours_by_owner(
     totals: Iterable[BillTotals],
     edges: Iterable[Bill],
@@ -222,10 +231,7 @@ def card_hours_by_owner(
     the money (``amount / unit price``) and are cross-checked against ``billNum0``: when no
     time unit makes them agree within 25 %, that owner's hours are unknown (a problem)."""
     totals, edges = list(totals), list(edges)
-    shown = [_unit_of(t.priced_num, t.priced_hours) for t in totals if t.priced_hours > 0]
-    shown += [bill_card_hours(b).unit for b in edges]
-    units = [u for u in shown if u is not None]
-    hint = max(set(units), key=units.count) if units else None
+    hint = bill_time_unit(totals, edges)
     hours: dict[str, float | None] = {}
     problems: list[Problem] = []
 

@@ -156,7 +156,7 @@ class StoreFacts:
         now = self.now
         rows = self.store.latest_complete_bills(account, now, HOURLY_BILL_LOOKBACK, list(gpus))
         latest = {b.owner_id: b for b in map(_bill, rows)}
-        unit = economics.card_hours_by_owner([], latest.values(), now, now, now).unit
+        unit = economics.bill_time_unit([], latest.values())
         out: dict[str, Decimal] = {}
         for owner, b in latest.items():
             card_hours = economics.bill_card_hours(b, unit).hours
