@@ -135,6 +135,7 @@ class StoreFacts:
         self._built: set[str] = set()
         self.price = cache(self._price)
         self._running: dict[tuple[str, datetime, datetime], Any] = {}
+        self._metrics_start: dict[str, datetime | None] = {}
 
     # -- the account's book -------------------------------------------------------------
 
@@ -184,18 +185,16 @@ class StoreFacts:
         # statuses whose start matters: stuck transitions, and stops (when data expires)
         transitional = [r.instance_id for r in recs if r.status in _SINCE_STATUSES]
         histories = self.store.status_histories(account, transitional) if transitional else {}
-        # the basis of the listed prices (per GPU or per instance), as the bills showed it
-        listed: dict[str, Decimal | None] = {}
         for rec in recs:
             price = self.price(account, rec.product_id, rec.cluster_id)
             mode = rec.billing_mode if rec.billing_mode in economics.HOURLY_MODES else "onDemand"
-            listed[rec.instance_id] = None if price is None else price.hourly_usd(mode)
-        for rec in recs:
+            listed = None if price is None else price.hourly_usd(mode)
+            gpus = int(rec.gpu_count or 0)
             cost = economics.hourly_cost(
                 status=rec.status,
                 billing_mode=rec.billing_mode or None,
-                gpu_count=int(rec.gpu_count or 0),
-                listed_unit_usd=listed[rec.instance_id],
+                gpu_count=gpus,
+                listed_unit_usd=listed,
                 billed_usd=billed.get(rec.instance_id),
                 max_listed_unit_usd=ceiling,
                 resource_id=rec.instance_id,
@@ -212,25 +211,19 @@ class StoreFacts:
                     ),
                 )
             book.costs[rec.instance_id] = cost
-        for rec in recs:
-            price = self.price(account, rec.product_id, rec.cluster_id)
+            # the basis of the listed prices (per GPU or per instance), as the bills showed it
+            units = economics.price_units(cost.usd, listed, gpus)
+            on_demand = None if price is None else price.hourly_usd("onDemand")
             monthly, problem = economics.monthly_price(
                 monthly_unit_usd=None if price is None else price.monthly_price_usd(1),
-                on_demand_unit_usd=None if price is None else price.hourly_usd("onDemand"),
-                units=economics.price_units(
-                    book.costs[rec.instance_id].usd,
-                    listed[rec.instance_id],
-                    int(rec.gpu_count or 0),
-                ),
+                on_demand_unit_usd=on_demand,
+                units=units,
                 resource_id=rec.instance_id,
             )
             self._problem(account, problem)
-            units = economics.price_units(
-                book.costs[rec.instance_id].usd, listed[rec.instance_id], int(rec.gpu_count or 0)
-            )
             subscriptions, bad = economics.subscription_prices(
                 listed_unit_usd={} if price is None else dict(price.monthly_prices_usd),
-                on_demand_unit_usd=None if price is None else price.hourly_usd("onDemand"),
+                on_demand_unit_usd=on_demand,
                 units=units,
                 resource_id=rec.instance_id,
             )
@@ -242,7 +235,7 @@ class StoreFacts:
                     name=rec.name,
                     status=rec.status,
                     billing_mode=rec.billing_mode or None,
-                    gpu_count=int(rec.gpu_count or 0),
+                    gpu_count=gpus,
                     cpu_num=rec.cpu_num,
                     product_id=rec.product_id,
                     product_name=rec.product_name,
@@ -253,7 +246,7 @@ class StoreFacts:
                     first_seen=rec.first_seen,
                     status_since=_status_since(rec, histories.get(rec.instance_id)),
                     error_state=rec.error_state,
-                    hourly_cost_usd=book.costs[rec.instance_id].usd,
+                    hourly_cost_usd=cost.usd,
                     monthly_price_usd=monthly,
                     labels=dict(rec.envs or {}),
                     auto_renew=rec.auto_renew,
@@ -512,9 +505,11 @@ class StoreFacts:
         return sorted({RULE_COLLECTOR.get(name, name) for name in ours})
 
     def metrics_start(self, account: str) -> datetime | None:
-        first = self.store.first_metric_time(account)
-        # a sample stamped t summarises the minute ending at t
-        return None if first is None else first - timedelta(seconds=60)
+        if account not in self._metrics_start:  # once per evaluation (a lookup per instance)
+            first = self.store.first_metric_time(account)
+            # a sample stamped t summarises the minute ending at t
+            self._metrics_start[account] = None if first is None else first - timedelta(seconds=60)
+        return self._metrics_start[account]
 
     def history_start(self, account: str) -> datetime | None:
         candidates = [self._bills_history(account, DAILY_BILLS_HISTORY)]

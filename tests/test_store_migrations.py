@@ -26,7 +26,7 @@ from monitor.store.tables import metadata
 from monitor.store.testing import pg_url, store_url
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
-HEAD = "0005"
+HEAD = "0006"
 
 BACKENDS = [
     "sqlite",

@@ -164,6 +164,9 @@ def _environment(template_dir: Path | None) -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         autoescape=False,
+        # the package's templates never change under a running process: no stat() of the
+        # file at every render (two per alert line); a user's directory may be edited
+        auto_reload=template_dir is not None,
     )
     env.filters.update(
         money=format_money,

@@ -101,9 +101,10 @@ def _idle_gpus(
     start, end = ctx.now - params.window, ctx.now
     needed = params.min_coverage * (params.window - params.metric_lag).total_seconds()
     mem_th = params.gpu_memory_threshold
-    utils = ctx.facts.metric_window(ctx.account, "gpu_util", start, end)
+    whole = isinstance(params, IdleGpuParams)  # the across-GPU series counts (underused: per GPU)
+    utils = ctx.facts.metric_window(ctx.account, "gpu_util", start, end) if whole else {}
     util = utils.get(inst.id)
-    all_idle = isinstance(params, IdleGpuParams) and params.mode == "all"
+    all_idle = whole and params.mode == "all"
     if all_idle and util is not None and util.max >= params.threshold:
         # the GPUs' average reached the threshold, so some GPU did: not every GPU is idle
         return [False], util, False
@@ -128,9 +129,20 @@ def _idle_gpus(
             _judge_idle(g, mems.get(g.gpu_id), params.threshold, mem_th, needed) for g in per_gpu
         ]
         return verdicts, util, True
+    if not whole:
+        return [None], None, False  # no per-GPU samples: nothing to say per GPU
     mem = None
-    if mem_th is not None:
-        mem = ctx.facts.metric_window(ctx.account, "gpu_mem", start, end).get(inst.id)
+    if mem_th is not None and (util is None or util.max < params.threshold):
+        # memory can only veto what utilisation calls idle: read it for those instances only
+        quiet = ctx.facts.memo(
+            ("gpu-quiet", ctx.account, start, end, params.threshold),
+            lambda: [
+                i.id
+                for i in ctx.facts.instances(ctx.account)
+                if i.id not in utils or utils[i.id].max < params.threshold
+            ],
+        )
+        mem = ctx.facts.metric_window(ctx.account, "gpu_mem", start, end, quiet).get(inst.id)
     return [_judge_idle(util, mem, params.threshold, mem_th, needed)], util, False
 
 

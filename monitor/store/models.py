@@ -42,6 +42,7 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -304,9 +305,21 @@ class UsageBillRecord(StoreRecord, table=True):
     the period ends. Times are epoch seconds (bills are many and keyed by start)."""
 
     __tablename__ = "usage_bills"
-    # no secondary index: the key's prefix (account, cycle, category, owner) serves the
-    # queries, and a secondary index on a WITHOUT ROWID table repeats the whole key
-    __table_args__ = {"sqlite_with_rowid": False}
+    # keyed by start before owner (revision 0006): a window of time is a range of the key,
+    # whatever the history kept; no secondary index (on a WITHOUT ROWID table it would repeat
+    # the whole key)
+    __table_args__ = (
+        PrimaryKeyConstraint(
+            "account_id",
+            "cycle_type",
+            "category",
+            "start_ts",
+            "owner_id",
+            "product_id",
+            name="pk_usage_bills",
+        ),
+        {"sqlite_with_rowid": False},
+    )
 
     account_id: int = _account_key()
     cycle_type: str = _key_str(16)
