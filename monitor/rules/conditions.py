@@ -104,7 +104,7 @@ def _idle_gpus(
     whole = isinstance(params, IdleGpuParams)  # the across-GPU series counts (underused: per GPU)
     utils = ctx.facts.metric_window(ctx.account, "gpu_util", start, end) if whole else {}
     util = utils.get(inst.id)
-    all_idle = whole and params.mode == "all"
+    all_idle = isinstance(params, IdleGpuParams) and params.mode == "all"
     if all_idle and util is not None and util.max >= params.threshold:
         # the GPUs' average reached the threshold, so some GPU did: not every GPU is idle
         return [False], util, False
