@@ -372,6 +372,10 @@ def test_upgrade_from_0002_keeps_every_row(url: str) -> None:
                 ddl = dict(conn.execute(text("SELECT name, sql FROM sqlite_master")).all())
             for name in ("usage_bills", "balance_samples", "metric_samples", "metric_hourly"):
                 assert "WITHOUT ROWID" in ddl[name], name
+        # 0006: a window of time is a range of the bills' key
+        assert inspect(store.engine).get_pk_constraint("usage_bills")["constrained_columns"] == [
+            "account_id", "cycle_type", "category", "start_ts", "owner_id", "product_id"
+        ]  # fmt: skip
         assert after["data_problems"] == [] and after["actions"] == []
         for row in before["instances"]:  # 0005: of an environment, only the protection flag
             row["envs"] = {k: v for k, v in row["envs"].items() if k == "NOVITA_MONITOR_PROTECT"}
