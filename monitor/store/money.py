@@ -6,9 +6,21 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import cache
 from typing import Any, NamedTuple
 
-from sqlalchemy import BigInteger, Float, and_, case, cast, func, literal, select, type_coerce
+from sqlalchemy import (
+    BigInteger,
+    Float,
+    and_,
+    bindparam,
+    case,
+    cast,
+    func,
+    literal,
+    select,
+    type_coerce,
+)
 
 from monitor.store import tables as t
 from monitor.store.base import StoreBase
@@ -264,75 +276,40 @@ class MoneyRepo(StoreBase):
         period that lies in the window, the period counted only up to ``as_of`` (what a bill
         read then can have charged: the current period's is partial). A month of a thousand
         instances' bills is ~30,000 rows: never read one by one. Hour bills last an hour, Day
-        bills a UTC day. The weighting is the economics' ``window_share``, written in SQL."""
+        bills a UTC day. The weighting is the economics' ``window_share``, written in SQL.
+
+        Three ranges of the key (start first, revision 0006), each read once: the bills wholly
+        inside (nearly all of them) summed plainly, the few at either edge weighted (the CASE
+        per row costs, so only for them). The statements are built once (bound parameters)."""
         account_id = self.ensure_account(account)
-        u = t.usage_bills.c
         period = 86400 if cycle_type == "Day" else 3600
         s, e, a = to_epoch(start), to_epoch(end), to_epoch(as_of)
-
-        def least(x: Any, y: Any) -> Any:
-            return case((x < y, x), else_=y)
-
-        def greatest(x: Any, y: Any) -> Any:
-            return case((x > y, x), else_=y)
-
-        effective_end = least(u.start_ts + period, a)
-        overlap = least(effective_end, e) - greatest(u.start_ts, s)
-        share = case(
-            (
-                and_(effective_end > u.start_ts, overlap > 0),
-                cast(overlap, Float) / (effective_end - u.start_ts),
-            ),
-            else_=0.0,
-        )
-        amount = type_coerce(u.amount, BigInteger)
-        unit = type_coerce(u.unit_price, BigInteger)
-        priced = unit > 0
-        unpriced = ~priced | unit.is_(None)
-
-        def when(condition: Any, value: Any) -> Any:
-            return func.sum(case((condition, value), else_=0))
-
-        def columns(weight: Any) -> list[Any]:
-            paid = cast(type_coerce(func.coalesce(u.pay_amount, u.amount), BigInteger), Float)
-            if not by_owner:  # the spend needs only the money: one sum (a week is 168k rows)
-                return [literal(0), literal(0), literal(0), func.count(), literal(0),
-                        func.sum(paid * weight)]  # fmt: skip
-            return [
-                when(priced, 1),
-                when(priced, cast(amount, Float) / unit * weight),
-                when(priced, u.bill_num0 * weight),
-                when(unpriced, 1),
-                when(unpriced, u.bill_num0 * weight),
-                func.sum(paid * weight),
-            ]
-
-        where = (
-            u.account_id == account_id,
-            u.cycle_type == cycle_type,
-            u.category == category,
-            u.owner_id != "",
-            u.start_ts < e,
-            u.start_ts > s - period,
-        )
-        # the bills wholly inside (nearly all of them) count in full: a plain sum; the few at
-        # the edges are weighted (the CASE per row costs, so only for them)
-        inside = and_(u.start_ts >= s, u.start_ts + period <= min(e, a))
-        if by_owner:
-            parts = [(inside, columns(1.0)), (~inside, columns(share))]
-        else:  # one scan: the weight is worked out only for the few bills at the edges
-            parts = [(literal(True), columns(case((inside, 1.0), else_=share)))]
+        last_whole = min(e, a) - period  # the last start whose period ends in the window
+        ranges = [
+            (s, last_whole + 1, False),
+            (s - period + 1, min(s, e), True),
+            (max(s, last_whole + 1), e, True),
+        ]
+        params = {"account_id": account_id, "cycle": cycle_type, "category": category,
+                  "period": period, "s": s, "e": e, "a": a}  # fmt: skip
         sums: dict[str, list[float]] = {}
         with self.engine.connect() as conn:
-            for condition, cols in parts:
-                owner = u.owner_id if by_owner else literal("")
-                query = select(owner, *cols).where(*where, condition)
-                if by_owner:
-                    query = query.group_by(u.owner_id)
-                for key, *values in conn.execute(query):
+            for lo, hi, weighted in ranges:
+                if hi <= lo:
+                    continue
+                query = _bill_sums_query(by_owner, weighted)
+                for key, flag, count, hours, num, paid in conn.execute(
+                    query, {**params, "lo": lo, "hi": hi}
+                ):
                     into = sums.setdefault(key, [0.0] * 6)
-                    for n, value in enumerate(values):
-                        into[n] += float(value or 0)
+                    if flag:  # [priced, priced_hours, priced_num, unpriced, unpriced_num, paid]
+                        into[0] += count
+                        into[1] += float(hours or 0)
+                        into[2] += float(num or 0)
+                    else:
+                        into[3] += count
+                        into[4] += float(num or 0)
+                    into[5] += float(paid or 0)
         return [
             BillSums(
                 owner_id=key,
@@ -425,6 +402,56 @@ class MoneyRepo(StoreBase):
             return conn.execute(
                 select(func.max(p.price_per_hour)).where(p.account_id == account_id)
             ).scalar_one_or_none()
+
+
+@cache
+def _bill_sums_query(by_owner: bool, weighted: bool) -> Any:
+    """The statement of :meth:`MoneyRepo.usage_bill_sums` for one range of bills (bound
+    parameters: account_id, cycle, category, period, s, e, a, lo, hi), built once."""
+    u = t.usage_bills.c
+    period, s, e, a = (bindparam(n, type_=BigInteger) for n in ("period", "s", "e", "a"))
+
+    def least(x: Any, y: Any) -> Any:
+        return case((x < y, x), else_=y)
+
+    def greatest(x: Any, y: Any) -> Any:
+        return case((x > y, x), else_=y)
+
+    weight: Any = literal(1.0)
+    if weighted:  # economics.window_share: the part of the period (up to as_of) in [s, e)
+        effective_end = least(u.start_ts + period, a)
+        overlap = least(effective_end, e) - greatest(u.start_ts, s)
+        weight = case(
+            (
+                and_(effective_end > u.start_ts, overlap > 0),
+                cast(overlap, Float) / (effective_end - u.start_ts),
+            ),
+            else_=0.0,
+        )
+    amount = type_coerce(u.amount, BigInteger)
+    unit = type_coerce(u.unit_price, BigInteger)
+    paid = cast(type_coerce(func.coalesce(u.pay_amount, u.amount), BigInteger), Float)
+    # priced bills (a unit price: their card-hours are amount / price) and the others are
+    # summed apart by grouping on the flag (cheaper per row than a CASE per column)
+    priced = func.coalesce(unit > 0, False) if by_owner else literal(False)
+    owner = u.owner_id if by_owner else literal("")
+    columns: list[Any] = (
+        [
+            func.sum(cast(amount, Float) / func.nullif(unit, 0) * weight),
+            func.sum(u.bill_num0 * weight),
+        ]
+        if by_owner
+        else [literal(0), literal(0)]  # the spend needs only the money (a week: 168k rows)
+    )
+    query = select(owner, priced, func.count(), *columns, func.sum(paid * weight)).where(
+        u.account_id == bindparam("account_id"),
+        u.cycle_type == bindparam("cycle"),
+        u.category == bindparam("category"),
+        u.owner_id != "",
+        u.start_ts >= bindparam("lo", type_=BigInteger),
+        u.start_ts < bindparam("hi", type_=BigInteger),
+    )
+    return query.group_by(u.owner_id, priced) if by_owner else query
 
 
 class BillSums(NamedTuple):
