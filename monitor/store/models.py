@@ -503,7 +503,12 @@ class Silence(StoreRecord, table=True):
 
 class NotificationRecord(StoreRecord, table=True):
     __tablename__ = "notifications"
-    __table_args__ = (Index("ix_notifications_created", "created_at"),)
+    __table_args__ = (
+        Index("ix_notifications_created", "created_at"),
+        # the delivery step's query every few seconds (revision 0006): the pending rows due,
+        # not a scan of a year of sent ones
+        Index("ix_notifications_due", "status", "next_attempt_at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     channel: str = _str(200)

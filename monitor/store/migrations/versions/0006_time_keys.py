@@ -1,4 +1,9 @@
-"""Usage bills keyed by time before owner: ``(account, cycle, category, start, owner, product)``.
+"""Keys for reads by time: usage bills keyed by start before owner; due notifications indexed.
+
+Notifications gain ``ix_notifications_due (status, next_attempt_at)``: the delivery step asks
+every few seconds for the pending rows due, and the table keeps a year of sent ones.
+
+Usage bills: the key becomes ``(account, cycle, category, start, owner, product)``.
 
 Until this revision the key was ``(account, cycle, category, owner, product, start)``: every
 query over a window of time (the spend of the last 24 h, the running hours of 7 days, each
@@ -86,7 +91,9 @@ def _rekey(key: Sequence[str]) -> None:
 
 def upgrade() -> None:
     _rekey(NEW_KEY)
+    op.create_index("ix_notifications_due", "notifications", ["status", "next_attempt_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_notifications_due", table_name="notifications")
     _rekey(OLD_KEY)
