@@ -346,3 +346,32 @@ def test_the_rules_package_imports_no_database_http_scheduler_or_apprise_code() 
         cwd=Path(__file__).resolve().parent.parent,
     )  # fmt: skip
     assert out.stdout.strip() == ""
+
+
+def test_a_composite_condition_keeps_the_first_conditions_figures() -> None:
+    """``all: [idle_gpu, X]``: the message must describe the idle GPU (its kind, value and
+    threshold), X adding only keys of its own; before, the last child overwrote them and an
+    idle-GPU alert was rendered as X with X's figures."""
+    from monitor.rules.context import Result
+    from monitor.rules.tree import AllNode, AnyNode
+
+    class Fixed:
+        needs: frozenset[str] = frozenset()
+
+        def __init__(self, result: Result) -> None:
+            self.result = result
+
+        def evaluate(self, ctx: object, resource: object) -> Result:
+            return self.result
+
+    gpu = Result(True, {"kind": "idle_gpu", "value": 0.4, "threshold": 5, "idle_minutes": 50})
+    cpu = Result(True, {"kind": "cpu", "value": 2.0, "threshold": 10, "cpu_avg": 2.0})
+    for node in (AllNode((Fixed(gpu), Fixed(cpu))), AnyNode((Fixed(gpu), Fixed(cpu)))):
+        merged = node.evaluate(None, None).values  # type: ignore[arg-type]
+        assert merged == {
+            "kind": "idle_gpu",
+            "value": 0.4,
+            "threshold": 5,
+            "idle_minutes": 50,
+            "cpu_avg": 2.0,
+        }

@@ -158,10 +158,15 @@ class Node(Protocol):
 
 
 def _merge(results: Sequence[Result]) -> tuple[dict[str, Any], str | None]:
+    """The children's values in one mapping; where two children name the same key (``kind``,
+    ``value``, ``threshold``...), the first listed keeps it, so a message describes the
+    condition written first (``all: [idle_gpu, cpu...]`` reads as an idle GPU) and the later
+    ones add only what they alone know."""
     values: dict[str, Any] = {}
     severity = None
     for r in results:
-        values.update(r.values)
+        for key, value in r.values.items():
+            values.setdefault(key, value)
         severity = r.severity or severity
     return values, severity
 
