@@ -239,3 +239,34 @@ async def test_a_bills_window_too_large_even_at_the_smallest_length_fails() -> N
         with pytest.raises(E.ResponseTooLargeError):
             await client.list_fixed_term_bills(T0, T0 + timedelta(hours=1))
     assert min(b - a for a, b in windows) >= MIN_BILL_WINDOW.total_seconds() / 2
+
+
+@pytest.mark.parametrize(
+    ("envelope", "error"),
+    [
+        ({"code": 500, "reason": "UNKNOWN", "message": "internal"}, E.ServerError),
+        ({"code": 401, "reason": "FAILED_TO_AUTH", "message": "bad key"}, E.AuthenticationError),
+        ({"code": 400, "reason": "LIST_BILL_ERROR", "message": "x", "metadata": {}}, E.APIError),
+    ],
+)
+async def test_a_read_answered_2xx_with_only_an_error_envelope_is_an_error_not_an_empty_listing(
+    envelope: dict[str, Any], error: type[Exception]
+) -> None:
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        return httpx.Response(200, json=envelope)
+
+    async with client_for(handler) as client:
+        with pytest.raises(error):
+            await client.list_instances()
+    assert calls  # asked (and, for a server error, asked again), never read as "no instances"
+
+
+async def test_a_2xx_listing_with_code_zero_is_data() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"code": 0, "message": "ok"})
+
+    async with client_for(handler) as client:
+        assert list(await client.list_instances()) == []

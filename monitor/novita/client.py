@@ -1102,14 +1102,16 @@ class NovitaClient:
         status = response.status_code
         if 200 <= status < 300:
             answer = self._decode_ok(response, method, path)
-            if method == "GET":
-                return answer
+            if method == "GET" and not _is_envelope(answer):
+                return answer  # data (a listing or a record), whatever fields it carries
+            # an action's answer, or a read answered 2xx with nothing but an error envelope
+            # (``{"code": 500, "reason": ..., "message": ...}``): that is an error, never an
+            # empty listing (instances would silently drop out of burn and expiry checks)
             err = self._error_in_body(answer, status, method, path)
             if err is None:
                 return answer
-            self._log.warning(
-                "novita.action_error_body", path=path, status=status, reason=err.reason
-            )
+            event = "novita.read_error_body" if method == "GET" else "novita.action_error_body"
+            self._log.warning(event, path=path, status=status, reason=err.reason)
         else:
             err = self._error_from(response, method, path)
         unknown = status >= 500 or isinstance(err, ServerError | UnavailableError)
@@ -1282,6 +1284,15 @@ def renewal_bills_for(
             continue
         out.append(bill)
     return out
+
+
+#: the keys of the platform's error envelopes (wire-format §1.6): a body with only these
+#: carries no data
+_ENVELOPE_KEYS = frozenset({"code", "reason", "message", "metadata", "error", "details"})
+
+
+def _is_envelope(answer: Any) -> bool:
+    return isinstance(answer, dict) and bool(answer) and set(answer) <= _ENVELOPE_KEYS
 
 
 def _present(value: Any) -> bool:
