@@ -37,6 +37,7 @@ from monitor.config import Schedules, shipped_rules_dir
 from monitor.evaluate import Evaluator
 from monitor.logs import configure_logging
 from monitor.notify import Router
+from monitor.notify.model import CONSOLE_CHANNEL
 from monitor.novita.models import Balance, Instance, Product, TrainingTask, UsageBill
 from monitor.rules import load_rules
 from monitor.store import Store, open_store
@@ -307,7 +308,7 @@ class QueryCounter:
 
 
 def evaluator(store: Store) -> Evaluator:
-    ruleset = load_rules([shipped_rules_dir()], known_channels={"console"})
+    ruleset = load_rules([shipped_rules_dir()], known_channels={CONSOLE_CHANNEL})
     return Evaluator(
         store,
         ruleset,

@@ -18,7 +18,7 @@ from monitor.rules import RuleSet, load_rules
 
 
 def known_channels(config: Config) -> set[str]:
-    return set(config.channels) | {"console"}
+    return config.channel_names
 
 
 def check_rules(

@@ -44,6 +44,7 @@ from sqlalchemy.exc import ArgumentError
 from monitor.actions.settings import PROTECT_ENV
 from monitor.errors import ConfigError, Problem
 from monitor.logs import get_logger, register_secret
+from monitor.notify.model import CONSOLE_CHANNEL
 from monitor.yamlsrc import (
     LineMap,
     YamlLimits,
@@ -583,6 +584,11 @@ class Config(StrictModel):
         """Rule files and folders, absolute; the shipped rules when the file names none."""
         return list(self._rule_paths)
 
+    @property
+    def channel_names(self) -> set[str]:
+        """The channels rules and routes may name: the configured ones and ``console``."""
+        return {CONSOLE_CHANNEL, *self.channels}
+
     def line_for(self, *path: str | int) -> int | None:
         """The line of a key in the file, for errors found after loading."""
         return self._linemap.line_for(path)
@@ -660,7 +666,9 @@ def _reference_problems(
     channels = data.get("channels")
     # ``console`` always exists: it prints to the terminal (monitor.notify).
     known = sorted(
-        {"console", *(str(k) for k in channels)} if isinstance(channels, dict) else {"console"}
+        {CONSOLE_CHANNEL, *(str(k) for k in channels)}
+        if isinstance(channels, dict)
+        else {CONSOLE_CHANNEL}
     )
     expected = f"expected one of: {', '.join(known)}"
 

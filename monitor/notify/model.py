@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 __all__ = [
     "CONSOLE",
+    "CONSOLE_CHANNEL",
     "SEVERITY_RANK",
     "Channel",
     "DeliveryResult",
@@ -87,11 +88,16 @@ class Channel:
     def scheme(self) -> str:
         """The URL scheme (``json``, ``mailto``, ...), the only part of a URL that is logged."""
         if self.url is None:
-            return "console"
+            return CONSOLE_CHANNEL
         return urlsplit(self.url).scheme or "?"
 
 
-CONSOLE = Channel(name="console", url=None, send_resolved=True)
+#: The channel that always exists: it prints to the terminal (the daemon's stdout). Rules,
+#: ``default_channels``, ``routes`` and ``notify-test --channel`` may name it without defining it;
+#: a notice no rule or default routes anywhere goes there.
+CONSOLE_CHANNEL = "console"
+
+CONSOLE = Channel(name=CONSOLE_CHANNEL, url=None, send_resolved=True)
 
 
 @dataclass(frozen=True)
