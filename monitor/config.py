@@ -79,6 +79,9 @@ __all__ = [
 DEFAULT_BASE_URL = "https://api.novita.ai"
 CONFIG_ENV = "NOVITA_MONITOR_CONFIG"
 APP_DIR = "novita-monitor"
+#: In ``rules:``, the rules shipped with the package (``rules: [shipped, ./my-rules/]``); a folder
+#: of that name is written ``./shipped``. Without ``rules:`` the shipped rules are loaded alone.
+SHIPPED_RULES = "shipped"
 
 log = get_logger("monitor.config")
 
@@ -561,7 +564,10 @@ class Config(StrictModel):
         if self.rules is None:
             self._rule_paths = [shipped_rules_dir()]
         else:
-            self._rule_paths = [_resolve(base, Path(entry)) for entry in self.rules]
+            self._rule_paths = [
+                shipped_rules_dir() if entry == SHIPPED_RULES else _resolve(base, Path(entry))
+                for entry in self.rules
+            ]
 
     # ---- what the rest of the daemon reads
 
@@ -581,8 +587,15 @@ class Config(StrictModel):
 
     @property
     def rule_paths(self) -> list[Path]:
-        """Rule files and folders, absolute; the shipped rules when the file names none."""
+        """Rule files and folders, absolute; the shipped rules when the file names none (or
+        names ``shipped`` among them)."""
         return list(self._rule_paths)
+
+    @property
+    def loads_shipped_rules(self) -> bool:
+        """Whether the shipped rules are among the loaded ones (no ``rules:``, or ``shipped``
+        listed in it)."""
+        return self.rules is None or SHIPPED_RULES in self.rules
 
     @property
     def channel_names(self) -> set[str]:
@@ -719,16 +732,24 @@ def _reference_problems(
 
     rules = data.get("rules")
     rules = [rules] if isinstance(rules, str) else rules
+    seen_rules: dict[str, int] = {}
     for i, entry in enumerate(rules if isinstance(rules, list) else []):
-        if isinstance(entry, str):
-            p = _resolve(base, Path(entry))
-            if not p.exists():
-                where = ("rules", i) if isinstance(data.get("rules"), list) else ("rules",)
-                add(
-                    where,
-                    f"no such file or folder: {p} "
-                    "(expected a rule file or a folder of them, relative to the config file)",
-                )
+        if not isinstance(entry, str):
+            continue
+        where = ("rules", i) if isinstance(data.get("rules"), list) else ("rules",)
+        if entry in seen_rules:
+            add(where, f"{entry!r} is listed twice (first at rules[{seen_rules[entry]}])")
+            continue
+        seen_rules[entry] = i
+        if entry == SHIPPED_RULES:
+            continue
+        p = _resolve(base, Path(entry))
+        if not p.exists():
+            add(
+                where,
+                f"no such file or folder: {p} (expected a rule file or a folder of them, "
+                f"relative to the config file, or {SHIPPED_RULES!r} for the shipped rules)",
+            )
     return problems
 
 
