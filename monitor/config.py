@@ -82,6 +82,11 @@ APP_DIR = "novita-monitor"
 #: In ``rules:``, the rules shipped with the package (``rules: [shipped, ./my-rules/]``); a folder
 #: of that name is written ``./shipped``. Without ``rules:`` the shipped rules are loaded alone.
 SHIPPED_RULES = "shipped"
+#: A secret file (``api_key_file``, ``url_file``) written ``${CREDENTIALS_DIRECTORY}/NAME`` is
+#: the systemd credential NAME (``LoadCredential=NAME:...``): systemd sets this variable for
+#: every command of the unit (``ExecStart``, ``ExecReload``).
+CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
+CREDENTIALS_PREFIX = "${" + CREDENTIALS_ENV + "}/"
 
 log = get_logger("monitor.config")
 
@@ -754,6 +759,8 @@ def _reference_problems(
 
 
 def _resolve(base: Path, path: Path) -> Path:
+    if str(path).startswith(CREDENTIALS_PREFIX):
+        return path  # a systemd credential: resolved when read (_credential_path)
     path = path.expanduser()
     return path if path.is_absolute() else (base / path)
 
@@ -859,6 +866,24 @@ def resolve_channel_url(name: str, channel: Channel, env: Mapping[str, str]) -> 
     return SecretStr(value)
 
 
+def _credential_path(
+    file: Path, env: Mapping[str, str], owner: str, what: str, where: tuple[str, int | None]
+) -> Path:
+    """``${CREDENTIALS_DIRECTORY}/NAME`` -> the file of systemd credential NAME."""
+    text = str(file)
+    if not text.startswith(CREDENTIALS_PREFIX):
+        return file
+    folder = (env.get(CREDENTIALS_ENV) or "").strip()
+    if not folder:
+        message = (
+            f"{owner}: {what}_file {text} is a systemd credential, but {CREDENTIALS_ENV} is not "
+            "set (systemd sets it for a unit with LoadCredential=; elsewhere write the file's "
+            "path)"
+        )
+        raise ConfigError(message, [Problem(where[0], where[1], message)])
+    return Path(folder) / text.removeprefix(CREDENTIALS_PREFIX)
+
+
 def _read_secret(
     owner: str,
     env_name: str | None,
@@ -875,6 +900,7 @@ def _read_secret(
             raise ConfigError(message, [Problem(filename, line, message)])
     else:
         assert file is not None
+        file = _credential_path(file, env, owner, what, where)
         try:
             st = file.stat()
             value = file.read_text(encoding="utf-8").strip()
