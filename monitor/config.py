@@ -689,6 +689,12 @@ def _reference_problems(
         else {CONSOLE_CHANNEL}
     )
     expected = f"expected one of: {', '.join(known)}"
+    if isinstance(channels, dict) and CONSOLE_CHANNEL in channels:
+        add(
+            ("channels", CONSOLE_CHANNEL),
+            f"{CONSOLE_CHANNEL!r} is the built-in channel that prints to the terminal "
+            "(expected another name for a channel of yours)",
+        )
 
     def check_refs(path: tuple[str | int, ...], names: Any) -> None:
         items = (

@@ -1,4 +1,5 @@
-"""``rules: [shipped, ./my-rules/]``: the shipped rules alongside the user's own."""
+"""Reserved names of the configuration: `shipped` in `rules:` (the shipped rules alongside the
+user's own: `rules: [shipped, ./my-rules/]`) and the built-in `console` channel."""
 
 from __future__ import annotations
 
@@ -111,3 +112,15 @@ def test_a_user_rule_named_like_a_shipped_one_is_a_duplicate(tmp_path: Path) -> 
         load_ruleset(Config.load(path, env=ENV))
 
     assert any("duplicate rule name" in p.message for p in info.value.problems)
+
+
+def test_a_channel_cannot_be_called_console(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(MINIMAL + "channels:\n  console: {url_env: X}\n")
+
+    with pytest.raises(ConfigError) as info:
+        Config.load(path, env=ENV)
+
+    [p] = info.value.problems
+    assert (p.line, p.field) == (5, "channels.console")
+    assert "built-in channel" in p.message
