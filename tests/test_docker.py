@@ -14,16 +14,23 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from importlib import metadata
 from pathlib import Path
 
 import pytest
 import yaml
-from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from monitor.config import Config
-from tests.deploy import ROOT, Proc, RunAs, install_venv, remove, scratch
+from tests.deploy import (
+    ROOT,
+    Proc,
+    RunAs,
+    install_venv,
+    remove,
+    runtime_closure,
+    runtime_requirements,
+    scratch,
+)
 from tests.helpers import API_KEY, Process
 
 DOCKERFILE = ROOT / "Dockerfile"
@@ -120,37 +127,16 @@ def _pins() -> dict[str, str]:
     return pins
 
 
-def _runtime_requirements() -> list[Requirement]:
-    import tomllib
-
-    project = tomllib.loads(PYPROJECT.read_text())["project"]
-    reqs = [Requirement(r) for r in project["dependencies"]]
-    return reqs + [Requirement(r) for r in project["optional-dependencies"]["postgres"]]
-
-
 def test_constraints_cover_every_runtime_dependency() -> None:
     """Every dependency of pyproject (with the postgres extra the image installs), and theirs,
     is pinned, at a version pyproject allows. After a change: scripts/lock-deps."""
     pins = _pins()
-    direct = [r for r in _runtime_requirements() if r.marker is None or r.marker.evaluate()]
-    for req in direct:
+    for req in runtime_requirements():
         name = canonicalize_name(req.name)
         assert name in pins, f"{req.name} is not in docker/constraints.txt (scripts/lock-deps)"
         assert req.specifier.contains(pins[name], prereleases=True), (req, pins[name])
-    seen: set[str] = set()
-    todo = [(r, frozenset(r.extras)) for r in direct]
-    while todo:
-        req, extras = todo.pop()
-        name = canonicalize_name(req.name)
-        if name in seen:
-            continue
-        seen.add(name)
-        assert name in pins, f"{req.name} (needed by a runtime dependency) is not pinned"
-        for sub in metadata.requires(req.name) or []:
-            child = Requirement(sub)
-            envs = [{"extra": e} for e in extras] or [{"extra": ""}]
-            if child.marker is None or any(child.marker.evaluate(e) for e in envs):
-                todo.append((child, frozenset(child.extras)))
+    for name in sorted(runtime_closure()):
+        assert name in pins, f"{name} (a runtime dependency's) is not pinned (scripts/lock-deps)"
     assert "novita-monitor" not in pins
 
 
