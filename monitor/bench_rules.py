@@ -33,11 +33,10 @@ from sqlalchemy import delete, event
 
 from monitor.app import schedule_intervals
 from monitor.collect import convert
-from monitor.config import Schedules, shipped_rules_dir
+from monitor.config import CONSOLE_CHANNEL, Schedules, shipped_rules_dir
 from monitor.evaluate import Evaluator
 from monitor.logs import configure_logging
 from monitor.notify import Router
-from monitor.notify.model import CONSOLE_CHANNEL
 from monitor.novita.models import Balance, Instance, Product, TrainingTask, UsageBill
 from monitor.rules import load_rules
 from monitor.store import Store, open_store

@@ -44,7 +44,6 @@ from sqlalchemy.exc import ArgumentError
 from monitor.actions.settings import PROTECT_ENV
 from monitor.errors import ConfigError, Problem
 from monitor.logs import get_logger, register_secret
-from monitor.notify.model import CONSOLE_CHANNEL
 from monitor.yamlsrc import (
     LineMap,
     YamlLimits,
@@ -82,6 +81,10 @@ APP_DIR = "novita-monitor"
 #: In ``rules:``, the rules shipped with the package (``rules: [shipped, ./my-rules/]``); a folder
 #: of that name is written ``./shipped``. Without ``rules:`` the shipped rules are loaded alone.
 SHIPPED_RULES = "shipped"
+#: The channel that always exists: it prints to the terminal (the daemon's stdout). Rules,
+#: ``default_channels``, ``routes`` and ``notify-test --channel`` may name it without defining it;
+#: a notice no rule or default routes anywhere goes there (``monitor.notify.CONSOLE``).
+CONSOLE_CHANNEL = "console"
 #: A secret file (``api_key_file``, ``url_file``) written ``${CREDENTIALS_DIRECTORY}/NAME`` is
 #: the systemd credential NAME (``LoadCredential=NAME:...``): systemd sets this variable for
 #: every command of the unit (``ExecStart``, ``ExecReload``).

@@ -110,18 +110,18 @@ def test_every_command_module_is_registered_once() -> None:
 
 def test_console_channel_is_named_once() -> None:
     """The channel name ``console`` is a literal only where it is defined
-    (``monitor.notify.model.CONSOLE_CHANNEL``); the other literals are the log format."""
-    log_format = {PKG / "logs.py", PKG / "config.py", CLI / "run.py"}
+    (``monitor.config.CONSOLE_CHANNEL``); the other literals are the log format's."""
     holders = []
     for path in PKG.rglob("*.py"):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         if any(isinstance(n, ast.Constant) and n.value == "console" for n in ast.walk(tree)):
             holders.append(path)
-    assert PKG / "notify" / "model.py" in holders
-    assert set(holders) - {PKG / "notify" / "model.py"} <= log_format
+    assert set(holders) == {PKG / "config.py", PKG / "logs.py", CLI / "run.py"}
     config = (PKG / "config.py").read_text(encoding="utf-8")
-    assert config.count('"console"') == 1  # the log format's Literal
-    assert '"console"' not in (CLI / "run.py").read_text(encoding="utf-8").split("setup_logs")[0]
+    assert config.count('"console"') == 2  # CONSOLE_CHANNEL and the log format's Literal
+    assert 'CONSOLE_CHANNEL = "console"' in config
+    run = (CLI / "run.py").read_text(encoding="utf-8")
+    assert run.count('"console"') == 1 and 'setup_logs(config, "console"' in run  # log format
 
 
 def test_entry_point_is_main() -> None:

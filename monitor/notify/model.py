@@ -13,6 +13,8 @@ from decimal import Decimal
 from typing import Literal
 from urllib.parse import urlsplit
 
+from monitor.config import CONSOLE_CHANNEL
+
 __all__ = [
     "CONSOLE",
     "CONSOLE_CHANNEL",
@@ -91,11 +93,6 @@ class Channel:
             return CONSOLE_CHANNEL
         return urlsplit(self.url).scheme or "?"
 
-
-#: The channel that always exists: it prints to the terminal (the daemon's stdout). Rules,
-#: ``default_channels``, ``routes`` and ``notify-test --channel`` may name it without defining it;
-#: a notice no rule or default routes anywhere goes there.
-CONSOLE_CHANNEL = "console"
 
 CONSOLE = Channel(name=CONSOLE_CHANNEL, url=None, send_resolved=True)
 
