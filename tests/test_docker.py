@@ -103,9 +103,9 @@ def test_hadolint_finds_nothing(tmp_path: Path) -> None:
     done = subprocess.run([hadolint(), str(DOCKERFILE)], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout == "", done.stdout + done.stderr
 
-    shell_form = tmp_path / "Dockerfile"
-    shell_form.write_text(DOCKERFILE.read_text().replace("FROM python:", "FROM python:latest #"))
-    noisy = subprocess.run([hadolint(), str(shell_form)], capture_output=True, text=True)
+    latest = tmp_path / "Dockerfile"
+    latest.write_text(DOCKERFILE.read_text().replace("FROM python:", "FROM python:latest #"))
+    noisy = subprocess.run([hadolint(), str(latest)], capture_output=True, text=True)
     assert noisy.returncode != 0 and "DL3007" in noisy.stdout  # what the lint would catch
 
 
