@@ -11,7 +11,8 @@ import gc
 import os
 import signal
 import socket
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
@@ -38,7 +39,15 @@ from monitor.errors import ConfigError
 from monitor.evaluate import CycleReport, Evaluator, Planner, to_silence
 from monitor.facts import StoreFacts
 from monitor.logs import register_secret
-from monitor.notify import Channel, DeliveryResult, Notice, Notifier, Route, Router
+from monitor.notify import (
+    CONSOLE_CHANNEL,
+    Channel,
+    DeliveryResult,
+    Notice,
+    Notifier,
+    Route,
+    Router,
+)
 from monitor.novita.client import NovitaClient
 from monitor.rules import RuleSet, load_rules
 from monitor.rules.tree import MAPPING_FIELDS, CompareNode, metric_windows
@@ -120,7 +129,7 @@ def intervals(config: Config) -> dict[str, int]:
 
 def load_ruleset(config: Config) -> RuleSet:
     """The configuration's rules, checked against its channel names (raises RuleError)."""
-    return load_rules(config.rule_paths, known_channels=set(config.channels) | {"console"})
+    return load_rules(config.rule_paths, known_channels=config.channel_names)
 
 
 def _rules_window(ruleset: RuleSet) -> int:
@@ -479,3 +488,40 @@ class App:
         for ctx in self.contexts:
             await ctx.client.aclose()
         self.store.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# what the commands that neither collect nor act are built from (``monitor.cli``)
+
+
+@contextmanager
+def open_database(config: Config) -> Iterator[Store]:
+    """The configured store, closed on the way out: how every command that only reads or
+    records (status, alerts, silences, the ledger) opens the database, so each fails the same
+    way (one line; exit 2 for what the user must fix, 1 for what may pass on a retry:
+    ``monitor.store.db.open_store``). No API key is needed for these."""
+    store = open_store(config.database_url)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def notifier_for_test(
+    config: Config, channel: str, clock: Clock, env: Mapping[str, str] | None = None
+) -> Notifier:
+    """A notifier for ``notify-test``: the one configured channel named ``channel`` (only its
+    secret is resolved) or the console, one attempt, no retries. Raises ConfigError for a
+    name that is neither."""
+    env = os.environ if env is None else env
+    if channel not in config.channel_names:
+        listed = ", ".join([*sorted(config.channels), CONSOLE_CHANNEL])
+        raise ConfigError(f"--channel: no channel named {channel!r} (configured: {listed})")
+    channels = {}
+    if channel != CONSOLE_CHANNEL:
+        spec = config.channels[channel]
+        url = resolve_channel_url(channel, spec, env)
+        channels[channel] = Channel(
+            channel, url.get_secret_value(), send_resolved=spec.send_resolved
+        )
+    return Notifier(channels, clock, max_attempts=1, timeout_s=30.0)

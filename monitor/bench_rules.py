@@ -33,7 +33,7 @@ from sqlalchemy import delete, event
 
 from monitor.app import schedule_intervals
 from monitor.collect import convert
-from monitor.config import Schedules, shipped_rules_dir
+from monitor.config import CONSOLE_CHANNEL, Schedules, shipped_rules_dir
 from monitor.evaluate import Evaluator
 from monitor.logs import configure_logging
 from monitor.notify import Router
@@ -307,7 +307,7 @@ class QueryCounter:
 
 
 def evaluator(store: Store) -> Evaluator:
-    ruleset = load_rules([shipped_rules_dir()], known_channels={"console"})
+    ruleset = load_rules([shipped_rules_dir()], known_channels={CONSOLE_CHANNEL})
     return Evaluator(
         store,
         ruleset,

@@ -12,13 +12,19 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from monitor.config import Config, find_config_path, resolve_api_key, resolve_channel_url
+from monitor.config import (
+    SHIPPED_RULES,
+    Config,
+    find_config_path,
+    resolve_api_key,
+    resolve_channel_url,
+)
 from monitor.errors import ConfigError, Problem, RuleError, UserError
 from monitor.rules import RuleSet, load_rules
 
 
 def known_channels(config: Config) -> set[str]:
-    return set(config.channels) | {"console"}
+    return config.channel_names
 
 
 def check_rules(
@@ -70,6 +76,11 @@ def check_paths(
         problems += rule_problems
         if ruleset is not None:
             lines.append(f"ok: {len(ruleset.rules)} rule(s) in {len(ruleset.files)} file(s)")
+        if not config.loads_shipped_rules:
+            lines.append(
+                f"note: the shipped rules are not loaded ({found}: rules: lists only your own; "
+                f"add {SHIPPED_RULES} to it to keep them: rules: [{SHIPPED_RULES}, ...])"
+            )
     if paths:
         channels = known_channels(config) if config is not None else None
         ruleset, rule_problems = check_rules(paths, channels)

@@ -78,6 +78,18 @@ __all__ = [
 DEFAULT_BASE_URL = "https://api.novita.ai"
 CONFIG_ENV = "NOVITA_MONITOR_CONFIG"
 APP_DIR = "novita-monitor"
+#: In ``rules:``, the rules shipped with the package (``rules: [shipped, ./my-rules/]``); a folder
+#: of that name is written ``./shipped``. Without ``rules:`` the shipped rules are loaded alone.
+SHIPPED_RULES = "shipped"
+#: The channel that always exists: it prints to the terminal (the daemon's stdout). Rules,
+#: ``default_channels``, ``routes`` and ``notify-test --channel`` may name it without defining it;
+#: a notice no rule or default routes anywhere goes there (``monitor.notify.CONSOLE``).
+CONSOLE_CHANNEL = "console"
+#: A secret file (``api_key_file``, ``url_file``) written ``${CREDENTIALS_DIRECTORY}/NAME`` is
+#: the systemd credential NAME (``LoadCredential=NAME:...``): systemd sets this variable for
+#: every command of the unit (``ExecStart``, ``ExecReload``).
+CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
+CREDENTIALS_PREFIX = "${" + CREDENTIALS_ENV + "}/"
 
 log = get_logger("monitor.config")
 
@@ -560,7 +572,10 @@ class Config(StrictModel):
         if self.rules is None:
             self._rule_paths = [shipped_rules_dir()]
         else:
-            self._rule_paths = [_resolve(base, Path(entry)) for entry in self.rules]
+            self._rule_paths = [
+                shipped_rules_dir() if entry == SHIPPED_RULES else _resolve(base, Path(entry))
+                for entry in self.rules
+            ]
 
     # ---- what the rest of the daemon reads
 
@@ -580,8 +595,20 @@ class Config(StrictModel):
 
     @property
     def rule_paths(self) -> list[Path]:
-        """Rule files and folders, absolute; the shipped rules when the file names none."""
+        """Rule files and folders, absolute; the shipped rules when the file names none (or
+        names ``shipped`` among them)."""
         return list(self._rule_paths)
+
+    @property
+    def loads_shipped_rules(self) -> bool:
+        """Whether the shipped rules are among the loaded ones (no ``rules:``, or ``shipped``
+        listed in it)."""
+        return self.rules is None or SHIPPED_RULES in self.rules
+
+    @property
+    def channel_names(self) -> set[str]:
+        """The channels rules and routes may name: the configured ones and ``console``."""
+        return {CONSOLE_CHANNEL, *self.channels}
 
     def line_for(self, *path: str | int) -> int | None:
         """The line of a key in the file, for errors found after loading."""
@@ -660,9 +687,17 @@ def _reference_problems(
     channels = data.get("channels")
     # ``console`` always exists: it prints to the terminal (monitor.notify).
     known = sorted(
-        {"console", *(str(k) for k in channels)} if isinstance(channels, dict) else {"console"}
+        {CONSOLE_CHANNEL, *(str(k) for k in channels)}
+        if isinstance(channels, dict)
+        else {CONSOLE_CHANNEL}
     )
     expected = f"expected one of: {', '.join(known)}"
+    if isinstance(channels, dict) and CONSOLE_CHANNEL in channels:
+        add(
+            ("channels", CONSOLE_CHANNEL),
+            f"{CONSOLE_CHANNEL!r} is the built-in channel that prints to the terminal "
+            "(expected another name for a channel of yours)",
+        )
 
     def check_refs(path: tuple[str | int, ...], names: Any) -> None:
         items = (
@@ -711,20 +746,30 @@ def _reference_problems(
 
     rules = data.get("rules")
     rules = [rules] if isinstance(rules, str) else rules
+    seen_rules: dict[str, int] = {}
     for i, entry in enumerate(rules if isinstance(rules, list) else []):
-        if isinstance(entry, str):
-            p = _resolve(base, Path(entry))
-            if not p.exists():
-                where = ("rules", i) if isinstance(data.get("rules"), list) else ("rules",)
-                add(
-                    where,
-                    f"no such file or folder: {p} "
-                    "(expected a rule file or a folder of them, relative to the config file)",
-                )
+        if not isinstance(entry, str):
+            continue
+        where = ("rules", i) if isinstance(data.get("rules"), list) else ("rules",)
+        if entry in seen_rules:
+            add(where, f"{entry!r} is listed twice (first at rules[{seen_rules[entry]}])")
+            continue
+        seen_rules[entry] = i
+        if entry == SHIPPED_RULES:
+            continue
+        p = _resolve(base, Path(entry))
+        if not p.exists():
+            add(
+                where,
+                f"no such file or folder: {p} (expected a rule file or a folder of them, "
+                f"relative to the config file, or {SHIPPED_RULES!r} for the shipped rules)",
+            )
     return problems
 
 
 def _resolve(base: Path, path: Path) -> Path:
+    if str(path).startswith(CREDENTIALS_PREFIX):
+        return path  # a systemd credential: resolved when read (_credential_path)
     path = path.expanduser()
     return path if path.is_absolute() else (base / path)
 
@@ -830,6 +875,24 @@ def resolve_channel_url(name: str, channel: Channel, env: Mapping[str, str]) -> 
     return SecretStr(value)
 
 
+def _credential_path(
+    file: Path, env: Mapping[str, str], owner: str, what: str, where: tuple[str, int | None]
+) -> Path:
+    """``${CREDENTIALS_DIRECTORY}/NAME`` -> the file of systemd credential NAME."""
+    text = str(file)
+    if not text.startswith(CREDENTIALS_PREFIX):
+        return file
+    folder = (env.get(CREDENTIALS_ENV) or "").strip()
+    if not folder:
+        message = (
+            f"{owner}: {what}_file {text} is a systemd credential, but {CREDENTIALS_ENV} is not "
+            "set (systemd sets it for a unit with LoadCredential=; elsewhere write the file's "
+            "path)"
+        )
+        raise ConfigError(message, [Problem(where[0], where[1], message)])
+    return Path(folder) / text.removeprefix(CREDENTIALS_PREFIX)
+
+
 def _read_secret(
     owner: str,
     env_name: str | None,
@@ -846,6 +909,7 @@ def _read_secret(
             raise ConfigError(message, [Problem(filename, line, message)])
     else:
         assert file is not None
+        file = _credential_path(file, env, owner, what, where)
         try:
             st = file.stat()
             value = file.read_text(encoding="utf-8").strip()

@@ -13,8 +13,11 @@ from decimal import Decimal
 from typing import Literal
 from urllib.parse import urlsplit
 
+from monitor.config import CONSOLE_CHANNEL
+
 __all__ = [
     "CONSOLE",
+    "CONSOLE_CHANNEL",
     "SEVERITY_RANK",
     "Channel",
     "DeliveryResult",
@@ -87,11 +90,11 @@ class Channel:
     def scheme(self) -> str:
         """The URL scheme (``json``, ``mailto``, ...), the only part of a URL that is logged."""
         if self.url is None:
-            return "console"
+            return CONSOLE_CHANNEL
         return urlsplit(self.url).scheme or "?"
 
 
-CONSOLE = Channel(name="console", url=None, send_resolved=True)
+CONSOLE = Channel(name=CONSOLE_CHANNEL, url=None, send_resolved=True)
 
 
 @dataclass(frozen=True)

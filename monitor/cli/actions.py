@@ -1,9 +1,8 @@
 """The commands of remedial actions: ``plan``, ``actions``, ``approve``, ``reject``, ``undo``.
 
 They work on the database the daemon writes (alert states, the action ledger); none calls the
-Novita API: ``approve`` and ``undo`` only record a row the act step executes. Registered on
-``monitor.cli.cli``; the clock comes from click's context object as for the alert commands
-(``obj={"clock": ManualClock(...)}`` in tests).
+Novita API: ``approve`` and ``undo`` only record a row the act step executes. The clock is
+``monitor.cli.common.clock`` (``obj={"clock": ManualClock(...)}`` in tests).
 """
 
 from __future__ import annotations
@@ -14,24 +13,27 @@ from typing import Any
 
 import click
 
-from monitor.cli import _load, _setup_logs, cli, config_option, handle_errors, open_database
-from monitor.cli_alerts import _clock, _iso, _when
+from monitor.cli.common import (
+    clock,
+    config_option,
+    handle_errors,
+    iso,
+    load,
+    open_database,
+    setup_logs,
+    usd,
+    when,
+)
 from monitor.errors import RuntimeFailure, UserError
 
 #: how far back ``actions`` lists finished rows without ``--all``
 RECENT = timedelta(days=7)
 
 
-def _usd(value: float | None) -> str:
-    if value is None:
-        return "?"
-    return f"-${-value:,.2f}" if value < 0 else f"${value:,.2f}"
-
-
-def _short(when: str | None, now: datetime) -> str:
-    if when is None:
+def _short(stamp: str | None, now: datetime) -> str:
+    if stamp is None:
         return "never"
-    return _when(datetime.fromisoformat(when.replace("Z", "+00:00")), now)
+    return when(datetime.fromisoformat(stamp.replace("Z", "+00:00")), now)
 
 
 def _who(name: str | None, iid: str) -> str:
@@ -82,8 +84,8 @@ def plan_rows(config: Any, store: Any, now: datetime) -> dict[str, Any]:
                 "instance_name": row.instance_name,
                 "would": "refuse" if refused else row.action,
                 "reason": row.reason.removeprefix("dry run, would: "),
-                "due_at": _iso(row.due_at),
-                "expires_at": _iso(row.expires_at),
+                "due_at": iso(row.due_at),
+                "expires_at": iso(row.expires_at),
                 "saving_per_hour_usd": None
                 if row.saving_per_hour_usd is None
                 else float(row.saving_per_hour_usd),
@@ -94,9 +96,9 @@ def plan_rows(config: Any, store: Any, now: datetime) -> dict[str, Any]:
             }
         )
     with_actions = [r.name for r in ruleset if r.actions]
-    as_of = {a: {name: _iso(store.last_success(a, name)) for name in _PLAN_DATA} for a in accounts}
+    as_of = {a: {name: iso(store.last_success(a, name)) for name in _PLAN_DATA} for a in accounts}
     return {
-        "generated_at": _iso(now),
+        "generated_at": iso(now),
         "rules_with_actions": with_actions,
         "data_as_of": as_of,
         "stale": result.inhibited_accounts,
@@ -106,7 +108,7 @@ def plan_rows(config: Any, store: Any, now: datetime) -> dict[str, Any]:
     }
 
 
-@cli.command()
+@click.command()
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
@@ -114,9 +116,9 @@ def plan(config_path: str | None, as_json: bool) -> None:
     """What the rules would do now: one evaluation over the stored data, as a dry run.
 
     It does not collect (run it after `once`, or beside the daemon) and records nothing."""
-    config = _load(config_path)
-    _setup_logs(config)  # logs to stderr: stdout stays the output (and parseable JSON)
-    now = _clock().now()
+    config = load(config_path)
+    setup_logs(config)  # logs to stderr: stdout stays the output (and parseable JSON)
+    now = clock().now()
     with open_database(config) as store:
         data = plan_rows(config, store, now)
     if as_json:
@@ -138,11 +140,11 @@ def plan(config_path: str | None, as_json: bool) -> None:
     for r in data["plan"]:
         who = _who(r["instance_name"], r["instance_id"])
         head = "REFUSE" if r["would"] == "refuse" else r["action"].upper()
-        when = ""
+        due = ""
         if r["due_at"] and r["would"] != "refuse":
-            when = f" at {_when(datetime.fromisoformat(r['due_at'].replace('Z', '+00:00')), now)}"
+            due = f" at {when(datetime.fromisoformat(r['due_at'].replace('Z', '+00:00')), now)}"
         ledger = "  [already in the ledger]" if r["in_ledger"] else ""
-        click.echo(f"{head:<8} {r['action']} {who}{when}  rule {r['rule']}{ledger}")
+        click.echo(f"{head:<8} {r['action']} {who}{due}  rule {r['rule']}{ledger}")
         click.echo(f"    why: {r['reason']}")
         snap = r["facts"].get("instance", {})
         click.echo(
@@ -151,7 +153,7 @@ def plan(config_path: str | None, as_json: bool) -> None:
                 status=snap.get("status"),
                 billing_mode=snap.get("billing_mode"),
                 last_started_at=snap.get("last_started_at") or "-",
-                cost=_usd(snap.get("hourly_cost_usd")),
+                cost=usd(snap.get("hourly_cost_usd")),
             )
         )
     if data["plan"]:
@@ -197,12 +199,12 @@ def ledger_rows(
                 "params": r.params,
                 "facts": r.facts,
                 "answer": r.answer,
-                "planned_at": _iso(r.planned_at),
-                "due_at": _iso(r.due_at),
-                "expires_at": _iso(r.expires_at),
-                "decided_at": _iso(r.decided_at),
-                "started_at": _iso(r.started_at),
-                "finished_at": _iso(r.finished_at),
+                "planned_at": iso(r.planned_at),
+                "due_at": iso(r.due_at),
+                "expires_at": iso(r.expires_at),
+                "decided_at": iso(r.decided_at),
+                "started_at": iso(r.started_at),
+                "finished_at": iso(r.finished_at),
                 "attempts": r.attempts,
                 "saving_per_hour_usd": None
                 if r.saving_per_hour_usd is None
@@ -211,7 +213,7 @@ def ledger_rows(
             }
         )
     return {
-        "generated_at": _iso(now),
+        "generated_at": iso(now),
         "actions": rows,
         "savings": {
             "rules": {rule: savings_json(s) for rule, s in per_rule.items()},
@@ -220,16 +222,16 @@ def ledger_rows(
     }
 
 
-@cli.command("actions")
+@click.command("actions")
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--all", "include_all", is_flag=True, help="Every row, not only recent ones.")
 @handle_errors
 def actions_cmd(config_path: str | None, as_json: bool, include_all: bool) -> None:
     """The action ledger, newest first: what was (or would be) done, why, and what it saved."""
-    config = _load(config_path)
-    _setup_logs(config)  # logs to stderr: stdout stays the output (and parseable JSON)
-    now = _clock().now()
+    config = load(config_path)
+    setup_logs(config)  # logs to stderr: stdout stays the output (and parseable JSON)
+    now = clock().now()
     with open_database(config) as store:
         data = ledger_rows(store, [a.name for a in config.accounts], now, include_all)
     if as_json:
@@ -241,37 +243,37 @@ def actions_cmd(config_path: str | None, as_json: bool, include_all: bool) -> No
         planned = datetime.fromisoformat(r["planned_at"].replace("Z", "+00:00"))
         saving = ""
         if r["saving_per_hour_usd"] is not None:
-            saving = f"  saves {_usd(r['saving_per_hour_usd'])}/h"
+            saving = f"  saves {usd(r['saving_per_hour_usd'])}/h"
             if r["saved_usd"] is not None:
-                saving += f", saved {_usd(r['saved_usd'])}"
+                saving += f", saved {usd(r['saved_usd'])}"
         dry = " (dry run)" if r["dry_run"] and r["state"] != "dry_run" else ""
         click.echo(
             f"#{r['id']:<5} {r['state']:<17} {r['action']:<10} "
             f"{_who(r['instance_name'], r['instance_id'])}  rule {r['rule']}{dry}  "
-            f"planned {_when(planned, now)}{saving}"
+            f"planned {when(planned, now)}{saving}"
         )
         click.echo(f"    why: {r['reason']}")
         if r["due_at"] and r["state"] in ("announced", "planned", "approved"):
             due = datetime.fromisoformat(r["due_at"].replace("Z", "+00:00"))
-            click.echo(f"    due: {_when(due, now)}")
+            click.echo(f"    due: {when(due, now)}")
         if r["expires_at"] and r["state"] == "awaiting_approval":
             ends = datetime.fromisoformat(r["expires_at"].replace("Z", "+00:00"))
             click.echo(
                 f"    approve: novita-monitor approve {r['id']} (or reject {r['id']}); "
-                f"expires {_when(ends, now)}"
+                f"expires {when(ends, now)}"
             )
         if r["answer"]:
             click.echo(f"    answer: {json.dumps(r['answer'], sort_keys=True)}")
     savings = data["savings"]
     for rule, s in savings["rules"].items():
         click.echo(
-            f"savings {rule}: {_usd(s['expected_usd_per_hour'])}/h now, "
-            f"{_usd(s['realized_usd'])} realized"
+            f"savings {rule}: {usd(s['expected_usd_per_hour'])}/h now, "
+            f"{usd(s['realized_usd'])} realized"
         )
     total = savings["total"]
     click.echo(
-        f"savings total: {_usd(total['expected_usd_per_hour'])}/h now, "
-        f"{_usd(total['realized_usd'])} realized (gross: compute not paid)"
+        f"savings total: {usd(total['expected_usd_per_hour'])}/h now, "
+        f"{usd(total['realized_usd'])} realized (gross: compute not paid)"
     )
 
 
@@ -299,16 +301,16 @@ def _moved(ident: int) -> RuntimeFailure:
     return RuntimeFailure(f"action #{ident} changed meanwhile (the daemon acted on it); try again")
 
 
-@cli.command()
+@click.command()
 @config_option
 @click.argument("action_id", metavar="ID")
 @handle_errors
 def approve(config_path: str | None, action_id: str) -> None:
     """Approve an action awaiting approval (a renewal, a conversion): the act step runs it."""
     ident = _number(action_id)
-    config = _load(config_path)
-    _setup_logs(config)  # logs to stderr: stdout stays the output (and parseable JSON)
-    now = _clock().now()
+    config = load(config_path)
+    setup_logs(config)  # logs to stderr: stdout stays the output (and parseable JSON)
+    now = clock().now()
     with open_database(config) as store:
         row = _row(store, config, ident)
         if row.state != "awaiting_approval":
@@ -316,7 +318,7 @@ def approve(config_path: str | None, action_id: str) -> None:
         if row.expires_at is not None and row.expires_at <= now:
             store.transition(row, "expired", now, reason=f"{row.reason} | approval expired")
             raise UserError(
-                f"action #{ident} expired at {_when(row.expires_at, now)} "
+                f"action #{ident} expired at {when(row.expires_at, now)} "
                 "(the rule plans it again when its alert next notifies)"
             )
         done = store.transition(row, "approved", now, decided_at=now, due_at=now)
@@ -328,7 +330,7 @@ def approve(config_path: str | None, action_id: str) -> None:
     )
 
 
-@cli.command()
+@click.command()
 @config_option
 @click.argument("action_id", metavar="ID")
 @handle_errors
@@ -337,9 +339,9 @@ def reject(config_path: str | None, action_id: str) -> None:
     from monitor.store.ledger import OPEN_STATES
 
     ident = _number(action_id)
-    config = _load(config_path)
-    _setup_logs(config)  # logs to stderr: stdout stays the output (and parseable JSON)
-    now = _clock().now()
+    config = load(config_path)
+    setup_logs(config)  # logs to stderr: stdout stays the output (and parseable JSON)
+    now = clock().now()
     with open_database(config) as store:
         row = _row(store, config, ident)
         if row.state not in OPEN_STATES:
@@ -364,7 +366,7 @@ _FINAL = {
 }
 
 
-@cli.command()
+@click.command()
 @config_option
 @click.argument("action_id", metavar="ID")
 @handle_errors
@@ -375,9 +377,9 @@ def undo(config_path: str | None, action_id: str) -> None:
     from monitor.store.models import ActionRecord
 
     ident = _number(action_id)
-    config = _load(config_path)
-    _setup_logs(config)  # logs to stderr: stdout stays the output (and parseable JSON)
-    now = _clock().now()
+    config = load(config_path)
+    setup_logs(config)  # logs to stderr: stdout stays the output (and parseable JSON)
+    now = clock().now()
     with open_database(config) as store:
         row = _row(store, config, ident)
         if row.state in OPEN_STATES:
@@ -427,3 +429,6 @@ def undo(config_path: str | None, action_id: str) -> None:
         f"action #{ident} undone: start of {_who(row.instance_name, row.instance_id)} planned as "
         f"#{ids[0]} (the act step runs it; the GPU may not be free)"
     )
+
+
+COMMANDS = [plan, actions_cmd, approve, reject, undo]

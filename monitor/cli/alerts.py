@@ -1,11 +1,9 @@
 """The alert-facing commands: ``alerts``, ``silence add|list|remove`` and ``notify-test``.
 
 They work on the database the daemon writes (alert states, silences, notifications) and on the
-configured channels; none of them talks to the Novita API. Registered on ``monitor.cli.cli``.
-
-The current time comes from a clock: the system clock, unless the invoking code passes one in
-click's context object (``obj={"clock": ManualClock(...)}``), which is how the tests move time.
-The same object may carry ``env`` (the environment channel URLs are read from).
+configured channels; none of them talks to the Novita API. The current time comes from
+``monitor.cli.common.clock`` (tests inject a ``ManualClock`` through click's context object),
+channel URLs from ``common.env``.
 """
 
 from __future__ import annotations
@@ -13,59 +11,25 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import json
-import os
-from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
 import click
 
-from monitor.cli import _load, cli, config_option, handle_errors, open_database
-from monitor.clock import Clock, SystemClock
+from monitor.cli.common import (
+    clock,
+    config_option,
+    env,
+    handle_errors,
+    iso,
+    load,
+    open_database,
+    when,
+)
 from monitor.errors import RuntimeFailure, UserError
 
 _STATE_ORDER = {"firing": 0, "pending": 1, "resolved": 2}
 RECENT = timedelta(hours=24)
-
-
-# ---------------------------------------------------------------------------------------------
-# plumbing
-
-
-def _obj() -> Mapping[str, Any]:
-    ctx = click.get_current_context(silent=True)
-    obj = ctx.find_root().obj if ctx is not None else None
-    return obj if isinstance(obj, Mapping) else {}
-
-
-def _clock() -> Clock:
-    clock = _obj().get("clock")
-    return clock if clock is not None else SystemClock()
-
-
-def _env() -> Mapping[str, str]:
-    env = _obj().get("env")
-    return env if env is not None else os.environ
-
-
-_store = open_database  # the one way every command opens the database
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
-
-
-def _when(value: datetime | None, now: datetime) -> str:
-    """``2026-11-20 12:00 UTC (2h ago)`` / ``(in 1h30m)``."""
-    if value is None:
-        return "-"
-    from monitor.rules.durations import format_duration
-
-    delta = now - value
-    seconds = int(abs(delta.total_seconds())) // 60 * 60
-    span = format_duration(timedelta(seconds=seconds)) if seconds else "now"
-    rel = span if span == "now" else (f"{span} ago" if delta >= timedelta(0) else f"in {span}")
-    return f"{value:%Y-%m-%d %H:%M} UTC ({rel})"
 
 
 def _duration(text: str) -> timedelta:
@@ -115,11 +79,11 @@ def alert_rows(store: Any, now: datetime, include_all: bool = False) -> list[dic
                 "resource_kind": rec.resource_kind,
                 "resource_id": rec.resource_id,
                 "resource_name": rec.resource_name or "",
-                "since": _iso(_since(rec)),
-                "active_since": _iso(rec.active_since),
-                "firing_since": _iso(rec.firing_since),
-                "resolved_at": _iso(rec.resolved_at),
-                "last_notified_at": _iso(rec.last_notified_at),
+                "since": iso(_since(rec)),
+                "active_since": iso(rec.active_since),
+                "firing_since": iso(rec.firing_since),
+                "resolved_at": iso(rec.resolved_at),
+                "last_notified_at": iso(rec.last_notified_at),
                 "summary": rec.summary,
                 "silenced": bool(by),
                 "silenced_by": by,
@@ -138,16 +102,16 @@ def alert_rows(store: Any, now: datetime, include_all: bool = False) -> list[dic
     return rows
 
 
-@cli.command()
+@click.command()
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="A machine-readable list.")
 @click.option("--all", "include_all", is_flag=True, help="Every stored alert, not only recent.")
 @handle_errors
 def alerts(config_path: str | None, as_json: bool, include_all: bool) -> None:
     """Firing and pending alerts, and those resolved in the last 24 hours."""
-    config = _load(config_path)
-    now = _clock().now()
-    with _store(config) as store:
+    config = load(config_path)
+    now = clock().now()
+    with open_database(config) as store:
         rows = alert_rows(store, now, include_all)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -157,7 +121,7 @@ def alerts(config_path: str | None, as_json: bool, include_all: bool) -> None:
         return
     for r in rows:
         name = f" ({r['resource_name']})" if r["resource_name"] else ""
-        since = _when(datetime.fromisoformat(r["since"]) if r["since"] else None, now)
+        since = when(datetime.fromisoformat(r["since"]) if r["since"] else None, now)
         muted = (
             f"  [silenced by #{', #'.join(map(str, r['silenced_by']))}]" if r["silenced"] else ""
         )
@@ -193,14 +157,14 @@ def _silence_row(s: Any, now: datetime) -> dict[str, Any]:
         "rule": s.rule,
         "account": s.account,
         "resource_id": s.resource_id,
-        "starts_at": _iso(s.starts_at),
-        "ends_at": _iso(s.ends_at),
-        "created_at": _iso(s.created_at),
+        "starts_at": iso(s.starts_at),
+        "ends_at": iso(s.ends_at),
+        "created_at": iso(s.created_at),
         "reason": s.reason,
     }
 
 
-@cli.group()
+@click.group()
 def silence() -> None:
     """Mute notifications of matching alerts for a while (silences always expire)."""
 
@@ -231,7 +195,7 @@ def silence_add(
     length = _duration(duration)
     if not reason.strip():
         raise UserError("--reason: say why (it is shown in silence list)")
-    config = _load(config_path)
+    config = load(config_path)
     names = _rule_names(config)
     if not any(fnmatch.fnmatchcase(n, rule) for n in names):
         raise UserError(f"--rule: no loaded rule matches {rule!r} (loaded: {', '.join(names)})")
@@ -240,8 +204,8 @@ def silence_add(
         raise UserError(
             f"--account: no account named {account!r} (configured: {', '.join(accounts)})"
         )
-    now = _clock().now()
-    with _store(config) as store:
+    now = clock().now()
+    with open_database(config) as store:
         unknown = resource_id is not None and not _known_resource(
             store, [account] if account else accounts, resource_id
         )
@@ -256,7 +220,7 @@ def silence_add(
         )
     target = f"rule {rule}" + (f", resource {resource_id}" if resource_id else "")
     target += f", account {account}" if account else ""
-    click.echo(f"silence #{sid} added: {target}, until {_when(now + length, now)}")
+    click.echo(f"silence #{sid} added: {target}, until {when(now + length, now)}")
     if unknown:
         click.echo(
             f"warning: no known instance, task or account matches {resource_id!r} "
@@ -286,9 +250,9 @@ def _known_resource(store: Any, accounts: list[str], pattern: str) -> bool:
 @handle_errors
 def silence_list(config_path: str | None, as_json: bool, include_all: bool) -> None:
     """Active (and scheduled) silences; ``--all`` adds the expired ones."""
-    config = _load(config_path)
-    now = _clock().now()
-    with _store(config) as store:
+    config = load(config_path)
+    now = clock().now()
+    with open_database(config) as store:
         rows = [_silence_row(s, now) for s in store.list_silences(now, include_all)]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -297,7 +261,7 @@ def silence_list(config_path: str | None, as_json: bool, include_all: bool) -> N
         click.echo("no silences" + ("" if include_all else " active"))
         return
     for r in rows:
-        ends = _when(datetime.fromisoformat(r["ends_at"]), now)
+        ends = when(datetime.fromisoformat(r["ends_at"]), now)
         click.echo(
             f"#{r['id']:<4} {r['state']:<9} rule {r['rule'] or '*'}  "
             f"resource {r['resource_id'] or '*'}  account {r['account'] or '*'}  "
@@ -317,8 +281,8 @@ def silence_remove(config_path: str | None, silence_id: str) -> None:
         raise UserError(
             f"silence id must be a number (see silence list), got {silence_id!r}"
         ) from None
-    config = _load(config_path)
-    with _store(config) as store:
+    config = load(config_path)
+    with open_database(config) as store:
         removed = store.remove_silence(number)
     if not removed:
         raise UserError(f"no silence #{number} (see silence list --all)")
@@ -329,31 +293,19 @@ def silence_remove(config_path: str | None, silence_id: str) -> None:
 # notify-test
 
 
-@cli.command("notify-test")
+@click.command("notify-test")
 @config_option
 @click.option("--channel", required=True, help="A channel name from the configuration.")
 @handle_errors
 def notify_test(config_path: str | None, channel: str) -> None:
     """Send a test message through one configured channel (one attempt, no retries)."""
-    from monitor.config import resolve_channel_url
-    from monitor.notify import Channel, Notifier
+    from monitor.app import notifier_for_test
 
-    config = _load(config_path)
-    known = sorted(config.channels)
-    if channel != "console" and channel not in config.channels:
-        listed = ", ".join([*known, "console"])
-        raise UserError(f"--channel: no channel named {channel!r} (configured: {listed})")
-    channels = {}
-    if channel in config.channels:
-        spec = config.channels[channel]
-        url = resolve_channel_url(channel, spec, _env())
-        channels[channel] = Channel(
-            channel, url.get_secret_value(), send_resolved=spec.send_resolved
-        )
-    clock = _clock()
-    notifier = Notifier(channels, clock, max_attempts=1, timeout_s=30.0)
+    config = load(config_path)
+    source = clock()
+    notifier = notifier_for_test(config, channel, source, env())
     result = asyncio.run(notifier.send_test(channel))
-    _record_test(config, channel, result, clock.now())
+    _record_test(config, channel, result, source.now())
     if not result.ok:
         raise RuntimeFailure(f"test message to channel {channel!r} failed: {result.error}")
     click.echo(f"test message delivered to channel {channel!r}")
@@ -362,7 +314,7 @@ def notify_test(config_path: str | None, channel: str) -> None:
 def _record_test(config: Any, channel: str, result: Any, now: datetime) -> None:
     """Keep the test in the notification history; a database problem does not hide the result."""
     try:
-        with _store(config) as store:
+        with open_database(config) as store:
             store.record_notification(
                 channel=channel,
                 kind="test",
@@ -376,3 +328,6 @@ def _record_test(config: Any, channel: str, result: Any, now: datetime) -> None:
             )
     except Exception as exc:
         click.echo(f"warning: the test was not recorded in the database: {exc}", err=True)
+
+
+COMMANDS = [alerts, silence, notify_test]
