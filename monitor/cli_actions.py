@@ -106,17 +106,37 @@ def plan_rows(config: Any, store: Any, now: datetime) -> dict[str, Any]:
     }
 
 
+def _followed_now(url: str) -> datetime:
+    """The time of the simulator whose clock a daemon follows (``run --clock URL``)."""
+    from monitor.cli import _check_clock_url
+    from monitor.clock import read_clock
+
+    _check_clock_url(url)
+    try:
+        return read_clock(url)[0]
+    except ValueError as exc:
+        raise RuntimeFailure(f"--clock: {exc}") from None
+
+
 @cli.command()
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--clock",
+    "clock_url",
+    metavar="URL",
+    default=None,
+    help="FOR TESTS AND DEMOS ONLY: 'now' is a local simulator's clock "
+    "(http://127.0.0.1:PORT/_sim/clock), as for a daemon run with `run --clock URL`.",
+)
 @handle_errors
-def plan(config_path: str | None, as_json: bool) -> None:
+def plan(config_path: str | None, as_json: bool, clock_url: str | None = None) -> None:
     """What the rules would do now: one evaluation over the stored data, as a dry run.
 
     It does not collect (run it after `once`, or beside the daemon) and records nothing."""
     config = _load(config_path)
     _setup_logs(config)  # logs to stderr: stdout stays the output (and parseable JSON)
-    now = _clock().now()
+    now = _clock().now() if clock_url is None else _followed_now(clock_url)
     with open_database(config) as store:
         data = plan_rows(config, store, now)
     if as_json:
