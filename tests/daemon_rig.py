@@ -52,7 +52,10 @@ class Sim:
         url = self._listening()
         assert url is not None
         self.url = url
-        self.http = httpx.Client(base_url=url, timeout=10)
+        # the key is for the Novita API's paths; ``/_sim/*`` takes none
+        self.http = httpx.Client(
+            base_url=url, timeout=10, headers={"Authorization": f"Bearer {API_KEY}"}
+        )
 
     def _listening(self) -> str | None:
         line = next((x for x in list(self.proc.lines) if "listening on " in x), None)
@@ -74,13 +77,11 @@ class Sim:
 
     def api(self, action: str, body: dict[str, Any]) -> Any:
         """POST a Novita action as a user would (``setAutoRenew``, ``stop``...)."""
-        answer = self.http.post(
-            f"{GPU}/gpu/instance/{action}",
-            json=body,
-            headers={"Authorization": f"Bearer {API_KEY}"},
-        )
-        assert answer.status_code == 200, answer.text
-        return answer.json()
+        return self.post(f"{GPU}/gpu/instance/{action}", body)
+
+    def instance(self, instance_id: str) -> dict[str, Any]:
+        """get-instance, as the API answers it."""
+        return dict(self.get(f"{GPU}/gpu/instance?instanceId={instance_id}"))
 
     def add_instance(self, instance_id: str, **fields: Any) -> dict[str, Any]:
         """A running instance with a past (``POST /_sim/instances``; idle for 5 h by default)."""

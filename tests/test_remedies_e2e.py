@@ -194,7 +194,7 @@ def test_the_daemon_killed_between_intent_and_outcome_of_a_renew_pays_at_most_on
     restarted daemon reconciles the row by reading the instance and never calls again."""
     sim = rig.sim
     sim.post("/_sim/topup", {"usd": RICH_USD})
-    before = sim.get(f"/gpu-instance/openapi/v1/gpu/instance?instanceId={SUBSCRIPTION}")
+    before = sim.instance(SUBSCRIPTION)
     rig.configure(renew_rule("months: 1, approval: none", extra=f"    exclude: [{LAPSING}]\n"))
     crashed = rig.start(env={TEST_CRASH_ENV: crash_after})
     crashed.wait_for("the crash", lambda: crashed.proc.poll() is not None, 60)
@@ -214,7 +214,7 @@ def test_the_daemon_killed_between_intent_and_outcome_of_a_renew_pays_at_most_on
     row = only(rig.rows(instance_id=SUBSCRIPTION))
     assert row["state"] == expected
     assert len(sim.actions("renewInstance")) == renewals  # requests, not only performed ones
-    after = sim.get(f"/gpu-instance/openapi/v1/gpu/instance?instanceId={SUBSCRIPTION}")
+    after = sim.instance(SUBSCRIPTION)
     if renewals:
         assert row["answer"]["reconciled"] is True
         assert int(after["endTime"]) > int(before["endTime"])
