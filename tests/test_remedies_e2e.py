@@ -233,7 +233,11 @@ def test_a_renew_the_balance_cannot_pay_fails_once_and_one_within_auto_renew_is_
     user approves: the platform answers BALANCE_NOT_ENOUGH, the row ends ``failed``, one alert
     says so, and over the following act steps nothing is called again."""
     sim = rig.sim
+    end_time = sim.instance(SUBSCRIPTION)["endTime"]
     sim.api("setAutoRenew", {"instanceIds": [SUBSCRIPTION], "autoRenew": True, "autoRenewMonth": 1})
+    # read before the top-up: the early charge is tried (and fails) now, the next at endTime
+    seen = sim.instance(SUBSCRIPTION)
+    assert seen["autoRenew"] is True and seen["endTime"] == end_time
     sim.post("/_sim/topup", {"usd": RICH_USD})
     config = rig.configure(renew_rule("months: 1"))
     rig.start()
