@@ -1,8 +1,10 @@
 """``POST /_sim/instances``: a test adds a running instance with a past (its profile, billing
-mode and environment), as the list, get-instance, metrics and bills then show it."""
+mode and environment), as the list, get-instance, metrics and bills then show it. And the action
+log's ``answered``: false while an answer is held back (``action_delay``)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -83,3 +85,23 @@ async def test_a_bad_instance_is_refused_with_what_is_wrong(
     answer = await client.post("/_sim/instances", json=body)
     assert answer.status_code == 400
     assert message in answer.json()["message"]
+
+
+async def test_the_action_log_says_when_a_held_answer_was_sent(
+    client: httpx.AsyncClient, sim_app: Starlette
+) -> None:
+    sim_app.state.faults.delay_next(f"{GPU}/gpu/instance/stop", 0.5)
+    call = asyncio.create_task(
+        client.post(f"{GPU}/gpu/instance/stop", json={"instanceId": "demo-notebook"})
+    )
+    for _ in range(200):  # bounded: the request reaches the model within a few loop turns
+        log = (await client.get("/_sim/actions")).json()["actions"]
+        if log and log[0]["performed"]:
+            break
+        await asyncio.sleep(0.005)
+    (held,) = log
+    assert held["performed"] is True and held["fault"] == "action_delay"
+    assert held["answered"] is False  # carried out, its answer not sent yet
+    assert (await call).status_code == 200
+    (sent,) = (await client.get("/_sim/actions")).json()["actions"]
+    assert sent["answered"] is True and sent["status"] == 200

@@ -78,7 +78,7 @@ arrival (so a client that timed out still finds it): ``time`` (simulated clock, 
 ``answer`` (the HTTP status and JSON body given; for a withheld answer, the one held back),
 ``result`` (``"ok"`` or the answer's ``reason``), ``message``, ``performed`` (whether the model
 carried it out: count these for "exactly one renew"), ``fault`` (the switch that shaped the
-answer, or null).
+answer, or null), ``answered`` (false while the answer is held back, e.g. by ``action_delay``).
 
 Control endpoints under ``/_sim/`` (no auth, no faults; not part of the Novita API):
 ``GET /_sim/clock`` (``now``, ``unix``, ``speed``: null for a clock moved only by hand),
@@ -152,6 +152,7 @@ def _answered(entry: dict[str, Any], response: Response) -> None:
         answer = raw.decode("utf-8", "replace")
     entry["status"] = response.status_code
     entry["answer"] = answer
+    entry["answered"] = True
     reason = answer.get("reason") if isinstance(answer, dict) else None
     if reason:
         entry["result"] = reason

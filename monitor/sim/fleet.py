@@ -698,8 +698,10 @@ class FleetSim:
         ``body`` (the request's JSON), and, once answered, ``status`` (HTTP), ``answer`` (the
         JSON body sent back), ``result`` (``"ok"`` or the error's ``reason``), ``message``,
         ``performed`` (whether the model carried it out), ``fault`` (the fault switch that
-        shaped the answer, if any)."""
+        shaped the answer, if any), ``answered`` (false until the answer was sent: an answer
+        held back by ``action_delay`` or ``timeout_rate`` is in ``status``/``answer`` already)."""
         return {
+            "answered": False,
             "time": self.clock.now().isoformat(),
             "path": action,
             "body": body,
