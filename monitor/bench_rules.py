@@ -12,6 +12,15 @@ the same work) and the median is reported. The last line printed is one JSON obj
 
 The fleet is generated from ``seed``; the kind of each instance follows a fixed cycle (:data:`MIX`)
 so that even a tiny fleet has idle and busy machines.
+
+``with_stop_rule`` (``--with-stop-rule``): the cost of automatic idle shutdown. Each run times
+two evaluations on the same database, interleaved (so both see the same machine load): the
+shipped rules alone, then the shipped rules plus the README's canonical stop rule
+(:data:`STOP_RULE`) with the action planner wired as the daemon wires it (its ledger rows written
+in the evaluation's transaction; the ledger is cleared before each run, as the alert states are).
+The report adds ``eval_with_stop_s`` (median), ``eval_with_stop_runs_s``, ``stop_rule_ratio``
+(median with / median without; issue 9 asks for at most 1.10) and ``stops_planned`` (the
+stops announced by the last run).
 """
 
 from __future__ import annotations
@@ -26,15 +35,17 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, event
 
+from monitor.actions.plan import plan_actions
 from monitor.app import schedule_intervals
 from monitor.collect import convert
-from monitor.config import CONSOLE_CHANNEL, Schedules, shipped_rules_dir
-from monitor.evaluate import Evaluator
+from monitor.config import CONSOLE_CHANNEL, ActionSettings, Schedules, shipped_rules_dir
+from monitor.evaluate import Evaluator, to_silence
 from monitor.logs import configure_logging
 from monitor.notify import Router
 from monitor.novita.models import Balance, Instance, Product, TrainingTask, UsageBill
@@ -54,6 +65,15 @@ MIX = (
 GPUS = {"busy8": 8, "underused": 4}
 #: profile length in minutes (prime, so hourly aggregates differ from hour to hour)
 PROFILE_MINUTES = 97
+#: the README's canonical automatic-idle-shutdown rule (``--with-stop-rule``)
+STOP_RULE = """\
+rules:
+  - name: stop-idle-gpus
+    resource: instance
+    when: {idle_gpu: {window: 45m, threshold: 5}}
+    actions:
+      - stop: {grace: 15m}
+"""
 PRODUCTS = {  # id -> (per-GPU $/h, spot $/h, 1-month $ per GPU)
     "p-h100": (2.56, 1.28, 1280.0),
     "p-a100": (1.60, 0.80, 800.0),
@@ -306,8 +326,20 @@ class QueryCounter:
         event.remove(self.engine, "before_cursor_execute", self._on)
 
 
-def evaluator(store: Store) -> Evaluator:
-    ruleset = load_rules([shipped_rules_dir()], known_channels={CONSOLE_CHANNEL})
+def evaluator(store: Store, stop_rule: Path | None = None) -> Evaluator:
+    """The shipped rules' evaluator; with ``stop_rule`` (a rule file) that rule too, and the
+    action planner wired as :meth:`monitor.app.App.planner` wires it."""
+    paths = [shipped_rules_dir()] + ([stop_rule] if stop_rule is not None else [])
+    ruleset = load_rules(paths, known_channels={CONSOLE_CHANNEL})
+    planner = None
+    if stop_rule is not None:
+        planner = partial(
+            plan_actions,
+            ruleset=ruleset,
+            settings=ActionSettings(),
+            held=store.held_intents,
+            silences=lambda now: [to_silence(x) for x in store.list_silences(now)],
+        )
     return Evaluator(
         store,
         ruleset,
@@ -316,14 +348,17 @@ def evaluator(store: Store) -> Evaluator:
         accounts=[ACCOUNT],
         intervals=schedule_intervals(Schedules()),
         stale_after=3.0,
+        planner=planner,
     )
 
 
-def evaluate_once(store: Store) -> tuple[float, int, Any]:
-    """One timed evaluation from a clean alert table: (seconds, SQL statements, result)."""
+def evaluate_once(store: Store, stop_rule: Path | None = None) -> tuple[float, int, Any]:
+    """One timed evaluation from a clean alert table (and ledger): (seconds, SQL statements,
+    result)."""
     with store.engine.begin() as conn:
         conn.execute(delete(t.alerts))
-    ev = evaluator(store)
+        conn.execute(delete(t.actions))
+    ev = evaluator(store, stop_rule)
     with QueryCounter(store.engine) as counter:
         began = time.perf_counter()
         result = ev.judge(NOW)
@@ -339,11 +374,14 @@ def bench_rules(
     echo: Callable[[str], None] = print,
     workdir: Path | None = None,
     logs: str | None = "json",
+    with_stop_rule: bool = False,
 ) -> dict[str, Any]:
     """Run the benchmark; prints progress and, last, the JSON report (also returned).
 
     ``logs``: the log format set up as the daemon would (the evaluation logs every alert
-    transition, to stderr, and that is part of its cost); None leaves logging as it is."""
+    transition, to stderr, and that is part of its cost); None leaves logging as it is.
+    ``with_stop_rule``: each run also times the evaluation with :data:`STOP_RULE` added,
+    interleaved (see the module's docstring)."""
     if instances < 1 or days < 1 or runs < 1:
         raise ValueError("instances, days and runs must be at least 1")
     if logs is not None:
@@ -355,11 +393,25 @@ def bench_rules(
             built = build(store, instances, days, seed, echo)
             setup_s = time.perf_counter() - began
             echo(f"setup: {setup_s:.1f} s")
+            stop_rule = None
+            if with_stop_rule:
+                stop_rule = Path(tmp) / "stop-rule.yaml"
+                stop_rule.write_text(STOP_RULE)
             times, queries, result = [], 0, None
+            with_stop: list[float] = []
+            stops = 0
             for run in range(runs):
                 seconds, queries, result = evaluate_once(store)
                 times.append(seconds)
                 echo(f"run {run + 1}/{runs}: eval {seconds:.3f} s, {queries} SQL statements")
+                if stop_rule is not None:
+                    stopped, stop_queries, _ = evaluate_once(store, stop_rule)
+                    with_stop.append(stopped)
+                    stops = len(store.actions(ACCOUNT, ["announced"]))
+                    echo(
+                        f"run {run + 1}/{runs}: eval with the stop rule {stopped:.3f} s, "
+                        f"{stop_queries} SQL statements, {stops} stops planned"
+                    )
         finally:
             store.close()
     assert result is not None
@@ -379,5 +431,13 @@ def bench_rules(
         "metric_rows": built["metric_rows"],
         "rollup_rows": built["rollup_rows"],
     }
+    if with_stop:
+        with_s = statistics.median(with_stop)
+        report.update(
+            eval_with_stop_s=round(with_s, 4),
+            eval_with_stop_runs_s=[round(x, 4) for x in with_stop],
+            stop_rule_ratio=round(with_s / eval_s, 3) if eval_s > 0 else None,
+            stops_planned=stops,
+        )
     echo(json.dumps(report))
     return report

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.applications import Starlette
@@ -36,3 +38,13 @@ def sim_server(sim_app: Starlette) -> Iterator[SimServer]:
     """``sim_app`` on a real socket at ``sim_server.url``; ``sim_server.sim`` is the model."""
     with SimServer(sim_app) as server:
         yield server
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Any]:
+    """The simulator as a process at ``--speed 60`` and the daemon (``run --clock``) started on
+    it by the test: :class:`tests.daemon_rig.Rig` (issue 9 §8's end-to-end tests)."""
+    from tests.daemon_rig import Rig
+
+    with Rig(tmp_path) as started:
+        yield started

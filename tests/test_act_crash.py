@@ -4,7 +4,9 @@ twice; the ledger row is reconciled by reading the instance.
 
 The crash comes from the test-only hook ``NOVITA_MONITOR_TEST_CRASH_AFTER`` (``claim``: after the
 claim is committed, before the POST; ``call``: after the POST was answered, before the outcome is
-recorded). The processes run one act step each (``App.act``), as the daemon's act job will.
+recorded). The processes run one act step each (``App.act``), as the daemon's act job does;
+the same crash of the daemon itself (``run --clock``, killed, restarted) is
+``tests/test_remedies_e2e.py::test_the_daemon_killed_between_intent_and_outcome_of_a_renew_pays_at_most_once``.
 """
 
 from __future__ import annotations

@@ -75,3 +75,22 @@ def test_report_is_the_last_line(tmp_path: Path) -> None:
     assert len(last["eval_runs_s"]) == 2
     assert last["firing_by_rule"]["idle-gpu"] == 1  # the fourth instance of the mix is idle
     assert list(tmp_path.iterdir()) == []  # the temporary database is gone
+
+
+def test_with_the_stop_rule_both_figures_are_reported_side_by_side(tmp_path: Path) -> None:
+    from monitor.bench_rules import bench_rules
+
+    lines: list[str] = []
+    report = bench_rules(
+        20, 1, seed=2, runs=2, echo=lines.append, workdir=tmp_path, logs=None, with_stop_rule=True
+    )
+    assert json.loads(lines[-1]) == report
+    assert len(report["eval_runs_s"]) == len(report["eval_with_stop_runs_s"]) == 2
+    ratio = report["eval_with_stop_s"] / report["eval_s"]  # of the rounded medians: close
+    assert abs(report["stop_rule_ratio"] - ratio) <= 0.01 * ratio + 0.001
+    # the two idle pay-as-you-go instances of the mix are announced (the idle subscription,
+    # "expiring_idle", is refused: a stop saves nothing on prepaid time)
+    assert report["stops_planned"] == 2
+    assert report["firing_by_rule"].get("stop-idle-gpus") is None  # the shipped rules' result
+    runs = [x for x in lines if "with the stop rule" in x]
+    assert len(runs) == 2 and all("2 stops planned" in x for x in runs)

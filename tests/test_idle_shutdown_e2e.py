@@ -1,18 +1,15 @@
 """Automatic idle shutdown end to end (issue 9 §8): the real daemon process, on the real
 simulator's clock (``run --clock``, ``--speed 60``: a simulated minute is a wall second), with the
-README's canonical rule. The forgotten notebook is announced, then stopped after its 15-minute
-grace; the busy trainer never is; the ledger explains the stop (rule, figures, the API's answer)
-and the simulator received exactly one stop."""
+README's canonical rule, through :class:`tests.daemon_rig.Rig`. The forgotten notebook is
+announced, then stopped after its 15-minute grace; the busy trainer never is; the ledger explains
+the stop (rule, figures, the API's answer) and the simulator received exactly one stop.
+
+The other remedies end to end (protection, breakers, dry run, plan, crashes, shutdown, renewals,
+busy during the grace): ``tests/test_remedies_e2e.py``."""
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-
-import httpx
-
-from tests.helpers import API_KEY, Process, query
+from tests.daemon_rig import Rig
 
 RULE = """\
 rules:
@@ -25,57 +22,25 @@ rules:
 
 
 def test_the_daemon_stops_the_forgotten_notebook_after_its_grace_and_never_the_trainer(
-    tmp_path: Path,
+    rig: Rig,
 ) -> None:
-    sim = Process(["simulator", "--port", "0", "--speed", "60", "--scenario", "demo"])
-    daemon = None
-    try:
-        sim.wait_for("the simulator", lambda: any("listening on" in x for x in sim.lines), 30)
-        url = next(x for x in sim.lines if "listening on" in x).split("listening on ")[1]
-        rules = tmp_path / "rules.yaml"
-        rules.write_text(RULE)
-        db = tmp_path / "monitor.db"
-        config = tmp_path / "config.yaml"
-        config.write_text(
-            "accounts:\n  - name: main\n    api_key_env: NOVITA_API_KEY\n"
-            f"    base_url: {url}\n"
-            f"database: sqlite:///{db}\nlog: {{format: json}}\nrules: [{rules}]\n"
-        )
-        daemon = Process(
-            ["run", "--config", str(config), "--clock", f"{url}/_sim/clock"],
-            {**os.environ, "NOVITA_API_KEY": API_KEY},
-        )
+    rig.configure(RULE)
+    rig.start()
 
-        def rows(instance: str) -> list[tuple[str, ...]]:
-            return query(
-                db,
-                "SELECT state, action, rule, reason, answer, facts, planned_at, due_at "
-                f"FROM actions WHERE instance_id = '{instance}' ORDER BY id",
-            )
-
-        # announced at the first evaluation (idle for hours), due 15 simulated minutes later
-        daemon.wait_for("the announced stop", lambda: bool(rows("demo-notebook")), 60)
-        first = rows("demo-notebook")[0]
-        assert first[1:3] == ("stop", "stop-idle-gpus")
-        assert first[0] in ("announced", "executing", "succeeded")
-        # 15 simulated minutes of grace are ~15 wall seconds
-        daemon.wait_for(
-            "the stop", lambda: any(r[0] == "succeeded" for r in rows("demo-notebook")), 90
-        )
-        (done,) = [r for r in rows("demo-notebook") if r[0] == "succeeded"]
-        _state, _action, _rule, reason, answer, facts, planned_at, due_at = done
-        assert "GPU" in reason and "idle" in reason  # why, with the figures
-        assert json.loads(facts)["instance"]["billing_mode"] == "onDemand"
-        assert json.loads(answer) is not None  # what the API answered
-        assert due_at > planned_at
-        log = httpx.get(f"{url}/_sim/actions").json()["actions"]
-        stops = [a for a in log if "stop" in str(a.get("path", ""))]
-        stopped = [a for a in stops if a.get("performed") and "demo-notebook" in json.dumps(a)]
-        assert len(stopped) == 1  # exactly one call, after the grace
-        assert not any("demo-trainer" in json.dumps(a) for a in stops)  # busy: never
-        assert rows("demo-trainer") == []
-        assert daemon.stop() == 0
-    finally:
-        if daemon is not None:
-            daemon.stop()
-        sim.stop()
+    # announced at the first evaluation (idle for hours), due 15 simulated minutes later
+    rig.wait_for("the announced stop", lambda: rig.rows(instance_id="demo-notebook"), 60)
+    first = rig.rows(instance_id="demo-notebook")[0]
+    assert (first["action"], first["rule"]) == ("stop", "stop-idle-gpus")
+    assert first["state"] in ("announced", "executing", "succeeded")
+    # 15 simulated minutes of grace are ~15 wall seconds
+    rig.wait_for("the stop", lambda: rig.rows(instance_id="demo-notebook", state="succeeded"), 90)
+    (done,) = rig.rows(instance_id="demo-notebook", state="succeeded")
+    assert "GPU" in done["reason"] and "idle" in done["reason"]  # why, with the figures
+    assert done["facts"]["instance"]["billing_mode"] == "onDemand"
+    assert done["answer"]["response"] == {}  # what the API answered
+    assert done["due_at"] > done["planned_at"]
+    # exactly one call, after the grace; the busy trainer: never
+    assert rig.sim.performed("stop").count("demo-notebook") == 1
+    assert "demo-trainer" not in [(a["body"] or {}).get("instanceId") for a in rig.sim.actions()]
+    assert rig.rows(instance_id="demo-trainer") == []
+    assert rig.daemon.stop() == 0

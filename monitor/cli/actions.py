@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from monitor.cli.common import (
+    check_clock_url,
     clock,
     config_option,
     handle_errors,
@@ -108,17 +109,36 @@ def plan_rows(config: Any, store: Any, now: datetime) -> dict[str, Any]:
     }
 
 
+def _followed_now(url: str) -> datetime:
+    """The time of the simulator whose clock a daemon follows (``run --clock URL``)."""
+    from monitor.clock import read_clock
+
+    check_clock_url(url)
+    try:
+        return read_clock(url)[0]
+    except ValueError as exc:
+        raise RuntimeFailure(f"--clock: {exc}") from None
+
+
 @click.command()
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--clock",
+    "clock_url",
+    metavar="URL",
+    default=None,
+    help="FOR TESTS AND DEMOS ONLY: 'now' is a local simulator's clock "
+    "(http://127.0.0.1:PORT/_sim/clock), as for a daemon run with `run --clock URL`.",
+)
 @handle_errors
-def plan(config_path: str | None, as_json: bool) -> None:
+def plan(config_path: str | None, as_json: bool, clock_url: str | None = None) -> None:
     """What the rules would do now: one evaluation over the stored data, as a dry run.
 
     It does not collect (run it after `once`, or beside the daemon) and records nothing."""
     config = load(config_path)
     setup_logs(config)  # logs to stderr: stdout stays the output (and parseable JSON)
-    now = clock().now()
+    now = clock().now() if clock_url is None else _followed_now(clock_url)
     with open_database(config) as store:
         data = plan_rows(config, store, now)
     if as_json:

@@ -35,12 +35,18 @@ def bench_collect(
 @click.option("--days", type=int, default=7, show_default=True)
 @click.option("--runs", type=int, default=1, show_default=True, help="Repeat, report the median.")
 @click.option("--seed", type=int, default=1, show_default=True)
+@click.option(
+    "--with-stop-rule",
+    is_flag=True,
+    help="Also time each run with the README's stop rule added (interleaved); reports both "
+    "medians and their ratio.",
+)
 @handle_errors
-def bench_rules(instances: int, days: int, runs: int, seed: int) -> None:
+def bench_rules(instances: int, days: int, runs: int, seed: int, with_stop_rule: bool) -> None:
     """Time one evaluation of the shipped rules over DAYS of history for N instances."""
     from monitor.bench_rules import bench_rules as run_bench
 
-    run_bench(instances, days, seed=seed, runs=runs, echo=click.echo)
+    run_bench(instances, days, seed=seed, runs=runs, echo=click.echo, with_stop_rule=with_stop_rule)
 
 
 COMMANDS = [bench]

@@ -154,3 +154,21 @@ def usd(value: float | None) -> str:
     if value is None:
         return "?"
     return f"-${-value:,.2f}" if value < 0 else f"${value:,.2f}"
+
+
+def check_clock_url(url: str) -> None:
+    """``--clock`` follows a simulator on this machine: an http(s) URL to a loopback host."""
+    from urllib.parse import urlsplit
+
+    from monitor.config import is_loopback
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UserError(
+            f"--clock: {url!r} is not an http URL (expected http://127.0.0.1:PORT/_sim/clock)"
+        )
+    if not is_loopback(parts.hostname):
+        raise UserError(
+            f"--clock: {parts.hostname} is not this machine (a simulator's clock is followed "
+            "only on a loopback address: 127.0.0.1, ::1 or localhost)"
+        )

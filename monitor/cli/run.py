@@ -12,8 +12,7 @@ from typing import Any
 
 import click
 
-from monitor.cli.common import config_option, handle_errors, load, setup_logs
-from monitor.errors import UserError
+from monitor.cli.common import check_clock_url, config_option, handle_errors, load, setup_logs
 
 
 @click.command()
@@ -41,7 +40,7 @@ def run(config_path: str | None, clock_url: str | None, dry_run: bool) -> None:
     from monitor.daemon import Daemon
 
     if clock_url is not None:
-        _check_clock_url(clock_url)
+        check_clock_url(clock_url)
     config = load(config_path)
     setup_logs(config)
     path = find_config_path(config_path, os.environ, Path.cwd())
@@ -51,24 +50,6 @@ def run(config_path: str | None, clock_url: str | None, dry_run: bool) -> None:
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
-
-
-def _check_clock_url(url: str) -> None:
-    """``--clock`` follows a simulator on this machine: an http(s) URL to a loopback host."""
-    from urllib.parse import urlsplit
-
-    from monitor.config import is_loopback
-
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UserError(
-            f"--clock: {url!r} is not an http URL (expected http://127.0.0.1:PORT/_sim/clock)"
-        )
-    if not is_loopback(parts.hostname):
-        raise UserError(
-            f"--clock: {parts.hostname} is not this machine (a simulator's clock is followed "
-            "only on a loopback address: 127.0.0.1, ::1 or localhost)"
-        )
 
 
 def _exit_now(signum: int, _frame: Any) -> None:

@@ -78,12 +78,15 @@ arrival (so a client that timed out still finds it): ``time`` (simulated clock, 
 ``answer`` (the HTTP status and JSON body given; for a withheld answer, the one held back),
 ``result`` (``"ok"`` or the answer's ``reason``), ``message``, ``performed`` (whether the model
 carried it out: count these for "exactly one renew"), ``fault`` (the switch that shaped the
-answer, or null).
+answer, or null), ``answered`` (false while the answer is held back, e.g. by ``action_delay``).
 
 Control endpoints under ``/_sim/`` (no auth, no faults; not part of the Novita API):
 ``GET /_sim/clock`` (``now``, ``unix``, ``speed``: null for a clock moved only by hand),
 ``POST /_sim/clock/advance {"seconds"}``, ``POST /_sim/clock/set {"time"}``,
-``POST /_sim/profile {"instance_id", "profile"}``, ``GET /_sim/actions``,
+``POST /_sim/profile {"instance_id", "profile"}``, ``POST /_sim/instances {"id", "name",
+"gpus", "product", "billing_mode", "profile", "running_for", "envs", "cluster"}`` (a new running
+instance with that past, ``envs`` its environment: :meth:`FleetSim.add_instance`; answers the
+instance as get-instance shows it), ``GET /_sim/actions``,
 ``POST /_sim/topup {"usd"}`` (add credit; the balance may go negative, nothing is stopped),
 ``GET|POST /_sim/faults``, ``GET /_sim/stats``, ``POST /_sim/stats/reset``, ``GET /_sim/summary``,
 ``GET|POST /_sim/quirks`` (POST ``{"bill-time": "hours", ...}`` changes switches; an unknown key or
@@ -149,6 +152,7 @@ def _answered(entry: dict[str, Any], response: Response) -> None:
         answer = raw.decode("utf-8", "replace")
     entry["status"] = response.status_code
     entry["answer"] = answer
+    entry["answered"] = True
     reason = answer.get("reason") if isinstance(answer, dict) else None
     if reason:
         entry["result"] = reason
@@ -514,6 +518,25 @@ def create_app(
             return error_response(400, "VALIDATOR_PARAM", str(exc))
         return JSONResponse({"ok": True})
 
+    async def add_instance(request: Request) -> Response:
+        body = await request.json()
+        if not isinstance(body, dict):
+            return error_response(400, "VALIDATOR_PARAM", "body must be an object")
+        known = {"id", "name", "gpus", "product", "billing_mode", "profile", "running_for",
+                 "envs", "cluster"}  # fmt: skip
+        unknown = sorted(set(body) - known)
+        if unknown:
+            return error_response(400, "VALIDATOR_PARAM", f"unknown keys {unknown}")
+        envs = body.get("envs") or {}
+        if not isinstance(envs, dict):
+            return error_response(400, "VALIDATOR_PARAM", "envs must be an object of strings")
+        fields = {k: v for k, v in body.items() if k not in ("id", "envs")}
+        try:
+            inst = sim.add_instance(str(body.get("id") or ""), envs=envs, **fields)
+        except (TypeError, ValueError) as exc:
+            return error_response(400, "VALIDATOR_PARAM", str(exc))
+        return JSONResponse(wire.instance_json(inst, detail=True))
+
     async def top_up(request: Request) -> Response:
         body = await request.json()
         sim.top_up(round(float(body["usd"]) * 10000))
@@ -625,6 +648,7 @@ def create_app(
         Route("/_sim/clock/advance", clock_advance, methods=["POST"]),
         Route("/_sim/clock/set", clock_set, methods=["POST"]),
         Route("/_sim/profile", profile, methods=["POST"]),
+        Route("/_sim/instances", add_instance, methods=["POST"]),
         Route("/_sim/actions", actions_log, methods=["GET"]),
         Route("/_sim/topup", top_up, methods=["POST"]),
         Route("/_sim/faults", faults_endpoint, methods=["GET", "POST"]),

@@ -147,6 +147,8 @@ class SimInstance:
     keep_data_day: int = 7
     #: quirk ``price-basis=per-instance``: the listed price is for the whole instance
     per_instance_price: bool = False
+    #: environment variables beyond the default ``PYTHONUNBUFFERED=1`` (``/_sim/instances``)
+    envs: dict[str, str] = field(default_factory=dict)
 
     @property
     def product(self) -> catalog.GpuProduct:
@@ -696,8 +698,10 @@ class FleetSim:
         ``body`` (the request's JSON), and, once answered, ``status`` (HTTP), ``answer`` (the
         JSON body sent back), ``result`` (``"ok"`` or the error's ``reason``), ``message``,
         ``performed`` (whether the model carried it out), ``fault`` (the fault switch that
-        shaped the answer, if any)."""
+        shaped the answer, if any), ``answered`` (false until the answer was sent: an answer
+        held back by ``action_delay`` or ``timeout_rate`` is in ``status``/``answer`` already)."""
         return {
+            "answered": False,
             "time": self.clock.now().isoformat(),
             "path": action,
             "body": body,
@@ -913,6 +917,63 @@ class FleetSim:
             for inst in self._instances.values():
                 inst.per_instance_price = self.quirks.per_instance_price
             self._settled_at = None
+
+    def add_instance(
+        self,
+        instance_id: str,
+        *,
+        name: str | None = None,
+        gpus: int = 1,
+        product: str = "4090.16c62g",
+        billing_mode: str = "onDemand",
+        profile: str = "idle",
+        running_for: int = 5 * HOUR,
+        envs: Mapping[str, str] | None = None,
+        cluster: str = "1",
+    ) -> SimInstance:
+        """A new running instance (``POST /_sim/instances``), started ``running_for`` seconds
+        ago with ``profile`` all along (its metrics and usage bills cover that past), its
+        environment carrying ``envs``. ``billing_mode`` ``onDemand`` or ``spot`` (a
+        subscription: the demo's ``demo-subscription`` and ``demo-lapsing``). For tests of what
+        may be acted on: protected instances (``NOVITA_MONITOR_PROTECT=true``), names matching
+        a protect pattern, spot ones. Raises ``ValueError`` naming what is wrong."""
+        if not instance_id or not isinstance(instance_id, str):
+            raise ValueError("id must be a non-empty string")
+        if billing_mode not in ("onDemand", "spot"):
+            raise ValueError(f"billing_mode must be onDemand or spot, got {billing_mode!r}")
+        if profile not in PROFILES:
+            raise ValueError(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}")
+        if not isinstance(gpus, int) or isinstance(gpus, bool) or not 1 <= gpus <= 8:
+            raise ValueError(f"gpus must be an integer from 1 to 8, got {gpus!r}")
+        if not isinstance(running_for, int) or running_for < 0:
+            raise ValueError(f"running_for must be seconds >= 0, got {running_for!r}")
+        try:
+            catalog.hourly_price(product, cluster)
+        except KeyError:
+            raise ValueError(f"unknown product {product!r} or cluster {cluster!r}") from None
+        env = {str(k): str(v) for k, v in (envs or {}).items()}
+        with self._lock:
+            if instance_id in self._instances:
+                raise ValueError(f"instance {instance_id!r} exists already")
+            since = self.now_ts() - running_for
+            inst = self._add(
+                SimInstance(
+                    id=instance_id,
+                    name=name or instance_id,
+                    cluster_id=cluster,
+                    product_id=product,
+                    gpu_num=gpus,
+                    billing_mode=billing_mode,
+                    status="running",
+                    created_at=since,
+                    profiles=[(0, profile)],
+                    runs=[[since, None]],
+                    paygo_from=since,
+                    envs=env,
+                )
+            )
+            self._settled_at = None
+            return inst
 
     def set_profile(self, instance_id: str, profile: str) -> None:
         """Change an instance's utilization profile from now on (history is kept)."""

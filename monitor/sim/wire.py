@@ -89,7 +89,10 @@ def instance_json(inst: SimInstance, detail: bool = False) -> dict[str, Any]:
             }
         ],
         "statusError": {"state": inst.status_error[0], "message": inst.status_error[1]},
-        "envs": [{"key": "PYTHONUNBUFFERED", "value": "1"}],
+        "envs": [
+            {"key": "PYTHONUNBUFFERED", "value": "1"},
+            *({"key": k, "value": v} for k, v in inst.envs.items()),
+        ],
         "kind": "gpu",
         "billingMode": inst.billing_mode,
         "endTime": end_time,
