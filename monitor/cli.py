@@ -470,3 +470,7 @@ def test_rules(paths: tuple[Path, ...]) -> None:
     click.echo(f"{total - failed} passed, {failed} failed")
     if failed:
         sys.exit(1)
+
+
+# registers demo (cli_demo)
+from monitor import cli_demo  # noqa: E402,F401
