@@ -123,7 +123,10 @@ class Demo:
         self.out = out
         self.story = Story()
         self.stop = asyncio.Event()
-        self.clock = ManualClock(SystemClock().now().replace(second=0, microsecond=0))
+        # the story ends about now, so `status` or `actions` on a kept database (``--db``)
+        # read it as recent history
+        start = SystemClock().now().replace(second=0, microsecond=0) - options.span
+        self.clock = ManualClock(start)
         self.start = self.clock.now()
         self.wall_start = time.monotonic()
 
