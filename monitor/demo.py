@@ -128,7 +128,8 @@ class Demo:
         start = SystemClock().now().replace(second=0, microsecond=0) - options.span
         self.clock = ManualClock(start)
         self.start = self.clock.now()
-        self.wall_start = time.monotonic()
+        self.began = time.monotonic()  # the summary's wall time counts the start-up too
+        self.paced_from = self.began  # the pace's anchor: the first step
 
     # ------------------------------------------------------------------ output
 
@@ -157,10 +158,11 @@ class Demo:
             )
         )
         self.story.next_progress = self.start
-        await self._step(pipeline, app, sim_url)
+        self.paced_from = time.monotonic()
+        await self._step(pipeline, sim_url)
         while self.clock.now() < end and not self.stop.is_set():
             self.clock.advance(STEP.total_seconds())
-            await self._step(pipeline, app, sim_url)
+            await self._step(pipeline, sim_url)
             await self._pace()
         return self.summary(app, interrupted=self.stop.is_set())
 
@@ -168,22 +170,23 @@ class Demo:
         if math.isinf(self.options.speed):
             return
         simulated = (self.clock.now() - self.start).total_seconds()
-        delay = self.wall_start + simulated / self.options.speed - time.monotonic()
+        delay = self.paced_from + simulated / self.options.speed - time.monotonic()
         if delay > 0:
             with suppress(TimeoutError):  # the pace's wait, cut short by Ctrl-C
                 await asyncio.wait_for(self.stop.wait(), delay)
 
-    async def _step(self, pipeline: Pipeline, app: App, sim_url: str) -> None:
+    async def _step(self, pipeline: Pipeline, sim_url: str) -> None:
+        app = pipeline.app
         now = self.clock.now()
         if not self.story.topped_up and now - self.start >= TOP_UP_AT:
-            await self._top_up(app, sim_url)
+            await self._top_up(sim_url)
         await pipeline.step()
         self._tell_ledger(app)
         if self.story.next_progress is not None and now >= self.story.next_progress:
             self._progress(app)
             self.story.next_progress = now + PROGRESS_EVERY
 
-    async def _top_up(self, app: App, sim_url: str) -> None:
+    async def _top_up(self, sim_url: str) -> None:
         import httpx
 
         self.story.topped_up = True
@@ -286,7 +289,7 @@ class Demo:
             "interrupted": interrupted,
             "start": self.start,
             "end": now,
-            "wall_s": time.monotonic() - self.wall_start,
+            "wall_s": time.monotonic() - self.began,
             "alerts_raised": len(raised),
             "alerts_by_rule": dict(sorted(per_rule.items())),
             "alerts_firing": sum(1 for a in alerts if a.state == "firing"),
