@@ -4,6 +4,7 @@ simulated clock (:mod:`monitor.demo`). Registered on ``monitor.cli.cli``."""
 from __future__ import annotations
 
 import math
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,22 @@ def demo(span: str | None, db: Path | None, speed: float | None) -> None:
     notify) on one simulated clock, with the shipped rules plus an idle-stop rule (15-minute
     grace) and a renewal rule; alerts print to the console. Ctrl-C ends it early with the
     summary."""
+    # Until the demo's event loop takes the signals over (it then ends with the summary), a
+    # stop request just ends the process, status 0, as for `run`.
+    before = {sig: signal.signal(sig, _interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        _demo(span, db, speed)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def _interrupted(signum: int, _frame: Any) -> None:
+    click.echo("demo interrupted")
+    raise SystemExit(0)
+
+
+def _demo(span: str | None, db: Path | None, speed: float | None) -> None:
     from monitor.app import run_async
     from monitor.demo import DEFAULT_SPAN, DEFAULT_SPEED, DemoOptions, run_demo
     from monitor.logs import configure_logging
