@@ -624,6 +624,11 @@ def per_month_cost(hourly_usd: Decimal | None) -> Decimal | None:
     return None if hourly_usd is None else hourly_usd * Decimal(str(MONTH_HOURS))
 
 
+def per_day_cost(hourly_usd: Decimal | None) -> Decimal | None:
+    """An hourly figure (a cost, a saving) over a day of 24 hours."""
+    return None if hourly_usd is None else hourly_usd * 24
+
+
 def average_per_window(
     total_usd: Decimal | None, period: timedelta, window: timedelta
 ) -> Decimal | None:

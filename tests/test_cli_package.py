@@ -116,12 +116,14 @@ def test_console_channel_is_named_once() -> None:
         tree = ast.parse(path.read_text(encoding="utf-8"))
         if any(isinstance(n, ast.Constant) and n.value == "console" for n in ast.walk(tree)):
             holders.append(path)
-    assert set(holders) == {PKG / "config.py", PKG / "logs.py", CLI / "run.py"}
+    assert set(holders) == {PKG / "config.py", PKG / "logs.py", CLI / "run.py", CLI / "demo.py"}
     config = (PKG / "config.py").read_text(encoding="utf-8")
     assert config.count('"console"') == 2  # CONSOLE_CHANNEL and the log format's Literal
     assert 'CONSOLE_CHANNEL = "console"' in config
     run = (CLI / "run.py").read_text(encoding="utf-8")
     assert run.count('"console"') == 1 and 'setup_logs(config, "console"' in run  # log format
+    demo = (CLI / "demo.py").read_text(encoding="utf-8")
+    assert demo.count('"console"') == 1 and 'configure_logging("console"' in demo  # log format
 
 
 def test_entry_point_is_main() -> None:

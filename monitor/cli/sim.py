@@ -23,7 +23,15 @@ from monitor.errors import UserError
 )
 @click.option("--rate-limit", type=float, default=0.0, help="Requests per second (0: no limit).")
 @click.option("--error-rate", type=float, default=0.0, help="Share of requests answered 500/503.")
-@click.option("--speed", type=float, default=1.0, show_default=True, help="Clock speed factor.")
+@click.option(
+    "--speed",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Simulated seconds per wall second. A daemon follows this clock only when started with "
+    "`run --clock http://127.0.0.1:PORT/_sim/clock` (without it the daemon keeps wall time "
+    "while the simulated balance drains SPEED times faster).",
+)
 @click.option(
     "--quirk",
     "quirks",
