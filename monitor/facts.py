@@ -171,7 +171,7 @@ class StoreFacts:
             return self._books[account]
         self._built.add(account)
         book = self._books.setdefault(account, _Book())
-        recs = self.store.instances(account)
+        recs = self.store.instance_rows(account)
         billed = self._billed_hourly(  # only what may bill by the hour now
             account,
             {
@@ -432,7 +432,7 @@ class StoreFacts:
             as_of = self._bills_as_of(account)
             sums = self.store.usage_bill_sums(account, start, end, as_of, "Day")
             by_owner = economics.card_hours_by_owner(
-                [economics.BillTotals(**s._asdict()) for s in sums], [], start, end, as_of
+                [economics.BillTotals(*s) for s in sums], [], start, end, as_of
             )
             for bad in by_owner.problems:
                 self._problem(account, bad)

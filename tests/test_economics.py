@@ -335,3 +335,14 @@ def test_facts_and_economics_import_no_collector_command_or_wire_code() -> None:
     assert bad == []
     # and the facts read no table directly (only through the store's methods)
     assert "monitor.store.tables" not in {m for _, m in _imports(ROOT / "facts.py")}
+
+
+def test_the_stores_bill_sums_are_the_economics_bill_totals_field_for_field() -> None:
+    """The facts pass the store's sums to the economics positionally (the evaluation builds
+    thousands): the two records must keep the same fields in the same order."""
+    from dataclasses import fields
+
+    from monitor.economics import BillTotals
+    from monitor.store.money import BillSums
+
+    assert BillSums._fields == tuple(f.name for f in fields(BillTotals))

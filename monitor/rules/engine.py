@@ -191,6 +191,10 @@ def evaluate(
     def is_silenced(state: AlertState) -> bool:
         return any(s.matches(state, now) for s in silences)
 
+    def is_silenced_by_rule(state: AlertState, rule: Rule) -> bool:
+        """Silenced, matching on the rule's labels (the state's may be older)."""
+        return bool(silences) and is_silenced(replace(state, labels=dict(rule.labels)))
+
     accounts = cached.accounts()
     for account in accounts:
         stale = set(cached.stale_collectors(account, now))
@@ -225,7 +229,7 @@ def evaluate(
                         old,
                         match,
                         now,
-                        silenced=is_silenced(replace(old, labels=dict(rule.labels))),
+                        silenced=is_silenced_by_rule(old, rule),
                         values=result.values,
                         severity=result.severity,
                         summary=summarize(rule, res, result.values) if match else "",

@@ -220,21 +220,18 @@ def step(
         return Outcome(old)
     if not match and old.state not in ("pending", "firing"):
         return Outcome(old)  # nothing to do: the common case, kept cheap
-    cur = replace(old, last_eval_at=now)
-    new = cur
+    # what changes, gathered and applied in one ``replace`` (thousands of alerts per cycle)
+    changes: dict[str, Any] = {"last_eval_at": now}
     if match:
-        fresh = cur.state not in ("pending", "firing")
-        new = replace(
-            cur,
+        changes.update(
             values=dict(values or {}),
             severity=severity or rule.severity,
-            summary=summary or cur.summary,
+            summary=summary or old.summary,
             last_match_at=now,
             labels=dict(rule.labels),
         )
-        if fresh:
-            new = replace(
-                new,
+        if old.state not in ("pending", "firing"):  # a new episode
+            changes.update(
                 active_since=now,
                 firing_since=None,
                 resolved_at=None,
@@ -242,18 +239,21 @@ def step(
                 notified_severity=None,
                 state="pending",
             )
-        if new.state == "pending" and now - (new.active_since or now) >= rule.for_:
-            new = replace(new, state="firing", firing_since=now)
+        state = changes.get("state", old.state)
+        active_since = changes.get("active_since", old.active_since)
+        if state == "pending" and now - (active_since or now) >= rule.for_:
+            changes.update(state="firing", firing_since=now)
     else:
-        if cur.state == "pending":
-            new = replace(cur, state="inactive", active_since=None)
-        elif cur.state == "firing":
-            held = cur.last_match_at or now
+        if old.state == "pending":
+            changes.update(state="inactive", active_since=None)
+        elif old.state == "firing":
+            held = old.last_match_at or now
             if now - held >= rule.keep_firing_for:
-                new = replace(cur, state="resolved", resolved_at=now)
-        if new.state != cur.state and values:
-            new = replace(new, values={**cur.values, **values})
-    transition = _transition(cur, new, now, reason) if new.state != cur.state else None
+                changes.update(state="resolved", resolved_at=now)
+        if changes.get("state", old.state) != old.state and values:
+            changes["values"] = {**old.values, **values}
+    new = replace(old, **changes)
+    transition = _transition(old, new, now, reason) if new.state != old.state else None
     note = None
     if new.state == "firing" and not silenced:
         due = new.last_notified_at is None
@@ -271,8 +271,8 @@ def step(
             note = _notification(rule, new, "firing", reminder)
     elif (
         new.state == "resolved"
-        and cur.state == "firing"
-        and cur.last_notified_at is not None
+        and old.state == "firing"
+        and old.last_notified_at is not None
         and not silenced
         and notify_resolved
     ):

@@ -192,6 +192,21 @@ class InstancesRepo(StoreBase):
             query = query.where(c.disappeared_at.is_(None))
         return self._load(query.order_by(c.instance_id))
 
+    def instance_rows(self, account: str) -> list[Any]:
+        """:meth:`instances` as plain rows (the same attribute names as
+        :class:`InstanceRecord`, no ORM objects): what each evaluation reads for thousands of
+        instances, five times cheaper than building the models."""
+        account_id = self.ensure_account(account)
+        c = t.instances.c
+        query = (
+            select(t.instances)
+            .where(c.account_id == account_id, c.first_seen.is_not(None))
+            .where(c.disappeared_at.is_(None))
+            .order_by(c.instance_id)
+        )
+        with self.engine.connect() as conn:
+            return list(conn.execute(query))
+
     def known_instance_ids(self, account: str) -> set[str]:
         """Every instance id the account ever listed (gone ones included): a narrow read."""
         account_id = self.ensure_account(account)
