@@ -406,7 +406,8 @@ def bench_collect(
 
 
 # registers alerts, silence, notify-test (cli_alerts); plan, actions, approve, reject, undo
-from monitor import cli_actions, cli_alerts  # noqa: E402,F401
+# (cli_actions); report (cli_report)
+from monitor import cli_actions, cli_alerts, cli_report  # noqa: E402,F401
 
 
 @bench.command("rules")

@@ -14,6 +14,7 @@ importing ``monitor.notify`` (e.g. for ``Notice``) does not import apprise.
 from monitor.notify.deliver import Delivers, Notifier, ResultCallback, dispatch
 from monitor.notify.model import (
     CONSOLE,
+    Attachment,
     Channel,
     DeliveryResult,
     Message,
@@ -36,6 +37,7 @@ from monitor.notify.routing import Router
 
 __all__ = [
     "CONSOLE",
+    "Attachment",
     "Channel",
     "Delivers",
     "DeliveryResult",

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 __all__ = [
     "CONSOLE",
     "SEVERITY_RANK",
+    "Attachment",
     "Channel",
     "DeliveryResult",
     "Message",
@@ -107,6 +108,16 @@ class Route:
 
 
 @dataclass(frozen=True)
+class Attachment:
+    """A file a message carries where its channel takes attachments (e-mail, ...); channels
+    that take none get the message's body only (a scheduled report's text summary)."""
+
+    name: str
+    content: bytes = field(repr=False)
+    media_type: str = "application/octet-stream"
+
+
+@dataclass(frozen=True)
 class Message:
     """One grouped message for one channel in one evaluation cycle.
 
@@ -119,6 +130,7 @@ class Message:
     body: str
     kind: str
     fingerprints: tuple[str, ...]
+    attachment: Attachment | None = None
 
 
 @dataclass(frozen=True)
