@@ -238,8 +238,12 @@ def _account(
         instances=tuple(lines),
         products=tuple(products),
         idle_from=idle_from,
-        idle_gpu_hours=economics.total_hours(i.idle_gpu_hours for i in lines),
-        idle_cost_usd=economics.total(
+        idle_gpu_hours=None  # no minute stored: nothing says whether anything idled
+        if idle_from is None
+        else economics.total_hours(i.idle_gpu_hours for i in lines),
+        idle_cost_usd=None
+        if idle_from is None
+        else economics.total(
             i.idle_cost_usd for i in lines if i.idle_gpu_hours and i.billing_mode != "monthly"
         ),
         savings_usd=saved.realized_usd,
