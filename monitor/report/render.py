@@ -154,8 +154,8 @@ def render_text(report: Report) -> str:
         lines += [f"    {s.rule}: {_money(s.realized_usd)}" for s in acc.savings_by_rule]
         lines.append(f"  alerts raised: {len(acc.alerts)}")
         lines += [
-            f"    [{a.severity}] {a.rule}: {a.resource_id}"
-            f"{f' ({a.resource_name})' if a.resource_name else ''}: {a.summary} ({a.state})"
+            f"    [{a.severity}] {a.summary or f'{a.rule}: {a.resource_id}'} "
+            f"(fired {_iso(a.firing_since)}, {a.state})"
             for a in acc.alerts
         ]
         lines.append("  subscription advice")
