@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import make_url
 
 from monitor import economics
 from monitor.app import App
@@ -26,16 +27,55 @@ from monitor.report.model import report_window
 from monitor.sim import FleetSim
 from monitor.sim.truth import truth_json
 from monitor.store.models import ActionRecord
+from monitor.store.testing import pg_url, reset_database
 from tests.helpers import ENV, open_app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 D = timedelta(days=1)
 
 
+BACKENDS = [
+    "sqlite",
+    pytest.param(
+        "postgresql",
+        marks=[
+            pytest.mark.postgres,
+            pytest.mark.skipif(pg_url() is None, reason="NOVITA_MONITOR_TEST_PG_URL not set"),
+        ],
+    ),
+]
+
+
 @pytest.fixture
-async def app(tmp_path: Path, sim_app: Any, clock: ManualClock) -> AsyncIterator[App]:
+def backend() -> str:
+    return "sqlite"
+
+
+def database_url(backend: str, monkeypatch: pytest.MonkeyPatch) -> str | None:
+    """None (``open_app``'s SQLite file) or the emptied test PostgreSQL database, its password
+    through PGPASSWORD (a configured URL may not hold one)."""
+    if backend == "sqlite":
+        return None
+    url = pg_url()
+    assert url is not None
+    reset_database(url)
+    parsed = make_url(url)
+    if parsed.password:
+        monkeypatch.setenv("PGPASSWORD", str(parsed.password))
+    return parsed._replace(password=None).render_as_string(hide_password=False)
+
+
+@pytest.fixture
+async def app(
+    tmp_path: Path,
+    sim_app: Any,
+    clock: ManualClock,
+    backend: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[App]:
     """The demo fleet collected at T0 and for an hour after (bills collected at T0 + 1 h)."""
-    running = open_app(tmp_path, sim_app, clock)
+    database = database_url(backend, monkeypatch)
+    running = open_app(tmp_path, sim_app, clock, database=database)
     try:
         pipeline = Pipeline(running, clock)
         await pipeline.step()
@@ -54,6 +94,7 @@ def report_json(app: App, since: timedelta) -> dict[str, Any]:
 # -- the figures ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 async def test_spend_by_instance_day_and_product_match_the_simulators_truth(
     app: App, demo_sim: FleetSim
 ) -> None:

@@ -4,6 +4,8 @@ e-mail carries the report as an attachment, a webhook gets the text summary)."""
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from monitor.app import App
 from monitor.clock import ManualClock
 from monitor.config import Config
 from monitor.errors import ConfigError
@@ -19,6 +22,7 @@ from monitor.report.schedule import ANCHOR, MAX_CATCH_UP, due_step, latest_due
 from monitor.store.db import open_store
 from tests.helpers import ENV, open_app, write_config
 from tests.receivers import JsonSink, SmtpSink
+from tests.test_report import BACKENDS, database_url
 
 D = timedelta(days=1)
 W = timedelta(days=7)
@@ -83,14 +87,29 @@ def hook() -> Iterator[JsonSink]:
         yield sink
 
 
-def schedule_config(mail: SmtpSink, hook: JsonSink) -> str:
+def schedule_config(
+    tmp_path: Path, mail: SmtpSink, hook: JsonSink, channels: str = "finance, chat, hook"
+) -> str:
+    """E-mail (takes attachments), a Rocket.Chat webhook (takes none) and a JSON webhook
+    (takes them), the two webhooks on one local sink (Rocket.Chat posts to ``/hooks/...``)."""
+    rocket = tmp_path / "chat-url"
+    rocket.write_text(f"rocket://abc123/def456@127.0.0.1:{hook.port}/%23finance")
+    rocket.chmod(0o600)
     return (
         f'channels:\n  finance: "{mail.mailto_url(to="finance@example.com")}"\n'
-        f'  chat: "{hook.url}"\n'
+        f"  chat: {{url_file: {rocket}}}\n"
+        f'  hook: "{hook.url}"\n'
         "default_channels: [console]\n"
         "rules: []\n"
-        "reports:\n  - {every: 1d, format: html, channels: [finance, chat], name: daily}\n"
+        f"reports:\n  - {{every: 1d, format: html, channels: [{channels}], name: daily}}\n"
     )
+
+
+def received(hook: JsonSink, chat: bool) -> list[Any]:
+    """What the Rocket.Chat webhook (``chat``) or the JSON webhook received."""
+    return [
+        r.body for r in hook.requests if r.status < 300 and r.path.startswith("/hooks/") == chat
+    ]
 
 
 def attachments(message: Any) -> list[tuple[str, str, bytes]]:
@@ -100,11 +119,23 @@ def attachments(message: Any) -> list[tuple[str, str, bytes]]:
     ]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 async def test_a_scheduled_report_goes_out_once_per_due_time_across_restarts(
-    tmp_path: Path, sim_app: Any, clock: ManualClock, mail: SmtpSink, hook: JsonSink
+    tmp_path: Path,
+    sim_app: Any,
+    clock: ManualClock,
+    mail: SmtpSink,
+    hook: JsonSink,
+    backend: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    extra = schedule_config(mail, hook)
-    app = open_app(tmp_path, sim_app, clock, extra=extra)
+    extra = schedule_config(tmp_path, mail, hook)
+    database = database_url(backend, monkeypatch)
+
+    def start() -> App:  # the daemon (re)starting on the same database
+        return open_app(tmp_path, sim_app, clock, extra=extra, database=database)
+
+    app = start()
     try:
         await Pipeline(app, clock, collectors=["instances", "usage_bills", "products"]).step()
         assert app.report_step() == []  # first sight, T0 = Fri 20th 12:00: a baseline only
@@ -113,13 +144,17 @@ async def test_a_scheduled_report_goes_out_once_per_due_time_across_restarts(
         assert app.report_step() == []
         clock.set(at(21, 0, 1))
         (made,) = app.report_step()
-        assert made.due_at == at(21) and made.channels == ("finance", "chat")
+        assert made.due_at == at(21) and made.channels == ("finance", "chat", "hook")
         results = await app.deliver()
-        assert sorted((r.channel, r.ok) for r in results) == [("chat", True), ("finance", True)]
+        assert sorted((r.channel, r.ok) for r in results) == [
+            ("chat", True),
+            ("finance", True),
+            ("hook", True),
+        ]
     finally:
         await app.aclose()
 
-    # the e-mail carries the HTML report; the webhook gets the text summary
+    # the e-mail carries the HTML report, its body the text summary
     (message,) = mail.messages
     assert message.rcpt_tos == ["finance@example.com"]
     assert "novita-monitor report 2026-11-20 - 2026-11-21 00:00 UTC" in message.subject
@@ -127,27 +162,33 @@ async def test_a_scheduled_report_goes_out_once_per_due_time_across_restarts(
     assert name == "novita-monitor-report-2026-11-21.html" and media == "text/html"
     html = content.decode()
     assert html.startswith("<!DOCTYPE html>") and 'data-chart="spend-by-day"' in html
-    assert (
-        "Cost report 2026-11-20 - 2026-11-21 00:00 UTC"
-        in message.message.get_body(("plain",)).get_content()
-    )
-    (body,) = hook.bodies
+    summary = message.message.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert summary.startswith("Cost report 2026-11-20 - 2026-11-21 00:00 UTC")
+    assert "main: spent $" in summary
+    # a chat webhook that takes no attachment gets the text summary alone
+    (chat,) = received(hook, chat=True)
+    text = chat["text"].replace("\\", "")  # apprise escapes it as Markdown
+    assert text.startswith("# novita-monitor report 2026-11-20")
+    assert summary.strip() in text and "<!DOCTYPE" not in json.dumps(chat)
+    # apprise's JSON webhook takes attachments: the summary, and the report as a file
+    (body,) = received(hook, chat=False)
     assert body["title"].startswith("novita-monitor report 2026-11-20")
-    assert body["message"].startswith("Cost report 2026-11-20 - 2026-11-21 00:00 UTC")
-    assert "main: spent $" in body["message"]
+    assert body["message"].strip() == summary.strip()
+    ((attached),) = body["attachments"]
+    assert attached["filename"] == name and base64.b64decode(attached["base64"]) == content
 
     # a restart at the same moment resends nothing
-    app = open_app(tmp_path, sim_app, clock, extra=extra)
+    app = start()
     try:
         assert app.report_step() == []
         assert await app.deliver() == []
     finally:
         await app.aclose()
-    assert len(mail.messages) == 1 and len(hook.bodies) == 1
+    assert len(mail.messages) == 1 and len(hook.bodies) == 2
 
     # down over two due times: the restart sends both, oldest first, and no other
     clock.set(at(23, 7))
-    app = open_app(tmp_path, sim_app, clock, extra=extra)
+    app = start()
     try:
         made_now = app.report_step()
         assert [m.due_at for m in made_now] == [at(22), at(23)]
@@ -161,13 +202,13 @@ async def test_a_scheduled_report_goes_out_once_per_due_time_across_restarts(
         "2026-11-22 00:00 UTC",
         "2026-11-23 00:00 UTC",
     ]
-    assert len(hook.bodies) == 3
+    assert len(received(hook, chat=True)) == len(received(hook, chat=False)) == 3
     store = open_store(app.config.database_url)  # one row per due time
     try:
         runs = [(r.kind, r.due_at) for r in store.report_runs("daily")]
         assert runs == [("baseline", at(20)), ("report", at(21)), ("report", at(22)),
                         ("report", at(23))]  # fmt: skip
-        assert len([n for n in store.notifications() if n.kind == "report"]) == 6
+        assert len([n for n in store.notifications() if n.kind == "report"]) == 9
     finally:
         store.close()
 
@@ -175,7 +216,8 @@ async def test_a_scheduled_report_goes_out_once_per_due_time_across_restarts(
 async def test_a_failed_delivery_is_retried_by_the_outbox_not_produced_again(
     tmp_path: Path, sim_app: Any, clock: ManualClock, mail: SmtpSink, hook: JsonSink
 ) -> None:
-    app = open_app(tmp_path, sim_app, clock, extra=schedule_config(mail, hook))
+    extra = schedule_config(tmp_path, mail, hook, channels="finance, hook")
+    app = open_app(tmp_path, sim_app, clock, extra=extra)
     try:
         (job,) = [j for j in app.extra_jobs() if j.name == "reports"]  # the daemon's job
         await job.fn()
@@ -186,7 +228,7 @@ async def test_a_failed_delivery_is_retried_by_the_outbox_not_produced_again(
         clock.advance(120)  # after the outbox's backoff
         assert app.report_step() == []
         (retry,) = await app.deliver()  # the delivery job's next run
-        assert retry.channel == "chat" and retry.ok
+        assert retry.channel == "hook" and retry.ok
     finally:
         await app.aclose()
     assert len(mail.messages) == 1 and len(hook.bodies) == 1
