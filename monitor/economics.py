@@ -862,6 +862,24 @@ def idle_gpu_hours(
     return idle / 60.0 * max(gpu_count, 1)
 
 
+def idle_gpu_hours_rolled(
+    hours: Iterable[tuple[datetime, float | None, int]],
+    threshold: float,
+    full_minutes: int,
+    gpu_count: int,
+) -> float:
+    """GPU-hours an instance sat idle, from rolled-up hours (the raw minutes are gone): an
+    hour counts whole when every GPU stayed under ``threshold`` % all of it and at least
+    ``full_minutes`` of its minutes were sampled; an hour with any busy minute, or with a
+    gap, counts nothing (an under-count, never an over-count: missing data is not idleness)."""
+    idle = sum(
+        1
+        for _, peak, sampled in hours
+        if peak is not None and 0 <= peak < threshold and sampled >= full_minutes
+    )
+    return float(idle * max(gpu_count, 1))
+
+
 def idle_cost(
     spent_usd: Decimal | None,
     billed_hours: float | None,

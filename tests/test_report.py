@@ -143,6 +143,23 @@ async def test_idle_hours_and_cost_agree_with_the_idle_alert(app: App) -> None:
     )
 
 
+async def test_idle_hours_from_the_rollups_once_the_raw_minutes_are_gone(app: App) -> None:
+    now = app.clock.now()
+    app.store.rollup(now)
+    start, end = report_window(now, D)
+    from_minutes = to_json(build_report(app.facts_at(now), start, end))["accounts"][0]
+    # as if the raw minutes were kept for no time: the rolled-up hours only
+    from_hours = to_json(build_report(app.facts_at(now), start, end, raw_days=0))["accounts"][0]
+    assert from_hours["idle"]["from"] == "2026-11-19T12:00:00Z"  # the first whole hour sampled
+    minutes = {i["id"]: i["idle_gpu_hours"] for i in from_minutes["spend_by_instance"]}
+    hours = {i["id"]: i["idle_gpu_hours"] for i in from_hours["spend_by_instance"]}
+    # idle all along since whole hours: the same figure; otherwise never more than the minutes
+    assert hours["demo-notebook"] == minutes["demo-notebook"] == pytest.approx(6.0, abs=0.02)
+    assert hours["demo-error"] == minutes["demo-error"]
+    assert all(hours[i] <= minutes[i] + 0.02 for i in minutes)
+    assert 0 < hours["demo-inference"] < minutes["demo-inference"]
+
+
 async def test_alerts_and_subscription_advice_are_the_status_figures(app: App) -> None:
     (acc,) = report_json(app, D)["accounts"]
     firing = {(a.rule, a.resource_id) for a in app.store.load_alerts("main", ["firing"])}

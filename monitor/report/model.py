@@ -15,7 +15,7 @@ from typing import Any
 
 from monitor import economics
 from monitor.actions.savings import saving_line
-from monitor.facts import STATUS_IDLE_THRESHOLD, StoreFacts
+from monitor.facts import FULL_HOUR, STATUS_IDLE_THRESHOLD, StoreFacts
 from monitor.status import account_status
 
 DAY = timedelta(days=1)
@@ -162,11 +162,15 @@ def _account(
     insts = {i.id: i for i in facts.instances(account)}
     owners = sorted(set(by_owner) | set(insts))
     hours = facts.running_hours(account, start, end)
-    # idle: the stored raw minutes, from the later of the window's start, the first sample
-    # and the raw minutes' retention
-    first = facts.metrics_start(account)
-    idle_from = None if first is None else max(start, first, end - timedelta(days=raw_days))
-    minutes = store.gpu_minutes(account, owners, idle_from, end) if idle_from else {}
+    # idle: the stored raw minutes, and the rolled-up hours before the raw minutes' retention
+    # (from the later of the window's start and the first sample)
+    idle_from, split = _idle_span(facts, account, start, end, raw_days)
+    minutes = store.gpu_minutes(account, owners, split, end) if idle_from else {}
+    rolled = (
+        store.gpu_hours(account, owners, idle_from, split)
+        if idle_from is not None and idle_from < split
+        else {}
+    )
     lines = []
     for iid in owners:
         inst = insts.get(iid)
@@ -177,6 +181,7 @@ def _account(
             None
             if idle_from is None
             else economics.idle_gpu_hours(minutes.get(iid, []), threshold, gpus)
+            + economics.idle_gpu_hours_rolled(rolled.get(iid, []), threshold, FULL_HOUR, gpus)
         )
         mode = inst.billing_mode if inst is not None else None
         prepaid = mode == "monthly"  # its idle hours cost nothing more: not in the idle cost
@@ -252,6 +257,32 @@ def _account(
         advice=advice,
         problems=problems,
     )
+
+
+def _idle_span(
+    facts: StoreFacts, account: str, start: datetime, end: datetime, raw_days: int
+) -> tuple[datetime | None, datetime]:
+    """Where the idle figures start (None: no sample stored), and where the rolled-up hours
+    give way to the raw minutes: the raw minutes are kept ``raw_days``; before them, the whole
+    hours the rollups hold."""
+    first = facts.metrics_start(account)
+    if first is None:
+        return None, end
+    begin = max(start, first)
+    kept = end - timedelta(days=raw_days)
+    mark = facts.store.rollup_watermark()
+    if begin >= kept or mark is None:
+        return max(begin, kept), max(begin, kept)
+    split = min(_hour_up(kept), mark)
+    rolled_from = _hour_up(begin)
+    if rolled_from >= split:
+        return max(begin, kept), max(begin, kept)
+    return rolled_from, split
+
+
+def _hour_up(when: datetime) -> datetime:
+    floor = when.replace(minute=0, second=0, microsecond=0)
+    return floor if floor == when else floor + timedelta(hours=1)
 
 
 def _alerts(rows: Sequence[Any], start: datetime, end: datetime) -> tuple[AlertLine, ...]:

@@ -755,6 +755,35 @@ class MetricsRepo(StoreBase):
                 out.setdefault(keys[key], []).append((from_epoch(ts), top))
         return out
 
+    def gpu_hours(
+        self, account: str, instance_ids: Sequence[str], start: datetime, end: datetime
+    ) -> dict[str, list[tuple[datetime, float | None, int]]]:
+        """Per instance, its rolled-up hours starting in ``[start, end)``: the hour's start,
+        the highest utilisation of any of its GPUs in it (None: not sampled) and how many
+        minutes were sampled. What idle hours are counted from once the raw minutes are gone
+        (``gpu_minutes`` for the minutes)."""
+        account_id = self.ensure_account(account)
+        h = t.metric_hourly.c
+        out: dict[str, list[tuple[datetime, float | None, int]]] = {}
+        with self.engine.connect() as conn:
+            keys = self._keys(conn, account_id, list(instance_ids))
+            if not keys:
+                return out
+            query = (
+                select(h.instance_key, h.ts, h.gpu_util_max, h.gpu_utils_max, h.n)
+                .where(
+                    h.instance_key.in_(list(keys)),
+                    h.ts >= to_epoch(start),
+                    h.ts < to_epoch(end),
+                )
+                .order_by(h.instance_key, h.ts)
+            )
+            for key, ts, top, per_gpu, n in conn.execute(query):
+                values = [b for b in (per_gpu or b"") if b != GPU_MISSING]
+                peak = float(max(values)) if values else decode_pct(top)
+                out.setdefault(keys[key], []).append((from_epoch(ts), peak, int(n or 0)))
+        return out
+
     def rollup_watermark(self) -> datetime | None:
         """The end of the hours the rollups hold (raw minutes after it are not rolled up)."""
         with self.engine.connect() as conn:
