@@ -434,7 +434,6 @@ class App:
             self.facts_at,
             now if now is not None else self.clock.now(),
             expire_after=timedelta(seconds=self.config.notify.expire_after),
-            raw_days=self.config.retention.raw_days,
         )
 
     def _crash_hook(self) -> Any:

@@ -63,7 +63,7 @@ def report(config_path: str | None, since: str, fmt: str, output: Path | None) -
             now=now,
         )
         start, end = report_window(now, timedelta(seconds=seconds))
-        built = build_report(facts, start, end, raw_days=config.retention.raw_days)
+        built = build_report(facts, start, end)
     text = render(built, fmt)
     if output is None:
         click.echo(text, nl=False)

@@ -851,33 +851,11 @@ def spend_by(
     return out
 
 
-def idle_gpu_hours(
-    minutes: Iterable[tuple[datetime, float | None]], threshold: float, gpu_count: int
-) -> float:
-    """GPU-hours an instance sat idle: the sampled minutes in which every GPU stayed under
-    ``threshold`` % (the idle-gpu rule's test: the busiest GPU under it), times its GPUs. A
-    minute not sampled, or sampled without a figure, is never idle (missing data is not
-    idleness)."""
-    idle = sum(1 for _, peak in minutes if peak is not None and 0 <= peak < threshold)
-    return idle / 60.0 * max(gpu_count, 1)
-
-
-def idle_gpu_hours_rolled(
-    hours: Iterable[tuple[datetime, float | None, int]],
-    threshold: float,
-    full_minutes: int,
-    gpu_count: int,
-) -> float:
-    """GPU-hours an instance sat idle, from rolled-up hours (the raw minutes are gone): an
-    hour counts whole when every GPU stayed under ``threshold`` % all of it and at least
-    ``full_minutes`` of its minutes were sampled; an hour with any busy minute, or with a
-    gap, counts nothing (an under-count, never an over-count: missing data is not idleness)."""
-    idle = sum(
-        1
-        for _, peak, sampled in hours
-        if peak is not None and 0 <= peak < threshold and sampled >= full_minutes
-    )
-    return float(idle * max(gpu_count, 1))
+def idle_gpu_hours(idle_minutes: int, gpu_count: int) -> float:
+    """GPU-hours an instance sat idle: its minutes in which every GPU stayed under the idle
+    threshold (counted by the store: ``MetricsRepo.idle_minute_counts``), times its GPUs. A
+    minute not sampled is never idle (missing data is not idleness)."""
+    return idle_minutes / 60.0 * max(gpu_count, 1)
 
 
 def idle_cost(

@@ -75,7 +75,6 @@ _MINUTE = timedelta(minutes=1)
 _HOUR = timedelta(hours=1)
 #: a rolled-up hour with fewer sampled minutes has a gap: it never counts as idle
 _FULL_HOUR = 58
-FULL_HOUR = _FULL_HOUR  # (the report counts idle rolled-up hours by the same test)
 
 _logged: set[tuple[str, str, str, str]] = set()
 UNIT_NAMES = {1: "hours", 60: "minutes", 3600: "seconds"}

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import make_url
+from sqlalchemy import delete, make_url
 
 from monitor import economics
 from monitor.app import App
@@ -26,8 +26,10 @@ from monitor.report import build_report, render, to_json
 from monitor.report.model import report_window
 from monitor.sim import FleetSim
 from monitor.sim.truth import truth_json
+from monitor.store import tables as t
 from monitor.store.models import ActionRecord
 from monitor.store.testing import pg_url, reset_database
+from monitor.store.types import to_epoch
 from tests.helpers import ENV, open_app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -143,21 +145,38 @@ async def test_idle_hours_and_cost_agree_with_the_idle_alert(app: App) -> None:
     )
 
 
-async def test_idle_hours_from_the_rollups_once_the_raw_minutes_are_gone(app: App) -> None:
+def counted_by_minutes(app: App, start: datetime, end: datetime) -> dict[str, int]:
+    """Idle minutes per instance the idle machinery's way: each raw minute's busiest GPU."""
+    ids = [i.id for i in app.facts_at(end).instances("main")]
+    return {
+        iid: sum(1 for _, peak in rows if peak is not None and peak < 5.0)
+        for iid, rows in app.store.gpu_minutes("main", ids, start, end).items()
+    }
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_idle_minutes_are_counted_from_the_rollups_and_the_raw_minutes_alike(
+    app: App,
+) -> None:
     now = app.clock.now()
-    app.store.rollup(now)
     start, end = report_window(now, D)
-    from_minutes = to_json(build_report(app.facts_at(now), start, end))["accounts"][0]
-    # as if the raw minutes were kept for no time: the rolled-up hours only
-    from_hours = to_json(build_report(app.facts_at(now), start, end, raw_days=0))["accounts"][0]
-    assert from_hours["idle"]["from"] == "2026-11-19T12:00:00Z"  # the first whole hour sampled
-    minutes = {i["id"]: i["idle_gpu_hours"] for i in from_minutes["spend_by_instance"]}
-    hours = {i["id"]: i["idle_gpu_hours"] for i in from_hours["spend_by_instance"]}
-    # idle all along since whole hours: the same figure; otherwise never more than the minutes
-    assert hours["demo-notebook"] == minutes["demo-notebook"] == pytest.approx(6.0, abs=0.02)
-    assert hours["demo-error"] == minutes["demo-error"]
-    assert all(hours[i] <= minutes[i] + 0.02 for i in minutes)
-    assert 0 < hours["demo-inference"] < minutes["demo-inference"]
+    ids = [i.id for i in app.facts_at(now).instances("main")]
+    expected = {k: v for k, v in counted_by_minutes(app, start, end).items() if v}
+    assert expected["demo-notebook"] == 360 and 0 < expected["demo-inference"] < 360
+    assert app.store.idle_minute_counts("main", ids, start, end, 5.0) == expected
+    before = report_json(app, D)
+    assert app.store.rollup(now) > 0  # whole hours decided from their figures, mixed ones read
+    assert app.store.idle_minute_counts("main", ids, start, end, 5.0) == expected
+    assert report_json(app, D) == before
+    # past the raw retention: an hour idle throughout still counts, a mixed one cannot
+    mark = app.store.rollup_watermark()
+    assert mark is not None and mark > start
+    with app.store.engine.begin() as conn:
+        conn.execute(delete(t.metric_samples).where(t.metric_samples.c.ts < to_epoch(mark)))
+    after = app.store.idle_minute_counts("main", ids, start, end, 5.0)
+    assert after["demo-notebook"] == 360 and after["demo-error"] == expected["demo-error"]
+    assert 0 <= after.get("demo-inference", 0) < expected["demo-inference"]
+    assert all(after.get(i, 0) <= n for i, n in expected.items())
 
 
 async def test_alerts_and_subscription_advice_are_the_status_figures(app: App) -> None:
@@ -249,10 +268,9 @@ def test_spend_by_leaves_a_partly_known_key_unknown() -> None:
     assert later == {"a": None, "b": Decimal(4)}
 
 
-def test_idle_hours_count_sampled_minutes_under_the_threshold_only() -> None:
-    t = datetime(2026, 11, 20, tzinfo=UTC)
-    minutes = [(t, 1.0), (t, 4.9), (t, 5.0), (t, None), (t, 80.0)] + [(t, 0.0)] * 58
-    assert economics.idle_gpu_hours(minutes, 5.0, 2) == pytest.approx(60 / 60 * 2)
+def test_idle_gpu_hours_are_idle_minutes_times_gpus() -> None:
+    assert economics.idle_gpu_hours(90, 2) == 3.0
+    assert economics.idle_gpu_hours(30, 0) == 0.5  # a CPU-only instance counts itself
 
 
 def test_idle_cost_is_unknown_when_idle_exceeds_billed_hours() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from monitor import economics
 from monitor.actions.savings import saving_line
-from monitor.facts import FULL_HOUR, STATUS_IDLE_THRESHOLD, StoreFacts
+from monitor.facts import STATUS_IDLE_THRESHOLD, StoreFacts
 from monitor.status import account_status
 
 DAY = timedelta(days=1)
@@ -118,14 +118,11 @@ def build_report(
     start: datetime,
     end: datetime,
     *,
-    raw_days: int = 7,
     idle_threshold: float = STATUS_IDLE_THRESHOLD,
 ) -> Report:
-    """The report of ``facts``' accounts over ``[start, end)`` (``facts.now`` is ``end``).
-    ``raw_days``: how long raw minutes are kept (the idle figures count them only)."""
+    """The report of ``facts``' accounts over ``[start, end)`` (``facts.now`` is ``end``)."""
     accounts = tuple(
-        _account(facts, account, start, end, raw_days, idle_threshold)
-        for account in facts.accounts()
+        _account(facts, account, start, end, idle_threshold) for account in facts.accounts()
     )
     return Report(facts.now, start, end, idle_threshold, accounts)
 
@@ -135,7 +132,6 @@ def _account(
     account: str,
     start: datetime,
     end: datetime,
-    raw_days: int,
     threshold: float,
 ) -> AccountReport:
     store = facts.store
@@ -149,9 +145,9 @@ def _account(
 
     by_day = economics.spend_by(groups, lambda g: g.day.isoformat(), day_known)
     days = []
-    day = start
+    day = start.replace(hour=0, minute=0, second=0, microsecond=0)
     while day < end:
-        known = history is not None and day >= history
+        known = history is not None and max(day, start) >= history
         empty: Decimal | None = Decimal(0) if known else None
         days.append(DaySpend(day, by_day.get(day.isoformat(), empty)))
         day += DAY
@@ -162,13 +158,13 @@ def _account(
     insts = {i.id: i for i in facts.instances(account)}
     owners = sorted(set(by_owner) | set(insts))
     hours = facts.running_hours(account, start, end)
-    # idle: the stored raw minutes, and the rolled-up hours before the raw minutes' retention
-    # (from the later of the window's start and the first sample)
-    idle_from, split = _idle_span(facts, account, start, end, raw_days)
-    minutes = store.gpu_minutes(account, owners, split, end) if idle_from else {}
-    rolled = (
-        store.gpu_hours(account, owners, idle_from, split)
-        if idle_from is not None and idle_from < split
+    # idle: the stored minutes (whole rolled-up hours at once where their figures settle it),
+    # from the later of the window's start and the first sample
+    first = facts.metrics_start(account)
+    idle_from = None if first is None else max(start, first)
+    idle_minutes = (
+        store.idle_minute_counts(account, owners, idle_from, end, threshold)
+        if idle_from is not None
         else {}
     )
     lines = []
@@ -178,10 +174,7 @@ def _account(
         spent = by_owner.get(iid, empty_window)
         billed = None if hours is None else hours.get(iid)
         idle = (
-            None
-            if idle_from is None
-            else economics.idle_gpu_hours(minutes.get(iid, []), threshold, gpus)
-            + economics.idle_gpu_hours_rolled(rolled.get(iid, []), threshold, FULL_HOUR, gpus)
+            None if idle_from is None else economics.idle_gpu_hours(idle_minutes.get(iid, 0), gpus)
         )
         mode = inst.billing_mode if inst is not None else None
         prepaid = mode == "monthly"  # its idle hours cost nothing more: not in the idle cost
@@ -257,32 +250,6 @@ def _account(
         advice=advice,
         problems=problems,
     )
-
-
-def _idle_span(
-    facts: StoreFacts, account: str, start: datetime, end: datetime, raw_days: int
-) -> tuple[datetime | None, datetime]:
-    """Where the idle figures start (None: no sample stored), and where the rolled-up hours
-    give way to the raw minutes: the raw minutes are kept ``raw_days``; before them, the whole
-    hours the rollups hold."""
-    first = facts.metrics_start(account)
-    if first is None:
-        return None, end
-    begin = max(start, first)
-    kept = end - timedelta(days=raw_days)
-    mark = facts.store.rollup_watermark()
-    if begin >= kept or mark is None:
-        return max(begin, kept), max(begin, kept)
-    split = min(_hour_up(kept), mark)
-    rolled_from = _hour_up(begin)
-    if rolled_from >= split:
-        return max(begin, kept), max(begin, kept)
-    return rolled_from, split
-
-
-def _hour_up(when: datetime) -> datetime:
-    floor = when.replace(minute=0, second=0, microsecond=0)
-    return floor if floor == when else floor + timedelta(hours=1)
 
 
 def _alerts(rows: Sequence[Any], start: datetime, end: datetime) -> tuple[AlertLine, ...]:

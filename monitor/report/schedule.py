@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from monitor.logs import get_logger
-from monitor.report.model import build_report, report_window
+from monitor.report.model import build_report
 from monitor.report.render import MEDIA, render, summary_text
 
 log = get_logger("monitor.report")
@@ -78,7 +78,6 @@ def produce(
     now: datetime,
     *,
     expire_after: timedelta,
-    raw_days: int = 7,
 ) -> list[Produced]:
     """Record and queue every scheduled report due at ``now`` (``schedules``: the
     configuration's ``reports:`` entries). Each report covers the ``since`` (default
@@ -101,9 +100,9 @@ def produce(
             )
             log.warning("report_missed", schedule=key, due_at=_iso(missed))
         for due in step.due:
-            since = timedelta(seconds=schedule.since or schedule.every)
-            start, end = report_window(due, since)
-            report = build_report(facts_at(due), start, end, raw_days=raw_days)
+            # exactly the span before the due time (at midnight for whole days: anchored)
+            start, end = due - timedelta(seconds=schedule.since or schedule.every), due
+            report = build_report(facts_at(due), start, end)
             media, suffix = MEDIA[schedule.format]
             title = f"novita-monitor report {start:%Y-%m-%d} - {end:%Y-%m-%d %H:%M} UTC"
             rows = [
