@@ -482,7 +482,8 @@ class App:
                 log.info("acted", **report.counts())
 
         async def reports() -> None:
-            if self.report_step():
+            # in a thread: a week of a large fleet takes seconds to read, the loop goes on
+            if await asyncio.to_thread(self.report_step):
                 await self.deliver(wait=False)
 
         schedules = self.config.schedules

@@ -778,6 +778,8 @@ class MetricsRepo(StoreBase):
         counts: dict[int, int] = defaultdict(int)
 
         def idle(top: int | None, per_gpu: bytes | None) -> bool:
+            if per_gpu and GPU_MISSING not in per_gpu:  # the common case, at C speed
+                return max(per_gpu) < threshold
             values = [b for b in (per_gpu or b"") if b != GPU_MISSING]
             peak = float(max(values)) if values else decode_pct(top)
             return peak is not None and 0 <= peak < threshold
@@ -787,7 +789,7 @@ class MetricsRepo(StoreBase):
             if not keys:
                 return {}
             h0, h1 = self._split(conn, s, e)
-            mixed: list[tuple[int, int]] = []
+            mixed: dict[int, list[int]] = defaultdict(list)
             if h1 > h0:
                 hours = conn.execute(
                     select(
@@ -797,21 +799,28 @@ class MetricsRepo(StoreBase):
                 )  # fmt: skip
                 for key, ts, n, top, per_gpu, low, sampled in hours:
                     if not n or sampled != n:
-                        mixed.append((key, ts))  # minutes without a figure: look at each
+                        mixed[key].append(ts)  # minutes without a figure: look at each
                     elif idle(top, per_gpu):
                         counts[key] += int(n)
                     elif low is None or low < threshold * 10:
-                        mixed.append((key, ts))
+                        mixed[key].append(ts)
             minutes = select(m.instance_key, m.gpu_util, m.gpu_utils).where(
                 m.instance_key.in_(list(keys))
             )
             reads = [minutes.where(m.ts >= lo, m.ts < hi) for lo, hi in _raw_ranges(s, e, h0, h1)]
-            for n in range(0, len(mixed), 500):
-                hours_of = [
-                    and_(m.instance_key == key, m.ts >= ts, m.ts < ts + HOUR)
-                    for key, ts in mixed[n : n + 500]
-                ]
-                reads.append(minutes.where(or_(*hours_of)))
+            in_hours = select(m.instance_key, m.gpu_util, m.gpu_utils).where(
+                m.instance_key == bindparam("key"),
+                m.ts >= bindparam("lo"),
+                m.ts < bindparam("hi"),
+                (m.ts - m.ts % HOUR).in_(bindparam("hours", expanding=True)),
+            )
+            for key, stamps in mixed.items():  # one range scan of its key per instance
+                stamps.sort()
+                for n in range(0, len(stamps), 500):
+                    part = stamps[n : n + 500]
+                    reads.append(
+                        in_hours.params(key=key, lo=part[0], hi=part[-1] + HOUR, hours=part)
+                    )
             for read in reads:
                 for key, top, per_gpu in conn.execute(read):
                     if idle(top, per_gpu):
