@@ -863,19 +863,20 @@ def idle_cost(
     billed_hours: float | None,
     idle_gpu_hours: float | None,
     gpu_count: int,
+    window: timedelta,
 ) -> Decimal | None:
     """What an instance's idle GPU-hours cost at the rate its bills charged in the window
-    (``spent / billed hours``, hours of the whole instance). Unknown without spend or billed
-    hours, or when the idle hours exceed the billed ones by more than rounding (the two
-    sources disagree: neither is believed)."""
+    (``spent / billed hours``, hours of the whole instance; the bills may lag the samples by
+    the hour being billed, so idle hours may exceed billed ones a little). Unknown without
+    spend or billed hours, or when the idle hours exceed the window (a physical limit)."""
     if spent_usd is None or billed_hours is None or idle_gpu_hours is None:
         return None
     idle_hours = idle_gpu_hours / max(gpu_count, 1)
     if idle_hours == 0:
         return Decimal(0)
-    if billed_hours <= 0 or idle_hours > billed_hours * _HOURS_SLACK + 1 / 60:
+    if billed_hours <= 0 or idle_hours > window.total_seconds() / HOUR_S * _HOURS_SLACK:
         return None
-    return spent_usd * Decimal(str(min(idle_hours, billed_hours) / billed_hours))
+    return spent_usd / Decimal(str(billed_hours)) * Decimal(str(idle_hours))
 
 
 def clip_saving(line: SavingLine, start: datetime, end: datetime) -> SavingLine | None:

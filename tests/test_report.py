@@ -273,13 +273,17 @@ def test_idle_gpu_hours_are_idle_minutes_times_gpus() -> None:
     assert economics.idle_gpu_hours(30, 0) == 0.5  # a CPU-only instance counts itself
 
 
-def test_idle_cost_is_unknown_when_idle_exceeds_billed_hours() -> None:
-    assert economics.idle_cost(Decimal(10), 10.0, 5.0, 1) == Decimal(5)
-    assert economics.idle_cost(Decimal(10), 10.0, 8.0, 4) == Decimal(2)  # 2 of 10 h idle
-    assert economics.idle_cost(Decimal(10), 10.0, 12.0, 1) is None
-    assert economics.idle_cost(Decimal(10), None, 1.0, 1) is None
-    assert economics.idle_cost(None, 10.0, 1.0, 1) is None
-    assert economics.idle_cost(Decimal(10), 0.0, 0.0, 1) == 0
+def test_idle_cost_is_at_the_billed_rate_and_unknown_beyond_the_window() -> None:
+    day = timedelta(hours=24)
+    assert economics.idle_cost(Decimal(10), 10.0, 5.0, 1, day) == Decimal(5)
+    assert economics.idle_cost(Decimal(10), 10.0, 8.0, 4, day) == Decimal(2)  # 2 h of 10 idle
+    # the bills lag the samples by the hour being billed: idle beyond billed hours is priced
+    assert economics.idle_cost(Decimal(23), 23.0, 24.0, 1, day) == Decimal(24)
+    assert economics.idle_cost(Decimal(10), 10.0, 25.0, 1, day) is None  # beyond the window
+    assert economics.idle_cost(Decimal(10), None, 1.0, 1, day) is None
+    assert economics.idle_cost(None, 10.0, 1.0, 1, day) is None
+    assert economics.idle_cost(Decimal(10), 0.0, 1.0, 1, day) is None  # no rate billed yet
+    assert economics.idle_cost(Decimal(10), 0.0, 0.0, 1, day) == 0
 
 
 def test_a_stop_is_clipped_to_the_window() -> None:

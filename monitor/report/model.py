@@ -188,7 +188,9 @@ def _account(
                 spend_usd=spent,
                 billed_hours=billed,
                 idle_gpu_hours=idle,
-                idle_cost_usd=None if prepaid else economics.idle_cost(spent, billed, idle, gpus),
+                idle_cost_usd=None
+                if prepaid
+                else economics.idle_cost(spent, billed, idle, gpus, end - start),
             )
         )
     products = []
