@@ -68,6 +68,8 @@ TEST_CRASH_ENV = "NOVITA_MONITOR_TEST_CRASH_AFTER"
 TEST_CRASH_STATUS = 86
 #: ledger states ``once`` counts as failures (refused and breaker-skipped ones are only printed)
 FAILED_ACTION_STATES = frozenset({"failed", "outcome_unknown"})
+#: how often the daemon looks for a scheduled report that has come due (seconds)
+REPORTS_CHECK_S = 60.0
 
 
 def run_async(main: Coroutine[Any, Any, T]) -> T:
@@ -430,6 +432,19 @@ class App:
             self.evaluator.enqueue([Notice(**n.notice_fields()) for n in report.notices], now)
         return report
 
+    def report_step(self, now: datetime | None = None) -> list[Any]:
+        """Scheduled reports (``reports:``): record and queue every one due at ``now``
+        (:func:`monitor.report.schedule.produce`); the delivery step sends them."""
+        from monitor.report.schedule import produce
+
+        return produce(
+            self.store,
+            self.config.reports,
+            self.facts_at,
+            now if now is not None else self.clock.now(),
+            expire_after=timedelta(seconds=self.config.notify.expire_after),
+        )
+
     def _crash_hook(self) -> Any:
         if self.crash_after not in ("claim", "call"):
             return None
@@ -475,14 +490,22 @@ class App:
             if report.outcomes:
                 log.info("acted", **report.counts())
 
+        async def reports() -> None:
+            # in a thread: a week of a large fleet takes seconds to read, the loop goes on
+            if await asyncio.to_thread(self.report_step):
+                await self.deliver(wait=False)
+
         schedules = self.config.schedules
-        return [
+        jobs = [
             Job("evaluate", float(schedules.evaluate), evaluate, graceful=True),
             Job("deliver", float(schedules.deliver), deliver, graceful=True),
             # graceful: a stop never cuts an action's POST mid-call (its answer is awaited
             # within the grace, else the ledger says outcome_unknown)
             Job("act", float(schedules.act), act_step, graceful=True),
         ]
+        if self.config.reports:  # due times are recorded: checking each minute is enough
+            jobs.append(Job("reports", REPORTS_CHECK_S, reports, graceful=True))
+        return jobs
 
     async def aclose(self) -> None:
         for ctx in self.contexts:

@@ -462,6 +462,34 @@ def _str_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
+class ReportSchedule(StrictModel):
+    """A scheduled report (``reports:``): every ``every`` (a whole number of hours; due times
+    anchored at midnight UTC, weekly ones on Mondays), the report over the ``since`` before the
+    due time (default: ``every``) in ``format``, sent to ``channels`` (as an attachment where
+    the channel takes one, else its text summary). ``name`` keeps its due times recorded
+    across edits of the other keys (default: made of them)."""
+
+    every: Seconds = 604800.0
+    format: Literal["text", "json", "html"] = "html"
+    channels: Annotated[list[str], BeforeValidator(_str_list)] = Field(min_length=1)
+    since: Seconds | None = None
+    name: Name | None = None
+
+    @field_validator("every")
+    @classmethod
+    def _whole_hours(cls, value: float) -> float:
+        if value < 3600 or value % 3600:
+            raise ValueError("expected a whole number of hours (e.g. 24h, 1d, 7d)")
+        return value
+
+    @property
+    def key(self) -> str:
+        """The name its due times are recorded under."""
+        if self.name:
+            return self.name
+        return f"every-{int(self.every)}s-{self.format}-{'+'.join(self.channels)}"
+
+
 class Config(StrictModel):
     """The whole configuration file. Use :meth:`load`; ``database`` and ``rule_paths`` are
     resolved there (relative paths against the config file's folder)."""
@@ -479,6 +507,7 @@ class Config(StrictModel):
     default_channels: Annotated[list[str], BeforeValidator(_str_list)] = Field(default_factory=list)
     routes: list[Route] = Field(default_factory=list)
     actions: ActionSettings = Field(default_factory=ActionSettings)
+    reports: list[ReportSchedule] = Field(default_factory=list)
     #: Instance environment variables to store besides the protection flag
     #: (``actions.protect.env``) and the ``labels.KEY`` the loaded rules compare; the values
     #: of every other variable of an instance's environment are never stored (users keep tokens
@@ -717,6 +746,11 @@ def _reference_problems(
     for r, route in enumerate(routes if isinstance(routes, list) else []):
         if isinstance(route, dict):
             check_refs(("routes", r, "channels"), route.get("channels"))
+
+    reports = data.get("reports")
+    for r, report in enumerate(reports if isinstance(reports, list) else []):
+        if isinstance(report, dict):
+            check_refs(("reports", r, "channels"), report.get("channels"))
 
     metrics = data.get("metrics")
     schedules = data.get("schedules")

@@ -825,3 +825,99 @@ def savings(lines: Iterable[SavingLine], now: datetime) -> Savings:
         )
         realized += figure or Decimal(0)
     return Savings(expected, realized)
+
+
+# --------------------------------------------------------------------------------------------
+# reports: spend by day, instance and product; idle GPU-hours and their cost; savings in a window
+
+
+@dataclass(frozen=True)
+class Spent:
+    """What the bills of one owner and product that started on one UTC day paid in a window
+    (summed and weighted by the store: ``MoneyRepo.usage_spend_groups``)."""
+
+    day: datetime
+    owner_id: str
+    product_id: str
+    paid: Decimal
+
+
+def spend_by(
+    groups: Iterable[Spent], key: Callable[[Spent], str], known: Callable[[Spent], bool]
+) -> dict[str, Decimal | None]:
+    """The paid amounts of ``groups`` added up per ``key`` (a day, an owner, a product). A
+    key with any group for which ``known`` is false (a day before the stored bills' history)
+    is unknown: a partial sum is never shown as the figure."""
+    out: dict[str, Decimal | None] = {}
+    for group in groups:
+        name = key(group)
+        before = out.get(name, Decimal(0))
+        out[name] = None if before is None or not known(group) else before + group.paid
+    return out
+
+
+def idle_gpu_hours(idle_minutes: int, gpu_count: int) -> float:
+    """GPU-hours an instance sat idle: its minutes in which every GPU stayed under the idle
+    threshold (counted by the store: ``MetricsRepo.idle_minute_counts``), times its GPUs. A
+    minute not sampled is never idle (missing data is not idleness)."""
+    return idle_minutes / 60.0 * max(gpu_count, 1)
+
+
+def idle_cost(
+    spent_usd: Decimal | None,
+    billed_hours: float | None,
+    idle_gpu_hours: float | None,
+    gpu_count: int,
+    window: timedelta,
+) -> Decimal | None:
+    """What an instance's idle GPU-hours cost at the rate its bills charged in the window
+    (``spent / billed hours``, hours of the whole instance; the bills may lag the samples by
+    the hour being billed, so idle hours may exceed billed ones a little). Unknown without
+    spend or billed hours, or when the idle hours exceed the window (a physical limit)."""
+    if spent_usd is None or billed_hours is None or idle_gpu_hours is None:
+        return None
+    idle_hours = idle_gpu_hours / max(gpu_count, 1)
+    if idle_hours == 0:
+        return Decimal(0)
+    if billed_hours <= 0 or idle_hours > window.total_seconds() / HOUR_S * _HOURS_SLACK:
+        return None
+    return spent_usd / Decimal(str(billed_hours)) * Decimal(str(idle_hours))
+
+
+def clip_saving(line: SavingLine, start: datetime, end: datetime) -> SavingLine | None:
+    """The part of a stop's saving that falls in ``[start, end)``: the stop clipped to the
+    window (its recorded figure kept only when the stop lies wholly inside); None when the
+    stop does not overlap the window."""
+    if line.since is None or line.since >= end:
+        return None
+    until = line.until if line.until is not None and line.until < end else None
+    if line.until is not None and line.until <= start:
+        return None
+    since = max(line.since, start)
+    inside = since == line.since and until is not None
+    return SavingLine(
+        line.per_hour_usd,
+        since,
+        until if until is not None else end,
+        line.realized_usd if inside else None,
+    )
+
+
+def total(values: Iterable[Decimal | None]) -> Decimal | None:
+    """The sum of money figures; unknown when any of them is."""
+    out = Decimal(0)
+    for value in values:
+        if value is None:
+            return None
+        out += value
+    return out
+
+
+def total_hours(values: Iterable[float | None]) -> float | None:
+    """The sum of hours; unknown when any of them is."""
+    out = 0.0
+    for value in values:
+        if value is None:
+            return None
+        out += value
+    return out

@@ -417,6 +417,18 @@ class StoreFacts:
         sums = self.store.usage_bill_sums(account, start, end, as_of, "Hour", by_owner=False)
         return sum((s.paid for s in sums), Decimal(0))
 
+    def spend_groups(
+        self, account: str, start: datetime, end: datetime
+    ) -> tuple[list[economics.Spent], datetime | None]:
+        """The hourly bills' paid amounts in ``[start, end)`` per UTC day, owner and product
+        (the report's spend), and from when the stored bills are complete (None: never
+        collected): figures for time before it are unknown."""
+        history = self._bills_history(account, HOURLY_BILLS_HISTORY)
+        if history is None:
+            return [], None
+        rows = self.store.usage_spend_groups(account, start, end, self._bills_as_of(account))
+        return [economics.Spent(*row) for row in rows], history
+
     def running_hours(
         self,
         account: str,

@@ -16,7 +16,7 @@ from types import ModuleType
 import click
 
 from monitor import __version__
-from monitor.cli import actions, alerts, bench, demo, rules, run, sim, status, tasks
+from monitor.cli import actions, alerts, bench, demo, report, rules, run, sim, status, tasks
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,6 +40,7 @@ _register(rules)  # schema, test-rules
 _register(sim)  # simulator
 _register(bench)  # bench collect|rules
 _register(demo)  # demo
+_register(report)  # report
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from monitor.notify.deliver import Delivers, Notifier, ResultCallback, dispatch
 from monitor.notify.model import (
     CONSOLE,
     CONSOLE_CHANNEL,
+    Attachment,
     Channel,
     DeliveryResult,
     Message,
@@ -38,6 +39,7 @@ from monitor.notify.routing import Router
 __all__ = [
     "CONSOLE",
     "CONSOLE_CHANNEL",
+    "Attachment",
     "Channel",
     "Delivers",
     "DeliveryResult",

@@ -267,6 +267,8 @@ class Notifier:
                     message.kind if message.kind in _NOTIFY_TYPES else "info"
                 ),
                 body_format=apprise.NotifyFormat.TEXT,
+                # a service that takes no attachment sends the body alone
+                attach=_attach(message),
             )
         except Exception as exc:
             raise _Failure(redact(f"{type(exc).__name__}: {exc}", [channel.url])) from None
@@ -300,6 +302,25 @@ class Notifier:
                 await returned
         except Exception as exc:
             log.error("notify.on_result_failed", channel=result.channel, error=repr(exc))
+
+
+def _attach(message: Message) -> Any:
+    """The message's attachment as apprise takes it (from memory: nothing is written to
+    disk), or None."""
+    if message.attachment is None:
+        return None
+    import apprise
+    from apprise.attachment.memory import AttachMemory
+
+    files = apprise.AppriseAttachment()
+    files.add(
+        AttachMemory(
+            content=message.attachment.content,
+            name=message.attachment.name,
+            mimetype=message.attachment.media_type,
+        )
+    )
+    return files
 
 
 def _explain(outcome: Any) -> str:

@@ -19,6 +19,7 @@ __all__ = [
     "CONSOLE",
     "CONSOLE_CHANNEL",
     "SEVERITY_RANK",
+    "Attachment",
     "Channel",
     "DeliveryResult",
     "Message",
@@ -110,6 +111,16 @@ class Route:
 
 
 @dataclass(frozen=True)
+class Attachment:
+    """A file a message carries where its channel takes attachments (e-mail, ...); channels
+    that take none get the message's body only (a scheduled report's text summary)."""
+
+    name: str
+    content: bytes = field(repr=False)
+    media_type: str = "application/octet-stream"
+
+
+@dataclass(frozen=True)
 class Message:
     """One grouped message for one channel in one evaluation cycle.
 
@@ -122,6 +133,7 @@ class Message:
     body: str
     kind: str
     fingerprints: tuple[str, ...]
+    attachment: Attachment | None = None
 
 
 @dataclass(frozen=True)

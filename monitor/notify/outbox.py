@@ -23,7 +23,7 @@ from typing import Any
 
 from monitor.logs import get_logger
 from monitor.notify.deliver import Delivers
-from monitor.notify.model import DeliveryResult, Message
+from monitor.notify.model import Attachment, DeliveryResult, Message
 
 __all__ = ["DEFAULT_EXPIRE_AFTER", "Outbox", "backoff", "message_kind", "outbox_rows"]
 
@@ -116,7 +116,7 @@ class Outbox:
             results: dict[int, DeliveryResult] = {}
 
             async def send(rows: list[Any]) -> None:
-                answers = await self.notifier.deliver([_message(r) for r in rows])
+                answers = await self.notifier.deliver([self._message(r) for r in rows])
                 for row, answer in zip(rows, answers, strict=True):
                     # recorded as soon as this channel answered: a stop or crash after this
                     # point does not resend it
@@ -145,14 +145,31 @@ class Outbox:
                     log.error("notify.outbox_error", error=repr(outcome))
             return [results[int(r.id)] for r in claimed if int(r.id) in results]
 
+    def _message(self, row: Any) -> Message:
+        return _message(row, self._attachment(row))
 
-def _message(row: Any) -> Message:
+    def _attachment(self, row: Any) -> Attachment | None:
+        """The report a notification attaches (``report_id``, revision 0006), if any."""
+        report_id = getattr(row, "report_id", None)
+        find = getattr(self.store, "report_run", None)
+        if report_id is None or find is None:
+            return None
+        run = find(int(report_id))
+        if run is None or run.content is None:
+            return None
+        return Attachment(
+            run.filename or "report", run.content, run.media_type or "application/octet-stream"
+        )
+
+
+def _message(row: Any, attachment: Attachment | None = None) -> Message:
     return Message(
         channel=row.channel,
         title=row.title or "",
         body=row.body or "",
         kind=row.notify_type or "info",
         fingerprints=tuple(row.fingerprints or ()),
+        attachment=attachment,
     )
 
 

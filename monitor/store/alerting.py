@@ -30,7 +30,7 @@ from monitor.store.models import AlertRecord, NotificationRecord, Silence
 from monitor.store.sql import insert_statement, upsert
 
 ALERT_STATES = frozenset({"pending", "firing", "resolved"})
-NOTIFICATION_KINDS = frozenset({"firing", "resolved", "test"})
+NOTIFICATION_KINDS = frozenset({"firing", "resolved", "test", "report"})
 NOTIFICATION_STATUSES = frozenset({"pending", "sent", "failed", "expired"})
 #: notification columns an outbox row is written with (besides its id)
 _NOTIFICATION_COLUMNS = [c.name for c in t.notifications.columns if c.name != "id"]

@@ -9,6 +9,7 @@ from monitor.store.money import MoneyRepo
 from monitor.store.problems import DataProblemsRepo
 from monitor.store.progress import ProgressRepo
 from monitor.store.repo import InstancesRepo
+from monitor.store.reports import ReportsRepo
 from monitor.store.tasks import TasksRepo
 
 
@@ -21,6 +22,7 @@ class Store(
     DataProblemsRepo,
     LedgerRepo,
     ProgressRepo,
+    ReportsRepo,
 ):
     """Every repository function of the store (see the package docstring for the list).
 

@@ -755,6 +755,78 @@ class MetricsRepo(StoreBase):
                 out.setdefault(keys[key], []).append((from_epoch(ts), top))
         return out
 
+    def idle_minute_counts(
+        self,
+        account: str,
+        instance_ids: Sequence[str],
+        start: datetime,
+        end: datetime,
+        threshold: float,
+    ) -> dict[str, int]:
+        """Per instance, how many of its sampled minutes in ``[start, end)`` had every GPU
+        under ``threshold`` % (the busiest GPU's byte, else the across-GPU figure: the test of
+        :meth:`gpu_minutes`' peaks). The hours the rollups hold are decided whole when their
+        figures settle it (the busiest GPU under ``threshold`` all hour: each of its sampled
+        minutes; the across-GPU figure never under it: none), so only the hours with both kinds
+        of minutes are read minute by minute: a week of a thousand instances is a few
+        hundred thousand hourly rows, not ten million minutes. An hour whose minutes are gone
+        (past the raw retention) and cannot be settled by its figures counts nothing (an
+        under-count, never an over-count)."""
+        account_id = self.ensure_account(account)
+        m, h = t.metric_samples.c, t.metric_hourly.c
+        s, e = to_epoch(start), to_epoch(end)
+        counts: dict[int, int] = defaultdict(int)
+
+        def idle(top: int | None, per_gpu: bytes | None) -> bool:
+            if per_gpu and GPU_MISSING not in per_gpu:  # the common case, at C speed
+                return max(per_gpu) < threshold
+            values = [b for b in (per_gpu or b"") if b != GPU_MISSING]
+            peak = float(max(values)) if values else decode_pct(top)
+            return peak is not None and 0 <= peak < threshold
+
+        with self.engine.connect() as conn:
+            keys = self._keys(conn, account_id, list(instance_ids))
+            if not keys:
+                return {}
+            h0, h1 = self._split(conn, s, e)
+            mixed: dict[int, list[int]] = defaultdict(list)
+            if h1 > h0:
+                hours = conn.execute(
+                    select(
+                        h.instance_key, h.ts, h.n, h.gpu_util_max, h.gpu_utils_max,
+                        h.gpu_util_min, h.gpu_util_n,
+                    ).where(h.instance_key.in_(list(keys)), h.ts >= h0, h.ts < h1)
+                )  # fmt: skip
+                for key, ts, n, top, per_gpu, low, sampled in hours:
+                    if not n or sampled != n:
+                        mixed[key].append(ts)  # minutes without a figure: look at each
+                    elif idle(top, per_gpu):
+                        counts[key] += int(n)
+                    elif low is None or low < threshold * 10:
+                        mixed[key].append(ts)
+            minutes = select(m.instance_key, m.gpu_util, m.gpu_utils).where(
+                m.instance_key.in_(list(keys))
+            )
+            reads = [minutes.where(m.ts >= lo, m.ts < hi) for lo, hi in _raw_ranges(s, e, h0, h1)]
+            in_hours = select(m.instance_key, m.gpu_util, m.gpu_utils).where(
+                m.instance_key == bindparam("key"),
+                m.ts >= bindparam("lo"),
+                m.ts < bindparam("hi"),
+                (m.ts - m.ts % HOUR).in_(bindparam("hours", expanding=True)),
+            )
+            for key, stamps in mixed.items():  # one range scan of its key per instance
+                stamps.sort()
+                for n in range(0, len(stamps), 500):
+                    part = stamps[n : n + 500]
+                    reads.append(
+                        in_hours.params(key=key, lo=part[0], hi=part[-1] + HOUR, hours=part)
+                    )
+            for read in reads:
+                for key, top, per_gpu in conn.execute(read):
+                    if idle(top, per_gpu):
+                        counts[key] += 1
+        return {keys[key]: n for key, n in counts.items()}
+
     def rollup_watermark(self) -> datetime | None:
         """The end of the hours the rollups hold (raw minutes after it are not rolled up)."""
         with self.engine.connect() as conn:

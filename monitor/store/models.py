@@ -526,6 +526,9 @@ class NotificationRecord(StoreRecord, table=True):
     notify_type: str | None = _str(16, default=None)  # apprise: info | success | warning | failure
     next_attempt_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # revision 0006: a scheduled report's notification carries it (``report_runs.id``) as an
+    # attachment where the channel takes one
+    report_id: int | None = Field(default=None, sa_type=Integer)
 
 
 class ActionRecord(StoreRecord, table=True):
@@ -597,6 +600,26 @@ class DataProblem(StoreRecord, table=True):
     count: int = 0
     first_seen: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=False)
     last_seen: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=False)
+
+
+class ReportRun(StoreRecord, table=True):
+    """One due time of a scheduled report (revision 0006), recorded in the transaction that
+    queues its notifications: ``(schedule, due_at)`` is unique, so a restart neither resends
+    a report nor skips one (the next due time is the one after the latest recorded). ``kind``
+    ``baseline`` marks where a schedule first seen started counting (nothing was sent)."""
+
+    __tablename__ = "report_runs"
+    __table_args__ = (UniqueConstraint("schedule", "due_at", name="uq_report_runs_due"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    schedule: str = _str(200)
+    due_at: datetime = Field(sa_type=UTCDateTime)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    kind: str = _str(16)  # report | baseline
+    format: str | None = _str(16, default=None)
+    filename: str | None = Field(default=None, sa_type=Text)
+    media_type: str | None = _str(64, default=None)
+    content: bytes | None = Field(default=None, sa_type=LargeBinary)
 
 
 #: the longest ``DataProblem.raw`` kept (a whole bad payload is not worth storing)

@@ -282,7 +282,7 @@ class MoneyRepo(StoreBase):
         inside (nearly all of them) summed plainly, the few at either edge weighted (the CASE
         per row costs, so only for them). The statements are built once (bound parameters)."""
         account_id = self.ensure_account(account)
-        period = 86400 if cycle_type == "Day" else 3600
+        period = _period(cycle_type)
         s, e, a = to_epoch(start), to_epoch(end), to_epoch(as_of)
         last_whole = min(e, a) - period  # the last start whose period ends in the window
         ranges = [
@@ -323,6 +323,49 @@ class MoneyRepo(StoreBase):
             for key, v in sums.items()
             if v[0] or v[3]
         ]
+
+    def usage_spend_groups(
+        self,
+        account: str,
+        start: datetime,
+        end: datetime,
+        as_of: datetime,
+        cycle_type: str = "Hour",
+        category: str = "gpu",
+    ) -> list[SpendGroup]:
+        """What the usage bills of ``cycle_type`` overlapping ``[start, end)`` paid
+        (``payAmount``, else ``amount``), summed in SQL per UTC day of the bill's start, owner
+        and product, each bill weighted by the share of its period inside the window (counted
+        up to ``as_of``, as :meth:`usage_bill_sums` weighs them): the report's spend by day,
+        by instance and by product (``monitor.economics.spend_by`` adds them up)."""
+        account_id = self.ensure_account(account)
+        u = t.usage_bills.c
+        period = _period(cycle_type)
+        s, e, a = to_epoch(start), to_epoch(end), to_epoch(as_of)
+        paid = cast(type_coerce(func.coalesce(u.pay_amount, u.amount), BigInteger), Float)
+        day = u.start_ts - u.start_ts % 86400
+        query = (
+            select(day, u.owner_id, u.product_id, func.sum(paid * _share(period, s, e, a)))
+            .where(
+                u.account_id == account_id,
+                u.cycle_type == cycle_type,
+                u.category == category,
+                u.owner_id != "",
+                u.start_ts < e,
+                u.start_ts > s - period,
+            )
+            .group_by(day, u.owner_id, u.product_id)
+        )
+        with self.engine.connect() as conn:
+            return [
+                SpendGroup(
+                    from_epoch(int(d)),
+                    owner,
+                    product or "",
+                    micros_to_usd(round(v or 0)) or Decimal(0),
+                )
+                for d, owner, product, v in conn.execute(query)
+            ]
 
     def usage_bills_overlapping(
         self,
@@ -410,24 +453,7 @@ def _bill_sums_query(by_owner: bool, weighted: bool) -> Any:
     parameters: account_id, cycle, category, period, s, e, a, lo, hi), built once."""
     u = t.usage_bills.c
     period, s, e, a = (bindparam(n, type_=BigInteger) for n in ("period", "s", "e", "a"))
-
-    def least(x: Any, y: Any) -> Any:
-        return case((x < y, x), else_=y)
-
-    def greatest(x: Any, y: Any) -> Any:
-        return case((x > y, x), else_=y)
-
-    weight: Any = literal(1.0)
-    if weighted:  # economics.window_share: the part of the period (up to as_of) in [s, e)
-        effective_end = least(u.start_ts + period, a)
-        overlap = least(effective_end, e) - greatest(u.start_ts, s)
-        weight = case(
-            (
-                and_(effective_end > u.start_ts, overlap > 0),
-                cast(overlap, Float) / (effective_end - u.start_ts),
-            ),
-            else_=0.0,
-        )
+    weight: Any = _share(period, s, e, a) if weighted else literal(1.0)
     amount = type_coerce(u.amount, BigInteger)
     unit = type_coerce(u.unit_price, BigInteger)
     paid = cast(type_coerce(func.coalesce(u.pay_amount, u.amount), BigInteger), Float)
@@ -465,6 +491,43 @@ class BillSums(NamedTuple):
     unpriced: int
     unpriced_num: float
     paid: Decimal
+
+
+class SpendGroup(NamedTuple):
+    """What one owner's bills of one product that started on one UTC day paid in a window
+    (:meth:`MoneyRepo.usage_spend_groups`)."""
+
+    day: datetime
+    owner_id: str
+    product_id: str
+    paid: Decimal
+
+
+def _period(cycle_type: str) -> int:
+    """Seconds a usage bill of ``cycle_type`` covers: Hour bills an hour, Day bills a UTC day."""
+    return 86400 if cycle_type == "Day" else 3600
+
+
+def _share(period: Any, s: Any, e: Any, a: Any) -> Any:
+    """The share of each bill's period inside ``[s, e)``, the period counted up to ``a``: the
+    economics' ``window_share``, written in SQL (numbers or bound parameters)."""
+    u = t.usage_bills.c
+
+    def least(x: Any, y: Any) -> Any:
+        return case((x < y, x), else_=y)
+
+    def greatest(x: Any, y: Any) -> Any:
+        return case((x > y, x), else_=y)
+
+    effective_end = least(u.start_ts + period, a)
+    overlap = least(effective_end, e) - greatest(u.start_ts, s)
+    return case(
+        (
+            and_(effective_end > u.start_ts, overlap > 0),
+            cast(overlap, Float) / (effective_end - u.start_ts),
+        ),
+        else_=0.0,
+    )
 
 
 class UsageBillRow(NamedTuple):

@@ -21,6 +21,7 @@ from monitor.store.models import (
     InstanceRecord,
     NotificationRecord,
     ProductPrice,
+    ReportRun,
     Silence,
     TrainingTaskRecord,
     UsageBillRecord,
@@ -53,6 +54,7 @@ actions = table_of(ActionRecord)
 silences = table_of(Silence)
 notifications = table_of(NotificationRecord)
 data_problems = table_of(DataProblem)
+report_runs = table_of(ReportRun)
 
 __all__ = [
     "accounts",
@@ -69,6 +71,7 @@ __all__ = [
     "metric_samples",
     "notifications",
     "products",
+    "report_runs",
     "silences",
     "store_meta",
     "table_of",
