@@ -576,3 +576,39 @@ def test_channel_secrets_are_registered_with_the_daemons_log_pipeline() -> None:
     line = redact_text("posting to /hooks/T0KENabc123456789 as me:pw-short7, via hooks")
     assert "T0KENabc123456789" not in line and "pw-short7" not in line
     assert "via hooks" in line  # plain words of the URL stay readable elsewhere
+
+
+def test_an_actions_notice_is_counted_as_an_action_not_an_alert() -> None:
+    """A stop announced beside the idle alerts of its rule: the title and headline count three
+    alerts and one action (the demo's "21 alerts firing" when 18 were); a group holding only
+    actions' notices (the act step's "stopped X") says so."""
+    from dataclasses import replace as change
+
+    announced = change(
+        three_idle()[0],
+        fingerprint="fp-action-stop-1",
+        summary="will stop notebook at 14:30 unless it becomes busy",
+        values={"action": "stop", "saving_per_hour_usd": 1.4},
+    )
+    (message,) = build_messages([*three_idle(), announced, low_balance()], Router(), NOW)
+    assert message.title.startswith("[critical] 4 alerts firing, 1 action: ")
+    assert "idle-gpu: " in message.body and "4 alerts" not in message.body
+    (only,) = build_messages([announced], Router(), NOW)
+    assert only.title == "[warning] idle-gpu: 1 action"
+
+
+def test_an_idle_alert_ended_by_a_stop_says_stopped_not_busy_again() -> None:
+    from dataclasses import replace as change
+
+    from monitor.notify.render import Renderer
+
+    firing = three_idle()[0]
+    stopped = change(
+        firing, state="resolved", values={**firing.values, "instance_status": "exited"}
+    )
+    busy = change(firing, state="resolved", values={**firing.values, "value": 63.0})
+    renderer = Renderer()
+    assert renderer.line(stopped, NOW) == (
+        "notebook (i-0001): exited, no longer running; was idle 45 min, cost $1.05"
+    )
+    assert "busy again: GPU 63%" in renderer.line(busy, NOW)

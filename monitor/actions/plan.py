@@ -473,7 +473,10 @@ def _notice(
         resource_id=inst.id,
         resource_name=inst.name,
         summary=summary,
-        values={k: v for k, v in values.items() if isinstance(v, int | float | str | bool)},
+        values={
+            **{k: v for k, v in values.items() if isinstance(v, int | float | str | bool)},
+            "action": action,  # an action's notice, not an alert (messages count them apart)
+        },
         labels=dict(rule.labels),
         channels=list(rule.notify) if rule.notify is not None else None,
         started_at=alert.firing_since,

@@ -147,10 +147,11 @@ class Group:
     rule: str
     state: str
     severity: str
-    count: int
+    count: int  # alerts (an action's notice, which carries ``action``, is not one)
     headline: str
     lines: list[str]
     totals: Mapping[str, Decimal | None]
+    actions: int = 0  # the actions' notices in the group (planned, done, refused)
 
 
 def _environment(template_dir: Path | None) -> jinja2.Environment:
@@ -271,20 +272,23 @@ class Renderer:
         )
         contexts = [self.line_context(n, now) for n in notices]  # once: lines and headline
         lines = [self.line(n, now, c) for n, c in zip(notices, contexts, strict=True)]
+        actions = sum(1 for n in notices if "action" in n.values)
+        count = len(notices) - actions
         headline = _one_line(
             self.env.get_template("headline.j2").render(
                 rule=rule,
                 kind=kind,
                 state=state,
                 severity=severity,
-                count=len(notices),
+                count=count,
+                actions=actions,
                 gpus=gpus,
                 noun=notices[0].resource_kind or "resource",
                 totals=totals,
                 notices=contexts,
             )
         )
-        return Group(rule, state, severity, len(notices), headline, lines, totals)
+        return Group(rule, state, severity, count, headline, lines, totals, actions)
 
     def message(self, channel: str, notices: list[Notice], now: datetime) -> Message:
         """One grouped message for ``channel`` (``notices`` must not be empty)."""
@@ -304,6 +308,7 @@ class Renderer:
             "resolved": resolved,
             "severity": worst,
             "firing_count": sum(g.count for g in firing),
+            "actions_count": sum(g.actions for g in firing + resolved),
             "resolved_count": sum(g.count for g in resolved),
             "now": now,
         }

@@ -165,7 +165,12 @@ def idle_gpu(params: IdleGpuParams, ctx: EvalContext, resource: Resource) -> Res
         "unit": "%",
         "cost_per_hour_usd": money(inst.hourly_cost_usd),
     }
-    if inst.status != "running" or inst.gpu_count <= 0:
+    if inst.status != "running":
+        # what ends the alert is the instance no longer running (stopped, by us or anyone),
+        # not its GPU getting busy: the resolved notice says so
+        values["instance_status"] = inst.status
+        return Result(False, values)
+    if inst.gpu_count <= 0:
         return Result(False, values)
     started = _uptime_start(ctx, inst)
     if started is None:
