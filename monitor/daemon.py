@@ -14,6 +14,14 @@ states and notifications together, and a delivery step (after each evaluation, a
 ``schedules.deliver``) sends what is due; a delivery cut short by a stop or a crash stays
 ``pending`` and is sent after the restart.
 
+One daemon per SQLite database file: the daemon holds ``<database>.lock`` (``flock``) for its
+whole life, and a second one refuses to start (``monitor.store.filelock``). On PostgreSQL,
+several daemons (replicas) may share the database: each starts as a follower, steps the lease
+(``monitor.leader``), and only the leader runs the first cycle and the schedule; a leader that
+loses its lease stops its schedule and follows again (its writes are fenced meanwhile), and a
+clean stop releases the lease so a follower takes over at once. ``Daemon.leadership`` is what
+this process knows of it (None on SQLite, where the one daemon always leads).
+
 ``clock_url`` (``run --clock URL``, for tests and the demo only) makes the daemon follow a
 simulator's clock (``GET /_sim/clock``): its ``now`` is the simulator's time, re-read every
 few seconds, and its schedules run at the simulator's speed (an interval of 60 s runs every
@@ -38,6 +46,10 @@ from monitor.collect.runner import run_collector
 from monitor.collect.scheduler import STOP_GRACE_S, Scheduler
 from monitor.config import Config
 from monitor.errors import RuntimeFailure, UserError
+from monitor.leader import LEASE_NAME, Elector, Leadership, NotLeader, holder_id
+from monitor.store.db import create_store_engine
+from monitor.store.filelock import DatabaseLock
+from monitor.store.lease import install_fence
 
 log = structlog.get_logger("monitor.daemon")
 
@@ -66,6 +78,13 @@ class Daemon:
         self.scheduler = Scheduler()
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
+        self._role = asyncio.Event()  # the elector saw this process's role change
+        #: PostgreSQL: what this process knows of the leadership (None on SQLite)
+        self.leadership: Leadership | None = None
+        self._elector: Elector | None = None
+        self._lock: DatabaseLock | None = None
+        self._active = False  # the schedule runs (this process leads)
+        self._settled = False
 
     def _wall(self, when: datetime) -> datetime:
         """The wall-clock time at which the daemon's clock reads ``when``."""
@@ -126,7 +145,7 @@ class Daemon:
     async def _do_reload(self) -> None:
         try:
             config = Config.load(self.config_path)
-            new_app = self._app_factory(config)  # loads and validates the rules too
+            new_app = self._open_app(config)  # loads and validates the rules too
         except UserError as exc:
             log.error("reload_rejected", path=str(self.config_path), error=str(exc))
             return
@@ -137,8 +156,9 @@ class Daemon:
         await self.scheduler.stop(self.grace_s)
         self.scheduler = Scheduler()
         self.app = new_app
-        self._schedule(new_app)
-        self.scheduler.start()
+        if self._active:
+            self._schedule(new_app)
+            self.scheduler.start()
         if old is not None:
             await old.aclose()
         log.info("reloaded", path=str(self.config_path), jobs=len(self.scheduler.job_ids()))
@@ -165,6 +185,75 @@ class Daemon:
         evaluate = self.scheduler.track("first-cycle:evaluate", app.evaluate(), graceful=True)
         return await self._unless_stopped(evaluate)
 
+    def _open_app(self, config: Config) -> App:
+        """The app of ``config``; on PostgreSQL, its store's writes fenced by the lease."""
+        app = self._app_factory(config)
+        if app.store.dialect == "postgresql":
+            if self.leadership is None:
+                self.leadership = Leadership(holder_id())
+            install_fence(app.store.engine, LEASE_NAME, self.leadership.token)
+        return app
+
+    def _lock_database(self, config: Config) -> None:
+        """SQLite: take the database file's lock (a second daemon refuses to start)."""
+        lock = DatabaseLock.for_url(config.database_url)
+        if lock is not None:
+            lock.acquire("run")
+            self._lock = lock
+
+    def _start_elector(self, config: Config) -> None:
+        assert self.leadership is not None
+        loop = asyncio.get_running_loop()
+
+        def on_change(_leads: bool) -> None:  # on the elector's thread
+            loop.call_soon_threadsafe(self._role.set)
+
+        self._elector = Elector(
+            create_store_engine(config.database_url),
+            self.leadership,
+            self.clock,
+            float(config.leader.lease),
+            on_change=on_change,
+            speed=self.speed,
+        )
+        log.info("replica_started", holder=self.leadership.me, lease_s=config.leader.lease)
+        self._elector.start()
+
+    async def _activate(self, app: App) -> None:
+        """Lead: the first cycle, then the schedule (unless stopped or no longer leading)."""
+        try:
+            if not await self._first_cycle(app):
+                return
+        except NotLeader as exc:
+            log.warning("first_cycle_fenced", error=str(exc))
+            return
+        if self.leadership is not None and not self.leadership.is_leader:
+            return
+        if not self._settled:
+            settle_heap()  # what the first cycle built (caches, statements) lives on
+            self._settled = True
+        self._schedule(app)
+        self.scheduler.start()
+        self._active = True
+        log.info(
+            "started",
+            config=str(self.config_path),
+            accounts=[c.account for c in app.contexts],
+            jobs=len(self.scheduler.job_ids()),
+            leader=self.leadership.me if self.leadership is not None else None,
+        )
+
+    async def _follow_role(self) -> None:
+        """The elector saw the role change: start leading, or stop the schedule and follow."""
+        assert self.leadership is not None and self.app is not None
+        if self.leadership.is_leader and not self._active:
+            await self._activate(self.app)
+        elif not self.leadership.is_leader and self._active:
+            await self.scheduler.stop(self.grace_s)
+            self.scheduler = Scheduler()
+            self._active = False
+            log.warning("following", leader=self.leadership.holder, epoch=self.leadership.epoch)
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         # first of all: a stop asked for while the configuration loads or the database migrates
@@ -176,35 +265,41 @@ class Daemon:
             if self.clock_url is not None:
                 await self._follow_clock(self.clock_url)
             config = Config.load(self.config_path)
-            self.app = self._app_factory(config)
+            self.app = self._open_app(config)  # the database's folder and file made first
+            self._lock_database(config)
         except BaseException:
+            if self.app is not None:
+                await self.app.aclose()
             self._remove_signal_handlers(loop)
             raise
         try:
-            if await self._first_cycle(self.app):
-                settle_heap()  # what the first cycle built (caches, statements) lives on
-                self._schedule(self.app)
-                self.scheduler.start()
-                log.info(
-                    "started",
-                    config=str(self.config_path),
-                    accounts=[c.account for c in self.app.contexts],
-                    jobs=len(self.scheduler.job_ids()),
-                )
+            if self.leadership is None:
+                await self._activate(self.app)  # the one daemon of its SQLite file leads
+            else:
+                self._start_elector(config)  # a replica: follows until it holds the lease
             while not self._stop.is_set():
                 stop = asyncio.create_task(self._stop.wait())
                 reload = asyncio.create_task(self._reload.wait())
-                await asyncio.wait({stop, reload}, return_when=asyncio.FIRST_COMPLETED)
-                for t in (stop, reload):
+                role = asyncio.create_task(self._role.wait())
+                await asyncio.wait({stop, reload, role}, return_when=asyncio.FIRST_COMPLETED)
+                for t in (stop, reload, role):
                     t.cancel()
+                if self._role.is_set() and not self._stop.is_set():
+                    self._role.clear()
+                    await self._follow_role()
                 if self._reload.is_set() and not self._stop.is_set():
                     self._reload.clear()
                     await self._do_reload()
         finally:
             log.info("stopping")
             await self.scheduler.stop(self.grace_s)
+            if self._elector is not None:  # after the schedule: our last writes were fenced
+                await asyncio.to_thread(self._elector.stop)
+                self._elector.engine.dispose()
             if self.app is not None:
                 await self.app.aclose()
+            if self._lock is not None:
+                self._lock.release()
             self._remove_signal_handlers(loop)
             log.info("stopped")
 
