@@ -24,7 +24,8 @@ from monitor.leader import (
     next_lease,
     refuse_if_led,
 )
-from monitor.store import open_store, tables as t
+from monitor.store import open_store
+from monitor.store import tables as t
 from monitor.store.db import create_store_engine
 from monitor.store.facade import Store
 from monitor.store.lease import NOBODY, Lease, install_fence, read_lease
@@ -187,10 +188,10 @@ def test_a_leader_whose_epoch_is_stale_can_no_longer_write(pg: str, engines: lis
         # the evaluation's transaction is under way when b takes a's lease over (a paused
         # past its lease): at its commit the write sees the new epoch and is rolled back whole
         clock.advance(LEASE.total_seconds())
-        with pytest.raises(NotLeader, match="held by host:2:b at epoch 2"):
-            with store.transaction() as conn:
-                store.write_alerts([_alert("firing")], [], {}, conn)
-                b.step()  # the takeover commits meanwhile
+        refused = pytest.raises(NotLeader, match="held by host:2:b at epoch 2")
+        with refused, store.transaction() as conn:
+            store.write_alerts([_alert("firing")], [], {}, conn)
+            b.step()  # the takeover commits meanwhile
         assert b.leadership.token() == ("host:2:b", 2)
         assert store.load_alerts() == []  # rolled back
 
@@ -227,6 +228,6 @@ def test_once_is_refused_while_a_live_leader_holds_the_database(
     a = elector(pg, engines, "host:1:a", clock, [])
     refuse_if_led(engines[0], clock.now())  # nobody leads yet
     a.step()
-    with pytest.raises(LeaderRunning, match="host:1:a, epoch 1.*--force"):
+    with pytest.raises(LeaderRunning, match=r"host:1:a, epoch 1.*--force"):
         refuse_if_led(engines[0], clock.now() + LEASE - timedelta(seconds=1))
     refuse_if_led(engines[0], clock.now() + LEASE)  # its lease ended: a dead daemon
