@@ -318,7 +318,7 @@ def once(
             if lock is not None:
                 lock.acquire("once")  # SQLite: a daemon holds the file's lock
             if app.store.dialect == "postgresql" and not force:
-                refuse_if_led(app.store.engine, app.clock.now())
+                refuse_if_led(app.store.engine, app.clock.now(), [c.account for c in app.contexts])
             return await app.once(list(collectors) or None)
         finally:
             await app.aclose()

@@ -46,7 +46,7 @@ from monitor.collect.runner import run_collector
 from monitor.collect.scheduler import STOP_GRACE_S, Scheduler
 from monitor.config import Config
 from monitor.errors import RuntimeFailure, UserError
-from monitor.leader import LEASE_NAME, Elector, Leadership, NotLeader, holder_id
+from monitor.leader import Elector, Leadership, NotLeader, holder_id, lease_name
 from monitor.store.db import create_store_engine
 from monitor.store.filelock import DatabaseLock
 from monitor.store.lease import install_fence
@@ -84,6 +84,7 @@ class Daemon:
         self._elector: Elector | None = None
         self._lock: DatabaseLock | None = None
         self._active = False  # the schedule runs (this process leads)
+        self._lease: str | None = None  # the lease's name: the first configuration's accounts
         self._settled = False
 
     def _wall(self, when: datetime) -> datetime:
@@ -191,7 +192,16 @@ class Daemon:
         if app.store.dialect == "postgresql":
             if self.leadership is None:
                 self.leadership = Leadership(holder_id())
-            install_fence(app.store.engine, LEASE_NAME, self.leadership.token)
+                self._lease = lease_name(a.name for a in config.accounts)
+            elif self._lease != lease_name(a.name for a in config.accounts):
+                log.warning(
+                    "lease_kept",
+                    lease=self._lease,
+                    why="the accounts changed: this replica leads or follows the lease of its "
+                    "first configuration's accounts until it is restarted",
+                )
+            assert self._lease is not None
+            install_fence(app.store.engine, self._lease, self.leadership.token)
         return app
 
     def _lock_database(self, config: Config) -> None:
@@ -214,9 +224,15 @@ class Daemon:
             self.clock,
             float(config.leader.lease),
             on_change=on_change,
+            name=self._lease or "",
             speed=self.speed,
         )
-        log.info("replica_started", holder=self.leadership.me, lease_s=config.leader.lease)
+        log.info(
+            "replica_started",
+            holder=self.leadership.me,
+            lease=self._lease,
+            lease_s=config.leader.lease,
+        )
         self._elector.start()
 
     async def _activate(self, app: App) -> None:

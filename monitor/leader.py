@@ -1,8 +1,9 @@
 """One leader among the replicas sharing a PostgreSQL database.
 
-Several ``run`` daemons may share one PostgreSQL database; exactly one of them, the leader,
-collects, evaluates, delivers and acts. It is the holder of a lease row (``leader_lease``,
-``monitor.store.lease``) that it renews every third of the lease (``leader: {lease: 15s}``);
+Several ``run`` daemons of one configuration (replicas) may share one PostgreSQL database;
+exactly one of them, the leader, collects, evaluates, delivers and acts. It is the holder of a
+lease row (``leader_lease``, ``monitor.store.lease``; one per set of accounts,
+:func:`lease_name`) that it renews every third of the lease (``leader: {lease: 15s}``);
 the others (followers) step as often, find the lease live and wait. When the leader dies, its
 lease expires and the next follower to step takes it over with the next ``epoch``: within
 4/3 of a lease (the expiry, then at most a third of a lease to the next step).
@@ -26,7 +27,7 @@ import os
 import secrets
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -36,24 +37,27 @@ from sqlalchemy import Engine
 
 from monitor.clock import Clock
 from monitor.errors import RuntimeFailure
-from monitor.store.lease import Lease, NotLeader, read_lease, release_lease, step_lease
+from monitor.store.lease import Lease, NotLeader, read_leases, release_lease, step_lease
 
 __all__ = [
-    "LEASE_NAME",
     "Elector",
     "LeaderRunning",
     "Leadership",
     "NotLeader",
     "holder_id",
-    "live_leader",
+    "lease_name",
     "next_lease",
     "refuse_if_led",
 ]
 
 log = structlog.get_logger("monitor.leader")
 
-#: the lease's row: one leader per database
-LEASE_NAME = "novita-monitor"
+
+def lease_name(accounts: Iterable[str]) -> str:
+    """The lease of a configuration: its account names, sorted, comma-separated. Replicas of
+    one configuration share it; daemons of distinct accounts on one database each lead their
+    own (and ``once`` is refused when a live lease covers one of its accounts)."""
+    return ",".join(sorted(set(accounts)))
 
 
 class LeaderRunning(RuntimeFailure):
@@ -144,8 +148,8 @@ class Elector:
         clock: Clock,
         lease_s: float,
         on_change: Callable[[bool], None],
+        name: str,
         speed: float = 1.0,
-        name: str = LEASE_NAME,
     ) -> None:
         self.engine = engine
         self.leadership = leadership
@@ -213,20 +217,16 @@ class Elector:
             log.info("lease_released", holder=token[0], epoch=token[1])
 
 
-def live_leader(engine: Engine, now: datetime, name: str = LEASE_NAME) -> Lease | None:
-    """The live lease of the database at ``now``, if a daemon leads it."""
-    lease = read_lease(engine, name)
-    return lease if lease is not None and lease.live(now) else None
-
-
-def refuse_if_led(engine: Engine, now: datetime, name: str = LEASE_NAME) -> None:
-    """``once`` on a database a live daemon leads: raise :class:`LeaderRunning` (the daemon
+def refuse_if_led(engine: Engine, now: datetime, accounts: Iterable[str]) -> None:
+    """``once`` on accounts a live daemon leads: raise :class:`LeaderRunning` (the daemon
     already collects, evaluates, acts and delivers; ``once --force`` runs anyway)."""
-    lease = live_leader(engine, now, name)
-    if lease is not None:
-        raise LeaderRunning(
-            f"a novita-monitor daemon ({lease.holder}, epoch {lease.epoch}) leads this "
-            f"database until {lease.expires_at.isoformat(timespec='seconds')} (its lease, "
-            "renewed while it runs): it already collects, evaluates, acts and delivers; "
-            "stop it first, or pass --force"
-        )
+    mine = set(accounts)
+    for lease in read_leases(engine):
+        if lease.live(now) and mine & set(lease.name.split(",")):
+            raise LeaderRunning(
+                f"a novita-monitor daemon ({lease.holder}, epoch {lease.epoch}) leads this "
+                f"database for accounts {lease.name} until "
+                f"{lease.expires_at.isoformat(timespec='seconds')} (its lease, renewed while it "
+                "runs): it already collects, evaluates, acts and delivers; stop it first, or "
+                "pass --force"
+            )

@@ -16,11 +16,11 @@ from sqlalchemy import Engine, func, select
 
 from monitor.clock import ManualClock
 from monitor.leader import (
-    LEASE_NAME,
     Elector,
     LeaderRunning,
     Leadership,
     NotLeader,
+    lease_name,
     next_lease,
     refuse_if_led,
 )
@@ -32,6 +32,7 @@ from monitor.store.lease import NOBODY, Lease, install_fence, read_lease
 from monitor.store.models import ActionRecord, AlertRecord
 from tests.pg import require_pg
 
+LEASE_NAME = lease_name(["main", "gpu-team"])  # a configuration's accounts
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 LEASE = timedelta(seconds=15)
 NEVER = datetime(1970, 1, 1, tzinfo=UTC)
@@ -81,7 +82,9 @@ def elector(
 ) -> Elector:
     engine = create_store_engine(url)
     engines.append(engine)
-    return Elector(engine, Leadership(me), clock, LEASE.total_seconds(), changes.append)
+    return Elector(
+        engine, Leadership(me), clock, LEASE.total_seconds(), changes.append, name=LEASE_NAME
+    )
 
 
 def test_lease_acquire_renew_expire_and_takeover_on_the_injected_clock(
@@ -226,8 +229,11 @@ def test_once_is_refused_while_a_live_leader_holds_the_database(
 ) -> None:
     clock = ManualClock(T0)
     a = elector(pg, engines, "host:1:a", clock, [])
-    refuse_if_led(engines[0], clock.now())  # nobody leads yet
+    assert LEASE_NAME == "gpu-team,main"
+    refuse_if_led(engines[0], clock.now(), ["main"])  # nobody leads yet
     a.step()
-    with pytest.raises(LeaderRunning, match=r"host:1:a, epoch 1.*--force"):
-        refuse_if_led(engines[0], clock.now() + LEASE - timedelta(seconds=1))
-    refuse_if_led(engines[0], clock.now() + LEASE)  # its lease ended: a dead daemon
+    soon = clock.now() + LEASE - timedelta(seconds=1)
+    with pytest.raises(LeaderRunning, match=r"host:1:a, epoch 1.*gpu-team,main.*--force"):
+        refuse_if_led(engines[0], soon, ["main"])  # one of its accounts is led
+    refuse_if_led(engines[0], soon, ["research"])  # another daemon's accounts: not this one's
+    refuse_if_led(engines[0], clock.now() + LEASE, ["main"])  # its lease ended: a dead daemon

@@ -59,6 +59,13 @@ def read_lease(engine: Engine, name: str) -> Lease | None:
     return Lease(**row._mapping) if row is not None else None
 
 
+def read_leases(engine: Engine) -> list[Lease]:
+    """Every lease row (one per configuration's set of accounts)."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(t.leader_lease).order_by(t.leader_lease.c.name)).all()
+    return [Lease(**row._mapping) for row in rows]
+
+
 def step_lease(
     engine: Engine, name: str, decide: Callable[[Lease], Lease | None]
 ) -> tuple[Lease, bool]:

@@ -160,7 +160,7 @@ store_meta = Table(
 leader_lease = Table(
     "leader_lease",
     metadata,
-    Column("name", String(64), primary_key=True),
+    Column("name", Text, primary_key=True),
     Column("holder", String(200), nullable=False),
     Column("epoch", BigInteger, nullable=False),
     Column("acquired_at", UTCDateTime, nullable=False),

@@ -1,9 +1,10 @@
 """The replicas' lease: ``leader_lease`` (``monitor.leader``).
 
-Several daemons may share one PostgreSQL database; one of them, the leader, holds the row of
-this table and renews it (``expires_at``) every third of the lease. ``epoch`` grows at every
-change of holder: each write transaction of the leader checks, at its commit, that the row
-still carries its epoch (``monitor.leader.install_fence``), so a leader that lost the lease can
+Replicas of one configuration may share one PostgreSQL database; one of them, the leader,
+holds the row of its accounts (``name``: the account names, sorted, comma-separated) and
+renews it (``expires_at``) every third of the lease. ``epoch`` grows at every change of holder:
+each write transaction of the leader checks, at its commit, that the row still carries its
+epoch (``monitor.store.lease.install_fence``), so a leader that lost the lease can
 no longer write. On SQLite (one daemon per file, held by a lock file) the table stays empty.
 
 Revision ID: 0006
@@ -27,7 +28,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     op.create_table(
         "leader_lease",
-        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("name", sa.Text(), nullable=False),
         sa.Column("holder", sa.String(length=200), nullable=False),
         sa.Column("epoch", sa.BigInteger(), nullable=False),
         sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
