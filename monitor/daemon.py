@@ -20,7 +20,8 @@ several daemons (replicas) may share the database: each starts as a follower, st
 (``monitor.leader``), and only the leader runs the first cycle and the schedule; a leader that
 loses its lease stops its schedule and follows again (its writes are fenced meanwhile), and a
 clean stop releases the lease so a follower takes over at once. ``Daemon.leadership`` is what
-this process knows of it (None on SQLite, where the one daemon always leads).
+this process knows of it (``is_leader``, ``epoch``, ``holder``, ``leader_seen_at``: for
+``/readyz``); on SQLite the one daemon always leads (``epoch`` None).
 
 ``clock_url`` (``run --clock URL``, for tests and the demo only) makes the daemon follow a
 simulator's clock (``GET /_sim/clock``): its ``now`` is the simulator's time, re-read every
@@ -79,11 +80,13 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._role = asyncio.Event()  # the elector saw this process's role change
-        #: PostgreSQL: what this process knows of the leadership (None on SQLite)
-        self.leadership: Leadership | None = None
+        #: what this process knows of the leadership (on SQLite: it leads, epoch None)
+        self.leadership = Leadership(holder_id())
+        self._replica = False  # PostgreSQL: one leader among replicas, by the lease
         self._elector: Elector | None = None
         self._lock: DatabaseLock | None = None
         self._active = False  # the schedule runs (this process leads)
+        self._active_epoch: int | None = None  # the lease's epoch the schedule runs under
         self._lease: str | None = None  # the lease's name: the first configuration's accounts
         self._settled = False
 
@@ -159,7 +162,9 @@ class Daemon:
         self.app = new_app
         if self._active:
             self._schedule(new_app)
-            self.scheduler.start()
+        else:
+            self._schedule_follower()
+        self.scheduler.start()
         if old is not None:
             await old.aclose()
         log.info("reloaded", path=str(self.config_path), jobs=len(self.scheduler.job_ids()))
@@ -190,8 +195,8 @@ class Daemon:
         """The app of ``config``; on PostgreSQL, its store's writes fenced by the lease."""
         app = self._app_factory(config)
         if app.store.dialect == "postgresql":
-            if self.leadership is None:
-                self.leadership = Leadership(holder_id())
+            if self._lease is None:
+                self._replica = True
                 self._lease = lease_name(a.name for a in config.accounts)
             elif self._lease != lease_name(a.name for a in config.accounts):
                 log.warning(
@@ -200,9 +205,13 @@ class Daemon:
                     why="the accounts changed: this replica leads or follows the lease of its "
                     "first configuration's accounts until it is restarted",
                 )
-            assert self._lease is not None
             install_fence(app.store.engine, self._lease, self.leadership.token)
         return app
+
+    def _schedule_follower(self) -> None:
+        """A follower's only job: following the clock (``--clock``)."""
+        if isinstance(self.clock, FollowedClock) and self.clock_url is not None:
+            self.scheduler.add("clock-sync", CLOCK_SYNC_S, self._sync_clock)
 
     def _lock_database(self, config: Config) -> None:
         """SQLite: take the database file's lock (a second daemon refuses to start)."""
@@ -212,7 +221,6 @@ class Daemon:
             self._lock = lock
 
     def _start_elector(self, config: Config) -> None:
-        assert self.leadership is not None
         loop = asyncio.get_running_loop()
 
         def on_change(_leads: bool) -> None:  # on the elector's thread
@@ -237,13 +245,20 @@ class Daemon:
 
     async def _activate(self, app: App) -> None:
         """Lead: the first cycle, then the schedule (unless stopped or no longer leading)."""
+        await self.scheduler.stop(self.grace_s)  # a follower's (the clock's sync)
+        self.scheduler = Scheduler()
+        epoch = self.leadership.epoch
+        fenced = False
         try:
             if not await self._first_cycle(app):
-                return
-        except NotLeader as exc:
+                return  # stopped
+        except NotLeader as exc:  # the lease was lost during the first cycle
             log.warning("first_cycle_fenced", error=str(exc))
-            return
-        if self.leadership is not None and not self.leadership.is_leader:
+            fenced = True
+        if fenced or not self.leadership.is_leader or self.leadership.epoch != epoch:
+            self._schedule_follower()
+            self.scheduler.start()
+            self._role.set()  # the role changed meanwhile: looked at again
             return
         if not self._settled:
             settle_heap()  # what the first cycle built (caches, statements) lives on
@@ -251,24 +266,30 @@ class Daemon:
         self._schedule(app)
         self.scheduler.start()
         self._active = True
+        self._active_epoch = epoch
         log.info(
             "started",
             config=str(self.config_path),
             accounts=[c.account for c in app.contexts],
             jobs=len(self.scheduler.job_ids()),
-            leader=self.leadership.me if self.leadership is not None else None,
+            holder=self.leadership.me,
+            epoch=epoch,
         )
 
     async def _follow_role(self) -> None:
         """The elector saw the role change: start leading, or stop the schedule and follow."""
-        assert self.leadership is not None and self.app is not None
-        if self.leadership.is_leader and not self._active:
-            await self._activate(self.app)
-        elif not self.leadership.is_leader and self._active:
+        assert self.app is not None
+        leads, epoch = self.leadership.is_leader, self.leadership.epoch
+        if self._active and (not leads or epoch != self._active_epoch):
+            # lost (or lost and taken again: another led meanwhile, start afresh)
             await self.scheduler.stop(self.grace_s)
             self.scheduler = Scheduler()
+            self._schedule_follower()
+            self.scheduler.start()
             self._active = False
-            log.warning("following", leader=self.leadership.holder, epoch=self.leadership.epoch)
+            log.warning("following", leader=self.leadership.holder, epoch=epoch)
+        if leads and not self._active:
+            await self._activate(self.app)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -289,10 +310,13 @@ class Daemon:
             self._remove_signal_handlers(loop)
             raise
         try:
-            if self.leadership is None:
-                await self._activate(self.app)  # the one daemon of its SQLite file leads
-            else:
-                self._start_elector(config)  # a replica: follows until it holds the lease
+            if not self._replica:  # the one daemon of its SQLite file leads
+                self.leadership.observe_sole(self.clock.now())
+                await self._activate(self.app)
+            else:  # a replica: follows until it holds the lease
+                self._schedule_follower()
+                self.scheduler.start()
+                self._start_elector(config)
             while not self._stop.is_set():
                 stop = asyncio.create_task(self._stop.wait())
                 reload = asyncio.create_task(self._reload.wait())

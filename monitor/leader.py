@@ -130,6 +130,12 @@ class Leadership:
                 self.leader_seen_at = now
             return was != self.is_leader
 
+    def observe_sole(self, now: datetime) -> None:
+        """The one daemon of its database (SQLite, held by its lock file): it leads."""
+        with self._lock:
+            self.is_leader, self.epoch, self.holder = True, None, self.me
+            self.leader_seen_at = now
+
     def step_down(self) -> bool:
         """Stop leading (the lease could not be renewed in time); True when it led."""
         with self._lock:
