@@ -103,9 +103,9 @@ def test_a_second_daemon_on_one_sqlite_file_refuses_to_start(
         assert once.returncode == 1
         assert "is in use by another novita-monitor" in once.stderr
         assert "pass --force" in once.stderr
-        forced = cli("once", "--config", str(config), "--force")
-        assert "in use" not in forced.stderr
-        assert "stop-idle-gpus" in forced.stdout or "collector" not in forced.stderr
+        forced = cli("once", "--config", str(config), "--force")  # beside the daemon
+        assert forced.returncode == 0, forced.stderr
+        assert "alert(s) firing" in forced.stdout
         assert first.proc.poll() is None  # the first daemon runs on
 
         # a SIGKILLed holder releases the lock with its process: the next daemon starts
