@@ -6,9 +6,10 @@
   ``--speed 60``: a simulated minute is a wall second) with the README's idle-stop rule and a
   real receiver. One leads; ``once`` is refused beside it; the leader is killed with SIGKILL in
   the middle of its work (during the stop's grace, or right after the stop's POST answered and
-  before its outcome was recorded); the follower takes over within two lease periods and
-  nothing is done twice: one stop in the simulator's action log, each message received once,
-  one firing notice per alert.
+  before its outcome was recorded), or frozen (SIGSTOP) past its lease and thawed once the other
+  leads (its writes fenced, it follows); the follower takes over within two lease periods and
+  nothing is done twice: one stop per instance in the simulator's action log, each message
+  received once, one firing notice per idle alert.
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ def _logged(process: Process, event: str) -> list[dict[str, Any]]:
     return found
 
 
-@pytest.mark.parametrize("kill", ["during-grace", "after-the-stop-call"])
+@pytest.mark.parametrize("kill", ["during-grace", "after-the-stop-call", "paused"])
 def test_the_follower_takes_over_a_killed_leader_and_nothing_is_done_twice(
     tmp_path: Path, simulator: str, kill: str
 ) -> None:
@@ -176,7 +177,10 @@ def test_the_follower_takes_over_a_killed_leader_and_nothing_is_done_twice(
     run = ["run", "--config", str(config), "--clock", f"{simulator}/_sim/clock"]
     # after-the-stop-call: the leader kills itself (SIGKILL) once its first stop's POST
     # answered, before the outcome is recorded (the test-only crash point, see monitor.app)
-    leader = Process(run, {**env, TEST_CRASH_ENV: "call"} if kill != "during-grace" else env)
+    # paused: the leader is frozen (SIGSTOP) past its lease, then thawed while the follower
+    # leads: its writes are fenced and it follows
+    crash = kill == "after-the-stop-call"
+    leader = Process(run, {**env, TEST_CRASH_ENV: "call"} if crash else env)
     follower = None
     try:
         leader.wait_for("the leader", lambda: bool(_logged(leader, "leader_elected")), 60)
@@ -194,18 +198,29 @@ def test_the_follower_takes_over_a_killed_leader_and_nothing_is_done_twice(
         assert state("demo-notebook") == ["announced"]
         if kill == "during-grace":  # the leader is in the middle of a cycle (every second)
             leader.proc.send_signal(signal.SIGKILL)
-        leader.wait_for("the leader's death", lambda: leader.proc.poll() is not None, 60)
-        assert leader.proc.returncode == -signal.SIGKILL
+        if kill == "paused":
+            leader.proc.send_signal(signal.SIGSTOP)
+        else:
+            leader.wait_for("the leader's death", lambda: leader.proc.poll() is not None, 60)
+            assert leader.proc.returncode == -signal.SIGKILL
         died_at = _sim_now(simulator)
         cut = [r for r in stops() if r[2] == "executing"]
-        if kill != "during-grace":  # claimed and called by the leader, the outcome unrecorded
+        if crash:  # claimed and called by the leader, the outcome unrecorded
             ((cut_id, cut_instance, _state, claimed_by),) = cut
             assert claimed_by.startswith(f"{socket.gethostname()}:{leader.proc.pid}")
 
         follower.wait_for("the takeover", lambda: bool(_logged(follower, "leader_elected")), 60)
         ((epoch, acquired_at),) = rows("SELECT epoch, acquired_at FROM leader_lease")
         assert epoch == 2
-        assert acquired_at - died_at <= 2 * LEASE  # within two lease periods
+        took = acquired_at - died_at
+        print(f"takeover {took.total_seconds():.0f} simulated s after the leader died ({kill})")
+        assert took <= 2 * LEASE  # within two lease periods
+        if kill == "paused":  # thawed: its jobs resume, refused by the fence; it follows
+            leader.proc.send_signal(signal.SIGCONT)
+            leader.wait_for(
+                "the old leader to follow", lambda: bool(_logged(leader, "following")), 60
+            )
+            assert _logged(leader, "leadership_lost")[0]["epoch"] == 2
 
         follower.wait_for("the stop", lambda: state("demo-notebook") == ["succeeded"], 90)
         # a few more cycles of the new leader: a duplicate would show now
@@ -224,7 +239,7 @@ def test_the_follower_takes_over_a_killed_leader_and_nothing_is_done_twice(
         assert called == succeeded and called["demo-notebook"] == 1
         assert max(Counter(r[1] for r in stops()).values()) == 1
         assert "demo-trainer" not in called
-        if kill != "during-grace":
+        if crash:
             (row,) = [r for r in stops() if r[0] == cut_id]
             assert row[2:] == ("succeeded", claimed_by)  # not claimed again
             assert called[cut_instance] == 1
@@ -250,6 +265,8 @@ def test_the_follower_takes_over_a_killed_leader_and_nothing_is_done_twice(
         lost = "status NOT IN ('sent', 'pending') OR error IS NOT NULL"
         assert rows(f"SELECT count(*) FROM notifications WHERE {lost}") == [(0,)]
         assert follower.stop() == 0
+        if kill == "paused":
+            assert leader.stop() == 0
         assert _logged(follower, "lease_released")  # a clean stop hands over at once
     finally:
         leader.stop()
