@@ -256,9 +256,10 @@ class Daemon:
             log.warning("first_cycle_fenced", error=str(exc))
             fenced = True
         if fenced or not self.leadership.is_leader or self.leadership.epoch != epoch:
+            # follow until the elector reports the change (a fenced write means the lease
+            # is no longer ours: its next step sees it)
             self._schedule_follower()
             self.scheduler.start()
-            self._role.set()  # the role changed meanwhile: looked at again
             return
         if not self._settled:
             settle_heap()  # what the first cycle built (caches, statements) lives on

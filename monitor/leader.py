@@ -119,16 +119,17 @@ class Leadership:
             }
 
     def observe(self, lease: Lease, now: datetime) -> bool:
-        """Take in the row after a step; True when this process's role changed."""
+        """Take in the row after a step; True when this process's role changed (or it leads
+        under another epoch: it lost the lease and took it again, another led meanwhile)."""
         with self._lock:
-            was = self.is_leader
+            was, was_epoch = self.is_leader, self.epoch
             live = lease.live(now)
             self.is_leader = live and lease.holder == self.me
             self.epoch = lease.epoch
             self.holder = lease.holder if live else None
             if live:
                 self.leader_seen_at = now
-            return was != self.is_leader
+            return was != self.is_leader or (self.is_leader and was_epoch != self.epoch)
 
     def observe_sole(self, now: datetime) -> None:
         """The one daemon of its database (SQLite, held by its lock file): it leads."""

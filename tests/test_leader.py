@@ -59,6 +59,22 @@ def test_a_live_lease_of_another_is_left_alone_an_expired_one_taken_over() -> No
     assert next_lease(theirs, "b", at, LEASE) == Lease(LEASE_NAME, "b", 5, at, at + LEASE)
 
 
+def test_leading_again_under_a_new_epoch_is_a_change_of_role() -> None:
+    """A leader that never saw its lease taken (paused) and takes it again after the other
+    died leads under a new epoch: reported, so the daemon starts its schedule afresh."""
+    me = Leadership("a")
+    assert me.observe(Lease(LEASE_NAME, "a", 1, T0, T0 + LEASE), T0)
+    assert not me.observe(Lease(LEASE_NAME, "a", 1, T0, T0 + 2 * LEASE), T0 + LEASE)  # renewed
+    later = T0 + 5 * LEASE
+    assert me.observe(Lease(LEASE_NAME, "a", 3, later, later + LEASE), later)
+    assert me.token() == ("a", 3)
+    assert me.snapshot() == {
+        "is_leader": True, "epoch": 3, "holder": "a", "leader_seen_at": later
+    }  # fmt: skip
+    assert me.observe(Lease(LEASE_NAME, "b", 4, later, later + LEASE), later)  # lost
+    assert me.token() is None and me.holder == "b"
+
+
 # -- against PostgreSQL -------------------------------------------------------------------------
 
 
