@@ -59,6 +59,7 @@ __all__ = [
     "ActionSettings",
     "Channel",
     "Config",
+    "LeaderSettings",
     "LogSettings",
     "MetricsSettings",
     "ProtectSettings",
@@ -425,6 +426,13 @@ class NotifySettings(StrictModel):
     expire_after: Seconds = 86400.0
 
 
+class LeaderSettings(StrictModel):
+    """Replicas on one PostgreSQL database (``monitor.leader``): the leader holds a lease of
+    this length, renewed every third of it; a dead leader is replaced within two leases."""
+
+    lease: Seconds = Field(default=15.0, description="the leader's lease (PostgreSQL only)")
+
+
 class LogSettings(StrictModel):
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error", "critical"] = "info"
@@ -508,6 +516,7 @@ class Config(StrictModel):
     routes: list[Route] = Field(default_factory=list)
     actions: ActionSettings = Field(default_factory=ActionSettings)
     reports: list[ReportSchedule] = Field(default_factory=list)
+    leader: LeaderSettings = Field(default_factory=LeaderSettings)
     #: Instance environment variables to store besides the protection flag
     #: (``actions.protect.env``) and the ``labels.KEY`` the loaded rules compare; the values
     #: of every other variable of an instance's environment are never stored (users keep tokens

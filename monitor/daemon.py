@@ -14,6 +14,15 @@ states and notifications together, and a delivery step (after each evaluation, a
 ``schedules.deliver``) sends what is due; a delivery cut short by a stop or a crash stays
 ``pending`` and is sent after the restart.
 
+One daemon per SQLite database file: the daemon holds ``<database>.lock`` (``flock``) for its
+whole life, and a second one refuses to start (``monitor.store.filelock``). On PostgreSQL,
+several daemons (replicas) may share the database: each starts as a follower, steps the lease
+(``monitor.leader``), and only the leader runs the first cycle and the schedule; a leader that
+loses its lease stops its schedule and follows again (its writes are fenced meanwhile), and a
+clean stop releases the lease so a follower takes over at once. ``Daemon.leadership`` is what
+this process knows of it (``is_leader``, ``epoch``, ``holder``, ``leader_seen_at``: for
+``/readyz``); on SQLite the one daemon always leads (``epoch`` None).
+
 ``clock_url`` (``run --clock URL``, for tests and the demo only) makes the daemon follow a
 simulator's clock (``GET /_sim/clock``): its ``now`` is the simulator's time, re-read every
 few seconds, and its schedules run at the simulator's speed (an interval of 60 s runs every
@@ -38,6 +47,10 @@ from monitor.collect.runner import run_collector
 from monitor.collect.scheduler import STOP_GRACE_S, Scheduler
 from monitor.config import Config
 from monitor.errors import RuntimeFailure, UserError
+from monitor.leader import Elector, Leadership, NotLeader, holder_id, lease_name
+from monitor.store.db import create_store_engine
+from monitor.store.filelock import DatabaseLock
+from monitor.store.lease import install_fence
 
 log = structlog.get_logger("monitor.daemon")
 
@@ -66,6 +79,16 @@ class Daemon:
         self.scheduler = Scheduler()
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
+        self._role = asyncio.Event()  # the elector saw this process's role change
+        #: what this process knows of the leadership (on SQLite: it leads, epoch None)
+        self.leadership = Leadership(holder_id())
+        self._replica = False  # PostgreSQL: one leader among replicas, by the lease
+        self._elector: Elector | None = None
+        self._lock: DatabaseLock | None = None
+        self._active = False  # the schedule runs (this process leads)
+        self._active_epoch: int | None = None  # the lease's epoch the schedule runs under
+        self._lease: str | None = None  # the lease's name: the first configuration's accounts
+        self._settled = False
 
     def _wall(self, when: datetime) -> datetime:
         """The wall-clock time at which the daemon's clock reads ``when``."""
@@ -126,7 +149,7 @@ class Daemon:
     async def _do_reload(self) -> None:
         try:
             config = Config.load(self.config_path)
-            new_app = self._app_factory(config)  # loads and validates the rules too
+            new_app = self._open_app(config)  # loads and validates the rules too
         except UserError as exc:
             log.error("reload_rejected", path=str(self.config_path), error=str(exc))
             return
@@ -137,7 +160,10 @@ class Daemon:
         await self.scheduler.stop(self.grace_s)
         self.scheduler = Scheduler()
         self.app = new_app
-        self._schedule(new_app)
+        if self._active:
+            self._schedule(new_app)
+        else:
+            self._schedule_follower()
         self.scheduler.start()
         if old is not None:
             await old.aclose()
@@ -165,6 +191,107 @@ class Daemon:
         evaluate = self.scheduler.track("first-cycle:evaluate", app.evaluate(), graceful=True)
         return await self._unless_stopped(evaluate)
 
+    def _open_app(self, config: Config) -> App:
+        """The app of ``config``; on PostgreSQL, its store's writes fenced by the lease."""
+        app = self._app_factory(config)
+        if app.store.dialect == "postgresql":
+            if self._lease is None:
+                self._replica = True
+                self._lease = lease_name(a.name for a in config.accounts)
+            elif self._lease != lease_name(a.name for a in config.accounts):
+                log.warning(
+                    "lease_kept",
+                    lease=self._lease,
+                    why="the accounts changed: this replica leads or follows the lease of its "
+                    "first configuration's accounts until it is restarted",
+                )
+            install_fence(app.store.engine, self._lease, self.leadership.token)
+        return app
+
+    def _schedule_follower(self) -> None:
+        """A follower's only job: following the clock (``--clock``)."""
+        if isinstance(self.clock, FollowedClock) and self.clock_url is not None:
+            self.scheduler.add("clock-sync", CLOCK_SYNC_S, self._sync_clock)
+
+    def _lock_database(self, config: Config) -> None:
+        """SQLite: take the database file's lock (a second daemon refuses to start)."""
+        lock = DatabaseLock.for_url(config.database_url)
+        if lock is not None:
+            lock.acquire("run")
+            self._lock = lock
+
+    def _start_elector(self, config: Config) -> None:
+        loop = asyncio.get_running_loop()
+
+        def on_change(_leads: bool) -> None:  # on the elector's thread
+            loop.call_soon_threadsafe(self._role.set)
+
+        self._elector = Elector(
+            create_store_engine(config.database_url),
+            self.leadership,
+            self.clock,
+            float(config.leader.lease),
+            on_change=on_change,
+            name=self._lease or "",
+            speed=self.speed,
+        )
+        log.info(
+            "replica_started",
+            holder=self.leadership.me,
+            lease=self._lease,
+            lease_s=config.leader.lease,
+        )
+        self._elector.start()
+
+    async def _activate(self, app: App) -> None:
+        """Lead: the first cycle, then the schedule (unless stopped or no longer leading)."""
+        await self.scheduler.stop(self.grace_s)  # a follower's (the clock's sync)
+        self.scheduler = Scheduler()
+        epoch = self.leadership.epoch
+        fenced = False
+        try:
+            if not await self._first_cycle(app):
+                return  # stopped
+        except NotLeader as exc:  # the lease was lost during the first cycle
+            log.warning("first_cycle_fenced", error=str(exc))
+            fenced = True
+        if fenced or not self.leadership.is_leader or self.leadership.epoch != epoch:
+            # follow until the elector reports the change (a fenced write means the lease
+            # is no longer ours: its next step sees it)
+            self._schedule_follower()
+            self.scheduler.start()
+            return
+        if not self._settled:
+            settle_heap()  # what the first cycle built (caches, statements) lives on
+            self._settled = True
+        self._schedule(app)
+        self.scheduler.start()
+        self._active = True
+        self._active_epoch = epoch
+        log.info(
+            "started",
+            config=str(self.config_path),
+            accounts=[c.account for c in app.contexts],
+            jobs=len(self.scheduler.job_ids()),
+            holder=self.leadership.me,
+            epoch=epoch,
+        )
+
+    async def _follow_role(self) -> None:
+        """The elector saw the role change: start leading, or stop the schedule and follow."""
+        assert self.app is not None
+        leads, epoch = self.leadership.is_leader, self.leadership.epoch
+        if self._active and (not leads or epoch != self._active_epoch):
+            # lost (or lost and taken again: another led meanwhile, start afresh)
+            await self.scheduler.stop(self.grace_s)
+            self.scheduler = Scheduler()
+            self._schedule_follower()
+            self.scheduler.start()
+            self._active = False
+            log.warning("following", leader=self.leadership.holder, epoch=epoch)
+        if leads and not self._active:
+            await self._activate(self.app)
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         # first of all: a stop asked for while the configuration loads or the database migrates
@@ -176,35 +303,44 @@ class Daemon:
             if self.clock_url is not None:
                 await self._follow_clock(self.clock_url)
             config = Config.load(self.config_path)
-            self.app = self._app_factory(config)
+            self.app = self._open_app(config)  # the database's folder and file made first
+            self._lock_database(config)
         except BaseException:
+            if self.app is not None:
+                await self.app.aclose()
             self._remove_signal_handlers(loop)
             raise
         try:
-            if await self._first_cycle(self.app):
-                settle_heap()  # what the first cycle built (caches, statements) lives on
-                self._schedule(self.app)
+            if not self._replica:  # the one daemon of its SQLite file leads
+                self.leadership.observe_sole(self.clock.now())
+                await self._activate(self.app)
+            else:  # a replica: follows until it holds the lease
+                self._schedule_follower()
                 self.scheduler.start()
-                log.info(
-                    "started",
-                    config=str(self.config_path),
-                    accounts=[c.account for c in self.app.contexts],
-                    jobs=len(self.scheduler.job_ids()),
-                )
+                self._start_elector(config)
             while not self._stop.is_set():
                 stop = asyncio.create_task(self._stop.wait())
                 reload = asyncio.create_task(self._reload.wait())
-                await asyncio.wait({stop, reload}, return_when=asyncio.FIRST_COMPLETED)
-                for t in (stop, reload):
+                role = asyncio.create_task(self._role.wait())
+                await asyncio.wait({stop, reload, role}, return_when=asyncio.FIRST_COMPLETED)
+                for t in (stop, reload, role):
                     t.cancel()
+                if self._role.is_set() and not self._stop.is_set():
+                    self._role.clear()
+                    await self._follow_role()
                 if self._reload.is_set() and not self._stop.is_set():
                     self._reload.clear()
                     await self._do_reload()
         finally:
             log.info("stopping")
             await self.scheduler.stop(self.grace_s)
+            if self._elector is not None:  # after the schedule: our last writes were fenced
+                await asyncio.to_thread(self._elector.stop)
+                self._elector.engine.dispose()
             if self.app is not None:
                 await self.app.aclose()
+            if self._lock is not None:
+                self._lock.release()
             self._remove_signal_handlers(loop)
             log.info("stopped")
 

@@ -27,7 +27,7 @@ from monitor.store.db import create_store_engine, current_revision, migrate
 from monitor.store.facade import Store
 from monitor.store.testing import store_url
 from tests.helpers import ENV, write_config
-from tests.test_store_migrations import BACKENDS
+from tests.test_store_migrations import BACKENDS, HEAD
 
 TOKEN = "hf_SeCrEt0123456789abcdefGHIJKLmnop"
 LISTING = "/gpu-instance/openapi/v1/gpu/instances"
@@ -196,7 +196,7 @@ def test_migration_0005_scrubs_a_database_written_before_it(backend: str, tmp_pa
     for where in urls:
         store = open_store(where)  # migrates 0004 -> head
         try:
-            assert current_revision(store.engine) == "0007"
+            assert current_revision(store.engine) == HEAD
             kept = {r.instance_id: r.envs for r in store.instances("main")}
             assert len(kept) == 40 and all(e == {PROTECT_ENV: "1"} for e in kept.values())
             with store.engine.connect() as conn:  # the rewrite it asked for is done

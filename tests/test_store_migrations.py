@@ -26,7 +26,7 @@ from monitor.store.tables import metadata
 from monitor.store.testing import pg_url, store_url
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
-HEAD = "0007"
+HEAD = "0008"
 
 BACKENDS = [
     "sqlite",
@@ -366,7 +366,12 @@ def test_upgrade_from_0002_keeps_every_row(url: str) -> None:
             "notifications": {"title", "notify_type", "next_attempt_at", "expires_at", "report_id"},
             "alerts": {"version"},
         }
-        assert set(after) == set(before) | {"data_problems", "actions", "report_runs"}
+        assert set(after) == set(before) | {
+            "data_problems",
+            "actions",
+            "report_runs",
+            "leader_lease",
+        }
         if store.dialect == "sqlite":  # added to in place, never rebuilt without WITHOUT ROWID
             with store.engine.connect() as conn:
                 ddl = dict(conn.execute(text("SELECT name, sql FROM sqlite_master")).all())

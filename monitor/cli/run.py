@@ -65,9 +65,19 @@ def _exit_now(signum: int, _frame: Any) -> None:
     is_flag=True,
     help="Plan and record the rules' actions (what, why, from which data), call nothing.",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Run even while a daemon runs on the same database (it leads: see README, "
+    "PostgreSQL and replicas).",
+)
 @handle_errors
 def once(
-    config_path: str | None, collectors: tuple[str, ...], as_json: bool, dry_run: bool
+    config_path: str | None,
+    collectors: tuple[str, ...],
+    as_json: bool,
+    dry_run: bool,
+    force: bool = False,
 ) -> None:
     """Run every collector once, evaluate the rules once, act, deliver notifications, exit.
 
@@ -79,12 +89,24 @@ def once(
     config = load(config_path)
     setup_logs(config, "console" if not as_json else "json")
 
+    from monitor.leader import refuse_if_led
+    from monitor.store.filelock import DatabaseLock
+
+    # a daemon on the same database already does all this: refused unless --force
+    lock = None if force else DatabaseLock.for_url(config.database_url)
+
     async def go() -> Any:
-        app = App.open(config, dry_run=dry_run)
+        app = App.open(config, dry_run=dry_run)  # the database's folder and file made first
         try:
+            if lock is not None:
+                lock.acquire("once")  # SQLite: a daemon holds the file's lock
+            if app.store.dialect == "postgresql" and not force:
+                refuse_if_led(app.store.engine, app.clock.now(), [c.account for c in app.contexts])
             return await app.once(list(collectors) or None)
         finally:
             await app.aclose()
+            if lock is not None:
+                lock.release()
 
     result = run_async(go())
     reports = result.reports

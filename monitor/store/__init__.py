@@ -44,7 +44,8 @@ caches, meta), ``repo`` (instances, events), ``money`` (balance, bills, prices),
 (training/async tasks, collector runs), ``progress`` (collectors' backfill marks), ``metrics``
 (samples, rollups, windows, retention), ``alerting`` (alerts, silences, notifications),
 ``problems`` (data problems), ``facade`` (:class:`Store`), ``records`` (the returned types),
-``testing`` (fresh SQLite/PostgreSQL URLs for tests).
+``testing`` (fresh SQLite/PostgreSQL URLs for tests), ``lease`` (the replicas' lease row and the
+fence on every commit, PostgreSQL), ``filelock`` (one daemon per SQLite file).
 """
 
 from monitor.store.db import create_store_engine, migrate, open_store

@@ -156,6 +156,18 @@ store_meta = Table(
     Column("value", Text, nullable=False),
 )
 
+#: the replicas' lease (``monitor.leader``): one row per lease name; ``epoch`` grows at every
+#: change of holder and fences the writes of a leader that lost the lease
+leader_lease = Table(
+    "leader_lease",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("holder", String(200), nullable=False),
+    Column("epoch", BigInteger, nullable=False),
+    Column("acquired_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+)
+
 
 def _account_key() -> Any:
     return Field(primary_key=True, foreign_key="accounts.id")
