@@ -458,23 +458,26 @@ class App:
             cycle.deliveries = deliveries
         return OnceResult(reports, cycle, actions=actions, deliveries=deliveries)
 
+    def log_cycle(self, report: CycleReport) -> None:
+        """The cycle's one line at info: the evaluation, and the collector runs since the last
+        one by outcome (each collector's "ok" run is a debug line)."""
+        log.info(
+            "evaluated",
+            rules=len(self.ruleset.rules) if self.ruleset is not None else 0,
+            firing=len(report.firing),
+            notifications=len(report.notifications),
+            deliveries=len(report.deliveries),
+            collector_runs=dict(sorted(self.run_tally.items())),
+        )
+        self.run_tally.clear()
+
     def extra_jobs(self) -> list[Job]:
         """Scheduler jobs beyond the collectors: the rule evaluation, followed by a delivery
         (graceful: a stop lets it finish, within the grace), and the delivery step on its own
         schedule (``schedules.deliver``: retries, and what others put in the outbox)."""
 
         async def evaluate() -> None:
-            report = await self.evaluate()
-            # the cycle's one line at info (each collector's "ok" run is a debug line)
-            log.info(
-                "evaluated",
-                rules=len(self.ruleset.rules) if self.ruleset is not None else 0,
-                firing=len(report.firing),
-                notifications=len(report.notifications),
-                deliveries=len(report.deliveries),
-                collector_runs=dict(sorted(self.run_tally.items())),
-            )
-            self.run_tally.clear()
+            self.log_cycle(await self.evaluate())
 
         async def deliver() -> None:
             await self.deliver(wait=False)  # one under way (a slow channel): skip this run

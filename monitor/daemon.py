@@ -228,7 +228,10 @@ class Daemon:
         if not await self._unless_stopped(collect):
             return False
         evaluate = self.scheduler.track("first-cycle:evaluate", app.evaluate(), graceful=True)
-        return await self._unless_stopped(evaluate)
+        if not await self._unless_stopped(evaluate):
+            return False
+        app.log_cycle(evaluate.result())
+        return True
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

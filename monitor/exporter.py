@@ -83,6 +83,7 @@ class AccountFigures:
 
 @dataclass(frozen=True)
 class FleetFigures:
+    read_at: float  # when they were read (Unix seconds, on the daemon's clock)
     accounts: tuple[AccountFigures, ...] = ()
     alerts_firing: tuple[tuple[str, str, int], ...] = ()  # (rule, severity, count)
     actions: tuple[tuple[str, str, int], ...] = ()  # (kind, outcome, count)
@@ -129,6 +130,7 @@ def read_figures(
         (row.action, row.state) for row in store.actions() if row.state in OUTCOME_STATES
     )
     return FleetFigures(
+        read_at=now.timestamp(),
         accounts=tuple(_account(facts, store, a, now) for a in facts.accounts()),
         alerts_firing=tuple((r, s, n) for (r, s), n in sorted(firing.items())),
         actions=tuple((k, o, n) for (k, o), n in sorted(outcomes.items())),
@@ -196,11 +198,18 @@ def fleet_families(figures: FleetFigures) -> list[Metric]:
             savings.add_metric([a], acc.savings_usd)
         for collector, ts in acc.last_success:
             last.add_metric([a, collector], ts)
+    read = _gauge(
+        "figures_read_timestamp_seconds",
+        f"When the fleet figures of this scrape were read (Unix time, on the daemon's clock; "
+        f"a reading serves the scrapes of the next {DEFAULT_TTL_S:g} s).",
+        [],
+    )
+    read.add_metric([], figures.read_at)
     for rule, severity, count in figures.alerts_firing:
         alerts.add_metric([rule, severity], count)
     for kind, outcome, count in figures.actions:
         actions.add_metric([kind, outcome], count)
-    return [balance, runway, burn, instances, util, savings, last, alerts, actions]
+    return [balance, runway, burn, instances, util, savings, last, alerts, actions, read]
 
 
 class FleetCollector(Collector):
