@@ -23,7 +23,6 @@ from monitor.exporter import (
     AccountFigures,
     FleetCollector,
     FleetFigures,
-    fleet_families,
     new_registry,
     read_figures,
 )
@@ -77,8 +76,7 @@ async def test_the_figures_are_those_of_status_json(
     }
     assert exported == {k: float(n) for k, n in counts.items()}
     util = {
-        dict(k)["instance"]: v
-        for k, v in samples["novita_monitor_gpu_utilization_percent"].items()
+        dict(k)["instance"]: v for k, v in samples["novita_monitor_gpu_utilization_percent"].items()
     }
     shown = {i["id"]: i["gpu_util_avg_15m"] for i in acc["instances"]}
     assert util and set(util) == {k for k, v in shown.items() if v is not None}
