@@ -21,7 +21,7 @@ second at ``--speed 60``).
 
 HTTP (``http: {listen: HOST:PORT}``, on by default at 127.0.0.1:9464; ``http: false``: off):
 ``/metrics``, ``/healthz`` and ``/readyz`` (:mod:`monitor.web`) are served on the daemon's
-event loop from the moment the configuration is read until the stop; the registry
+event loop from the moment the database is open until the stop; the registry
 (:mod:`monitor.exporter`) outlives reloads, so its counters do too. A port that cannot be bound
 ends the start in one line. A reload does not move the endpoint: a changed ``http:`` takes
 effect at the next start (logged).
@@ -244,10 +244,14 @@ class Daemon:
             if self.clock_url is not None:
                 await self._follow_clock(self.clock_url)
             config = Config.load(self.config_path)
-            await self._start_http(config)
             self.app = self._adopt(self._app_factory(config))
+            # once the database is open: a start that fails there says so in one line
+            await self._start_http(config)
         except BaseException:
             await self._stop_http()
+            if self.app is not None:
+                await self.app.aclose()
+                self.app = None
             self._remove_signal_handlers(loop)
             raise
         try:
