@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -257,6 +258,17 @@ def test_readyz_is_503_with_a_reason_while_collections_are_stale(
         # the API answers again: fresh again
         httpx.post(f"{fast_sim}/_sim/faults", json={"error_rate": 0.0}).raise_for_status()
         wait_until("ready again", daemon, lambda: ready(url).status_code == 200, 90)
+
+        # a reload keeps the endpoint where it is, and says a new address waits for a restart
+        config.write_text(config.read_text().replace("127.0.0.1:0", "127.0.0.1:1"))
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_until(
+            "the reload", daemon, lambda: any(e["event"] == "reloaded" for e in events(daemon)), 60
+        )
+        (moved,) = [e for e in events(daemon) if e["event"] == "http_change_needs_restart"]
+        assert moved["running"] == url
+        assert ready(url).status_code in (200, 503)  # still served, by the new app
+        assert scrape(url)["novita_monitor_collector_errors_total"][key] >= 1  # counts kept
         assert daemon.stop() == 0
     finally:
         daemon.stop()
