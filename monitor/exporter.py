@@ -93,7 +93,9 @@ def _f(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def _account(facts: StoreFacts, store: Any, account: str, now: datetime) -> AccountFigures:
+def _account(
+    facts: StoreFacts, store: Any, account: str, ledger: list[Any], now: datetime
+) -> AccountFigures:
     balance = facts.balance(account)
     runway = facts.runway(account, now)
     hours = runway.hours
@@ -101,7 +103,7 @@ def _account(facts: StoreFacts, store: Any, account: str, now: datetime) -> Acco
         hours = math.inf
     by_kind = Tally((i.status, i.billing_mode or "") for i in facts.instances(account))
     util = gpu_util_recent(facts, account, now)
-    _, saved = savings_by_rule(store.actions(account), now)
+    _, saved = savings_by_rule(ledger, now)
     last = {name: store.last_success(account, name) for name in facts.intervals}
     return AccountFigures(
         account=account,
@@ -126,12 +128,16 @@ def read_figures(
     firing = Tally({key: 0 for key in rules})
     for alert in store.load_alerts(states=["firing"]):
         firing[(alert.rule, alert.severity or "")] += 1
-    outcomes = Tally(
-        (row.action, row.state) for row in store.actions() if row.state in OUTCOME_STATES
-    )
+    ledger = store.actions()  # read once: the savings per account, the outcomes
+    outcomes = Tally((row.action, row.state) for row in ledger if row.state in OUTCOME_STATES)
+    by_account: dict[str, list[Any]] = {}
+    for row in ledger:
+        by_account.setdefault(row.account, []).append(row)
     return FleetFigures(
         read_at=now.timestamp(),
-        accounts=tuple(_account(facts, store, a, now) for a in facts.accounts()),
+        accounts=tuple(
+            _account(facts, store, a, by_account.get(a, []), now) for a in facts.accounts()
+        ),
         alerts_firing=tuple((r, s, n) for (r, s), n in sorted(firing.items())),
         actions=tuple((k, o, n) for (k, o), n in sorted(outcomes.items())),
     )

@@ -216,3 +216,53 @@ async def test_the_endpoints_answer_what_the_readiness_check_says() -> None:
         assert metrics.status_code == 200 and "novita_monitor_collector" in metrics.text
         assert (await c.get("/metrics", headers={"Accept-Encoding": "gzip"})).status_code == 200
         assert (await c.get("/elsewhere")).status_code == 404
+
+
+def test_savings_per_account_and_ended_actions_come_from_the_ledger(tmp_path: Path) -> None:
+    from decimal import Decimal
+
+    from monitor.config import Schedules
+    from monitor.facts import StoreFacts
+    from monitor.store import open_store
+    from monitor.store.models import ActionRecord
+    from tests.conftest import T0
+
+    def stop(account: str, state: str, key: str, **kw: Any) -> ActionRecord:
+        fields: dict[str, Any] = dict(
+            account=account,
+            rule="idle",
+            action="stop",
+            instance_id=f"i-{key}",
+            instance_name="nb",
+            intent_key=key,
+            idempotency_key=key,
+            state=state,
+            reason="idle 45 min",
+            planned_at=T0 - timedelta(hours=3),
+        )
+        return ActionRecord(**{**fields, **kw})
+
+    store = open_store(f"sqlite:///{tmp_path / 'm.db'}")
+    try:
+        stopped = dict(saving_per_hour_usd=Decimal("0.35"), saving_since=T0 - timedelta(hours=2))
+        store.insert_actions(
+            [
+                stop("main", "succeeded", "a", **stopped),
+                stop("other", "failed", "b"),
+                stop("other", "announced", "c"),  # no outcome yet: not counted
+            ]
+        )
+        intervals = {k: int(v) for k, v in Schedules().collectors().items()}
+        facts = StoreFacts(store, ["main", "other"], intervals, 3.0, now=T0)
+        samples = exposition(read_figures(facts, store, T0))
+        status = fleet_status(store, ["main", "other"], T0, intervals, 3.0)
+    finally:
+        store.close()
+    saved = samples["novita_monitor_savings_usd_total"]
+    assert saved[MAIN] == 0.7 == status["accounts"][0]["savings"]["realized_usd"]
+    assert saved[(("account", "other"),)] == 0.0
+    assert samples["novita_monitor_actions_total"] == {
+        (("kind", "stop"), ("outcome", "failed")): 1.0,
+        (("kind", "stop"), ("outcome", "succeeded")): 1.0,
+    }
+    assert "novita_monitor_balance_usd" not in samples  # never collected: unknown, absent
