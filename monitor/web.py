@@ -85,13 +85,17 @@ class _LoopServer(uvicorn.Server):
         yield
 
 
-def bind(host: str, port: int, where: str = "http.listen") -> socket.socket:
-    """A listening socket on ``host:port`` or one clear error: taken (exit 1: may pass on a
-    retry) or impossible (exit 2: the configuration must change)."""
+def bind(
+    host: str, port: int, where: str | None = None, *, or_else: str = "or pick another port"
+) -> socket.socket:
+    """A listening socket on ``host:port`` or one clear error (prefixed with ``where``): taken
+    (:class:`RuntimeFailure`, exit 1: may pass on a retry) or impossible (:class:`UserError`,
+    exit 2: the configuration must change). ``or_else``: what else to do about a taken port."""
+    prefix = f"{where}: " if where else ""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except OSError as exc:
-        raise UserError(f"{where}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        raise UserError(f"{prefix}cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     family, kind, proto, _name, address = infos[0]
     sock = socket.socket(family, kind, proto)
     try:
@@ -105,10 +109,10 @@ def bind(host: str, port: int, where: str = "http.listen") -> socket.socket:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
             raise RuntimeFailure(
-                f"{where}: cannot listen on {host}:{port}: the port is in use (stop what uses "
-                "it, pick another port, or set http: false)"
+                f"{prefix}cannot listen on {host}:{port}: the port is in use (stop what uses it, "
+                f"{or_else})"
             ) from None
-        raise UserError(f"{where}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        raise UserError(f"{prefix}cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     return sock
 
 
@@ -125,7 +129,7 @@ class HttpServer:
     async def start(self, host: str, port: int, where: str = "http.listen") -> tuple[str, int]:
         """Bind ``host:port`` (raises :class:`UserError`/:class:`RuntimeFailure` when it
         cannot), serve, and return the bound address (port 0: the port picked)."""
-        sock = bind(host, port, where)
+        sock = bind(host, port, where, or_else="pick another port, or set http: false")
         bound = sock.getsockname()
         self.address = (str(bound[0]), int(bound[1]))
         config = uvicorn.Config(
