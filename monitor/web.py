@@ -32,7 +32,7 @@ from monitor.errors import RuntimeFailure, UserError
 from monitor.health import ReadinessCheck
 from monitor.logs import get_logger
 
-__all__ = ["HttpServer", "build_app"]
+__all__ = ["HttpServer", "bind", "build_app"]
 
 log = get_logger("monitor.web")
 
