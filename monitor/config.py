@@ -448,8 +448,7 @@ class ActionSettings(StrictModel):
     protect: ProtectSettings = Field(default_factory=ProtectSettings)
 
 
-#: where the daemon serves /metrics, /healthz and /readyz unless told otherwise (Prometheus'
-#: port-allocation wiki reserves 9464 for this exporter kind)
+#: where the daemon serves /metrics, /healthz and /readyz unless told otherwise
 DEFAULT_HTTP_LISTEN = "127.0.0.1:9464"
 
 
