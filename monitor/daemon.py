@@ -80,7 +80,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self.readiness: ReadinessCheck = readiness or self.collections_ready
-        self.registry, self.run_metrics = new_registry(self.figures)
+        self.exporter = new_registry(self.figures)
         self.http: HttpServer | None = None
         self._http_settings: HttpSettings | None = None
 
@@ -105,7 +105,7 @@ class Daemon:
         return collections_fresh(app.facts_at(now), [c.account for c in app.contexts], now)
 
     def _adopt(self, app: App) -> App:
-        app.on_run = self.run_metrics.observe
+        app.on_run = self.exporter.runs.observe
         return app
 
     async def _start_http(self, config: Config) -> None:
@@ -116,7 +116,10 @@ class Daemon:
         host, port = config.http.address
         line = config.line_for("http", "listen") or config.line_for("http")
         where = f"{config.path}:{line}: http.listen" if line else "http.listen"
-        server = HttpServer(build_app(self.registry, lambda: self.readiness()))
+        exporter = self.exporter
+        server = HttpServer(
+            build_app(exporter.registry, lambda: self.readiness(), exporter.fleet.refresh)
+        )
         await server.start(host, port, where)
         self.http = server
         log.info(

@@ -25,7 +25,7 @@ from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -41,6 +41,7 @@ from monitor.store.ledger import ACTION_STATES, OPEN_STATES
 __all__ = [
     "PREFIX",
     "AccountFigures",
+    "Exporter",
     "FleetCollector",
     "FleetFigures",
     "RunMetrics",
@@ -237,13 +238,18 @@ class FleetCollector(Collector):
         self._lock = threading.Lock()  # one reading at a time; the others wait and share it
         self._cached: tuple[float, list[Metric]] | None = None
 
-    def collect(self) -> Iterator[Metric]:
+    def refresh(self) -> list[Metric]:
+        """Read the figures unless the cached reading is recent; the families to expose.
+        Thread-safe: the endpoint calls it in a worker thread before each scrape, so the
+        database is read off the daemon's event loop."""
         with self._lock:
             now = self._monotonic()
             if self._cached is None or now - self._cached[0] >= self._ttl_s:
                 self._cached = (now, self._read())
-            families = self._cached[1]
-        yield from families
+            return self._cached[1]
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.refresh()
 
     def _read(self) -> list[Metric]:
         try:
@@ -302,10 +308,17 @@ class RunMetrics:
             self.errors.labels(*labels)  # the series exists at 0 from the first run
 
 
+class Exporter(NamedTuple):
+    registry: CollectorRegistry
+    fleet: FleetCollector
+    runs: RunMetrics
+
+
 def new_registry(
     source: Callable[[], FleetFigures | None], ttl_s: float = DEFAULT_TTL_S
-) -> tuple[CollectorRegistry, RunMetrics]:
+) -> Exporter:
     """A registry of its own with the fleet collector and the run metrics."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(FleetCollector(source, ttl_s))
-    return registry, RunMetrics(registry)
+    fleet = FleetCollector(source, ttl_s)
+    registry.register(fleet)
+    return Exporter(registry, fleet, RunMetrics(registry))

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import errno
 import socket
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 
 import uvicorn
 from prometheus_client import CollectorRegistry, make_asgi_app
@@ -40,8 +40,14 @@ log = get_logger("monitor.web")
 SHUTDOWN_GRACE_S = 2.0
 
 
-def build_app(registry: CollectorRegistry, readiness: ReadinessCheck) -> Starlette:
-    """The ASGI app: ``/metrics``, ``/healthz``, ``/readyz``."""
+def build_app(
+    registry: CollectorRegistry,
+    readiness: ReadinessCheck,
+    prepare: Callable[[], object] | None = None,
+) -> Starlette:
+    """The ASGI app: ``/metrics``, ``/healthz``, ``/readyz``. ``prepare`` runs in a worker
+    thread before each scrape (the fleet collector's reading: the database is read off the
+    event loop, and the exposition then finds it cached)."""
 
     async def healthz(_request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -61,18 +67,22 @@ def build_app(registry: CollectorRegistry, readiness: ReadinessCheck) -> Starlet
         routes=[
             Route("/healthz", healthz, methods=["GET", "HEAD"]),
             Route("/readyz", readyz, methods=["GET", "HEAD"]),
-            Route("/metrics", _Asgi(make_asgi_app(registry)), methods=["GET", "HEAD"]),
+            Route("/metrics", _Asgi(make_asgi_app(registry), prepare), methods=["GET", "HEAD"]),
         ]
     )
 
 
 class _Asgi:
-    """An ASGI app as a route's endpoint (starlette calls a plain function with a request)."""
+    """An ASGI app as a route's endpoint (starlette calls a plain function with a request),
+    after ``prepare`` in a worker thread."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, prepare: Callable[[], object] | None = None) -> None:
         self.app = app
+        self.prepare = prepare
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.prepare is not None:
+            await asyncio.to_thread(self.prepare)
         await self.app(scope, receive, send)
 
 

@@ -43,7 +43,7 @@ def parse(text: str) -> Samples:
 
 
 def exposition(figures: FleetFigures | None) -> Samples:
-    registry, _runs = new_registry(lambda: figures)
+    registry, _fleet, _runs = new_registry(lambda: figures)
     return parse(generate_latest(registry).decode())
 
 
@@ -116,7 +116,7 @@ def test_no_fleet_figure_before_the_app_is_open_or_when_the_reading_fails() -> N
     def broken() -> FleetFigures:
         raise RuntimeError("database is locked")
 
-    registry, runs = new_registry(broken)
+    registry, _fleet, runs = new_registry(broken)
     runs.observe(_report("failed"))
     samples = parse(generate_latest(registry).decode())  # answers, with the run metrics
     assert "novita_monitor_balance_usd" not in samples
@@ -152,7 +152,7 @@ def _report(outcome: str, duration: float = 0.3) -> RunReport:
 
 
 def test_collector_runs_feed_counters_and_a_histogram() -> None:
-    registry, runs = new_registry(lambda: None)
+    registry, _fleet, runs = new_registry(lambda: None)
     runs.observe(_report("ok", 0.3))
     runs.observe(_report("partial", 1.5))
     runs.observe(_report("failed", 12.0))
@@ -166,8 +166,8 @@ def test_collector_runs_feed_counters_and_a_histogram() -> None:
 
 
 def test_two_registries_live_side_by_side() -> None:
-    one, runs_one = new_registry(lambda: None)
-    two, _runs_two = new_registry(lambda: None)
+    one, _, runs_one = new_registry(lambda: None)
+    two, _, _runs_two = new_registry(lambda: None)
     runs_one.observe(_report("failed"))
     assert parse(generate_latest(one).decode())["novita_monitor_collector_errors_total"]
     assert "novita_monitor_collector_errors_total" not in parse(generate_latest(two).decode())
@@ -193,7 +193,7 @@ def test_ready_only_when_no_collector_is_stale() -> None:
 
 
 async def test_the_endpoints_answer_what_the_readiness_check_says() -> None:
-    registry, _ = new_registry(lambda: None)
+    registry, _, _ = new_registry(lambda: None)
     state = [Readiness(False, "starting")]
 
     def check() -> Readiness:
@@ -266,3 +266,21 @@ def test_savings_per_account_and_ended_actions_come_from_the_ledger(tmp_path: Pa
         (("kind", "stop"), ("outcome", "succeeded")): 1.0,
     }
     assert "novita_monitor_balance_usd" not in samples  # never collected: unknown, absent
+
+
+async def test_the_figures_are_read_off_the_event_loop() -> None:
+    import threading
+
+    readers: list[str] = []
+
+    def source() -> FleetFigures:
+        readers.append(threading.current_thread().name)
+        return FleetFigures(read_at=1.0, accounts=(AccountFigures("main", balance_usd=2.5),))
+
+    exporter = new_registry(source)
+    web = build_app(exporter.registry, lambda: Readiness(True, "ok"), exporter.fleet.refresh)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=web), base_url="http://m") as c:
+        body = (await c.get("/metrics")).text
+    assert 'novita_monitor_balance_usd{account="main"} 2.5' in body
+    assert readers and readers[0] != threading.current_thread().name  # a worker thread's
+    assert len(readers) == 1  # the exposition found it cached
