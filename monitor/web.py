@@ -2,7 +2,8 @@
 
 * ``GET /metrics``: the Prometheus exposition of the daemon's registry
   (:mod:`monitor.exporter`; ``prometheus_client``'s ASGI app: text or OpenMetrics by the
-  ``Accept`` header, gzip when asked);
+  ``Accept`` header, gzip when asked); the fleet's figures are read from the database in a
+  worker thread first, so a scrape never holds the event loop for a reading;
 * ``GET /healthz``: 200 while the process lives (its event loop answers);
 * ``GET /readyz``: 200 when the daemon's :data:`~monitor.health.ReadinessCheck` says ready,
   503 otherwise, with a short JSON reason either way.
