@@ -11,6 +11,7 @@ import gc
 import os
 import signal
 import socket
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -289,6 +290,10 @@ class App:
     actor: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     crash_after: str | None = None  # TEST ONLY, see TEST_CRASH_ENV
     dry_run: bool = False  # --dry-run: actions are planned and recorded, nothing is called
+    #: each collector run's report goes here too (the daemon's metrics, ``monitor.exporter``)
+    on_run: Callable[[RunReport], None] | None = None
+    #: collector runs by outcome since the last evaluation (its log line sums them up)
+    run_tally: Counter[str] = field(default_factory=Counter)
 
     @classmethod
     def open(
@@ -356,7 +361,17 @@ class App:
         raise ConfigError(f"no account named {account!r} in {self.config.path}")
 
     async def collect(self, names: list[str] | None = None) -> list[RunReport]:
-        return await run_all_accounts(self.contexts, self.clock, names)
+        reports = await run_all_accounts(self.contexts, self.clock, names)
+        self.record_runs(reports)
+        return reports
+
+    def record_runs(self, reports: list[RunReport]) -> None:
+        """Count collector runs for the next evaluation's log line, and hand each report to
+        :attr:`on_run`."""
+        for report in reports:
+            self.run_tally[report.outcome] += 1
+            if self.on_run is not None:
+                self.on_run(report)
 
     async def evaluate(self) -> CycleReport:
         """One evaluation (alert states, notifications and planned actions committed
@@ -467,20 +482,26 @@ class App:
             cycle.deliveries = deliveries
         return OnceResult(reports, cycle, actions=actions, deliveries=deliveries)
 
+    def log_cycle(self, report: CycleReport) -> None:
+        """The cycle's one line at info: the evaluation, and the collector runs since the last
+        one by outcome (each collector's "ok" run is a debug line)."""
+        log.info(
+            "evaluated",
+            rules=len(self.ruleset.rules) if self.ruleset is not None else 0,
+            firing=len(report.firing),
+            notifications=len(report.notifications),
+            deliveries=len(report.deliveries),
+            collector_runs=dict(sorted(self.run_tally.items())),
+        )
+        self.run_tally.clear()
+
     def extra_jobs(self) -> list[Job]:
         """Scheduler jobs beyond the collectors: the rule evaluation, followed by a delivery
         (graceful: a stop lets it finish, within the grace), and the delivery step on its own
         schedule (``schedules.deliver``: retries, and what others put in the outbox)."""
 
         async def evaluate() -> None:
-            report = await self.evaluate()
-            log.info(
-                "evaluated",
-                rules=len(self.ruleset.rules) if self.ruleset is not None else 0,
-                firing=len(report.firing),
-                notifications=len(report.notifications),
-                deliveries=len(report.deliveries),
-            )
+            self.log_cycle(await self.evaluate())
 
         async def deliver() -> None:
             await self.deliver(wait=False)  # one under way (a slow channel): skip this run

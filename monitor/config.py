@@ -59,6 +59,7 @@ __all__ = [
     "ActionSettings",
     "Channel",
     "Config",
+    "HttpSettings",
     "LeaderSettings",
     "LogSettings",
     "MetricsSettings",
@@ -74,6 +75,7 @@ __all__ = [
     "resolve_api_key",
     "resolve_channel_url",
     "shipped_rules_dir",
+    "split_listen",
 ]
 
 DEFAULT_BASE_URL = "https://api.novita.ai"
@@ -466,6 +468,66 @@ class ActionSettings(StrictModel):
     protect: ProtectSettings = Field(default_factory=ProtectSettings)
 
 
+#: where the daemon serves /metrics, /healthz and /readyz unless told otherwise
+DEFAULT_HTTP_LISTEN = "127.0.0.1:9464"
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:9464`` for IPv6) -> (host, port); ValueError saying what is
+    expected. Port 0 picks a free port (tests); the bound address is logged."""
+    expected = "expected HOST:PORT, e.g. 127.0.0.1:9464, 0.0.0.0:9464 or [::1]:9464"
+    host, sep, port = value.strip().rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"{value!r} is not HOST:PORT ({expected})")
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise ValueError(f"{value!r}: unclosed '[' ({expected})")
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{value!r}: {host!r} is not an IPv6 address ({expected})") from None
+    elif ":" in host:
+        raise ValueError(f"{value!r}: write an IPv6 address in brackets ({expected})")
+    elif not re.match(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$", host):
+        raise ValueError(f"{value!r}: {host!r} is not a host name or address ({expected})")
+    number = int(port)
+    if number > 65535:
+        raise ValueError(f"{value!r}: port {number} is out of range (expected 0-65535)")
+    return host, number
+
+
+class HttpSettings(StrictModel):
+    """The daemon's HTTP endpoint (``http:``): ``/metrics`` (Prometheus), ``/healthz`` and
+    ``/readyz`` (``monitor.web``). ``http: false`` switches it off."""
+
+    listen: str = Field(DEFAULT_HTTP_LISTEN, description="HOST:PORT (port 0: any free port)")
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        split_listen(value)
+        return value.strip()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return split_listen(self.listen)
+
+
+def _http_switch(value: Any) -> Any:
+    """``http: false`` -> off (None), ``http: true`` -> the defaults; nothing else but a
+    mapping (an empty ``http:`` is a mistake, not a way to switch it off)."""
+    if value is False:
+        return None
+    if value is True:
+        return {}
+    if value is None:
+        raise ValueError(
+            "empty (expected http: {listen: HOST:PORT}, or http: false to serve nothing)"
+        )
+    return value
+
+
 def _str_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
@@ -517,6 +579,9 @@ class Config(StrictModel):
     actions: ActionSettings = Field(default_factory=ActionSettings)
     reports: list[ReportSchedule] = Field(default_factory=list)
     leader: LeaderSettings = Field(default_factory=LeaderSettings)
+    http: Annotated[HttpSettings | None, BeforeValidator(_http_switch)] = Field(
+        default_factory=HttpSettings
+    )
     #: Instance environment variables to store besides the protection flag
     #: (``actions.protect.env``) and the ``labels.KEY`` the loaded rules compare; the values
     #: of every other variable of an instance's environment are never stored (users keep tokens
@@ -694,6 +759,7 @@ class Config(StrictModel):
             "routes": [r.model_dump() for r in self.routes],
             "actions": self.actions.model_dump(),
             "instance_env_keys": list(self.instance_env_keys),
+            "http": self.http.model_dump() if self.http is not None else False,
         }
 
 

@@ -27,6 +27,13 @@ this process knows of it (``is_leader``, ``epoch``, ``holder``, ``leader_seen_at
 simulator's clock (``GET /_sim/clock``): its ``now`` is the simulator's time, re-read every
 few seconds, and its schedules run at the simulator's speed (an interval of 60 s runs every
 second at ``--speed 60``).
+
+HTTP (``http: {listen: HOST:PORT}``, on by default at 127.0.0.1:9464; ``http: false``: off):
+``/metrics``, ``/healthz`` and ``/readyz`` (:mod:`monitor.web`) are served on the daemon's
+event loop from the moment the database is open until the stop; the registry
+(:mod:`monitor.exporter`) outlives reloads, so its counters do too. A port that cannot be bound
+ends the start in one line. A reload does not move the endpoint: a changed ``http:`` takes
+effect at the next start (logged).
 """
 
 from __future__ import annotations
@@ -45,12 +52,21 @@ from monitor.app import App, intervals, settle_heap
 from monitor.clock import Clock, FollowedClock, SystemClock, read_clock
 from monitor.collect.runner import run_collector
 from monitor.collect.scheduler import STOP_GRACE_S, Scheduler
-from monitor.config import Config
+from monitor.config import Config, HttpSettings
 from monitor.errors import RuntimeFailure, UserError
+from monitor.exporter import FleetFigures, new_registry, read_figures
+from monitor.health import (
+    Readiness,
+    ReadinessCheck,
+    collections_fresh,
+    follower_ready,
+    not_started,
+)
 from monitor.leader import Elector, Leadership, NotLeader, holder_id, lease_name
 from monitor.store.db import create_store_engine
 from monitor.store.filelock import DatabaseLock
 from monitor.store.lease import install_fence
+from monitor.web import HttpServer, build_app
 
 log = structlog.get_logger("monitor.daemon")
 
@@ -68,7 +84,10 @@ class Daemon:
         grace_s: float = STOP_GRACE_S,
         clock_url: str | None = None,
         dry_run: bool = False,
+        readiness: ReadinessCheck | None = None,
     ) -> None:
+        """``readiness``: how ``/readyz`` answers (default :meth:`collections_ready`; the seam
+        for a follower replica, see :mod:`monitor.health`)."""
         self.config_path = config_path
         self.clock: Clock = clock or SystemClock()
         self._app_factory = app_factory or (lambda cfg: App.open(cfg, self.clock, dry_run=dry_run))
@@ -83,12 +102,71 @@ class Daemon:
         #: what this process knows of the leadership (on SQLite: it leads, epoch None)
         self.leadership = Leadership(holder_id())
         self._replica = False  # PostgreSQL: one leader among replicas, by the lease
+        self._config_lease_s: float | None = None  # the lease's length (a follower's /readyz)
         self._elector: Elector | None = None
         self._lock: DatabaseLock | None = None
         self._active = False  # the schedule runs (this process leads)
         self._active_epoch: int | None = None  # the lease's epoch the schedule runs under
         self._lease: str | None = None  # the lease's name: the first configuration's accounts
         self._settled = False
+        self.readiness: ReadinessCheck = readiness or self.collections_ready
+        self.exporter = new_registry(self.figures)
+        self.http: HttpServer | None = None
+        self._http_settings: HttpSettings | None = None
+
+    # -- what the HTTP endpoint reads ----------------------------------------------------------
+
+    def figures(self) -> FleetFigures | None:
+        """The fleet's figures for ``/metrics``, read from the running app's store at its
+        clock's now (None before the app is open)."""
+        app = self.app
+        if app is None:
+            return None
+        now = app.clock.now()
+        rules = [(r.name, r.severity) for r in app.ruleset] if app.ruleset is not None else []
+        return read_figures(app.facts_at(now), app.store, now, rules)
+
+    def collections_ready(self) -> Readiness:
+        """Ready when no collector of any account is stale (``status``' notion); a follower
+        replica, while it sees a live leader."""
+        app = self.app
+        if app is None:
+            return not_started()
+        now = app.clock.now()
+        if self._replica and not self.leadership.is_leader:
+            seen = self.leadership.snapshot()
+            lease = self._config_lease_s or 15.0
+            return follower_ready(seen["holder"], seen["leader_seen_at"], now, lease)
+        return collections_fresh(app.facts_at(now), [c.account for c in app.contexts], now)
+
+    def _adopt(self, app: App) -> App:
+        app.on_run = self.exporter.runs.observe
+        return app
+
+    async def _start_http(self, config: Config) -> None:
+        self._http_settings = config.http
+        if config.http is None:
+            log.info("http_off")
+            return
+        host, port = config.http.address
+        line = config.line_for("http", "listen") or config.line_for("http")
+        where = f"{config.path}:{line}: http.listen" if line else "http.listen"
+        exporter = self.exporter
+        server = HttpServer(
+            build_app(exporter.registry, lambda: self.readiness(), exporter.fleet.refresh)
+        )
+        await server.start(host, port, where)
+        self.http = server
+        log.info(
+            "http_listening",
+            url=server.url,
+            endpoints=["/metrics", "/healthz", "/readyz"],
+        )
+
+    async def _stop_http(self) -> None:
+        if self.http is not None:
+            await self.http.stop()
+            self.http = None
 
     def _wall(self, when: datetime) -> datetime:
         """The wall-clock time at which the daemon's clock reads ``when``."""
@@ -106,7 +184,7 @@ class Daemon:
             for ctx in app.contexts:
 
                 async def job(ctx=ctx, name=name) -> None:
-                    await run_collector(ctx, name, self.clock)
+                    app.record_runs([await run_collector(ctx, name, self.clock)])
 
                 # due one interval after its last success (a reload keeps the rhythm)
                 last = app.store.last_success(ctx.account, name)
@@ -149,13 +227,15 @@ class Daemon:
     async def _do_reload(self) -> None:
         try:
             config = Config.load(self.config_path)
-            new_app = self._open_app(config)  # loads and validates the rules too
+            new_app = self._adopt(self._open_app(config))  # loads and checks the rules
         except UserError as exc:
             log.error("reload_rejected", path=str(self.config_path), error=str(exc))
             return
         except Exception as exc:
             log.error("reload_failed", path=str(self.config_path), error=repr(exc))
             return
+        if config.http != self._http_settings:
+            log.warning("http_change_needs_restart", running=self._describe_http())
         old = self.app
         await self.scheduler.stop(self.grace_s)
         self.scheduler = Scheduler()
@@ -189,7 +269,10 @@ class Daemon:
         if not await self._unless_stopped(collect):
             return False
         evaluate = self.scheduler.track("first-cycle:evaluate", app.evaluate(), graceful=True)
-        return await self._unless_stopped(evaluate)
+        if not await self._unless_stopped(evaluate):
+            return False
+        app.log_cycle(evaluate.result())
+        return True
 
     def _open_app(self, config: Config) -> App:
         """The app of ``config``; on PostgreSQL, its store's writes fenced by the lease."""
@@ -222,6 +305,7 @@ class Daemon:
 
     def _start_elector(self, config: Config) -> None:
         loop = asyncio.get_running_loop()
+        self._config_lease_s = float(config.leader.lease)
 
         def on_change(_leads: bool) -> None:  # on the elector's thread
             loop.call_soon_threadsafe(self._role.set)
@@ -303,11 +387,17 @@ class Daemon:
             if self.clock_url is not None:
                 await self._follow_clock(self.clock_url)
             config = Config.load(self.config_path)
-            self.app = self._open_app(config)  # the database's folder and file made first
+            self.app = self._adopt(
+                self._open_app(config)
+            )  # the database's folder and file made first
             self._lock_database(config)
+            # once the database is open: a start that fails there says so in one line
+            await self._start_http(config)
         except BaseException:
+            await self._stop_http()
             if self.app is not None:
                 await self.app.aclose()
+                self.app = None
             self._remove_signal_handlers(loop)
             raise
         try:
@@ -333,6 +423,7 @@ class Daemon:
                     await self._do_reload()
         finally:
             log.info("stopping")
+            await self._stop_http()  # not ready any more: scrapes end before the store closes
             await self.scheduler.stop(self.grace_s)
             if self._elector is not None:  # after the schedule: our last writes were fenced
                 await asyncio.to_thread(self._elector.stop)
@@ -343,6 +434,9 @@ class Daemon:
                 self._lock.release()
             self._remove_signal_handlers(loop)
             log.info("stopped")
+
+    def _describe_http(self) -> str:
+        return self.http.url or "" if self.http is not None else "off"
 
     @staticmethod
     def _remove_signal_handlers(loop: asyncio.AbstractEventLoop) -> None:

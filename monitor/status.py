@@ -34,6 +34,22 @@ def _hours(
     return None if hours is None else hours.get(instance_id, 0.0)
 
 
+#: the window of the utilisation ``status`` shows (``gpu_util_avg_15m``) and ``/metrics`` exports
+UTIL_WINDOW = timedelta(minutes=15)
+
+
+def gpu_util_recent(facts: StoreFacts, account: str, now: datetime) -> dict[str, float]:
+    """Each instance's average GPU utilisation (%) over the last :data:`UTIL_WINDOW`; an
+    instance without samples, or whose figure fails its bounds, is absent (unknown)."""
+    util = facts.metric_window(account, "gpu_util", now - UTIL_WINDOW, now)
+    out = {}
+    for iid, agg in util.items():
+        pct = economics.bounded_percent(agg.avg)
+        if pct is not None:
+            out[iid] = pct
+    return out
+
+
 def account_status(facts: StoreFacts, account: str, now: datetime) -> dict[str, Any]:
     insts = facts.instances(account)
     idle = facts.idle_since(account, STATUS_IDLE_THRESHOLD, now)
@@ -41,7 +57,7 @@ def account_status(facts: StoreFacts, account: str, now: datetime) -> dict[str, 
     history = facts.history_start(account)
     covered = facts.usage_covered_until(account)
     billed_until = now if covered is None else min(covered, now)
-    util = facts.metric_window(account, "gpu_util", now - timedelta(minutes=15), now)
+    util = gpu_util_recent(facts, account, now)
     instances = []
     for inst in insts:
         since = idle.get(inst.id)
@@ -51,7 +67,6 @@ def account_status(facts: StoreFacts, account: str, now: datetime) -> dict[str, 
         )
         # the advice compares paying by the hour with a subscription: on-demand only
         hourly = inst.hourly_cost_usd if inst.billing_mode == "onDemand" else None
-        agg = util.get(inst.id)
         instances.append(
             {
                 "id": inst.id,
@@ -59,9 +74,7 @@ def account_status(facts: StoreFacts, account: str, now: datetime) -> dict[str, 
                 "status": inst.status,
                 "billing_mode": inst.billing_mode,
                 "gpu_count": inst.gpu_count,
-                "gpu_util_avg_15m": None
-                if agg is None
-                else _num(economics.bounded_percent(agg.avg), 2),
+                "gpu_util_avg_15m": _num(util.get(inst.id), 2),
                 "hourly_cost_usd": _num(inst.hourly_cost_usd),
                 "monthly_price_usd": _num(inst.monthly_price_usd),
                 "expires_at": _iso(inst.end_time),

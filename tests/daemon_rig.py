@@ -148,6 +148,7 @@ class Rig:
             f"    base_url: {self.sim.url}\n"
             f"database: sqlite:///{self.db}\n"
             "log: {format: json}\n"
+            'http: {listen: "127.0.0.1:0"}\n'  # any free port: never a clash with another daemon
             f"rules: [{rules_path}]\n"
             f'channels:\n  sink: "{sink}"\ndefault_channels: [sink]\n' + extra
         )

@@ -91,6 +91,11 @@ def _channel_names(data: Any) -> set[str]:
 def test_every_yaml_example_validates(line: int, block: str, tmp_path: Path) -> None:
     data = yaml.safe_load(block)
     assert isinstance(data, dict), f"README.md:{line}: a YAML example is not a mapping"
+    if "scrape_configs" in data or "groups" in data:  # Prometheus's: metrics the README lists
+        named = set(re.findall(r"novita_monitor_[a-z_]+", block))
+        listed = set(re.findall(r"^\| `(novita_monitor_[a-z_]+)`", README, re.M))
+        assert named <= listed, f"README.md:{line}: not in the metrics table: {named - listed}"
+        return
     if "rule_files" in data and "tests" in data:  # a rule test file: it runs, and passes
         (tmp_path / "tests").mkdir()
         for name in data["rule_files"]:

@@ -65,7 +65,8 @@ def write_config(tmp_path: Path, url: str, database: str, extra: str = "") -> Pa
     config.write_text(
         "accounts:\n  - name: main\n    api_key_env: NOVITA_API_KEY\n"
         f"    base_url: {url}\n"
-        f"database: {database}\nlog: {{format: json}}\nrules: [{rules}]\n" + extra
+        f"database: {database}\nlog: {{format: json}}\nrules: [{rules}]\n"
+        'http: {listen: "127.0.0.1:0"}\n' + extra  # replicas side by side: each its own free port
     )
     return config
 
@@ -189,6 +190,14 @@ def test_the_follower_takes_over_a_killed_leader_and_nothing_is_done_twice(
         holder = _logged(leader, "leader_elected")[0]["holder"]
         assert _logged(follower, "follower")[0]["leader"] == holder
         assert not _logged(follower, "started")  # a follower collects nothing
+        # ... but serves its endpoints, and says it follows a live leader
+        served = _logged(follower, "http_listening")[0]["url"]
+        ready = httpx.get(f"{served}/readyz", timeout=10)
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["reason"] == "follower, sees a live leader"
+        assert ready.json()["leader"] == holder
+        assert httpx.get(f"{served}/healthz", timeout=10).status_code == 200
+        assert "novita_monitor_" in httpx.get(f"{served}/metrics", timeout=10).text
 
         once = cli("once", "--config", str(config), env=env)
         assert once.returncode == 1

@@ -77,7 +77,8 @@ async def run_collector(ctx: AccountContext, name: str, clock: Clock) -> RunRepo
         log.error("record_run_failed", account=ctx.account, collector=name, error=_describe(exc))
     if recovering and outcome == "ok":
         _wake_failed(ctx)
-    level = "info" if outcome == "ok" else "warning"
+    # one line per run at debug when it went well: the evaluation's line sums the cycle up
+    level = "debug" if outcome == "ok" else "warning"
     getattr(log, level)(
         "collector_run",
         account=ctx.account,
