@@ -64,20 +64,31 @@ class LedgerRepo(StoreBase):
         if conn is None:
             with self.engine.begin() as own:
                 return self.insert_actions(actions, own)
-        ids: list[int] = []
         a = t.actions.c
-        for action in actions:
-            row = _row(action)
+        rows = [_row(action) for action in actions]
+        keys = [r["idempotency_key"] for r in rows if r["idempotency_key"] is not None]
+        held: set[str] = set()
+        for start in range(0, len(keys), 500):  # one read per 500 keys, not one per row
+            chunk = keys[start : start + 500]
+            held |= {k for (k,) in conn.execute(select(a.idempotency_key).where(
+                a.idempotency_key.in_(chunk)))}  # fmt: skip
+        fresh = []
+        for row in rows:
             key = row["idempotency_key"]
             if key is not None:
-                held = conn.execute(select(a.id).where(a.idempotency_key == key)).first()
-                if held is not None:
+                if key in held:
                     continue
-                # a concurrent writer may take the key between the read and the insert: the
-                # unique constraint then fails this transaction, and the caller retries
-            result = conn.execute(insert(t.actions).values(**row).returning(a.id))
-            ids.append(int(result.scalar_one()))
-        return ids
+                held.add(key)  # the same key twice in one batch: the first only
+            fresh.append(row)
+        if not fresh:
+            return []
+        # a concurrent writer may take a key between the read and the insert: the unique
+        # constraint then fails this transaction, and the caller retries. One statement for
+        # the batch, the ids in the order of the rows.
+        result = conn.execute(
+            insert(t.actions).returning(a.id, sort_by_parameter_order=True), fresh
+        )
+        return [int(i) for i in result.scalars().all()]
 
     def held_intents(self, account: str) -> set[str]:
         """The idempotency keys the account's rows hold (planned, acting or acted)."""
