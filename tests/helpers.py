@@ -120,3 +120,15 @@ def query(db: Path, sql: str) -> list[tuple[Any, ...]]:
         return []
     finally:
         con.close()
+
+
+def skip_unless_ci(reason: str) -> None:
+    """Skip locally with ``reason`` (a tool `.ci/run` installs is missing here); in CI (``CI``
+    set) fail instead: there a missing tool is a defect, never a silent skip."""
+    import os
+
+    import pytest
+
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}: missing in CI")
+    pytest.skip(reason)

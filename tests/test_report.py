@@ -30,7 +30,7 @@ from monitor.store import tables as t
 from monitor.store.models import ActionRecord
 from monitor.store.testing import pg_url, reset_database
 from monitor.store.types import to_epoch
-from tests.helpers import ENV, open_app
+from tests.helpers import ENV, open_app, skip_unless_ci
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 D = timedelta(days=1)
@@ -300,10 +300,11 @@ def test_a_stop_is_clipped_to_the_window() -> None:
 # -- HTML in a real browser ----------------------------------------------------------------
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run)")
 async def test_the_html_report_renders_in_chromium_with_the_json_reports_numbers(
     app: App, tmp_path: Path
 ) -> None:
+    if CHROMIUM is None:
+        skip_unless_ci("Debian's chromium is not installed (.ci/run installs it)")
     from playwright.async_api import async_playwright
 
     now = app.clock.now()

@@ -22,7 +22,7 @@ import yaml
 from monitor.config import Config, resolve_api_key
 from monitor.errors import ConfigError
 from tests.deploy import ROOT, Proc, RunAs, install_venv, remove, scratch
-from tests.helpers import API_KEY, Process
+from tests.helpers import API_KEY, Process, skip_unless_ci
 
 UNIT = ROOT / "systemd" / "novita-monitor.service"
 UNIT_CONFIG = ROOT / "systemd" / "config.yaml"
@@ -317,7 +317,7 @@ def test_systemd_analyze_verify_passes_on_the_installed_command(
 ) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
-        pytest.skip("systemd-analyze is not installed (.ci/run installs systemd)")
+        skip_unless_ci("systemd-analyze is not installed (.ci/run installs systemd)")
     copy = tmp_path / "novita-monitor.service"
     copy.write_text(UNIT.read_text().replace(PREFIX, installed.path(PREFIX)))
     done = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True)
