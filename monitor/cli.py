@@ -395,14 +395,38 @@ def bench() -> None:
 @click.option("--concurrency", type=int, default=32, show_default=True)
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--runs", type=int, default=1, show_default=True, help="Repeat, report the median.")
+@click.option(
+    "--accounts",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Spread the instances over K accounts behind one simulator gateway (C requests at "
+    "once in total), each account's client at concurrency C.",
+)
+@click.option("--no-baseline", is_flag=True, help="Skip the concurrency-1 baseline.")
 @handle_errors
 def bench_collect(
-    instances: int, latency_ms: float, concurrency: int, seed: int, runs: int
+    instances: int,
+    latency_ms: float,
+    concurrency: int,
+    seed: int,
+    runs: int,
+    accounts: int,
+    no_baseline: bool,
 ) -> None:
     """Time a steady-state collection cycle against a simulated fleet, vs concurrency 1."""
     from monitor.bench import bench_collect as run_bench
 
-    run_bench(instances, latency_ms, concurrency, seed, runs, echo=click.echo)
+    run_bench(
+        instances,
+        latency_ms,
+        concurrency,
+        seed,
+        runs,
+        echo=click.echo,
+        accounts=accounts,
+        baseline=not no_baseline,
+    )
 
 
 # registers alerts, silence, notify-test (cli_alerts); plan, actions, approve, reject, undo
