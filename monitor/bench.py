@@ -77,6 +77,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc), None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -85,7 +94,9 @@ def free_port() -> int:
 
 class SimProcess:
     """The simulator gateway in its own process (its memory is not the monitor's): ``instances``
-    spread over ``accounts`` accounts keyed ``BENCH_KEY-1`` .. ``BENCH_KEY-K``."""
+    spread over ``accounts`` accounts keyed ``BENCH_KEY-1`` .. ``BENCH_KEY-K``. Its clock stands
+    still (speed 0) and moves only when :meth:`advance` moves it, so a steady cycle always reads
+    the same simulated minute whatever the warm-up cost in real time."""
 
     def __init__(
         self, instances: int, seed: int, latency_ms: float, concurrency: int, accounts: int = 1
@@ -97,7 +108,7 @@ class SimProcess:
             sys.executable, "-m", "monitor.sim", "--port", str(self.port),
             "--scenario", "fleet", "--instances", str(instances), "--seed", str(seed),
             "--latency-ms", str(latency_ms), "--max-concurrency", str(concurrency),
-            "--accounts", str(accounts), "--api-key", BENCH_KEY,
+            "--accounts", str(accounts), "--api-key", BENCH_KEY, "--speed", "0",
         ]  # fmt: skip
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
@@ -121,6 +132,10 @@ class SimProcess:
     def advance(self, seconds: float) -> None:
         r = httpx.post(f"{self.url}/_sim/clock/advance", json={"seconds": seconds}, timeout=10)
         r.raise_for_status()
+
+    def cpu_s(self) -> float | None:
+        """CPU time the simulator process has used so far (user + system), Linux /proc."""
+        return process_cpu_s(self.proc.pid)
 
     def gateway(self) -> dict[str, Any]:
         data: dict[str, Any] = httpx.get(f"{self.url}/_sim/gateway", timeout=10).json()
@@ -201,9 +216,11 @@ async def _one(
             sim.advance(60)
             clock.set(sim.now())
             sent0 = sum(c.requests_sent for c in clients)
+            sim_cpu0, cpu0 = sim.cpu_s(), time.process_time()
             t0 = time.perf_counter()
             steady = await app.collect()
             wall = time.perf_counter() - t0
+            cpu, sim_cpu1 = time.process_time() - cpu0, sim.cpu_s()
             requests = sum(c.requests_sent for c in clients) - sent0
         finally:
             await app.aclose()
@@ -218,6 +235,8 @@ async def _one(
             "metric_rows": metric_rows,
             "bytes_per_instance_day": None if per_row is None else per_row * 1440,
             "gateway_max_in_flight": int(gateway["max_in_flight"]),
+            "cpu_s": cpu,
+            "sim_cpu_s": None if sim_cpu0 is None or sim_cpu1 is None else sim_cpu1 - sim_cpu0,
             "failed": [
                 f"{r.account}/{r.collector}: {r.error}"
                 for r in failed + [s for s in steady if s.outcome != "ok"]
@@ -258,7 +277,8 @@ def bench_collect(
         run_peak = peak_rss_mb()
         echo(f"run {i + 1}: {accounts} account(s), concurrency {concurrency}: "
              f"{fast['wall_s']:.3f} s, {fast['requests']} requests, {fast['rows_written']} rows, "
-             f"peak RSS {run_peak:.1f} MB")  # fmt: skip
+             f"peak RSS {run_peak:.1f} MB, CPU {fast['cpu_s']:.2f} s "
+             f"(simulator {fast['sim_cpu_s'] or 0:.2f} s)")  # fmt: skip
         slow: dict[str, Any] | None = None
         if baseline:
             slow = run_async(_one(instances, latency_ms, concurrency, 1, seed, accounts))
@@ -280,6 +300,8 @@ def bench_collect(
                 "bytes_per_instance_day": fast["bytes_per_instance_day"],
                 "peak_rss_mb": run_peak,
                 "gateway_max_in_flight": fast["gateway_max_in_flight"],
+                "cpu_s": fast["cpu_s"],
+                "sim_cpu_s": fast["sim_cpu_s"],
                 "failed": len(fast["failed"]),
             }
         )
@@ -308,6 +330,8 @@ def bench_collect(
         "peak_rss_mb": round(med("peak_rss_mb"), 1),
         "peak_rss_max_mb": round(max(r["peak_rss_mb"] for r in results), 1),
         "peak_rss_method": peak_method,
+        "cpu_s": med("cpu_s"),
+        "sim_cpu_s": med("sim_cpu_s"),
         "gateway_max_in_flight": max(r["gateway_max_in_flight"] for r in results),
         "failed_runs": sum(1 for r in results if r["failed"]),
     }
