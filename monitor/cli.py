@@ -446,6 +446,25 @@ def bench_rules(instances: int, days: int, runs: int, seed: int) -> None:
     run_bench(instances, days, seed=seed, runs=runs, echo=click.echo)
 
 
+@bench.command("store")
+@click.option("--instances", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--days", type=click.IntRange(min=1), default=60, show_default=True)
+@click.option(
+    "--database",
+    default=None,
+    help="An empty database to fill (e.g. postgresql+psycopg://...); default: a temporary "
+    "SQLite file.",
+)
+@click.option("--seed", type=int, default=1, show_default=True)
+@handle_errors
+def bench_store(instances: int, days: int, database: str | None, seed: int) -> None:
+    """Write DAYS of history for N instances at the default schedules, run retention and
+    rollups as the daemon does, report the database's size per instance."""
+    from monitor.bench_store import bench_store as run_bench
+
+    run_bench(instances, days, database, seed=seed, echo=click.echo)
+
+
 def main() -> None:
     cli.main(prog_name="novita-monitor")
 
