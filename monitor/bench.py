@@ -38,6 +38,7 @@ from typing import Any
 import httpx
 
 from monitor.clock import ManualClock
+from monitor.errors import UserError
 from monitor.sim.accounts import account_keys
 
 BENCH_KEY = "bench-not-a-secret-key"
@@ -236,6 +237,9 @@ async def _one(
             "bytes_per_instance_day": None if per_row is None else per_row * 1440,
             "gateway_max_in_flight": int(gateway["max_in_flight"]),
             "cpu_s": cpu,
+            "accounts_ok": len(
+                {r.account for r in steady} - {r.account for r in steady if r.outcome != "ok"}
+            ),
             "sim_cpu_s": None if sim_cpu0 is None or sim_cpu1 is None else sim_cpu1 - sim_cpu0,
             "failed": [
                 f"{r.account}/{r.collector}: {r.error}"
@@ -264,9 +268,11 @@ def bench_collect(
     from monitor.logs import configure_logging
 
     if accounts < 1:
-        raise ValueError("accounts must be at least 1")
+        raise UserError("--accounts must be at least 1")
     if accounts > max(1, instances):
-        raise ValueError(f"{accounts} accounts need at least as many instances ({instances})")
+        raise UserError(
+            f"{accounts} accounts need at least as many instances (--instances {instances})"
+        )
     configure_logging("json", "error", stream=open(os.devnull, "w"))  # noqa: SIM115
     base_rss = rss_mb()
     peak_method = "VmHWM per run" if reset_peak_rss() else "ru_maxrss since start"
@@ -301,6 +307,7 @@ def bench_collect(
                 "peak_rss_mb": run_peak,
                 "gateway_max_in_flight": fast["gateway_max_in_flight"],
                 "cpu_s": fast["cpu_s"],
+                "accounts_ok": fast["accounts_ok"],
                 "sim_cpu_s": fast["sim_cpu_s"],
                 "failed": len(fast["failed"]),
             }
@@ -333,6 +340,7 @@ def bench_collect(
         "cpu_s": med("cpu_s"),
         "sim_cpu_s": med("sim_cpu_s"),
         "gateway_max_in_flight": max(r["gateway_max_in_flight"] for r in results),
+        "accounts_ok": min(r["accounts_ok"] for r in results),
         "failed_runs": sum(1 for r in results if r["failed"]),
     }
     echo(json.dumps(summary))
