@@ -63,6 +63,13 @@ GPU_MIX = (1, 1, 1, 2, 2, 4, 8)
 #: the longest retention window shorter than the rollups' (hourly bills): past it, the
 #: database grows by the same amount every day
 HOURLY_BILL_DAYS = 45
+#: tables that grow with the number of instances
+INSTANCE_TABLES = frozenset(
+    {"metric_samples", "metric_hourly", "usage_bills", "fixed_term_bills", "instances",
+     "instance_history", "events"}
+)  # fmt: skip
+#: tables that grow with the number of accounts (one row per run, per balance sample)
+ACCOUNT_TABLES = frozenset({"collector_runs", "balance_samples"})
 #: the fewest days the growth per day is fitted over
 FIT_DAYS = 10
 
@@ -373,9 +380,9 @@ def _report(
     }
     if sizer.path is not None:
         in_use = sizes[-1][1]
-        tables = sizer.sqlite_tables()
         file_bytes = sizer.sqlite_file(vacuum=False)
         steady = sizer.sqlite_file(vacuum=True)
+        tables = sizer.sqlite_tables()
         report.update(
             file_bytes=file_bytes, in_use_bytes=in_use, vacuumed_bytes=steady, tables=tables
         )
@@ -402,6 +409,11 @@ def _report(
         None if hourly_table is None else round(hourly_table / (n * hourly_days))
     )
     report["steady_bytes"] = steady
+    per_instance = sum(size for name, size in tables.items() if name in INSTANCE_TABLES)
+    report["instance_tables_mb_per_instance"] = round(per_instance / n / 1e6, 3)
+    report["account_tables_mb"] = round(
+        sum(size for name, size in tables.items() if name in ACCOUNT_TABLES) / 1e6, 2
+    )
     report["mb_per_instance"] = round((steady - empty) / n / 1e6, 3)
     slope = growth_per_day(sizes, days)
     report["growth_bytes_per_instance_day"] = None if slope is None else round(slope / n)
