@@ -403,14 +403,14 @@ def _report(
             tables_vacuum_full=compact,
         )
     raw_days = min(days, retention.raw_days)
-    hourly_days = min(days, retention.rollup_days)
+    rollup_days_held = min(days, retention.rollup_days)
     raw_table = tables.get("metric_samples")
     hourly_table = tables.get("metric_hourly")
     report["raw_bytes_per_instance_day"] = (
         None if raw_table is None else round(raw_table / (n * raw_days))
     )
     report["rollup_bytes_per_instance_day"] = (
-        None if hourly_table is None else round(hourly_table / (n * hourly_days))
+        None if hourly_table is None else round(hourly_table / (n * rollup_days_held))
     )
     report["steady_bytes"] = steady
     per_instance = sum(size for name, size in tables.items() if name in INSTANCE_TABLES)
