@@ -38,7 +38,7 @@ _register(alerts)  # alerts, silence add|list|remove, notify-test
 _register(actions)  # plan, actions, approve, reject, undo
 _register(rules)  # schema, test-rules
 _register(sim)  # simulator
-_register(bench)  # bench collect|rules
+_register(bench)  # bench collect|rules|store
 _register(demo)  # demo
 _register(report)  # report
 

@@ -34,6 +34,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--error-rate", type=float, default=0.0)
     parser.add_argument("--speed", type=float, default=1.0)
     parser.add_argument("--quirk", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--accounts",
+        type=int,
+        default=0,
+        help="serve K accounts behind one gateway (monitor.sim.gateway): --instances spread "
+        "over them, account i keyed API_KEY-i (--api-key, default sim-key), seeded SEED+i-1; "
+        "--latency-ms and --max-concurrency apply to the gateway as a whole",
+    )
     args = parser.parse_args(argv)
     try:
         quirks = Quirks.of(args.quirk)
@@ -44,6 +52,26 @@ def main(argv: list[str] | None = None) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _terminate)
+    if args.accounts:
+        if args.accounts < 1:
+            parser.error("--accounts must be at least 1")
+        if args.quirk or args.rate_limit or args.error_rate:
+            parser.error("--accounts serves fleets at rest: no --quirk, --rate-limit, --error-rate")
+        from monitor.sim.accounts import plan_accounts
+        from monitor.sim.gateway import run_gateway
+
+        run_gateway(
+            port=args.port,
+            accounts=plan_accounts(
+                args.api_key or "sim-key", args.instances, args.accounts, args.seed
+            ),
+            scenario=args.scenario,
+            latency_ms=args.latency_ms,
+            max_concurrency=args.max_concurrency,
+            speed=args.speed,
+            host=args.host,
+        )
+        return
     run_simulator(
         port=args.port,
         scenario=args.scenario,

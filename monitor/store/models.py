@@ -6,7 +6,7 @@ store's bulk statements use) and the type the store returns. Returned instances 
 session that is closed before the call returns: plain detached objects with every column loaded
 (no relationships, so nothing loads lazily later).
 
-Layout choices (the size target is 1.5 MB per instance-year, see ``scripts/store_size.py``):
+Layout choices (the size target is 1.5 MB per instance-year, see ``novita-monitor bench store``):
 
 * every row knows its account through ``account_id`` (small integer), directly or through
   ``instances.key``;
