@@ -41,6 +41,7 @@ from typing import Any
 
 from sqlalchemy import delete, event
 
+from monitor.actions import STOP_IDLE_GPUS
 from monitor.actions.plan import plan_actions
 from monitor.app import schedule_intervals
 from monitor.collect import convert
@@ -66,14 +67,7 @@ GPUS = {"busy8": 8, "underused": 4}
 #: profile length in minutes (prime, so hourly aggregates differ from hour to hour)
 PROFILE_MINUTES = 97
 #: the README's canonical automatic-idle-shutdown rule (``--with-stop-rule``)
-STOP_RULE = """\
-rules:
-  - name: stop-idle-gpus
-    resource: instance
-    when: {idle_gpu: {window: 45m, threshold: 5}}
-    actions:
-      - stop: {grace: 15m}
-"""
+STOP_RULE = STOP_IDLE_GPUS
 PRODUCTS = {  # id -> (per-GPU $/h, spot $/h, 1-month $ per GPU)
     "p-h100": (2.56, 1.28, 1280.0),
     "p-a100": (1.60, 0.80, 800.0),

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from monitor import economics
+from monitor.actions import STOP_IDLE_GPUS
 from monitor.actions.savings import savings_by_rule
 from monitor.app import App
 from monitor.clock import ManualClock, SystemClock
@@ -54,20 +55,16 @@ from monitor.store.models import ActionRecord, AlertRecord
 
 #: the demo's rules beside the shipped ones: the README's canonical stop rule (a short grace)
 #: and a renewal of used subscriptions (approval required, the default)
-DEMO_RULES = """\
-rules:
-  - name: stop-idle-gpus
-    resource: instance
-    when: {idle_gpu: {window: 45m, threshold: 5}}
-    actions:
-      - stop: {grace: 15m}
-
+DEMO_RULES = (
+    STOP_IDLE_GPUS
+    + """
   - name: renew-used-subscriptions
     resource: instance
     when: {expiring_subscription: {within: 5d, lookback: 7d, min_util: 20}}
     actions:
       - renew: {months: 1}
 """
+)
 
 ACCOUNT = "demo"
 #: any non-empty key works against the simulator; this one never leaves the process

@@ -10,16 +10,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+from tests.helpers import Process
 
 ROOT = Path(__file__).resolve().parent.parent
 NOBODY = 65534
@@ -214,51 +213,7 @@ def remove(root: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
-@dataclass
-class Proc:
-    """A real process (its output lines collected by a thread), bounded waits."""
-
-    argv: list[str]
-    env: dict[str, str]
-    cwd: str = "/"
-    lines: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.proc = subprocess.Popen(
-            self.argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=self.env,
-            cwd=self.cwd,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def wait_for(self, what: str, predicate: Any, deadline_s: float = 60.0) -> None:
-        deadline = time.monotonic() + deadline_s
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        if predicate():
-            return
-        raise AssertionError(f"timed out waiting for {what}; output:\n" + "\n".join(self.lines))
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self._reader.join(timeout=5)
-        return int(self.proc.returncode)
+def Proc(argv: list[str], env: dict[str, str], cwd: str = "/") -> Process:
+    """A real process running a whole command line (the installed command, a unit's own
+    lines), its output collected, with bounded waits: :class:`tests.helpers.Process`."""
+    return Process([], env, argv=argv, cwd=cwd)

@@ -57,17 +57,27 @@ class Process:
     collected by a thread; waits are bounded by deadlines, for real work, never for model
     time (that is the simulator's clock)."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        *,
+        argv: list[str] | None = None,
+        cwd: str | None = None,
+    ) -> None:
+        """``args`` to ``python -m monitor``; or ``argv``, a whole command line (an installed
+        command, a unit's ``ExecStart``), run in ``cwd``."""
         import subprocess
         import sys
         import threading
 
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "monitor", *args],
+            argv if argv is not None else [sys.executable, "-m", "monitor", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             env=env,
+            cwd=cwd,
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)

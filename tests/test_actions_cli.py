@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+from monitor.actions import STOP_IDLE_GPUS
 from monitor.actions.plan import plan_actions
 from monitor.app import intervals, load_ruleset
 from monitor.cli import cli
@@ -28,19 +29,16 @@ from monitor.store.db import open_store
 from monitor.store.models import LISTED_FIELDS, ActionRecord
 from tests.helpers import ENV, open_app, write_config
 
-RULES = """\
-rules:
-  - name: stop-idle-gpus
-    resource: instance
-    when: {idle_gpu: {window: 45m, threshold: 5}}
-    actions:
-      - stop: {grace: 15m}
+RULES = (
+    STOP_IDLE_GPUS
+    + """\
   - name: renew-used
     resource: instance
     when: {expiring_subscription: {within: 7d, min_util: 20}}
     actions:
       - renew: {months: 1}
 """
+)
 
 
 @pytest.fixture

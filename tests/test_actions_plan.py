@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from monitor.actions import STOP_IDLE_GPUS
 from monitor.actions.model import StopParams, action_params
 from monitor.actions.plan import held_by_silence, intent_key, plan_actions
 from monitor.config import ActionSettings
@@ -32,14 +33,7 @@ from monitor.store.testing import pg_url, store_url
 T0 = datetime(2026, 11, 20, 14, 0, tzinfo=UTC)
 MIN = timedelta(minutes=1)
 
-CANONICAL = """\
-rules:
-  - name: stop-idle-gpus
-    resource: instance
-    when: {idle_gpu: {window: 45m, threshold: 5}}
-    actions:
-      - stop: {grace: 15m}
-"""
+CANONICAL = STOP_IDLE_GPUS
 
 
 def ruleset(tmp_path: Path, text: str = CANONICAL) -> RuleSet:

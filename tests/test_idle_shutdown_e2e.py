@@ -9,16 +9,10 @@ busy during the grace): ``tests/test_remedies_e2e.py``."""
 
 from __future__ import annotations
 
+from monitor.actions import STOP_IDLE_GPUS
 from tests.daemon_rig import Rig
 
-RULE = """\
-rules:
-  - name: stop-idle-gpus
-    resource: instance
-    when: {idle_gpu: {window: 45m, threshold: 5}}
-    actions:
-      - stop: {grace: 15m}
-"""
+RULE = STOP_IDLE_GPUS
 
 
 def test_the_daemon_stops_the_forgotten_notebook_after_its_grace_and_never_the_trainer(

@@ -31,19 +31,13 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from monitor.actions import STOP_IDLE_GPUS
 from monitor.app import TEST_CRASH_ENV
 from tests.helpers import API_KEY, Process
 from tests.pg import require_pg
 from tests.receivers import JsonSink
 
-RULE = """\
-rules:
-  - name: stop-idle-gpus
-    resource: instance
-    when: {idle_gpu: {window: 45m, threshold: 5}}
-    actions:
-      - stop: {grace: 15m}
-"""
+RULE = STOP_IDLE_GPUS
 LEASE = timedelta(minutes=10)  # simulated: 10 wall seconds at --speed 60
 ENV = {**os.environ, "NOVITA_API_KEY": API_KEY}
 

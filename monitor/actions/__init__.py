@@ -49,3 +49,14 @@ figures that pass their bounds.
 
 #: the actions a rule may ask for
 ACTION_KINDS = ("stop", "start", "renew", "convert_to_subscription", "set_auto_renew")
+
+#: the README's canonical automatic-idle-shutdown rule ("Automatic idle shutdown"), as a rule
+#: file: what the demo, ``bench rules --with-stop-rule`` and the end-to-end tests run
+STOP_IDLE_GPUS = """\
+rules:
+  - name: stop-idle-gpus
+    resource: instance
+    when: {idle_gpu: {window: 45m, threshold: 5}}
+    actions:
+      - stop: {grace: 15m}
+"""
