@@ -67,6 +67,7 @@ the profiles above, mostly running; balance set for a 100-hour runway.
 
 from __future__ import annotations
 
+import bisect
 import calendar
 import random
 import threading
@@ -147,6 +148,8 @@ class SimInstance:
     keep_data_day: int = 7
     #: quirk ``price-basis=per-instance``: the listed price is for the whole instance
     per_instance_price: bool = False
+    #: ``[start, end)`` spans whose metric samples are never published (a monitoring outage)
+    metric_outages: tuple[tuple[int, int], ...] = ()
 
     @property
     def product(self) -> catalog.GpuProduct:
@@ -165,13 +168,13 @@ class SimInstance:
         return self.runs[-1][0] if self.runs else None
 
     def profile_at(self, t: int) -> str:
-        current = self.profiles[0][1]
-        for since, profile in self.profiles:
-            if since <= t:
-                current = profile
-            else:
-                break
-        return current
+        # the last change at or before t (a bisection: a backtest's trace has hundreds)
+        at = bisect.bisect_right(self.profiles, (t, "\uffff"))
+        return self.profiles[max(at - 1, 0)][1]
+
+    def metrics_missing_at(self, t: int) -> bool:
+        """Inside a metrics outage: the API never publishes samples for ``t``."""
+        return any(a <= t < b for a, b in self.metric_outages)
 
     @property
     def price_units(self) -> int:
@@ -332,6 +335,16 @@ class FleetSim:
         self._instances[inst.id] = inst
         self._keys[inst.id] = key_of(self.seed, inst.id)
         return inst
+
+    def add_instance(self, inst: SimInstance, subscription_end: int | None = None) -> SimInstance:
+        """Add an instance built elsewhere (the backtest's scenarios, :mod:`monitor.sim.scenarios`);
+        with ``subscription_end``, a 1-month subscription bought a month before it."""
+        with self._lock:
+            self._add(inst)
+            if subscription_end is not None:
+                self._subscription(inst, subscription_end)
+            self._settled_at = None
+            return inst
 
     def _subscription(
         self, inst: SimInstance, end_time: int, months: int = 1, buy_time: int | None = None
