@@ -407,6 +407,7 @@ def bench_collect(
 
 # registers alerts, silence, notify-test (cli_alerts); plan, actions, approve, reject, undo
 from monitor import cli_actions, cli_alerts  # noqa: E402,F401
+from monitor import cli_backtest  # noqa: E402,F401  (backtest)
 
 
 @bench.command("rules")

@@ -35,6 +35,8 @@ RULES = Path(__file__).with_name("rules.yaml")
 API_KEY_ENV = "NOVITA_BACKTEST_KEY"
 #: collect (instances, metrics, balance), evaluate, act and deliver every this many seconds
 DEFAULT_CYCLE_S = 300
+#: steps between progress lines
+PROGRESS_EVERY = 72
 #: the metric samples' resolution (seconds), whatever the collection schedule
 METRIC_RESOLUTION_S = 60
 #: what a stopped instance's storage costs per GPU and hour (USD): 60 GB of local disk per GPU
@@ -161,13 +163,14 @@ async def simulate(
     """Run ``scenario`` through the pipeline; the result of :func:`report`."""
     from monitor.app import App
     from monitor.config import Config
-    from monitor.novita.client import RetryPolicy
     from monitor.notify.deliver import Notifier
+    from monitor.novita.client import RetryPolicy
     from monitor.pipeline import Pipeline
     from monitor.sim import create_app
     from monitor.sim.faults import Faults
 
     started = time.monotonic()
+    cpu0 = time.process_time()
     with tempfile.TemporaryDirectory(prefix="nm-backtest-") as tmp:
         where = folder or Path(tmp)
         env = {API_KEY_ENV: "backtest-key"}
@@ -224,10 +227,10 @@ async def simulate(
                 if dropped and seen.zero_at is None and sim.balance_10k() <= 0:
                     seen.zero_at = now
                 seen.approvals += _approve_all(app, now)
-                if progress and seen.steps % 288 == 0:
+                if progress and seen.steps % PROGRESS_EVERY == 0:
                     progress(
-                        f"day {(t - scenario.start) // 86400 + 1}: {seen.steps} steps, "
-                        f"{time.monotonic() - started:.0f} s"
+                        f"{_ts(t).isoformat()}: {seen.steps} steps, "
+                        f"{time.monotonic() - started:.0f} s, cpu {time.process_time() - cpu0:.0f} s"
                     )
                 t += cycle_s
             clock.set(_ts(scenario.end))

@@ -834,6 +834,10 @@ class FleetSim:
         self._schedule(inst, DELETE_STEPS)
         return {}
 
+    def renewal_cost_10k(self, inst: SimInstance, months: int) -> int:
+        """What renewing ``inst`` for ``months`` costs (1/10000 USD)."""
+        return self._renew_cost(inst, months)
+
     def _renew_cost(self, inst: SimInstance, months: int) -> int:
         listed = catalog.monthly_price(inst.product_id, inst.cluster_id, months)
         return listed * inst.price_units // 10

@@ -299,8 +299,8 @@ def build(
     """The scenario ``name`` (see the module docstring), generated from ``seed``."""
     if name not in SCENARIOS:
         raise ValueError(f"unknown scenario {name!r}; valid: {', '.join(SCENARIOS)}")
-    if days < 2:
-        raise ValueError(f"days must be at least 2, got {days}")
+    if days < 1:
+        raise ValueError(f"days must be at least 1, got {days}")
     n = DEFAULT_INSTANCES[name] if instances is None else instances
     if n < 1:
         raise ValueError(f"instances must be at least 1, got {n}")
@@ -383,7 +383,8 @@ def build(
 
 def install(scenario: Scenario, clock: Clock) -> FleetSim:
     """A simulator holding the scenario's fleet at ``clock``'s time (the scenario's start), its
-    balance set for twice the fleet's full-time spend over the horizon."""
+    balance set for twice the fleet's full-time spend over the horizon plus two renewals of
+    every subscription."""
     sim = FleetSim(clock, scenario="fleet", instances=0, seed=scenario.seed)
     sim.scenario = scenario.name
     for plan in scenario.instances:
@@ -407,7 +408,13 @@ def install(scenario: Scenario, clock: Clock) -> FleetSim:
         )
         sim.add_instance(inst, subscription_end=plan.subscription_end)
     hours = (scenario.end - scenario.start) / HOUR
-    sim.top_up(int(2 * sim.burn_10k_per_hour() * hours) + 10_000 * 1000)
+    renewals = sum(
+        sim.renewal_cost_10k(sim.instance(p.id), 1)
+        for p in scenario.instances
+        if p.subscription_end is not None
+    )
+    target = 2 * sim.burn_10k_per_hour() * hours + 2 * renewals
+    sim.top_up(int(target - sim.balance_10k()))
     return sim
 
 
