@@ -407,7 +407,6 @@ def bench_collect(
 
 # registers alerts, silence, notify-test (cli_alerts); plan, actions, approve, reject, undo
 from monitor import cli_actions, cli_alerts  # noqa: E402,F401
-from monitor import cli_backtest  # noqa: E402,F401  (backtest)
 
 
 @bench.command("rules")
@@ -471,3 +470,7 @@ def test_rules(paths: tuple[Path, ...]) -> None:
     click.echo(f"{total - failed} passed, {failed} failed")
     if failed:
         sys.exit(1)
+
+
+# registers backtest (cli_backtest)
+from monitor import cli_backtest  # noqa: E402,F401

@@ -78,7 +78,7 @@ def verdicts(result: dict[str, Any]) -> dict[str, bool]:
     default="standard",
     show_default=True,
 )
-@click.option("--days", type=click.IntRange(min=2), default=14, show_default=True)
+@click.option("--days", type=click.IntRange(min=1), default=14, show_default=True)
 @click.option(
     "--instances", type=click.IntRange(min=1), default=None, help="Fleet size (scenario's own)."
 )

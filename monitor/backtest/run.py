@@ -200,6 +200,7 @@ async def simulate(
             # the configuration ties the sample interval to the metrics schedule; the backtest
             # collects every cycle but keeps 1-minute samples
             ctx.settings.metrics_interval_s = METRIC_RESOLUTION_S
+        assert app.ruleset is not None
         stop_rules = [r for r in app.ruleset if any(a.name == "stop" for a in r.actions)]
         idle_names = {r.name for r in stop_rules}
         window = _stop_window(stop_rules)

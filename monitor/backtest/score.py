@@ -237,12 +237,12 @@ def oracle_savings_usd(traces: Iterable[Trace]) -> Decimal | None:
                 continue
             saved = economics.cost_since(t.hourly_usd, g.start, g.end)
             storage = economics.cost_since(t.storage_usd_per_hour or Decimal(0), g.start, g.end)
-            restart = Decimal(0)
+            restart: Decimal | None = Decimal(0)
             if g.resumed:
-                restart = economics.cost_since(t.hourly_usd, g.start, g.start + RESTART_COST) or 0
-            if saved is None or storage is None:
+                restart = economics.cost_since(t.hourly_usd, g.start, g.start + RESTART_COST)
+            if saved is None or storage is None or restart is None:
                 return None
-            total += saved - storage - Decimal(restart)
+            total += saved - storage - restart
     return total
 
 
