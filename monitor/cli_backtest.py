@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from monitor.cli import cli, handle_errors
+from monitor.cli import _load, cli, config_option, handle_errors
+from monitor.errors import UserError
 
 HELP = """Replay a simulated fleet with ground truth (when each instance worked, when it sat
 idle) through the simulator and the daemon's own pipeline (collect, evaluate, act, deliver to a
@@ -46,7 +47,12 @@ Scenarios (seeded; 14 days from a Monday 06:00 UTC; U = uniform, Exp = exponenti
 Prints the scores (oracle_capture, net_savings_usd, false_stops, prepaid_stops,
 actions_on_missing_data, detection_latency_p50_min/p95_min beyond the window, missed_expiries,
 duplicate_renewals, runway_alert_lead_h) and the schedules used; with --json the last line is
-one JSON object."""
+one JSON object.
+
+\b
+--from-db --config FILE --rules PATH replays the stored history of a real account with a
+candidate rule set instead: per rule, how often it would have fired, how many instances its
+stop would have stopped, and what that would have saved (evaluations every --cycle seconds)."""
 
 TARGETS: dict[str, tuple[str, float]] = {
     "false_stops": ("==", 0),
@@ -69,6 +75,31 @@ def verdicts(result: dict[str, Any]) -> dict[str, bool]:
         value = result.get(key)
         out[key] = value is not None and (value == bound if op == "==" else value >= bound)
     return out
+
+
+def _from_db(
+    config_path: str | None,
+    rule_paths: tuple[Path, ...],
+    cycle_s: int,
+    as_json: bool,
+    progress: Any,
+) -> None:
+    from datetime import timedelta
+
+    from monitor.backtest.replay import replay, sentence
+
+    if not rule_paths:
+        raise UserError("--from-db needs --rules PATH (the candidate rule set to replay)")
+    config = _load(config_path)
+    result = replay(config, rule_paths, timedelta(seconds=cycle_s), progress=progress)
+    if "error" in result:
+        raise UserError(f"{config.database_url.split('://')[0]}: {result['error']}")
+    click.echo(f"replayed {result['from']} .. {result['to']}, every {result['step_s']} s")
+    for name, tally in result["rules"].items():
+        click.echo(sentence(name, tally))
+    click.echo(f"note: {result['note']}")
+    if as_json:
+        click.echo(json.dumps(result, sort_keys=True))
 
 
 @cli.command(help=HELP)
@@ -98,6 +129,13 @@ def verdicts(result: dict[str, Any]) -> dict[str, bool]:
     multiple=True,
     help="Rule files or folders to test instead of the default stop and renewal rules.",
 )
+@click.option(
+    "--from-db",
+    "from_db",
+    is_flag=True,
+    help="Replay the stored history of --config's database with --rules instead of a scenario.",
+)
+@config_option
 @click.option("--json", "as_json", is_flag=True, help="End with the result as one JSON line.")
 @handle_errors
 def backtest(
@@ -107,6 +145,8 @@ def backtest(
     seed: int,
     cycle_s: int,
     rule_paths: tuple[Path, ...],
+    from_db: bool,
+    config_path: str | None,
     as_json: bool,
 ) -> None:
     from monitor.backtest.run import backtest as run_backtest
@@ -117,6 +157,9 @@ def backtest(
     def progress(line: str) -> None:
         click.echo(line, err=True)
 
+    if from_db:
+        _from_db(config_path, rule_paths, cycle_s, as_json, progress)
+        return
     result = run_backtest(
         scenario,
         days=days,
