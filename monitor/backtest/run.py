@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import heapq
 import io
 import tempfile
 import time
@@ -35,6 +36,9 @@ RULES = Path(__file__).with_name("rules.yaml")
 API_KEY_ENV = "NOVITA_BACKTEST_KEY"
 #: collect (instances, metrics, balance), evaluate, act and deliver every this many seconds
 DEFAULT_CYCLE_S = 300
+#: how long after a check of a stop in progress the owner looks again (the simulator's stop
+#: completes 60 s after it is asked)
+STOP_SETTLES_S = 60
 #: steps between progress lines
 PROGRESS_EVERY = 72
 #: the metric samples' resolution (seconds), whatever the collection schedule
@@ -133,21 +137,23 @@ class Owner:
         return True
 
     def until(self, clock: ManualClock, t: int) -> None:
-        """Make the restarts due up to ``t`` at their times (a stop still in progress is
-        retried a minute later), leaving the clock at ``t``."""
-        retry: list[tuple[int, str]] = []
+        """Make the restarts due up to ``t`` at their times (a stop still in progress is tried
+        again when it should have completed), leaving the clock at ``t``."""
+        due: list[tuple[int, str]] = []
         while self.next < len(self.events) and self.events[self.next][0] <= t:
-            at, iid = self.events[self.next]
+            heapq.heappush(due, self.events[self.next])
             self.next += 1
+        while due:
+            at, iid = heapq.heappop(due)
             clock.set(_ts(max(at, int(clock.now().timestamp()))))
             if self.sim.instance(iid).status in ("toStop", "stopping"):
-                retry.append((at + 60, iid))
-            else:
-                self.restart(iid)
-        clock.set(_ts(t))
-        for _, iid in retry:
+                if at + STOP_SETTLES_S <= t:
+                    heapq.heappush(due, (at + STOP_SETTLES_S, iid))
+                continue
             self.restart(iid)
-        # work that found its instance stopped (a stop while working): started at once
+        clock.set(_ts(t))
+        # work that found its instance stopped (a stop while working, or one still completing
+        # at its resume time): started now
         for inst in self.sim.instances():
             if inst.status == "exited" and inst.id in self.plans and self.working(inst.id, t):
                 self.restart(inst.id)
@@ -298,10 +304,7 @@ def report(
     from monitor.sim.truth import paygo_rate_10k
 
     plans = {p.id: p for p in scenario.instances}
-    traces = [
-        score.Trace(**{**_fields(trace_of(p, _usd(paygo_rate_10k(sim.instance(p.id)))))})
-        for p in scenario.instances
-    ]
+    traces = [trace_of(p, _usd(paygo_rate_10k(sim.instance(p.id)))) for p in scenario.instances]
     ledger = app.store.actions()
     stops = stops_of(sim, ledger, plans)
     renewals = [
@@ -370,10 +373,6 @@ def report(
         "steps": seen.steps,
         "wall_s": round(wall_s, 1),
     }
-
-
-def _fields(trace: score.Trace) -> dict[str, Any]:
-    return {name: getattr(trace, name) for name in score.Trace.__slots__}
 
 
 def _usd(amount_10k: float) -> Decimal:
