@@ -284,7 +284,7 @@ def stops_of(sim: Any, ledger: Sequence[Any], plans: dict[str, InstancePlan]) ->
                 instance_id=iid,
                 at=at,
                 until=_ts(min(after)) if after else None,
-                billing_mode=plans[iid].billing_mode if iid in plans else inst.billing_mode,
+                billing_mode=_mode_at_stop(row, plans.get(iid), inst),
                 rule=row.rule if row else "",
                 hourly_usd=row.saving_per_hour_usd if row else None,
             )
@@ -322,6 +322,7 @@ def report(
         for d in score.detection_latencies(traces, seen.idle_firing, window, _ts(scenario.start))
     ]
     lead = score.runway_alert_lead(seen.runway, seen.zero_at)
+    false = score.false_stops(traces, stops)
     capture = score.oracle_capture(traces, stops)
     net = score.net_savings_usd(traces, stops)
     oracle_net = score.oracle_savings_usd(traces)
@@ -340,7 +341,8 @@ def report(
         "oracle_net_savings_usd": None if oracle_net is None else float(round(oracle_net, 2)),
         "stops": len(stops),
         "restarts": seen.restarts,
-        "false_stops": len(score.false_stops(traces, stops)),
+        "false_stops": len(false),
+        "false_stop_details": [_explain(plans[s.instance_id], s) for s in false],
         "prepaid_stops": len(score.prepaid_stops(stops)),
         "actions_on_missing_data": len(score.stops_on_missing_data(traces, stops, window, 0.9)),
         "detection_latency_p50_min": _round(score.percentile(latencies, 50)),
@@ -373,6 +375,25 @@ def report(
         "steps": seen.steps,
         "wall_s": round(wall_s, 1),
     }
+
+
+def _mode_at_stop(row: Any, plan: InstancePlan | None, inst: Any) -> str:
+    """The billing mode the stop acted on: the ledger row's planning snapshot (a subscription
+    whose renewal failed is pay-as-you-go by then), else the scenario's."""
+    from monitor.actions.recheck import snapshot
+
+    mode = snapshot(row).get("billing_mode") if row is not None else None
+    if isinstance(mode, str) and mode:
+        return mode
+    return plan.billing_mode if plan is not None else str(inst.billing_mode)
+
+
+def _explain(plan: InstancePlan, stop: score.Stop) -> str:
+    """``id (kind) at T: activity since S`` for a false stop."""
+    t = int(stop.at.timestamp())
+    seg = next((s for s in plan.segments if s.start <= t < s.end), None)
+    what = "?" if seg is None else f"{seg.activity} since {_ts(seg.start).strftime('%H:%M:%S')}"
+    return f"{plan.id} ({plan.kind}) at {stop.at.strftime('%Y-%m-%d %H:%M:%S')}: {what}"
 
 
 def _usd(amount_10k: float) -> Decimal:
