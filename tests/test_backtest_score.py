@@ -104,6 +104,16 @@ def test_false_and_prepaid_stops() -> None:
     assert score.rules_avoided_hours([DAY, sub], [stops[3]]) == 0
 
 
+def test_false_stops_within_the_metric_lag_are_told_apart() -> None:
+    lag = timedelta(minutes=2)
+    blind = Stop("i-1", at(180.5), at(190), "onDemand")  # 30 s after work resumed at 180
+    seen = Stop("i-1", at(200), at(205), "onDemand")  # 20 min into it
+    assert score.false_stops([DAY], [blind, seen]) == [blind, seen]
+    assert score.blind_false_stops([DAY], [blind, seen], lag) == [blind]
+    assert score.work_started_before(DAY, at(200)) == at(180)
+    assert score.work_started_before(DAY, at(100)) is None  # idle then
+
+
 def test_stops_on_missing_data_compare_the_outage_with_the_window() -> None:
     t = trace((0, 100, True), (100, 600, False), outages=((110, 170),))
     window = timedelta(minutes=45)

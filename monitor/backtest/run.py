@@ -39,6 +39,9 @@ DEFAULT_CYCLE_S = 300
 #: how long after a check of a stop in progress the owner looks again (the simulator's stop
 #: completes 60 s after it is asked)
 STOP_SETTLES_S = 60
+#: a false stop made this soon after the work began could not have seen it: the API's ~1
+#: minute metric lag plus the minute a sample summarises
+BLIND = timedelta(minutes=2)
 #: steps between progress lines
 PROGRESS_EVERY = 72
 #: the metric samples' resolution (seconds), whatever the collection schedule
@@ -343,6 +346,8 @@ def report(
         "restarts": seen.restarts,
         "false_stops": len(false),
         "false_stop_details": [_explain(plans[s.instance_id], s) for s in false],
+        # of which within the API's metric lag of the work's start: invisible to any monitor
+        "false_stops_within_metric_lag": len(score.blind_false_stops(traces, stops, BLIND)),
         "prepaid_stops": len(score.prepaid_stops(stops)),
         "actions_on_missing_data": len(score.stops_on_missing_data(traces, stops, window, 0.9)),
         "detection_latency_p50_min": _round(score.percentile(latencies, 50)),

@@ -182,6 +182,28 @@ def false_stops(traces: Sequence[Trace], stops: Iterable[Stop]) -> list[Stop]:
     return [s for s in stops if s.instance_id in by_id and working_at(by_id[s.instance_id], s.at)]
 
 
+def work_started_before(trace: Trace, t: datetime) -> datetime | None:
+    """When the stretch of work going on at ``t`` began (None: idle at ``t``)."""
+    began: datetime | None = None
+    for span in trace.spans:
+        if span.start > t:
+            break
+        began = (began or span.start) if span.work else None
+    return began if working_at(trace, t) else None
+
+
+def blind_false_stops(traces: Sequence[Trace], stops: Iterable[Stop], lag: timedelta) -> list[Stop]:
+    """The false stops made less than ``lag`` after the work began: no monitor could see that
+    work yet (the API publishes a minute's samples about a minute later)."""
+    by_id = {t.instance_id: t for t in traces}
+    out = []
+    for s in false_stops(traces, stops):
+        began = work_started_before(by_id[s.instance_id], s.at)
+        if began is not None and s.at - began < lag:
+            out.append(s)
+    return out
+
+
 def prepaid_stops(stops: Iterable[Stop]) -> list[Stop]:
     return [s for s in stops if s.billing_mode not in PAY_AS_YOU_GO]
 
