@@ -472,5 +472,8 @@ def test_rules(paths: tuple[Path, ...]) -> None:
         sys.exit(1)
 
 
-# registers backtest (cli_backtest)
-from monitor import cli_backtest  # noqa: E402,F401
+# backtest (cli_backtest)
+from monitor import cli_backtest  # noqa: E402
+
+for _command in cli_backtest.COMMANDS:
+    cli.add_command(_command)

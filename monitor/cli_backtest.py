@@ -1,5 +1,7 @@
 """``novita-monitor backtest``: the rules against a scenario with ground truth, scored against an
-oracle (:mod:`monitor.backtest`). Registered on ``monitor.cli.cli``."""
+oracle (:mod:`monitor.backtest`). ``COMMANDS`` lists the command; ``monitor.cli`` registers it.
+It needs from the CLI only ``handle_errors``, ``config_option`` and ``load`` (the CLI package's
+``monitor.cli.common``)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from typing import Any
 
 import click
 
-from monitor.cli import _load, cli, config_option, handle_errors
+from monitor.cli import _load as load
+from monitor.cli import config_option, handle_errors
 from monitor.errors import UserError
 
 HELP = """Replay a simulated fleet with ground truth (when each instance worked, when it sat
@@ -90,7 +93,7 @@ def _from_db(
 
     if not rule_paths:
         raise UserError("--from-db needs --rules PATH (the candidate rule set to replay)")
-    config = _load(config_path)
+    config = load(config_path)
     result = replay(config, rule_paths, timedelta(seconds=cycle_s), progress=progress)
     if "error" in result:
         raise UserError(f"{config.database_url.split('://')[0]}: {result['error']}")
@@ -102,7 +105,7 @@ def _from_db(
         click.echo(json.dumps(result, sort_keys=True))
 
 
-@cli.command(help=HELP)
+@click.command(help=HELP)
 @click.option(
     "--scenario",
     type=click.Choice(["standard", "hard"]),
@@ -180,3 +183,6 @@ def backtest(
     if as_json:
         click.echo(json.dumps(result, sort_keys=True))
     sys.stdout.flush()
+
+
+COMMANDS: list[click.Command] = [backtest]

@@ -131,6 +131,8 @@ class SimInstance:
     no_expiry: str = "-1"  # how endTime reads without expiry: "-1" or "0" (both occur)
     status_error: tuple[str, str] = ("", "")
     idle_gpus: frozenset[int] = frozenset()
+    #: ``[start, end)`` spans whose metric samples are never published (a monitoring outage)
+    metric_outages: tuple[tuple[int, int], ...] = ()
     paygo_from: int = 0
     paygo_until: int | None = None
     #: earlier, closed pay-as-you-go spans ``(from, until)`` (an instance converted to a
@@ -148,8 +150,6 @@ class SimInstance:
     keep_data_day: int = 7
     #: quirk ``price-basis=per-instance``: the listed price is for the whole instance
     per_instance_price: bool = False
-    #: ``[start, end)`` spans whose metric samples are never published (a monitoring outage)
-    metric_outages: tuple[tuple[int, int], ...] = ()
 
     @property
     def product(self) -> catalog.GpuProduct:
@@ -336,7 +336,7 @@ class FleetSim:
         self._keys[inst.id] = key_of(self.seed, inst.id)
         return inst
 
-    def add_instance(self, inst: SimInstance, subscription_end: int | None = None) -> SimInstance:
+    def add_built(self, inst: SimInstance, subscription_end: int | None = None) -> SimInstance:
         """Add an instance built elsewhere (the backtest's scenarios, :mod:`monitor.sim.scenarios`);
         with ``subscription_end``, a 1-month subscription bought a month before it."""
         with self._lock:

@@ -406,7 +406,7 @@ def install(scenario: Scenario, clock: Clock) -> FleetSim:
             auto_renew=plan.auto_renew,
             auto_renew_from=plan.created_at,
         )
-        sim.add_instance(inst, subscription_end=plan.subscription_end)
+        sim.add_built(inst, subscription_end=plan.subscription_end)
     hours = (scenario.end - scenario.start) / HOUR
     renewals = sum(
         sim.renewal_cost_10k(sim.instance(p.id), 1)
