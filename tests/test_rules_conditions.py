@@ -181,6 +181,33 @@ def test_idle_gpu_memory_in_use_vetoes_and_absent_memory_does_not_block() -> Non
     assert run("idle_gpu", {"gpu_memory_threshold": 10}, no_mem, res(i)).match is True
 
 
+def test_idle_gpu_cpu_threshold_keeps_data_loading_and_uploads_busy() -> None:
+    """Idle = GPU *and* CPU idle: a trainer loading data (GPU ~0, CPU busy) is not idle; CPU
+    samples missing or too few make the verdict unknown, never idle."""
+    i = inst()
+    gpu = series((1, 60))
+    params = {"cpu_threshold": 10}
+
+    def cpu(samples: Samples | None) -> InMemoryFacts:
+        metrics = {("i-1", "gpu_util"): gpu}
+        if samples is not None:
+            metrics[("i-1", "cpu")] = samples
+        return facts_for(i, metrics=metrics)
+
+    assert run("idle_gpu", params, cpu(series((2, 60))), res(i)).match is True
+    loading = run("idle_gpu", params, cpu(series((2, 40), (80, 20))), res(i))
+    assert loading.match is False and loading.values["cpu_max"] == 80
+    # one upload minute at 25 % per core is enough to keep it
+    assert run("idle_gpu", params, cpu(series((2, 50), (25, 1), (2, 9))), res(i)).match is False
+    assert run("idle_gpu", params, cpu(None), res(i)).match is None
+    assert run("idle_gpu", params, cpu(series((None, 20), (2, 10))), res(i)).match is None
+    # without the parameter the CPU is not read (the GPU alone decides)
+    assert run("idle_gpu", {}, cpu(series((80, 60))), res(i)).match is True
+    # a busy GPU stays busy whatever the CPU says
+    busy = facts_for(i, metrics={("i-1", "gpu_util"): series((90, 60)), ("i-1", "cpu"): []})
+    assert run("idle_gpu", params, busy, res(i)).match is False
+
+
 # -- underused_gpus ---------------------------------------------------------------------------
 
 

@@ -114,7 +114,7 @@ def test_bad_op_bad_regex_unknown_field_bad_duration_all_reported(tmp_path: Path
     )
     assert any(
         m.startswith(
-            f"{f}:9: rule r1: when.all[3].idle_gpu.treshold: unknown key (expected one of: gpu_memory_threshold"
+            f"{f}:9: rule r1: when.all[3].idle_gpu.treshold: unknown key (expected one of: cpu_threshold, gpu_memory_threshold"
         )
         for m in got
     )

@@ -16,7 +16,19 @@ from types import ModuleType
 import click
 
 from monitor import __version__
-from monitor.cli import actions, alerts, bench, demo, report, rules, run, sim, status, tasks
+from monitor.cli import (
+    actions,
+    alerts,
+    backtest,
+    bench,
+    demo,
+    report,
+    rules,
+    run,
+    sim,
+    status,
+    tasks,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -41,6 +53,7 @@ _register(sim)  # simulator
 _register(bench)  # bench collect|rules|store
 _register(demo)  # demo
 _register(report)  # report
+_register(backtest)  # backtest
 
 
 def main() -> None:

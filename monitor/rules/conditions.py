@@ -59,6 +59,13 @@ class IdleGpuParams(StrictModel):
     min_coverage: float = Field(
         0.9, gt=0, le=1, description="share of the window samples must cover"
     )
+    cpu_threshold: float | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="also require CPU use (% per core) below this: data loading, preprocessing "
+        "and checkpoint uploads keep the CPU busy while the GPU waits",
+    )
 
     @model_validator(mode="after")
     def _window_positive(self) -> IdleGpuParams:
@@ -146,6 +153,21 @@ def _idle_gpus(
     return [_judge_idle(util, mem, params.threshold, mem_th, needed)], util, False
 
 
+def _cpu_idle(
+    params: IdleGpuParams, ctx: EvalContext, inst: InstanceFact, values: dict[str, object]
+) -> bool | None:
+    """The CPU side of "idle": every CPU sample (per core) of the window under
+    ``cpu_threshold``, the window covered as for the GPU; one busy sample = not idle, gaps =
+    unknown."""
+    assert params.cpu_threshold is not None
+    needed = params.min_coverage * (params.window - params.metric_lag).total_seconds()
+    cpu = ctx.facts.metric_window(ctx.account, "cpu", ctx.now - params.window, ctx.now).get(inst.id)
+    values["cpu_threshold"] = params.cpu_threshold
+    if cpu is not None:
+        values["cpu_max"] = round(cpu.max, 2)
+    return _judge_idle(cpu, None, params.cpu_threshold, None, needed)
+
+
 @conditions.register(
     "idle_gpu", IdleGpuParams, resources=("instance",), needs=("instances", "metrics")
 )
@@ -182,6 +204,8 @@ def idle_gpu(params: IdleGpuParams, ctx: EvalContext, resource: Resource) -> Res
     if util is not None:
         values["value"] = round(util.max, 2)
         values["gpu_util_avg"] = round(util.avg, 2)
+    if params.cpu_threshold is not None and match is not False:
+        match = and3([match, _cpu_idle(params, ctx, inst, values)])
     values["idle_gpus"] = (
         sum(1 for v in verdicts if v)
         if len(verdicts) > 1

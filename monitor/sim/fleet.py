@@ -67,6 +67,7 @@ the profiles above, mostly running; balance set for a 100-hour runway.
 
 from __future__ import annotations
 
+import bisect
 import calendar
 import random
 import threading
@@ -130,6 +131,8 @@ class SimInstance:
     no_expiry: str = "-1"  # how endTime reads without expiry: "-1" or "0" (both occur)
     status_error: tuple[str, str] = ("", "")
     idle_gpus: frozenset[int] = frozenset()
+    #: ``[start, end)`` spans whose metric samples are never published (a monitoring outage)
+    metric_outages: tuple[tuple[int, int], ...] = ()
     paygo_from: int = 0
     paygo_until: int | None = None
     #: earlier, closed pay-as-you-go spans ``(from, until)`` (an instance converted to a
@@ -167,13 +170,13 @@ class SimInstance:
         return self.runs[-1][0] if self.runs else None
 
     def profile_at(self, t: int) -> str:
-        current = self.profiles[0][1]
-        for since, profile in self.profiles:
-            if since <= t:
-                current = profile
-            else:
-                break
-        return current
+        # the last change at or before t (a bisection: a backtest's trace has hundreds)
+        at = bisect.bisect_right(self.profiles, (t, "\uffff"))
+        return self.profiles[max(at - 1, 0)][1]
+
+    def metrics_missing_at(self, t: int) -> bool:
+        """Inside a metrics outage: the API never publishes samples for ``t``."""
+        return any(a <= t < b for a, b in self.metric_outages)
 
     @property
     def price_units(self) -> int:
@@ -334,6 +337,16 @@ class FleetSim:
         self._instances[inst.id] = inst
         self._keys[inst.id] = key_of(self.seed, inst.id)
         return inst
+
+    def add_built(self, inst: SimInstance, subscription_end: int | None = None) -> SimInstance:
+        """Add an instance built elsewhere (the backtest's scenarios, :mod:`monitor.sim.scenarios`);
+        with ``subscription_end``, a 1-month subscription bought a month before it."""
+        with self._lock:
+            self._add(inst)
+            if subscription_end is not None:
+                self._subscription(inst, subscription_end)
+            self._settled_at = None
+            return inst
 
     def _subscription(
         self, inst: SimInstance, end_time: int, months: int = 1, buy_time: int | None = None
@@ -824,6 +837,10 @@ class FleetSim:
             raise SimError(400, "DEPENDENT_RESOURCE_STATE", "instance is already being removed")
         self._schedule(inst, DELETE_STEPS)
         return {}
+
+    def renewal_cost_10k(self, inst: SimInstance, months: int) -> int:
+        """What renewing ``inst`` for ``months`` costs (1/10000 USD)."""
+        return self._renew_cost(inst, months)
 
     def _renew_cost(self, inst: SimInstance, months: int) -> int:
         listed = catalog.monthly_price(inst.product_id, inst.cluster_id, months)

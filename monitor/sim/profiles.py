@@ -13,6 +13,12 @@ Profiles (all values are percentages):
 * ``idle``: a forgotten notebook, GPU 0-2 %, VRAM nearly empty (2-5 %: the kernel finished).
 * ``partial``: a multi-GPU box; GPUs listed in the instance's idle set behave like ``idle``, the
   others like ``trainer``.
+* ``dataload``: work with the GPUs waiting: a long data-loading pause or CPU preprocessing; GPU
+  0-3 %, VRAM still held (60-70 %), CPU 70-90 % per core.
+* ``upload``: a checkpoint upload; GPU 0-3 %, VRAM held, CPU 20-35 % per core.
+
+The backtest's scenarios (:mod:`monitor.sim.scenarios`) switch profiles along each instance's
+trace of work and idle gaps.
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ from __future__ import annotations
 import zlib
 from functools import lru_cache
 
-PROFILES = ("trainer", "inference", "idle", "partial")
+PROFILES = ("trainer", "inference", "idle", "partial", "dataload", "upload")
+#: the GPUs wait while the CPU works
+GPU_WAITING = ("dataload", "upload")
 
 _MASK = (1 << 64) - 1
 
@@ -82,6 +90,8 @@ def gpu_util(profile: str, key: int, gpu: int, t: int, gpu_idle: bool = False) -
     r = unit(key, gpu, bucket, 3)
     if profile == "idle" or (profile == "partial" and gpu_idle):
         return round(r * 2.0, 2)
+    if profile in GPU_WAITING:
+        return round(r * 3.0, 2)
     if profile == "inference":
         if _in_inference_burst(key, t):
             return round(55 + r * 40, 2)
@@ -98,6 +108,8 @@ def gpu_mem_util(profile: str, key: int, gpu: int, t: int, gpu_idle: bool = Fals
         return round(r * 1.5, 2)
     if profile == "idle":
         return round(2 + r * 3, 2)
+    if profile in GPU_WAITING:
+        return round(60 + r * 10, 2)
     if profile == "inference":
         return round(45 + r * 10, 2)
     return round(72 + r * 12, 2)
@@ -108,6 +120,10 @@ def cpu_per_core(profile: str, key: int, t: int) -> float:
     r = unit(key, t // 15, 8)
     if profile == "idle":
         return 1 + r * 2
+    if profile == "dataload":
+        return 70 + r * 20
+    if profile == "upload":
+        return 20 + r * 15
     if profile == "inference":
         return (35 if _in_inference_burst(key, t) else 4) + r * 10
     if _in_trainer_dip(key, t):

@@ -253,7 +253,7 @@ def metrics_json(sim: FleetSim, inst: SimInstance, start: int, end: int, interva
         last = min(end, now - quirks.lag_s)  # the ~1 minute lag
         t = -(-start // interval) * interval
         while t <= last:
-            if inst.running_at(t, now):
+            if inst.running_at(t, now) and not inst.metrics_missing_at(t):
                 gpus, vrams, g_avg, v_avg, c, m, d = _sample(
                     key,
                     inst.profile_at(t),
