@@ -171,16 +171,8 @@ def run_gateway(
 ) -> None:
     """Serve a gateway until interrupted; prints ``listening on http://HOST:PORT`` once ready
     (as :func:`monitor.sim.server.run_simulator`)."""
-    from monitor.sim.server import SimServer
+    from monitor.sim.server import SimServer, serve_until_interrupted
 
     gateway = build_gateway(accounts, scenario, latency_ms, max_concurrency, speed)
     server = SimServer(cast(Starlette, gateway), host=host, port=port)
-    server.start()
-    print(f"listening on {server.url} ({len(accounts)} accounts)", flush=True)
-    try:
-        while server._thread is not None and server._thread.is_alive():
-            server._thread.join(timeout=0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
+    serve_until_interrupted(server, f" ({len(accounts)} accounts)")

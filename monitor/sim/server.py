@@ -139,9 +139,14 @@ def run_simulator(
         speed,
         quirks,
     )
-    server = SimServer(app, host=host, port=port)
+    serve_until_interrupted(SimServer(app, host=host, port=port))
+
+
+def serve_until_interrupted(server: SimServer, note: str = "") -> None:
+    """Start ``server``, print ``listening on http://HOST:PORT`` (what tests and scripts wait
+    for; ``note`` after it), serve until Ctrl-C or the server ends, then stop it."""
     server.start()
-    print(f"listening on {server.url}", flush=True)
+    print(f"listening on {server.url}{note}", flush=True)
     try:
         while server._thread is not None and server._thread.is_alive():
             server._thread.join(timeout=0.5)
