@@ -136,6 +136,7 @@ class StoreFacts:
         self.price = cache(self._price)
         self._running: dict[tuple[str, datetime, datetime], Any] = {}
         self._metrics_start: dict[str, datetime | None] = {}
+        self._idle: dict[tuple[str, float, datetime], dict[str, datetime | None]] = {}
 
     # -- the account's book -------------------------------------------------------------
 
@@ -353,8 +354,23 @@ class StoreFacts:
             for iid in (instance_ids if instance_ids is not None else insts)
             if iid in insts and insts[iid].status == "running"
         ]
-        if not ids:
-            return {}
+        # traced once per instance and threshold in an evaluation: two rules with different
+        # windows (the shipped idle rule, a stop rule) ask about overlapping instances
+        known = self._idle.setdefault((account, threshold, now), {})
+        missing = [iid for iid in ids if iid not in known]
+        if missing:
+            found = self._trace_idle(account, threshold, now, insts, missing)
+            known.update({iid: found.get(iid) for iid in missing})
+        return {iid: since for iid in ids if (since := known[iid]) is not None}
+
+    def _trace_idle(
+        self,
+        account: str,
+        threshold: float,
+        now: datetime,
+        insts: dict[str, InstanceFact],
+        ids: list[str],
+    ) -> dict[str, datetime]:
         history = self.metrics_start(account)
         lookback = now - IDLE_LOOKBACK
         # the raw minutes since the rollups' end, then the rolled-up hours before them: a
