@@ -47,6 +47,7 @@ import structlog
 
 from monitor import economics
 from monitor.actions import recheck, verify
+from monitor.actions.plan import idle_why
 from monitor.actions.settings import ActSettings
 from monitor.novita.client import MAX_BILL_WINDOW, NovitaClient
 from monitor.novita.errors import (
@@ -640,13 +641,18 @@ class _Step:
             )
         moved = self._move(row, "succeeded", **extra)
         if moved is not None:
-            saving = ""
-            if kind == "stop" and moved.saving_per_hour_usd is not None:
-                saving = f"; saves ${moved.saving_per_hour_usd:.2f}/h while stopped"
+            saving, because = "", row.reason or ""
+            if kind == "stop":
+                # what made it idle, as planned (the ledger's reason also holds the grace's
+                # "unless it becomes busy" and the saving, stale or repeated once it is done)
+                idle = idle_why((moved.facts or {}).get("values") or {})
+                because = f"idle when planned: {idle}" if idle else because
+                if moved.saving_per_hour_usd is not None:
+                    saving = f"; saves ${moved.saving_per_hour_usd:.2f}/h while stopped"
             self._notify(
                 moved,
                 "info",
-                f"{DONE.get(kind, kind)} {self._who(row)} (rule {row.rule}): {row.reason}{saving}",
+                f"{DONE.get(kind, kind)} {self._who(row)} (rule {row.rule}): {because}{saving}",
                 event="succeeded",
                 state="succeeded",
                 saving_per_hour_usd=_float(moved.saving_per_hour_usd),
