@@ -130,6 +130,12 @@ def intervals(config: Config) -> dict[str, int]:
     return schedule_intervals(config.schedules)
 
 
+def task_intervals(config: Config) -> dict[str, int]:
+    """The collectors' intervals plus the retention job's (rollups, then deletes): every task
+    the daemon schedules per account."""
+    return {**intervals(config), "retention": int(config.schedules.retention)}
+
+
 def load_ruleset(config: Config) -> RuleSet:
     """The configuration's rules, checked against its channel names (raises RuleError)."""
     return load_rules(config.rule_paths, known_channels=config.channel_names)

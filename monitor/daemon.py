@@ -48,7 +48,7 @@ from typing import Any
 
 import structlog
 
-from monitor.app import App, intervals, settle_heap
+from monitor.app import App, settle_heap, task_intervals
 from monitor.clock import Clock, FollowedClock, SystemClock, read_clock
 from monitor.collect.runner import run_collector
 from monitor.collect.scheduler import STOP_GRACE_S, Scheduler
@@ -177,7 +177,7 @@ class Daemon:
         self.scheduler.run_soon(f"{account}:{name}" for name in names)
 
     def _schedule(self, app: App) -> None:
-        every = {**intervals(app.config), "retention": int(app.config.schedules.retention)}
+        every = task_intervals(app.config)
         for ctx in app.contexts:  # a catch-up after an outage (monitor.collect.runner)
             ctx.wake = partial(self._wake, ctx.account)
         for name, interval in every.items():

@@ -43,6 +43,7 @@ from monitor.rules.facts import (
     WindowAgg,
     account_runway,
 )
+from monitor.store.money import pick_price
 
 log = get_logger("monitor.facts")
 
@@ -134,6 +135,7 @@ class StoreFacts:
         self._books: dict[str, _Book] = {}
         self._built: set[str] = set()
         self.price = cache(self._price)
+        self._products: dict[str, dict[str, list[Any]]] = {}
         self._running: dict[tuple[str, datetime, datetime], Any] = {}
         self._metrics_start: dict[str, datetime | None] = {}
         self._idle: dict[tuple[str, float, datetime], dict[str, datetime | None]] = {}
@@ -143,7 +145,16 @@ class StoreFacts:
     def _price(self, account: str, product_id: str | None, cluster_id: str | None) -> Any:
         if not product_id:
             return None
-        return self.store.product_price(account, product_id, cluster_id)
+        return pick_price(self._listings(account).get(product_id, ()), cluster_id)
+
+    def _listings(self, account: str) -> dict[str, list[Any]]:
+        """The account's product listings by product id, read once per evaluation."""
+        if account not in self._products:
+            by_product: dict[str, list[Any]] = {}
+            for row in self.store.product_prices(account):
+                by_product.setdefault(row.product_id, []).append(row)
+            self._products[account] = by_product
+        return self._products[account]
 
     def _problem(self, account: str, problem: Problem | None) -> None:
         if problem is None:

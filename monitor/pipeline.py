@@ -2,7 +2,8 @@
 sleeping, any span of simulated time in a few calls.
 
 Each :meth:`Pipeline.step` does what the daemon's schedule would do at the clock's ``now``:
-the collectors that are due, one evaluation (alert states, notifications and planned actions
+the collectors that are due, the retention job when due (rollups: what the idle trace reads
+before the raw minutes), one evaluation (alert states, notifications and planned actions
 committed together), the act step (when the app has one), then the delivery of what is due.
 :meth:`Pipeline.advance` moves the clock and steps. The end-to-end tests use it (a 45-minute
 window and a 15-minute grace without waiting an hour), and so can a demo or a backtest::
@@ -19,7 +20,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from monitor.app import App, intervals
+from monitor.app import App, task_intervals
 from monitor.clock import ManualClock
 from monitor.evaluate import CycleReport
 
@@ -30,7 +31,7 @@ class Pipeline:
     def __init__(self, app: App, clock: ManualClock, collectors: list[str] | None = None) -> None:
         self.app = app
         self.clock = clock
-        every = intervals(app.config)
+        every = task_intervals(app.config)
         # async_tasks only matters while a task is watched
         names = collectors if collectors is not None else [n for n in every if n != "async_tasks"]
         self.intervals = {name: every[name] for name in names}
@@ -51,8 +52,11 @@ class Pipeline:
         """Collect what is due, evaluate once, act, deliver; the evaluation's report (its
         ``deliveries`` are this step's)."""
         names = self.due()
-        if names:
-            await self.app.collect(names)
+        collectors = [n for n in names if n != "retention"]
+        if collectors:
+            await self.app.collect(collectors)
+        if "retention" in names:  # after the collectors, as its hourly job mostly runs
+            await self.app.collect(["retention"])
         for name in names:
             self.last[name] = self.clock.now()
         cycle = self.app.evaluate_only()

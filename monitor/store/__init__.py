@@ -23,7 +23,8 @@ The :class:`Store` (one per process; every call is its own short transaction, th
   ``gpu_minutes`` (the raw minutes an idle stretch is traced in);
 * money: ``add_balance``, ``latest_balance``, ``balance_samples``, ``upsert_usage_bills``,
   ``upsert_fixed_term_bills``, ``bills``, ``fixed_term_bills``, ``usage_bills_overlapping``,
-  ``upsert_products``, ``product_price``, ``max_listed_price`` (the store only fetches: every figure is
+  ``upsert_products``, ``product_price``, ``product_prices`` (every listing, picked by
+  ``money.pick_price``), ``max_listed_price`` (the store only fetches: every figure is
   computed by ``monitor.economics``);
 * data problems: ``record_data_problems``, ``data_problems``;
 * tasks and runs: ``upsert_training_tasks`` (-> events), ``training_tasks``, ``watch_task``,

@@ -239,25 +239,19 @@ class MoneyRepo(StoreBase):
     ) -> ProductPrice | None:
         """Prices of a product in a cluster (falling back to the listing without a cluster
         filter, then to the most recently updated listing of any cluster)."""
-        return self._product_prices(account, product_id, cluster_id)
-
-    def _product_prices(
-        self, account: str, product_id: str | None, cluster_id: str | None
-    ) -> ProductPrice | None:
         if not product_id:
             return None
+        return pick_price(self.product_prices(account, product_id), cluster_id)
+
+    def product_prices(self, account: str, product_id: str | None = None) -> list[ProductPrice]:
+        """Every stored listing of the account (of one product when ``product_id`` is given):
+        an evaluation prices all its instances from one read (:func:`pick_price`)."""
         account_id = self.ensure_account(account)
         p = t.products.c
-        rows = self._load(
-            select(ProductPrice).where(p.account_id == account_id, p.product_id == product_id)
-        )
-        if not rows:
-            return None
-        by_cluster = {r.cluster_id: r for r in rows}
-        row = by_cluster.get(cluster_id or "") or by_cluster.get("")
-        if row is None:
-            row = max(rows, key=lambda r: (r.updated_at is not None, r.updated_at or 0))
-        return row
+        query = select(ProductPrice).where(p.account_id == account_id)
+        if product_id is not None:
+            query = query.where(p.product_id == product_id)
+        return self._load(query)
 
     # -- reads for the economics (monitor/economics.py computes; these only fetch) ------------
 
@@ -559,3 +553,15 @@ def _check_fields(method: str, item: Mapping[str, Any], fields: Sequence[str]) -
 
 def _bill_key(row: dict[str, Any], keys: Sequence[str]) -> tuple[Any, ...]:
     return tuple(row[k] for k in keys)
+
+
+def pick_price(rows: Sequence[ProductPrice], cluster_id: str | None) -> ProductPrice | None:
+    """Of one product's listings, the cluster's, else the one listed without a cluster filter,
+    else the most recently updated of any cluster; None when there is none."""
+    if not rows:
+        return None
+    by_cluster = {r.cluster_id: r for r in rows}
+    row = by_cluster.get(cluster_id or "") or by_cluster.get("")
+    if row is None:
+        row = max(rows, key=lambda r: (r.updated_at is not None, r.updated_at or 0))
+    return row
