@@ -173,6 +173,7 @@ class _Step:
         self.clients = clients
         self._facts_for = facts_for
         self._facts: Facts | None = None
+        self._rows: dict[str, dict[str, Any]] = {}
         self.settings = settings
         self.now = now
         self.by = by
@@ -189,6 +190,13 @@ class _Step:
         if self._facts is None:
             self._facts = self._facts_for(self.now)
         return self._facts
+
+    def _listed(self, account: str) -> dict[str, Any]:
+        """The stored listing's rows by instance id, read once per step: what closing a
+        stop's saving needs (when it was started again), without pricing the fleet."""
+        if account not in self._rows:
+            self._rows[account] = {r.instance_id: r for r in self.store.instance_rows(account)}
+        return self._rows[account]
 
     def _stored_fact(self, account: str, instance_id: str) -> InstanceFact | None:
         for fact in self.facts.instances(account):
@@ -732,17 +740,16 @@ class _Step:
             )  # fmt: skip
 
     def _close_saving(self, row: ActionRecord) -> None:
-        facts = self.facts
-        known = facts.instances(row.account)
-        fact = next((f for f in known if f.id == row.instance_id), None)
+        listed = self._listed(row.account)
+        inst = listed.get(row.instance_id)
         since = row.saving_since
         assert since is not None
         until: datetime | None = None
-        if fact is None:
-            if known:  # the listing no longer has it: deleted; the saving ends here
+        if inst is None:
+            if listed:  # the listing no longer has it: deleted; the saving ends here
                 until = self.now
-        elif fact.last_started_at is not None and fact.last_started_at > since:
-            until = fact.last_started_at
+        elif inst.last_started_at is not None and inst.last_started_at > since:
+            until = inst.last_started_at
         if until is None:
             return
         realized = economics.stop_saving(row.saving_per_hour_usd, since, until, self.now)
