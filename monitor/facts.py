@@ -43,6 +43,7 @@ from monitor.rules.facts import (
     WindowAgg,
     account_runway,
 )
+from monitor.store.metrics import Partial, merge_partials, window_aggs
 from monitor.store.money import pick_price
 
 log = get_logger("monitor.facts")
@@ -136,6 +137,8 @@ class StoreFacts:
         self._built: set[str] = set()
         self.price = cache(self._price)
         self._products: dict[str, dict[str, list[Any]]] = {}
+        # metric windows' exact sums by (account, series, end, instances), then start
+        self._windows: dict[tuple[Any, ...], dict[datetime, dict[str, Partial]]] = {}
         self._running: dict[tuple[str, datetime, datetime], Any] = {}
         self._metrics_start: dict[str, datetime | None] = {}
         self._idle: dict[tuple[str, float, datetime], dict[str, datetime | None]] = {}
@@ -286,7 +289,9 @@ class StoreFacts:
         instance_ids: Sequence[str] | None = None,
     ) -> dict[str, WindowAgg]:
         out = {}
-        for iid, agg in self.store.metric_window(account, instance_ids, series, start, end).items():
+        for iid, agg in window_aggs(
+            self._partials(account, series, start, end, instance_ids), start, end
+        ).items():
             if agg.count and agg.avg is not None:
                 top = agg.max if agg.max is not None else agg.avg
                 if economics.bounded_percent(top) is None:
@@ -309,6 +314,34 @@ class StoreFacts:
                     covered_s=float(agg.covered_seconds),
                 )
         return out
+
+    def _partials(
+        self,
+        account: str,
+        series: str,
+        start: datetime,
+        end: datetime,
+        instance_ids: Sequence[str] | None,
+    ) -> dict[str, Partial]:
+        """The window's exact sums; a window longer than one already read with the same end
+        (the shipped 30-minute idle rule, then a 45-minute stop rule) reads only the minutes
+        before it and merges."""
+        ids = None if instance_ids is None else tuple(sorted(instance_ids))
+        known = self._windows.setdefault((account, series, end, ids), {})
+        if start in known:
+            return known[start]
+        inner = min((s for s in known if s > start), default=None)
+        if inner is None:
+            parts = self.store.metric_partials(account, ids, series, start, end)
+        else:
+            head = self.store.metric_partials(account, ids, series, start, inner)
+            tail = known[inner]
+            parts = {
+                iid: merge_partials([p for p in (head.get(iid), tail.get(iid)) if p is not None])
+                for iid in head.keys() | tail.keys()
+            }
+        known[start] = parts
+        return parts
 
     def per_gpu_window(
         self,

@@ -327,3 +327,39 @@ def test_an_idle_stretch_reaches_back_to_a_start_mid_hour(store: Store) -> None:
     assert store.rollup_watermark() is not None
     rolled = StoreFacts(store, ["main"], {}, 2.0, now=T0).idle_since("main", 5.0, T0, ["i-2"])
     assert raw == rolled == {"i-2": from_epoch(start)}
+
+
+def test_a_longer_window_with_the_same_end_reads_only_its_head(store: Store) -> None:
+    """The facts answer a 45-minute window after a 30-minute one (the shipped idle rule, then a
+    stop rule) from the 30 minutes already summed plus the 15 before them: the same figures
+    as one read of the 45, across raw minutes and rolled-up hours alike."""
+    from monitor.facts import StoreFacts
+
+    key = store.instance_key("main", "i-1")
+    assert key is not None
+    fill(store, key, E0 - 5 * 3600, 5 * 60 - 7)  # the last 7 minutes unsampled
+    store.rollup(T0)  # whole hours up to T0 - 1 h from the rollups
+    facts = StoreFacts(store, ["main"], {}, 3.0, now=T0)
+    windows = [T0 - timedelta(minutes=m) for m in (30, 45, 200, 45, 20)]
+    direct = [store.metric_window("main", None, "gpu_util", s, T0)["i-1"] for s in windows]
+    asked: list[tuple[datetime, datetime]] = []
+    read = store.metric_partials
+
+    def spy(account: str, ids: Any, series: str, start: datetime, end: datetime) -> Any:
+        asked.append((start, end))
+        return read(account, ids, series, start, end)
+
+    store.metric_partials = spy  # type: ignore[method-assign]
+    for start, want in zip(windows, direct, strict=True):
+        got = facts.metric_window("main", "gpu_util", start, T0)["i-1"]
+        assert (got.avg, got.max, got.min, got.count, got.covered_s) == pytest.approx(
+            (want.avg, want.max, want.min, want.count, want.covered_seconds)
+        )
+    # 30; 45 as its first 15; 200 as its first 155 (rollups and raw); 45 again from the
+    # cache; 20 is inside the others and read whole
+    assert asked == [
+        (T0 - timedelta(minutes=30), T0),
+        (T0 - timedelta(minutes=45), T0 - timedelta(minutes=30)),
+        (T0 - timedelta(minutes=200), T0 - timedelta(minutes=45)),
+        (T0 - timedelta(minutes=20), T0),
+    ]

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import operator
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from itertools import groupby
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, and_, bindparam, case, delete, func, or_, select, update
 
@@ -579,6 +579,21 @@ class MetricsRepo(StoreBase):
         For hours read from the rollups, ``max``/``min`` of cpu, mem and disk are those of the
         hourly averages (the rollups keep true extremes for gpu_util and gpu_mem only).
         """
+        parts = self.metric_partials(account, instance_ids, series, start, end)
+        return window_aggs(parts, start, end)
+
+    def metric_partials(
+        self,
+        account: str,
+        instance_ids: Sequence[str] | None,
+        series: str,
+        start: datetime,
+        end: datetime,
+    ) -> dict[str, Partial]:
+        """:meth:`metric_window` before its reduction: per instance, the exact sums of
+        ``[start, end)`` (:class:`Partial`). Partials of adjacent ranges merge
+        (:func:`merge_partials`): a window that extends a shorter one with the same end reads
+        only the minutes the shorter one did not (two idle rules, 30 and 45 minutes)."""
         if series not in SERIES:
             raise ValueError(f"unknown series {series!r}; expected one of {SERIES}")
         account_id = self.ensure_account(account)
@@ -587,9 +602,7 @@ class MetricsRepo(StoreBase):
             return {}
         m = t.metric_samples.c
         h = t.metric_hourly.c
-        parts: dict[int, list[tuple[float, float | None, float | None, int, int, int]]] = (
-            defaultdict(list)
-        )
+        parts: dict[int, list[Partial]] = defaultdict(list)
         with self.engine.connect() as conn:
             keys = self._keys(conn, account_id, instance_ids)
             if not keys:
@@ -613,7 +626,7 @@ class MetricsRepo(StoreBase):
                 )
                 for key, total, mx, mn, count, first, last in raw:
                     if count:
-                        parts[key].append((float(total), mx, mn, count, first, last))
+                        parts[key].append(Partial(float(total), mx, mn, count, first, last))
             if h1 > h0:
                 avg_col = h[HOURLY_AVG[series]]
                 mx_col, mn_col, n_col = (
@@ -639,23 +652,9 @@ class MetricsRepo(StoreBase):
                 for key, total, mx, mn, count, first, last in hourly:
                     if count:
                         parts[key].append(
-                            (float(total), mx, mn, int(count), first, last + HOUR - MINUTE)
+                            Partial(float(total), mx, mn, int(count), first, last + HOUR - MINUTE)
                         )
-        out: dict[str, WindowAgg] = {}
-        for key, chunks in parts.items():
-            count = sum(c[3] for c in chunks)
-            maxes = [c[1] for c in chunks if c[1] is not None]
-            mins = [c[2] for c in chunks if c[2] is not None]
-            out[keys[key]] = WindowAgg(
-                avg=sum(c[0] for c in chunks) / count / 10.0,
-                max=decode_pct(max(maxes)) if maxes else None,
-                min=decode_pct(min(mins)) if mins else None,
-                count=count,
-                covered_seconds=min(count * MINUTE, e - s),
-                first_ts=from_epoch(min(c[4] for c in chunks)),
-                last_ts=from_epoch(max(c[5] for c in chunks)),
-            )
-        return out
+        return {keys[key]: merge_partials(chunks) for key, chunks in parts.items()}
 
     def per_gpu_window(
         self,
@@ -1021,3 +1020,52 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, bytes | memoryview) or isinstance(b, bytes | memoryview):
         return (bytes(a) if a is not None else None) == (bytes(b) if b is not None else None)
     return a == b
+
+
+class Partial(NamedTuple):
+    """Exact sums of one series over a range for one instance (encoded units: tenths of a
+    percent): what a window's aggregate is reduced from, and what adjacent ranges merge by."""
+
+    total: float
+    max: int | None
+    min: int | None
+    n: int
+    first: int
+    last: int
+
+
+def merge_partials(parts: Iterable[Partial]) -> Partial:
+    """One :class:`Partial` of the union of disjoint ranges."""
+    chunks = list(parts)
+    if len(chunks) == 1:  # the common case: a window read in one range
+        return chunks[0]
+    maxes = [c.max for c in chunks if c.max is not None]
+    mins = [c.min for c in chunks if c.min is not None]
+    return Partial(
+        sum(c.total for c in chunks),
+        max(maxes) if maxes else None,
+        min(mins) if mins else None,
+        sum(c.n for c in chunks),
+        min(c.first for c in chunks),
+        max(c.last for c in chunks),
+    )
+
+
+def window_aggs(
+    parts: Mapping[str, Partial], start: datetime, end: datetime
+) -> dict[str, WindowAgg]:
+    """Each instance's :class:`WindowAgg` over ``[start, end)`` from its partial."""
+    span = to_epoch(end) - to_epoch(start)
+    return {
+        iid: WindowAgg(
+            avg=p.total / p.n / 10.0,
+            max=decode_pct(p.max) if p.max is not None else None,
+            min=decode_pct(p.min) if p.min is not None else None,
+            count=p.n,
+            covered_seconds=min(p.n * MINUTE, span),
+            first_ts=from_epoch(p.first),
+            last_ts=from_epoch(p.last),
+        )
+        for iid, p in parts.items()
+        if p.n
+    }

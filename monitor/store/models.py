@@ -210,8 +210,11 @@ class StoreRecord(SQLModel):
                 for name, info in cls.model_fields.items()
             ]
             type.__setattr__(cls, "_init_plan_", plan)
-        if not data.keys() <= cls.model_fields.keys():
-            unknown = sorted(data.keys() - cls.model_fields.keys())
+            # pydantic's ``model_fields`` is a descriptor that builds its answer per access
+            type.__setattr__(cls, "_field_names_", frozenset(cls.model_fields))
+        names = cls.__dict__["_field_names_"]
+        if not data.keys() <= names:
+            unknown = sorted(data.keys() - names)
             raise TypeError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
         values = self.__dict__
         for name, factory, default, required in plan:
