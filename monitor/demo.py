@@ -143,7 +143,7 @@ class Demo:
 
     async def run(self, app: App, sim_url: str) -> dict[str, Any]:
         """Step the pipeline over the span (or until :attr:`stop`); the summary's figures."""
-        pipeline = Pipeline(app, self.clock)
+        pipeline = Pipeline(app, self.clock, keep=False)
         end = self.start + self.options.span
         self.say(
             f"{self.stamp()} demo account on the simulator at {sim_url}; simulated time "

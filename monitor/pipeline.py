@@ -28,8 +28,18 @@ from monitor.evaluate import CycleReport
 class Pipeline:
     """An :class:`App` stepped like the daemon on a manual clock."""
 
-    def __init__(self, app: App, clock: ManualClock, collectors: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        app: App,
+        clock: ManualClock,
+        collectors: list[str] | None = None,
+        keep: bool = True,
+    ) -> None:
+        """``keep``: remember every step's report and action outcomes (``cycles``,
+        ``actions``; what tests read); False keeps the last step's only (a backtest of
+        thousands of steps: memory, and the collector's time over it)."""
         self.app = app
+        self.keep = keep
         self.clock = clock
         every = task_intervals(app.config)
         # async_tasks only matters while a task is watched
@@ -60,8 +70,12 @@ class Pipeline:
         for name in names:
             self.last[name] = self.clock.now()
         cycle = self.app.evaluate_only()
-        self.actions += (await self.app.act(self.clock.now())).outcomes
+        outcomes = (await self.app.act(self.clock.now())).outcomes
         cycle.deliveries = await self.app.deliver()
+        if not self.keep:
+            self.cycles.clear()
+            self.actions.clear()
+        self.actions += outcomes
         self.cycles.append(cycle)
         return cycle
 

@@ -215,7 +215,7 @@ async def simulate(
         window = _stop_window(stop_rules)
         owner = Owner(scenario, sim)
         seen = Observed()
-        run = Pipeline(app, clock)
+        run = Pipeline(app, clock, keep=False)
         dropped = False
         t = scenario.start
         try:
