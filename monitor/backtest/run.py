@@ -35,6 +35,7 @@ from monitor.sim.scenarios import InstancePlan, Scenario
 RULES = Path(__file__).with_name("rules.yaml")
 API_KEY_ENV = "NOVITA_BACKTEST_KEY"
 #: collect (instances, metrics, balance), evaluate, act and deliver every this many seconds
+#: (``backtest`` defaults to the scenario's own: ``scenarios.DEFAULT_CYCLE_S``)
 DEFAULT_CYCLE_S = 300
 #: how long after a check of a stop in progress the owner looks again (the simulator's stop
 #: completes 60 s after it is asked)
@@ -419,12 +420,15 @@ def backtest(
     days: int = 14,
     instances: int | None = None,
     seed: int = 0,
-    cycle_s: int = DEFAULT_CYCLE_S,
+    cycle_s: int | None = None,
     rules: Sequence[Path] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Build the scenario and run it (see :func:`simulate`)."""
+    """Build the scenario and run it (see :func:`simulate`) at ``cycle_s`` (default: the
+    scenario's step)."""
     scenario = scenarios.build(name, days=days, instances=instances, seed=seed)
+    if cycle_s is None:
+        cycle_s = scenarios.DEFAULT_CYCLE_S[name]
     return asyncio.run(
         simulate(scenario, cycle_s, tuple(rules) if rules else (RULES,), progress=progress)
     )

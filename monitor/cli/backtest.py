@@ -120,9 +120,9 @@ def _from_db(
     "--cycle",
     "cycle_s",
     type=click.IntRange(min=60),
-    default=300,
-    show_default=True,
-    help="Seconds between collect/evaluate/act steps (metrics stay at 1-minute resolution).",
+    default=None,
+    help="Seconds between collect/evaluate/act steps (metrics stay at 1-minute resolution); "
+    "default: the scenario's, standard 900 and hard 300; --from-db 300.",
 )
 @click.option(
     "--rules",
@@ -145,7 +145,7 @@ def backtest(
     days: int,
     instances: int | None,
     seed: int,
-    cycle_s: int,
+    cycle_s: int | None,
     rule_paths: tuple[Path, ...],
     from_db: bool,
     config_path: str | None,
@@ -160,7 +160,7 @@ def backtest(
         click.echo(line, err=True)
 
     if from_db:
-        _from_db(config_path, rule_paths, cycle_s, as_json, progress)
+        _from_db(config_path, rule_paths, cycle_s or 300, as_json, progress)
         return
     result = run_backtest(
         scenario,

@@ -105,9 +105,11 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
+import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse as _StarletteJSON
+from starlette.responses import Response
 from starlette.routing import Route
 
 from monitor.sim import wire
@@ -130,6 +132,15 @@ ACTIONS = (
 )
 
 Handler = Callable[[Request], Awaitable[Any]]
+
+
+class JSONResponse(_StarletteJSON):
+    """Starlette's JSON answer encoded by orjson: a metrics answer in a tenth of json's time
+    (the backtest serves a hundred thousand of them). Non-string keys become strings, as
+    json.dumps made them."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
 
 
 def error_response(status: int, reason: str, message: str) -> JSONResponse:
