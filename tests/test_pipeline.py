@@ -35,3 +35,15 @@ async def test_retention_runs_on_its_schedule_after_the_collectors(
         }
     finally:
         await app.aclose()
+
+
+async def test_keep_false_remembers_the_last_step_only(
+    tmp_path: Path, sim_app: Any, clock: ManualClock
+) -> None:
+    app = open_app(tmp_path, sim_app, clock)
+    run = Pipeline(app, clock, keep=False)
+    try:
+        reports = await run.advance(minutes=3, every=1)
+        assert run.cycles == [reports[-1]]  # a backtest's thousands of steps are not kept
+    finally:
+        await app.aclose()
