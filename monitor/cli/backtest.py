@@ -122,7 +122,7 @@ def _from_db(
     type=click.IntRange(min=60),
     default=None,
     help="Seconds between collect/evaluate/act steps (metrics stay at 1-minute resolution); "
-    "default: the scenario's, standard 900 and hard 300; --from-db 300.",
+    "default: the scenario's, standard 1200 and hard 300; --from-db 300.",
 )
 @click.option(
     "--rules",
