@@ -438,6 +438,12 @@ async def test_a_2xx_answer_with_an_error_body_is_a_failure(
         assert failed.state == "failed" and "OPERATION_LIMIT" in failed.reason
         assert failed.answer["response"]["code"] == 3
         assert report.failed is True and len(notices(report, "critical")) == 1
+        # nothing was stopped and a second try cannot double a stop: the intent is released,
+        # so the idle notebook's alert plans it again (a new row, its own grace)
+        assert failed.idempotency_key is None
+        assert failed.intent_key not in app.store.held_intents("main")
+        again = await plan(app, "stop", NOTEBOOK, clock.now())
+        assert again != row_id and row(app, again).state == "planned"
     finally:
         await app.aclose()
 
@@ -455,6 +461,9 @@ async def test_a_renew_answered_balance_not_enough_fails_once_without_a_retry_st
     assert failed.state == "failed" and "BALANCE_NOT_ENOUGH" in failed.reason
     assert failed.answer["error"]["reason"] == "BALANCE_NOT_ENOUGH"
     assert len(notices(report, "critical")) == 1 and report.failed
+    # a charge is planned once per period: a failed renewal keeps its intent
+    assert failed.idempotency_key is not None
+    assert failed.intent_key in app.store.held_intents("main")
     for _ in range(3):
         clock.advance(60)
         later = await act(app)
