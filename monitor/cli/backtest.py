@@ -43,7 +43,7 @@ Scenarios (seeded; 14 days from a Monday 06:00 UTC; U = uniform, Exp = exponenti
             U(3,15 min) between idle gaps of U(5,10 min)); grace (5 %, at least 2: two breaks a
             day of U(48,57 min), resumed within the grace); notebook (20 %); subscription (10 %);
             metric outages of 60 min every Exp(mean 36h) per instance; 2 % of API requests fail;
-            the balance drops to 30 h of runway 2.5 days before the end.
+            the balance drops to 30 h of runway 4.5 days before the end.
 
 \b
 Prints the scores (oracle_capture, net_savings_usd, false_stops, prepaid_stops,
