@@ -63,10 +63,6 @@ from monitor.rules.model import Rule, RuleSet
 from monitor.store.models import ActionRecord
 
 log = structlog.get_logger("monitor.actions")
-#: actions that a failure leaves undone and a second try cannot double (a stop of a stopped
-#: instance is refused by the re-check): a failed one releases its intent. Money actions
-#: (renew, convert, set_auto_renew) keep theirs: a charge is planned once per period.
-RETRY_AFTER_FAILURE = frozenset({"stop", "start"})
 
 DUE_STATES = ("announced", "planned", "approved")
 HOUR = timedelta(hours=1)
@@ -212,12 +208,6 @@ class _Step:
         return None if self.ruleset is None else self.ruleset.get(name)
 
     def _move(self, row: ActionRecord, state: str, **fields: Any) -> ActionRecord | None:
-        if state == "failed" and row.action in RETRY_AFTER_FAILURE:
-            # nothing was done (the API refused, or reading shows it did not happen): the
-            # intent is released, so while the alert keeps firing a later evaluation plans it
-            # again, announced with its own grace (one transient error no longer leaves an
-            # idle GPU running until it is started again)
-            fields["idempotency_key"] = None
         moved = self.store.transition(row, state, self.now, **fields)
         if moved is None:
             log.info("action.lost", action_id=row.id, to=state, why="the row changed meanwhile")

@@ -8,6 +8,8 @@ Novita API: ``approve`` and ``undo`` only record a row the act step executes. Th
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -317,6 +319,20 @@ def _row(store: Any, config: Any, ident: int) -> Any:
     return row
 
 
+@contextmanager
+def _ledger_row(
+    config_path: str | None, action_id: str
+) -> Iterator[tuple[int, Any, Any, datetime]]:
+    """What approve, reject and undo start from: ``(id, store, row, now)``, the store open
+    for the block (logs to stderr: stdout stays the output)."""
+    ident = _number(action_id)
+    config = load(config_path)
+    setup_logs(config)
+    now = clock().now()
+    with open_database(config) as store:
+        yield ident, store, _row(store, config, ident), now
+
+
 def _moved(ident: int) -> RuntimeFailure:
     return RuntimeFailure(f"action #{ident} changed meanwhile (the daemon acted on it); try again")
 
@@ -327,12 +343,7 @@ def _moved(ident: int) -> RuntimeFailure:
 @handle_errors
 def approve(config_path: str | None, action_id: str) -> None:
     """Approve an action awaiting approval (a renewal, a conversion): the act step runs it."""
-    ident = _number(action_id)
-    config = load(config_path)
-    setup_logs(config)  # logs to stderr: stdout stays the output (and parseable JSON)
-    now = clock().now()
-    with open_database(config) as store:
-        row = _row(store, config, ident)
+    with _ledger_row(config_path, action_id) as (ident, store, row, now):
         if row.state != "awaiting_approval":
             raise UserError(f"action #{ident} is {row.state}, not awaiting approval")
         if row.expires_at is not None and row.expires_at <= now:
@@ -358,12 +369,7 @@ def reject(config_path: str | None, action_id: str) -> None:
     """Reject a planned, announced or awaiting action: it never runs."""
     from monitor.store.ledger import OPEN_STATES
 
-    ident = _number(action_id)
-    config = load(config_path)
-    setup_logs(config)  # logs to stderr: stdout stays the output (and parseable JSON)
-    now = clock().now()
-    with open_database(config) as store:
-        row = _row(store, config, ident)
+    with _ledger_row(config_path, action_id) as (ident, store, row, now):
         if row.state not in OPEN_STATES:
             raise UserError(
                 f"action #{ident} is {row.state}: only a planned, announced, awaiting or "
@@ -396,12 +402,7 @@ def undo(config_path: str | None, action_id: str) -> None:
     from monitor.store.ledger import OPEN_STATES
     from monitor.store.models import ActionRecord
 
-    ident = _number(action_id)
-    config = load(config_path)
-    setup_logs(config)  # logs to stderr: stdout stays the output (and parseable JSON)
-    now = clock().now()
-    with open_database(config) as store:
-        row = _row(store, config, ident)
+    with _ledger_row(config_path, action_id) as (ident, store, row, now):
         if row.state in OPEN_STATES:
             raise UserError(
                 f"action #{ident} is {row.state}, not done yet: reject it instead "

@@ -151,6 +151,7 @@ def backtest(
     config_path: str | None,
     as_json: bool,
 ) -> None:
+    from monitor.backtest.run import DEFAULT_CYCLE_S
     from monitor.backtest.run import backtest as run_backtest
     from monitor.logs import configure_logging
 
@@ -160,7 +161,7 @@ def backtest(
         click.echo(line, err=True)
 
     if from_db:
-        _from_db(config_path, rule_paths, cycle_s or 300, as_json, progress)
+        _from_db(config_path, rule_paths, cycle_s or DEFAULT_CYCLE_S, as_json, progress)
         return
     result = run_backtest(
         scenario,

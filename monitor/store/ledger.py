@@ -6,7 +6,8 @@ Only persistence and the two concurrency guarantees the actions need (the decisi
 * **one intent, one action**: ``idempotency_key`` is unique; :meth:`LedgerRepo.insert_actions`
   inserts a row only when no row holds its key, so the same renewal is never planned (so never
   paid) twice, by one process or several; a row releases its key when it ends without acting
-  (:data:`RELEASING_STATES`), so a later plan for the same intent may go ahead;
+  (:func:`releases`: :data:`RELEASING_STATES`, and a failed stop or start), so a later plan for
+  the same intent may go ahead;
 * **one executor per row**: :meth:`LedgerRepo.claim` moves a row to ``executing`` with a
   compare-and-set on ``version`` and commits before any API call; :meth:`LedgerRepo.finish`
   records the outcome with the same compare-and-set, so a process that lost the row (or a
@@ -39,6 +40,17 @@ OPEN_STATES = frozenset({"planned", "announced", "awaiting_approval", "approved"
 RELEASING_STATES = frozenset({"rejected", "expired", "aborted", "refused", "skipped", "dry_run"})
 #: states of a row that acted (or may have): they count against the breakers
 ACTED_STATES = frozenset({"executing", "succeeded", "failed", "outcome_unknown", "undone"})
+#: actions whose ``failed`` row releases its key too: a failure left them undone and a second
+#: try cannot double them (a stop of a stopped instance is refused by the re-check), so while
+#: the alert keeps firing a later evaluation plans them again, with their own grace. Money
+#: actions (renew, convert, set_auto_renew) keep theirs: a charge is planned once per period.
+RETRIED_AFTER_FAILURE = frozenset({"stop", "start"})
+
+
+def releases(action: str, state: str) -> bool:
+    """Whether a row of ``action`` entering ``state`` gives up its idempotency key."""
+    return state in RELEASING_STATES or (state == "failed" and action in RETRIED_AFTER_FAILURE)
+
 
 _COLUMNS = [c.name for c in t.actions.columns if c.name != "id"]
 
@@ -47,7 +59,7 @@ def _row(action: ActionRecord) -> dict[str, Any]:
     row = {name: getattr(action, name) for name in _COLUMNS}
     if row["state"] not in ACTION_STATES:
         raise ValueError(f"action state must be one of {sorted(ACTION_STATES)}")
-    if row["state"] in RELEASING_STATES:
+    if releases(row["action"], row["state"]):
         row["idempotency_key"] = None
     return row
 
@@ -170,7 +182,7 @@ class LedgerRepo(StoreBase):
         if unknown:
             raise ValueError(f"unknown action fields: {sorted(unknown)}")
         values: dict[str, Any] = {**fields, "state": state, "version": action.version + 1}
-        if state in RELEASING_STATES:
+        if releases(action.action, state):
             values["idempotency_key"] = None
         if state not in OPEN_STATES and state != "executing" and "finished_at" not in fields:
             values["finished_at"] = now
