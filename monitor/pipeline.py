@@ -79,6 +79,21 @@ class Pipeline:
         self.cycles.append(cycle)
         return cycle
 
+    async def act(self) -> bool:
+        """The act step alone, as the daemon's own ``schedules.act`` runs it between
+        evaluations, when some action is due at the clock's ``now`` (nothing else runs then);
+        True when it ran. Its notices wait in the outbox for the next step's delivery."""
+        from monitor.actions.execute import DUE_STATES
+
+        now = self.clock.now()
+        if not self.app.store.actions(states=list(DUE_STATES), due_by=now):
+            return False
+        outcomes = (await self.app.act(now)).outcomes
+        if not self.keep:
+            self.actions.clear()
+        self.actions += outcomes
+        return True
+
     async def advance(self, minutes: float, every: float = 1) -> list[CycleReport]:
         """Move the clock ``every`` minutes at a time over ``minutes``, a step after each."""
         out = []

@@ -204,6 +204,11 @@ async def test_the_forgotten_notebook_is_stopped_after_its_grace_verified_and_it
     first = await act(app)
     assert first.outcomes == [] and row(app, row_id).state == "announced"  # grace not over
     clock.advance(15 * 60)
+    # due, but the metrics (a minute late) do not reach the grace's end yet: it waits
+    waited = await act(app)
+    assert waited.outcomes == [] and row(app, row_id).state == "announced"
+    assert posts(demo_sim, "stop", NOTEBOOK) == []
+    clock.advance(60)
     report = await act(app)
     stopped = row(app, row_id)
     assert stopped.state == "succeeded", stopped.reason
@@ -252,7 +257,7 @@ async def test_an_instance_that_becomes_busy_during_the_grace_is_not_stopped(
     )
     clock.advance(5 * 60)
     demo_sim.set_profile(NOTEBOOK, "trainer")  # someone picked the notebook up again
-    clock.advance(10 * 60)
+    clock.advance(10 * 60 + 60)
     report = await act(app)
     aborted = row(app, row_id)
     assert aborted.state == "aborted"
@@ -261,6 +266,60 @@ async def test_an_instance_that_becomes_busy_during_the_grace_is_not_stopped(
     assert posts(demo_sim, "stop") == []
     (note,) = notices(report)
     assert "not done" in note and "busy" in note
+
+
+async def test_work_resumed_in_the_graces_last_minute_is_seen_before_the_stop(
+    app: App, demo_sim: FleetSim, clock: ManualClock
+) -> None:
+    """The metrics arrive a minute late: at the grace's end the newest sample is a minute
+    old, and work that resumed in between is not in it. The stop waits for a sample taken at
+    or after the grace's end, and that sample shows the work."""
+    row_id = await plan(
+        app, "stop", NOTEBOOK, clock.now(), state="announced", due_in=timedelta(minutes=15)
+    )
+    clock.advance(15 * 60 - 30)
+    demo_sim.set_profile(NOTEBOOK, "trainer")  # a job starts 30 s before the grace ends
+    clock.advance(30)
+    waited = await act(app)  # due: the newest sample (a minute old) is still idle
+    assert waited.outcomes == [] and row(app, row_id).state == "announced"
+    clock.advance(60)
+    await act(app)
+    aborted = row(app, row_id)
+    assert aborted.state == "aborted" and "busy" in aborted.reason, aborted.reason
+    assert posts(demo_sim, "stop") == []
+
+
+async def test_a_stop_waiting_for_samples_that_never_come_is_aborted_as_stale(
+    tmp_path: Path, sim_app: Any, demo_sim: FleetSim, clock: ManualClock
+) -> None:
+    """The wait for a sample past the grace's end is bounded by ``metrics_max_age``."""
+    frozen_at = int((clock.now() + timedelta(minutes=14)).timestamp())
+
+    def nothing_after_the_grace(request: httpx.Request, body: Any) -> tuple[int, Any] | None:
+        if request.url.path.endswith("/metrics/gpu/instance"):
+            for series in (body["gpuUtilization"], body["gpuMemUtilization"]):
+                series["avg"] = [p for p in series["avg"] if int(p["timestamp"]) < frozen_at]
+                for gpu in series["gpuIds"]:
+                    gpu["items"] = [p for p in gpu["items"] if int(p["timestamp"]) < frozen_at]
+        return None
+
+    app = open_tampered(tmp_path, sim_app, clock, nothing_after_the_grace)
+    try:
+        await app.collect()
+        row_id = await plan(
+            app, "stop", NOTEBOOK, clock.now(), state="announced", due_in=timedelta(minutes=15)
+        )
+        for step in (15 * 60, 60):  # due at +15 min; the newest sample stays at +13 min
+            clock.advance(step)
+            await act(app)
+            assert row(app, row_id).state == "announced"  # waiting: 2, then 3 minutes old
+        clock.advance(60)  # +17 min: the newest sample is now 4 minutes old
+        await act(app)
+        aborted = row(app, row_id)
+        assert aborted.state == "aborted" and "stale or missing" in aborted.reason
+        assert posts(demo_sim, "stop") == []
+    finally:
+        await app.aclose()
 
 
 async def test_a_stop_is_aborted_when_the_instance_was_restarted_since_planning(

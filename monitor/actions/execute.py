@@ -15,7 +15,9 @@ One call of :func:`act` (every ``schedules.act`` and in ``once``), in this order
      the rest with reason ``breaker`` and one critical notice per account;
    * **re-check** on fresh data (:mod:`monitor.actions.recheck`): a stop needs a fresh
      get-instance still ``running`` with the planned billing mode and ``lastStartedAt``, not
-     protected, and the rule's condition true on fresh metrics (else ``aborted``/``refused``);
+     protected, and the rule's condition true on fresh metrics that include a sample taken at
+     or after the row became due (until one arrives the row waits for the next act step;
+     ``metrics_max_age`` bounds the wait) (else ``aborted``/``refused``);
      a renew is ``refused`` when ``endTime`` moved, auto-renew is on (or unknown) within 3 days
      of ``endTime``, or a renewal bill for the period exists;
    * **claim** (compare-and-set to ``executing``, committed before the call), **call**, record:
@@ -125,6 +127,10 @@ class _Stop(Exception):
         super().__init__(why)
         self.state = state
         self.why = why
+
+
+class _NotYet(Exception):
+    """A re-check cannot judge yet: the row stays due and is re-checked at the next act step."""
 
 
 async def act(
@@ -465,6 +471,10 @@ class _Step:
         except _Stop as stop:
             self._end(row, stop.state, stop.why)
             return False
+        except _NotYet as wait:
+            log.info("action.waiting", action_id=row.id, action=row.action,
+                     instance=row.instance_id, why=str(wait))  # fmt: skip
+            return False
         claimed = self.store.claim(row, self.by, self.now)
         if claimed is None:
             log.info("action.claimed_elsewhere", action_id=row.id)
@@ -567,6 +577,9 @@ class _Step:
             if newest is None or self.now - newest > self.settings.metrics_max_age:
                 shown = newest.isoformat() if newest else "none"
                 raise _Stop("aborted", f"fresh metrics are stale or missing (newest {shown})")
+            waiting = recheck.unseen_since_due(row, newest)
+            if waiting:
+                raise _NotYet(waiting)
         stored = self._stored_fact(row.account, row.instance_id)
         fact = recheck.instance_fact(inst, stored)
         facts = recheck.fresh_facts(row.account, fact, metrics, since)

@@ -195,6 +195,24 @@ def newest_gpu_sample(metrics: InstanceMetrics) -> datetime | None:
     return max((p.timestamp for p in points), default=None)
 
 
+def unseen_since_due(row: ActionRecord, newest: datetime) -> str | None:
+    """Why an announced stop must wait for newer samples, or ``None``.
+
+    A stop announced with a grace is re-judged with a sample taken at or after its grace's end:
+    the grace is watched to its end. The metrics arrive a minute or two late, so without this
+    the last minutes of the grace were never seen, and work that resumed then (the owner's
+    answer to the announcement, or a job that starts on the hour as the grace ends) was
+    stopped. A stop without a grace (``planned``) has nothing more to watch. The wait is
+    bounded by ``metrics_max_age``: a sample that never comes makes the data stale, and the
+    stop is aborted."""
+    if row.state != "announced" or row.due_at is None or newest >= row.due_at:
+        return None
+    return (
+        f"waiting for a sample taken at or after {_shown(row.due_at)} (its grace's end; the "
+        f"newest is {_shown(newest)})"
+    )
+
+
 def judge(
     rule: Rule, account: str, fact: InstanceFact, facts: InMemoryFacts, now: datetime
 ) -> Result:

@@ -7,7 +7,9 @@ the scores of :mod:`monitor.backtest.score`.
 Each step: the owner's restarts due before it are made at their exact times (through the model,
 as the owner would in the console), the balance drops when the scenario says, then one pipeline
 step at the step's time; actions awaiting approval are approved after it (the act step of the
-next cycle runs them). Notifications go to a null console.
+next cycle runs them). Between steps the act step runs on its own schedule, every ``ACT_S`` (the
+daemon's default), whenever an action is due: a stop runs when its grace ends and its re-check
+has a sample past it, not at the next step. Notifications go to a null console.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ METRIC_RESOLUTION_S = 60
 #: what a stopped instance's storage costs per GPU and hour (USD): 60 GB of local disk per GPU
 #: at USD 0.005 per GB and day, an assumption of the backtest stated in its output
 STORAGE_USD_PER_GPU_HOUR = Decimal("0.0125")
+#: the act step's schedule (seconds), the daemon's default ``schedules.act``, whatever the step
+ACT_S = 60
 #: breakers sized for a fleet: the defaults (3 a cycle, 10 an hour) are for a handful
 ACTIONS = {"max_per_cycle": 50, "max_per_hour": 200, "max_per_rule_per_hour": 200}
 
@@ -97,7 +101,7 @@ def write_config(folder: Path, cycle_s: int, rules: Sequence[Path]) -> Path:
         f"database: sqlite:///{folder / 'backtest.db'}\n"
         f"rules: [{paths}]\n"
         f"schedules: {{instances: {every}, metrics: {every}, balance: {every}, "
-        f"evaluate: {every}, act: {every}, deliver: {every}, usage_bills: 1h, "
+        f"evaluate: {every}, act: {min(ACT_S, cycle_s)}s, deliver: {every}, usage_bills: 1h, "
         "fixed_term_bills: 1h, training_tasks: 1d, products: 1d, retention: 1h}\n"
         f"actions: {{{actions}}}\n"
     )
@@ -243,6 +247,10 @@ async def simulate(
                         f"{_ts(t).isoformat()}: {seen.steps} steps, "
                         f"{time.monotonic() - started:.0f} s, cpu {time.process_time() - cpu0:.0f} s"
                     )
+                # the act step on its own schedule until the next step
+                for at in range(t + ACT_S, min(t + cycle_s, scenario.end), ACT_S):
+                    owner.until(clock, at)
+                    await run.act()
                 t += cycle_s
             clock.set(_ts(scenario.end))
             seen.restarts = owner.restarts
@@ -369,7 +377,7 @@ def report(
             "metric_resolution_s": METRIC_RESOLUTION_S,
             "balance_s": cycle_s,
             "evaluate_s": cycle_s,
-            "act_s": cycle_s,
+            "act_s": min(ACT_S, cycle_s),
             "deliver_s": cycle_s,
             "usage_bills_s": 3600,
             "fixed_term_bills_s": 3600,
