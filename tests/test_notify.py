@@ -217,6 +217,18 @@ def test_a_channel_repr_never_shows_its_url() -> None:
 # grouping and templates
 
 
+def test_the_hourly_waste_says_which_idle_gpus_it_covers() -> None:
+    """A prepaid (monthly) instance idles at no extra cost by the hour: its GPUs count as
+    idle, and the headline says the hourly figure covers the others only."""
+    prepaid = idle(4, "lapsing", "0", "0", 2.0)
+    prepaid.values.update(cost_per_hour_usd=None, cost_so_far_usd=None, gpu_count=2, idle_gpus=2)
+    router = Router([Channel("ops", "json://127.0.0.1:1/")], default_channels=["ops"])
+    (message,) = build_messages([*three_idle(), prepaid], router, NOW)
+    assert message.title == "[warning] idle-gpu: 5 GPUs idle, $4.20/h wasted on 3 of them"
+    (only_priced,) = build_messages(three_idle(), router, NOW)
+    assert only_priced.title == "[warning] idle-gpu: 3 GPUs idle, $4.20/h wasted"
+
+
 def test_three_idle_instances_make_one_message_with_a_line_each() -> None:
     router = Router([Channel("ops", "json://127.0.0.1:1/")], default_channels=["ops"])
     (message,) = build_messages(three_idle(), router, NOW)

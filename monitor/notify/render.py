@@ -39,6 +39,11 @@ log = get_logger("monitor.notify")
 _SUMMED = ("cost_per_hour_usd", "cost_so_far_usd", "monthly_saving_usd")
 
 
+def _gpus(notice: Notice) -> int:
+    """The idle GPUs a notice counts (its instance's GPUs when it does not say)."""
+    return int(_dec(notice.values.get("idle_gpus")) or _dec(notice.values.get("gpu_count")) or 1)
+
+
 def _dec(x: Any) -> Decimal | None:
     """A Decimal for numbers and numeric strings; None for anything else (and for bools)."""
     if x is None or isinstance(x, bool | jinja2.Undefined):
@@ -265,10 +270,11 @@ class Renderer:
         totals["runway_hours"] = min(runways) if runways else None
         # the condition's kind (an action's announcement in the group carries none)
         kind = next((n.values["kind"] for n in notices if n.values.get("kind")), None)
-        gpus = sum(
-            int(_dec(n.values.get("idle_gpus")) or _dec(n.values.get("gpu_count")) or 1)
-            for n in notices
-            if n.values.get("kind") == kind
+        of_kind = [n for n in notices if n.values.get("kind") == kind]
+        gpus = sum(_gpus(n) for n in of_kind)
+        # the GPUs the hourly figure covers (a prepaid or unpriced one has none)
+        priced_gpus = sum(
+            _gpus(n) for n in of_kind if n.values.get("cost_per_hour_usd") is not None
         )
         contexts = [self.line_context(n, now) for n in notices]  # once: lines and headline
         lines = [self.line(n, now, c) for n, c in zip(notices, contexts, strict=True)]
@@ -283,6 +289,7 @@ class Renderer:
                 count=count,
                 actions=actions,
                 gpus=gpus,
+                priced_gpus=priced_gpus,
                 noun=notices[0].resource_kind or "resource",
                 totals=totals,
                 notices=contexts,
