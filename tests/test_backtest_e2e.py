@@ -27,6 +27,7 @@ def test_a_short_hard_backtest_stops_idle_instances_and_breaks_nothing() -> None
     for key in ("oracle_capture", "net_savings_usd", "runway_alert_lead_h", "schedules"):
         assert key in text
     assert out["schedules"]["evaluate_s"] == 300 and out["schedules"]["metric_resolution_s"] == 60
+    assert out["schedules"]["act_s"] == 60  # due actions run between steps, as the daemon's
     assert out["instances"] == 4 and out["steps"] == 288
     # what it must never do
     assert out["false_stops"] == 0

@@ -121,7 +121,8 @@ def _from_db(
     "cycle_s",
     type=click.IntRange(min=60),
     default=None,
-    help="Seconds between collect/evaluate/act steps (metrics stay at 1-minute resolution); "
+    help="Seconds between collect/evaluate/act steps (metrics stay at 1-minute resolution; "
+    "due actions also run every 60 s between steps, the daemon's default schedules.act); "
     "default: the scenario's, standard 1200 and hard 300; --from-db 300.",
 )
 @click.option(
