@@ -86,7 +86,7 @@ class Pipeline:
         from monitor.actions.execute import DUE_STATES
 
         now = self.clock.now()
-        if not self.app.store.actions(states=list(DUE_STATES), due_by=now):
+        if not self.app.store.actions(states=list(DUE_STATES), due_by=now, limit=1):
             return False
         outcomes = (await self.app.act(now)).outcomes
         if not self.keep:

@@ -188,6 +188,9 @@ class _Step:
         self.abandoned = abandoned
         self.silences: list[Silence] = []
         self.report = ActReport(now)
+        # the breakers' rolling-hour counts, read once per step (see _acted_in_hour)
+        self._acted: dict[tuple[str, str | None], int] = {}
+        self._claims: dict[tuple[str, str | None], int] = {}
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -397,6 +400,8 @@ class _Step:
                 claimed = False
             if claimed:
                 per_cycle[row.account] = per_cycle.get(row.account, 0) + 1
+                for key in ((row.account, None), (row.account, row.rule)):
+                    self._claims[key] = self._claims.get(key, 0) + 1
         for account, count in skipped.items():
             tripped_by = "; ".join(self.report.breakers.get(account, []))
             self.report.notices.append(
@@ -444,12 +449,11 @@ class _Step:
         if per_cycle.get(account, 0) >= s.max_per_cycle:
             tripped[account] = f"max_per_cycle {s.max_per_cycle} reached in this act step"
             return tripped[account]
-        since = self.now - HOUR
-        if self.store.acted_since(account, since) >= s.max_per_hour:
+        if self._acted_in_hour(account, None) >= s.max_per_hour:
             tripped[account] = f"max_per_hour {s.max_per_hour} reached (rolling hour)"
             return tripped[account]
         key = (account, row.rule)
-        if key in rule_tripped or self.store.acted_since(account, since, row.rule) >= (
+        if key in rule_tripped or self._acted_in_hour(account, row.rule) >= (
             s.max_per_rule_per_hour
         ):
             rule_tripped.add(key)
@@ -458,6 +462,14 @@ class _Step:
                 "(rolling hour)"
             )
         return None
+
+    def _acted_in_hour(self, account: str, rule: str | None) -> int:
+        """The account's (or its rule's) actions acted in the rolling hour: read once per step,
+        plus this step's claims."""
+        key = (account, rule)
+        if key not in self._acted:
+            self._acted[key] = self.store.acted_since(account, self.now - HOUR, rule)
+        return self._acted[key] + self._claims.get(key, 0)
 
     async def _execute(self, row: ActionRecord) -> bool:
         """Re-check, claim, call, record. True when the row was claimed (it counts against the

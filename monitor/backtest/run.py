@@ -7,9 +7,10 @@ the scores of :mod:`monitor.backtest.score`.
 Each step: the owner's restarts due before it are made at their exact times (through the model,
 as the owner would in the console), the balance drops when the scenario says, then one pipeline
 step at the step's time; actions awaiting approval are approved after it (the act step of the
-next cycle runs them). Between steps the act step runs on its own schedule, every ``ACT_S`` (the
-daemon's default), whenever an action is due: a stop runs when its grace ends and its re-check
-has a sample past it, not at the next step. Notifications go to a null console.
+next cycle runs them). Between steps the act step runs on its own schedule (``act_s``; for
+``hard`` every 60 s, the daemon's default) whenever an action is due: a stop runs when its grace
+ends and its re-check has a sample past it, not at the next step. Notifications go to a null
+console.
 """
 
 from __future__ import annotations
@@ -52,8 +53,6 @@ METRIC_RESOLUTION_S = 60
 #: what a stopped instance's storage costs per GPU and hour (USD): 60 GB of local disk per GPU
 #: at USD 0.005 per GB and day, an assumption of the backtest stated in its output
 STORAGE_USD_PER_GPU_HOUR = Decimal("0.0125")
-#: the act step's schedule (seconds), the daemon's default ``schedules.act``, whatever the step
-ACT_S = 60
 #: breakers sized for a fleet: the defaults (3 a cycle, 10 an hour) are for a handful
 ACTIONS = {"max_per_cycle": 50, "max_per_hour": 200, "max_per_rule_per_hour": 200}
 
@@ -86,7 +85,7 @@ def trace_of(plan: InstancePlan, hourly_usd: Decimal | None) -> score.Trace:
     )
 
 
-def write_config(folder: Path, cycle_s: int, rules: Sequence[Path]) -> Path:
+def write_config(folder: Path, cycle_s: int, rules: Sequence[Path], act_s: int) -> Path:
     from monitor.config import shipped_rules_dir
 
     paths = ", ".join(str(p) for p in (shipped_rules_dir(), *rules))
@@ -101,7 +100,7 @@ def write_config(folder: Path, cycle_s: int, rules: Sequence[Path]) -> Path:
         f"database: sqlite:///{folder / 'backtest.db'}\n"
         f"rules: [{paths}]\n"
         f"schedules: {{instances: {every}, metrics: {every}, balance: {every}, "
-        f"evaluate: {every}, act: {min(ACT_S, cycle_s)}s, deliver: {every}, usage_bills: 1h, "
+        f"evaluate: {every}, act: {act_s}s, deliver: {every}, usage_bills: 1h, "
         "fixed_term_bills: 1h, training_tasks: 1d, products: 1d, retention: 1h}\n"
         f"actions: {{{actions}}}\n"
     )
@@ -173,8 +172,11 @@ async def simulate(
     rules: Sequence[Path] = (RULES,),
     folder: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    act_s: int | None = None,
 ) -> dict[str, Any]:
-    """Run ``scenario`` through the pipeline; the result of :func:`report`."""
+    """Run ``scenario`` through the pipeline; the result of :func:`report`. ``act_s``: how
+    often due actions run between steps (default and at most: every step)."""
+    act_s = cycle_s if act_s is None else max(1, min(act_s, cycle_s))
     from monitor.app import App
     from monitor.config import Config
     from monitor.notify.deliver import Notifier
@@ -188,7 +190,7 @@ async def simulate(
     with tempfile.TemporaryDirectory(prefix="nm-backtest-") as tmp:
         where = folder or Path(tmp)
         env = {API_KEY_ENV: "backtest-key"}
-        config = Config.load(write_config(where, cycle_s, rules), env=env)
+        config = Config.load(write_config(where, cycle_s, rules, act_s), env=env)
         clock = ManualClock(_ts(scenario.start))
         sim = scenarios.install(scenario, clock)
         faults = Faults(error_rate=scenario.error_rate, seed=scenario.seed)
@@ -248,13 +250,14 @@ async def simulate(
                         f"{time.monotonic() - started:.0f} s, cpu {time.process_time() - cpu0:.0f} s"
                     )
                 # the act step on its own schedule until the next step
-                for at in range(t + ACT_S, min(t + cycle_s, scenario.end), ACT_S):
+                for at in range(t + act_s, min(t + cycle_s, scenario.end), act_s):
                     owner.until(clock, at)
                     await run.act()
                 t += cycle_s
             clock.set(_ts(scenario.end))
             seen.restarts = owner.restarts
-            return report(scenario, sim, app, seen, window, cycle_s, time.monotonic() - started)
+            wall = time.monotonic() - started
+            return report(scenario, sim, app, seen, window, cycle_s, act_s, wall)
         finally:
             await app.aclose()
 
@@ -311,6 +314,7 @@ def report(
     seen: Observed,
     window: timedelta,
     cycle_s: int,
+    act_s: int,
     wall_s: float,
 ) -> dict[str, Any]:
     from monitor.sim.truth import paygo_rate_10k
@@ -377,7 +381,7 @@ def report(
             "metric_resolution_s": METRIC_RESOLUTION_S,
             "balance_s": cycle_s,
             "evaluate_s": cycle_s,
-            "act_s": min(ACT_S, cycle_s),
+            "act_s": act_s,
             "deliver_s": cycle_s,
             "usage_bills_s": 3600,
             "fixed_term_bills_s": 3600,
@@ -431,12 +435,21 @@ def backtest(
     cycle_s: int | None = None,
     rules: Sequence[Path] | None = None,
     progress: Callable[[str], None] | None = None,
+    act_s: int | None = None,
 ) -> dict[str, Any]:
-    """Build the scenario and run it (see :func:`simulate`) at ``cycle_s`` (default: the
-    scenario's step)."""
+    """Build the scenario and run it (see :func:`simulate`) at ``cycle_s``, acting every
+    ``act_s`` (defaults: the scenario's, ``scenarios.DEFAULT_CYCLE_S`` and ``DEFAULT_ACT_S``)."""
     scenario = scenarios.build(name, days=days, instances=instances, seed=seed)
     if cycle_s is None:
         cycle_s = scenarios.DEFAULT_CYCLE_S[name]
+    if act_s is None:
+        act_s = scenarios.DEFAULT_ACT_S[name]
     return asyncio.run(
-        simulate(scenario, cycle_s, tuple(rules) if rules else (RULES,), progress=progress)
+        simulate(
+            scenario,
+            cycle_s,
+            tuple(rules) if rules else (RULES,),
+            progress=progress,
+            act_s=act_s,
+        )
     )

@@ -121,9 +121,16 @@ def _from_db(
     "cycle_s",
     type=click.IntRange(min=60),
     default=None,
-    help="Seconds between collect/evaluate/act steps (metrics stay at 1-minute resolution; "
-    "due actions also run every 60 s between steps, the daemon's default schedules.act); "
+    help="Seconds between collect/evaluate/act steps (metrics stay at 1-minute resolution); "
     "default: the scenario's, standard 1200 and hard 300; --from-db 300.",
+)
+@click.option(
+    "--act",
+    "act_s",
+    type=click.IntRange(min=60),
+    default=None,
+    help="Seconds between act steps (due actions only) within a step; default: the "
+    "scenario's, standard 1200 (its step) and hard 60 (the daemon's schedules.act).",
 )
 @click.option(
     "--rules",
@@ -147,6 +154,7 @@ def backtest(
     instances: int | None,
     seed: int,
     cycle_s: int | None,
+    act_s: int | None,
     rule_paths: tuple[Path, ...],
     from_db: bool,
     config_path: str | None,
@@ -172,6 +180,7 @@ def backtest(
         cycle_s=cycle_s,
         rules=rule_paths or None,
         progress=progress,
+        act_s=act_s,
     )
     met = verdicts(result)
     result["targets_met"] = met
