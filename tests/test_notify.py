@@ -609,6 +609,27 @@ def test_an_actions_notice_is_counted_as_an_action_not_an_alert() -> None:
     assert only.title == "[warning] idle-gpu: 1 action"
 
 
+def test_an_actions_notice_does_not_end_with_its_alerts_age() -> None:
+    """An approval request's line says what it asks; the alert's age ("; for 40 min") after it
+    read as the request's, unlabelled. An alert's line keeps it."""
+    from dataclasses import replace as change
+
+    from monitor.notify.render import Renderer
+
+    asked = change(
+        low_balance(),
+        rule="renew-used-subscriptions",
+        summary="renew subscription: renew for 1 month ($1,272.39). See `novita-monitor actions`",
+        values={"action": "renew", "cost_usd": 1272.39},
+        started_at=NOW - timedelta(minutes=40),
+    )
+    line = Renderer().line(asked, NOW)
+    assert line.endswith("See `novita-monitor actions`"), line
+    assert "for 40 min" not in line
+    alert = change(low_balance(), started_at=NOW - timedelta(minutes=40))
+    assert Renderer().line(alert, NOW).endswith("; for 40 min")
+
+
 def test_an_idle_alert_ended_by_a_stop_says_stopped_not_busy_again() -> None:
     from dataclasses import replace as change
 
