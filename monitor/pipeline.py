@@ -20,6 +20,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from monitor.actions.execute import DUE_STATES
 from monitor.app import App, task_intervals
 from monitor.clock import ManualClock
 from monitor.evaluate import CycleReport
@@ -83,8 +84,6 @@ class Pipeline:
         """The act step alone, as the daemon's own ``schedules.act`` runs it between
         evaluations, when some action is due at the clock's ``now`` (nothing else runs then);
         True when it ran. Its notices wait in the outbox for the next step's delivery."""
-        from monitor.actions.execute import DUE_STATES
-
         now = self.clock.now()
         if not self.app.store.actions(states=list(DUE_STATES), due_by=now, limit=1):
             return False

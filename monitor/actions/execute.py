@@ -15,9 +15,9 @@ One call of :func:`act` (every ``schedules.act`` and in ``once``), in this order
      the rest with reason ``breaker`` and one critical notice per account;
    * **re-check** on fresh data (:mod:`monitor.actions.recheck`): a stop needs a fresh
      get-instance still ``running`` with the planned billing mode and ``lastStartedAt``, not
-     protected, and the rule's condition true on fresh metrics that include a sample taken at
-     or after the row became due (until one arrives the row waits for the next act step;
-     ``metrics_max_age`` bounds the wait) (else ``aborted``/``refused``);
+     protected, and the rule's condition true on fresh metrics (else ``aborted``/``refused``);
+     a stop announced with a grace waits, due, for a sample taken at or after the grace's end
+     (re-checked at the next act step; ``metrics_max_age`` bounds the wait);
      a renew is ``refused`` when ``endTime`` moved, auto-renew is on (or unknown) within 3 days
      of ``endTime``, or a renewal bill for the period exists;
    * **claim** (compare-and-set to ``executing``, committed before the call), **call**, record:
