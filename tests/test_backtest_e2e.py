@@ -48,3 +48,15 @@ def test_a_short_hard_backtest_stops_idle_instances_and_breaks_nothing() -> None
     assert out["runway_alert_lead_h"] is None
     assert out["targets_met"]["runway_alert_lead_h"] is False
     assert out["targets_met"]["false_stops"] is True
+
+
+def test_the_act_schedule_is_the_scenarios_unless_told() -> None:
+    """``standard`` acts at its 20-minute steps by default; ``--act`` runs due actions between
+    steps (at most every step), and the output names the schedule used."""
+    assert scenarios.DEFAULT_ACT_S == {"standard": 1200, "hard": 60}
+    args = ["backtest", "--scenario", "standard", "--days", "1", "--instances", "4", "--json"]
+    result = CliRunner().invoke(cli, [*args, "--act", "300"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["schedules"]["step_s"] == 1200 and out["schedules"]["act_s"] == 300
+    assert out["false_stops"] == 0 and out["prepaid_stops"] == 0
