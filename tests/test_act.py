@@ -189,6 +189,22 @@ async def act(app: App, settings: ActSettings | None = None) -> ActReport:
     )
 
 
+def gpu_samples_before(cut: Callable[[], int]) -> Callable[[httpx.Request, Any], Any]:
+    """A hook for :func:`open_tampered`: metrics answers without GPU samples at or after
+    ``cut()`` (Unix seconds, read at each request)."""
+
+    def drop(request: httpx.Request, body: Any) -> tuple[int, Any] | None:
+        if request.url.path.endswith("/metrics/gpu/instance"):
+            limit = cut()
+            for series in (body["gpuUtilization"], body["gpuMemUtilization"]):
+                series["avg"] = [p for p in series["avg"] if int(p["timestamp"]) < limit]
+                for gpu in series["gpuIds"]:
+                    gpu["items"] = [p for p in gpu["items"] if int(p["timestamp"]) < limit]
+        return None
+
+    return drop
+
+
 def notices(report: ActReport, severity: str | None = None) -> list[str]:
     return [n.summary for n in report.notices if severity is None or n.severity == severity]
 
@@ -294,16 +310,7 @@ async def test_a_stop_waiting_for_samples_that_never_come_is_aborted_as_stale(
 ) -> None:
     """The wait for a sample past the grace's end is bounded by ``metrics_max_age``."""
     frozen_at = int((clock.now() + timedelta(minutes=14)).timestamp())
-
-    def nothing_after_the_grace(request: httpx.Request, body: Any) -> tuple[int, Any] | None:
-        if request.url.path.endswith("/metrics/gpu/instance"):
-            for series in (body["gpuUtilization"], body["gpuMemUtilization"]):
-                series["avg"] = [p for p in series["avg"] if int(p["timestamp"]) < frozen_at]
-                for gpu in series["gpuIds"]:
-                    gpu["items"] = [p for p in gpu["items"] if int(p["timestamp"]) < frozen_at]
-        return None
-
-    app = open_tampered(tmp_path, sim_app, clock, nothing_after_the_grace)
+    app = open_tampered(tmp_path, sim_app, clock, gpu_samples_before(lambda: frozen_at))
     try:
         await app.collect()
         row_id = await plan(
@@ -338,16 +345,10 @@ async def test_a_stop_is_aborted_when_the_instance_was_restarted_since_planning(
 async def test_stale_metrics_abort_a_stop(
     tmp_path: Path, sim_app: Any, demo_sim: FleetSim, clock: ManualClock
 ) -> None:
-    def no_recent_points(request: httpx.Request, body: Any) -> tuple[int, Any] | None:
-        if request.url.path.endswith("/metrics/gpu/instance"):
-            cut = int((clock.now() - timedelta(minutes=10)).timestamp())
-            for series in (body["gpuUtilization"], body["gpuMemUtilization"]):
-                series["avg"] = [p for p in series["avg"] if int(p["timestamp"]) < cut]
-                for gpu in series["gpuIds"]:
-                    gpu["items"] = [p for p in gpu["items"] if int(p["timestamp"]) < cut]
-        return None
-
-    app = open_tampered(tmp_path, sim_app, clock, no_recent_points)
+    ten_minutes_ago = gpu_samples_before(
+        lambda: int((clock.now() - timedelta(minutes=10)).timestamp())
+    )
+    app = open_tampered(tmp_path, sim_app, clock, ten_minutes_ago)
     try:
         await app.collect()
         row_id = await plan(app, "stop", NOTEBOOK, clock.now())
