@@ -482,7 +482,8 @@ class App:
         delivery of every notification due (the evaluation's and the act step's)."""
         reports = await self.collect(names)
         cycle = self.evaluate_only() if self.ruleset is not None else None
-        actions = (await self.act(self.clock.now())).outcomes
+        acted = await self.act(self.clock.now())
+        actions = acted.outcomes + acted.waiting  # a waiting stop is printed, not a failure
         deliveries = await self.deliver()
         if cycle is not None:
             cycle.deliveries = deliveries

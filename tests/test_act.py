@@ -298,6 +298,9 @@ async def test_work_resumed_in_the_graces_last_minute_is_seen_before_the_stop(
     clock.advance(30)
     waited = await act(app)  # due: the newest sample (a minute old) is still idle
     assert waited.outcomes == [] and row(app, row_id).state == "announced"
+    (wait,) = waited.waiting  # what ``once`` prints for it
+    assert (wait.action_id, wait.state) == (row_id, "waiting")
+    assert "waiting for a sample taken at or after" in wait.reason
     clock.advance(60)
     await act(app)
     aborted = row(app, row_id)

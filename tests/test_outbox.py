@@ -393,7 +393,8 @@ async def test_once_acts_between_evaluation_and_delivery(
                     reason="breaker" if state == "skipped" else "",
                 )
             )
-        return ActReport(now, outcomes=rows)
+        waiting = ActOutcome(9, "main", "r", "stop", "i-waiting", "waiting", "waiting for a sample")
+        return ActReport(now, outcomes=rows, waiting=[waiting])
 
     app.act = act  # type: ignore[attr-defined]
     try:
@@ -406,6 +407,8 @@ async def test_once_acts_between_evaluation_and_delivery(
     lines = result.summary_lines()
     assert "action stop i-skipped (rule r): skipped: breaker" in lines
     assert "action stop i-refused (rule r): refused" in lines
+    # a stop waiting for a sample past its grace is printed, and is no failure
+    assert "action stop i-waiting (rule r): waiting: waiting for a sample" in lines
     assert "notification to ops: delivered" in lines
 
 

@@ -97,6 +97,8 @@ class ActReport:
 
     now: datetime
     outcomes: list[ActOutcome] = field(default_factory=list)
+    #: due rows left as they were, to be re-checked at the next act step (state ``waiting``)
+    waiting: list[ActOutcome] = field(default_factory=list)
     notices: list[Notification] = field(default_factory=list)
     breakers: dict[str, list[str]] = field(default_factory=dict)  # account -> what tripped
 
@@ -486,6 +488,12 @@ class _Step:
         except _NotYet as wait:
             log.info("action.waiting", action_id=row.id, action=row.action,
                      instance=row.instance_id, why=str(wait))  # fmt: skip
+            self.report.waiting.append(
+                ActOutcome(
+                    int(row.id or 0), row.account, row.rule, row.action, row.instance_id,
+                    "waiting", str(wait),
+                )
+            )  # fmt: skip
             return False
         claimed = self.store.claim(row, self.by, self.now)
         if claimed is None:
