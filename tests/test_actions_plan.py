@@ -334,7 +334,8 @@ def test_a_renewal_awaits_approval_with_its_figures(tmp_path: Path) -> None:
     money = row.facts["money"]
     assert money["charge_usd"] == 300.0 and money["balance_usd"] == 1000.0
     assert money["runway_after_charge_hours"] == 350.0  # (1000 - 300) / 2
-    assert "renew for 1 month ($300.00)" in row.reason
+    # the term it renews, as people read a time (not ISO 8601)
+    assert "renew for 1 month ($300.00) the term ending 2026-11-25 14:00 UTC;" in row.reason
     (note,) = notices
     assert "novita-monitor approve ID" in note.summary
 

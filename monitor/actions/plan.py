@@ -348,10 +348,11 @@ def _renew(
     if refusal is not None:
         return refusal
     figures["end_time"] = _iso(inst.end_time)
+    ends = _at(inst.end_time, now) if inst.end_time is not None else "unknown"
     sentence = (
         f"renew for {params.months} month{'s' if params.months != 1 else ''} "
-        f"({_usd(inst.subscription_prices_usd[params.months])}), ending "
-        f"{_iso(inst.end_time)}; runway after it {figures['runway_after_charge_hours']} h"
+        f"({_usd(inst.subscription_prices_usd[params.months])}) the term ending {ends}; "
+        f"runway after it {figures['runway_after_charge_hours']} h"
     )
     return _approval(params.approval, sentence, figures, settings, now)
 
