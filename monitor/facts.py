@@ -45,6 +45,8 @@ from monitor.rules.facts import (
 )
 from monitor.store.metrics import Partial, merge_partials, window_aggs
 from monitor.store.money import pick_price
+from monitor.store.records import GpuAgg as StoreGpuAgg
+from monitor.store.types import decode_pct
 
 log = get_logger("monitor.facts")
 
@@ -139,6 +141,10 @@ class StoreFacts:
         self._products: dict[str, dict[str, list[Any]]] = {}
         # metric windows' exact sums by (account, series, end, instances), then start
         self._windows: dict[tuple[Any, ...], dict[datetime, dict[str, Partial]]] = {}
+        # per-GPU windows by (account, series, end): (start, instances or None = all, answer)
+        self._gpu_windows: dict[tuple[Any, ...], list[tuple[datetime, Any, Any]]] = {}
+        # windows answered in part (``busy_at``), by the same key, start and level
+        self._pruned: dict[tuple[Any, ...], tuple[dict[str, Partial], frozenset[str]]] = {}
         self._running: dict[tuple[str, datetime, datetime], Any] = {}
         self._metrics_start: dict[str, datetime | None] = {}
         self._idle: dict[tuple[str, float, datetime], dict[str, datetime | None]] = {}
@@ -287,11 +293,11 @@ class StoreFacts:
         start: datetime,
         end: datetime,
         instance_ids: Sequence[str] | None = None,
+        busy_at: float | None = None,
     ) -> dict[str, WindowAgg]:
+        parts, proven = self._partials(account, series, start, end, instance_ids, busy_at)
         out = {}
-        for iid, agg in window_aggs(
-            self._partials(account, series, start, end, instance_ids), start, end
-        ).items():
+        for iid, agg in window_aggs(parts, start, end).items():
             if agg.count and agg.avg is not None:
                 top = agg.max if agg.max is not None else agg.avg
                 if economics.bounded_percent(top) is None:
@@ -312,6 +318,7 @@ class StoreFacts:
                     min=agg.min if agg.min is not None else agg.avg,
                     count=agg.count,
                     covered_s=float(agg.covered_seconds),
+                    partial=iid in proven,
                 )
         return out
 
@@ -322,26 +329,47 @@ class StoreFacts:
         start: datetime,
         end: datetime,
         instance_ids: Sequence[str] | None,
-    ) -> dict[str, Partial]:
-        """The window's exact sums; a window longer than one already read with the same end
-        (the shipped 30-minute idle rule, then a 45-minute stop rule) reads only the minutes
-        before it and merges."""
+        busy_at: float | None = None,
+    ) -> tuple[dict[str, Partial], frozenset[str]]:
+        """The window's exact sums, and the instances answered by a part of it only.
+
+        A window longer than one already read with the same end (the shipped 30-minute idle
+        rule, then a 45-minute stop rule) reads only the minutes before it and merges. With
+        ``busy_at``, an instance the shorter window already shows at or above it is answered by
+        that window alone (it reaches the level in the longer one too), so the minutes before
+        are read only for the rest: about a quarter of a fleet that is mostly busy."""
         ids = None if instance_ids is None else tuple(sorted(instance_ids))
         known = self._windows.setdefault((account, series, end, ids), {})
         if start in known:
-            return known[start]
+            return known[start], frozenset()
         inner = min((s for s in known if s > start), default=None)
         if inner is None:
-            parts = self.store.metric_partials(account, ids, series, start, end)
+            parts = known[start] = self.store.metric_partials(account, ids, series, start, end)
+            return parts, frozenset()
+        tail = known[inner]
+        proven: frozenset[str] = frozenset()
+        if busy_at is not None:
+            pruned = self._pruned.get((account, series, end, ids, start, busy_at))
+            if pruned is not None:
+                return pruned
+            proven = frozenset(
+                iid for iid, p in tail.items() if (decode_pct(p.max) or 0.0) >= busy_at
+            )
+        if proven:
+            scope = ids if ids is not None else tuple(i.id for i in self.instances(account))
+            rest = tuple(iid for iid in scope if iid not in proven)
+            head = self.store.metric_partials(account, rest, series, start, inner) if rest else {}
         else:
             head = self.store.metric_partials(account, ids, series, start, inner)
-            tail = known[inner]
-            parts = {
-                iid: merge_partials([p for p in (head.get(iid), tail.get(iid)) if p is not None])
-                for iid in head.keys() | tail.keys()
-            }
-        known[start] = parts
-        return parts
+        parts = {
+            iid: merge_partials([p for p in (head.get(iid), tail.get(iid)) if p is not None])
+            for iid in head.keys() | tail.keys()
+        }
+        if not proven:
+            known[start] = parts
+        else:
+            self._pruned[(account, series, end, ids, start, busy_at)] = (parts, proven)
+        return parts, proven
 
     def per_gpu_window(
         self,
@@ -353,7 +381,7 @@ class StoreFacts:
     ) -> dict[str, list[GpuAgg]]:
         span = (end - start).total_seconds()
         out: dict[str, list[GpuAgg]] = {}
-        raw = self.store.per_gpu_window(account, instance_ids, start, end, series=series)
+        raw = self._gpu_partials(account, series, start, end, instance_ids)
         for iid, gpus in raw.items():
             aggs = [
                 GpuAgg(
@@ -370,6 +398,40 @@ class StoreFacts:
             if aggs:
                 out[iid] = aggs
         return out
+
+    def _gpu_partials(
+        self,
+        account: str,
+        series: str,
+        start: datetime,
+        end: datetime,
+        instance_ids: Sequence[str] | None,
+    ) -> dict[str, list[StoreGpuAgg]]:
+        """The store's per-GPU window; one longer than a window already read with the same end,
+        for instances among those it was read for (the stop rule's candidates are among the
+        shipped idle rule's), reads only the minutes before it and merges."""
+        ids = None if instance_ids is None else frozenset(instance_ids)
+        known = self._gpu_windows.setdefault((account, series, end), [])
+        inner = min(
+            (
+                (begun, got)
+                for begun, wanted, got in known
+                if begun > start and (wanted is None or (ids is not None and ids <= wanted))
+            ),
+            key=lambda k: k[0],
+            default=None,
+        )
+        if inner is None:
+            got = self.store.per_gpu_window(account, instance_ids, start, end, series=series)
+        else:
+            head = self.store.per_gpu_window(account, instance_ids, start, inner[0], series=series)
+            got = {
+                iid: _merge_gpus(head.get(iid, []), inner[1].get(iid, []))
+                for iid in (head.keys() | inner[1].keys())
+                if ids is None or iid in ids
+            }
+        known.append((start, ids, got))
+        return got
 
     def balance(self, account: str) -> BalanceFact | None:
         sample = self.store.latest_balance(account)
@@ -632,3 +694,26 @@ def _status_since(rec: Any, statuses: list[tuple[datetime, str]] | None) -> date
     if seen <= {rec.status} and rec.status in economics.CREATING_STATUSES and rec.created_at:
         since = min(since, rec.created_at) if since else rec.created_at
     return since
+
+
+def _merge_gpus(a: Sequence[StoreGpuAgg], b: Sequence[StoreGpuAgg]) -> list[StoreGpuAgg]:
+    """Per-GPU aggregates of two adjacent ranges of one instance, as one (by GPU position)."""
+    by_index: dict[int, list[StoreGpuAgg]] = {}
+    for g in (*a, *b):
+        by_index.setdefault(g.index, []).append(g)
+    out = []
+    for index in sorted(by_index):
+        parts = [g for g in by_index[index] if g.count and g.avg is not None]
+        count = sum(g.count for g in parts)
+        maxes = [g.max for g in parts if g.max is not None]
+        out.append(
+            StoreGpuAgg(
+                index=index,
+                avg=sum(g.avg * g.count for g in parts if g.avg is not None) / count
+                if count
+                else None,
+                max=max(maxes) if maxes else None,
+                count=count,
+            )
+        )
+    return out

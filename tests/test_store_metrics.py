@@ -363,3 +363,122 @@ def test_a_longer_window_with_the_same_end_reads_only_its_head(store: Store) -> 
         (T0 - timedelta(minutes=200), T0 - timedelta(minutes=45)),
         (T0 - timedelta(minutes=20), T0),
     ]
+
+
+def steady(store: Store, instance: str, start: int, values: list[float]) -> None:
+    """One sample a minute from ``start``: ``values`` on both GPUs and as their average."""
+    key = store.instance_key("main", instance)
+    assert key is not None
+    store.bulk_insert_metrics(
+        MetricRow(key, start + i * 60, v, 50.0, 25.0, 60.0, 10.0, (v, v / 2), (50.0, 50.0))
+        for i, v in enumerate(values)
+    )
+
+
+def test_a_longer_window_skips_the_head_of_instances_the_shorter_one_shows_busy(
+    store: Store,
+) -> None:
+    """A 45-minute idle window after a 30-minute one: an instance the 30 minutes already show at
+    the threshold is answered by them (``partial``: busy in the 45 too), so the 15 minutes
+    before are read only for the others, whose figures are those of one read of the 45."""
+    from monitor.facts import StoreFacts
+
+    start = E0 - 60 * 60
+    steady(store, "i-1", start, [40.0] * 20 + [1.0] * 10 + [80.0] * 30)  # busy now, peak 80
+    steady(store, "i-2", start, [1.0, 2.0, 3.0] * 20)  # idle throughout
+    facts = StoreFacts(store, ["main"], {}, 3.0, now=T0)
+    s30, s45 = T0 - timedelta(minutes=30), T0 - timedelta(minutes=45)
+    want = store.metric_window("main", None, "gpu_util", s45, T0)
+    asked: list[tuple[Any, datetime, datetime]] = []
+    read = store.metric_partials
+
+    def spy(account: str, ids: Any, series: str, begin: datetime, end: datetime) -> Any:
+        asked.append((ids, begin, end))
+        return read(account, ids, series, begin, end)
+
+    store.metric_partials = spy  # type: ignore[method-assign]
+    facts.metric_window("main", "gpu_util", s30, T0)
+    got = facts.metric_window("main", "gpu_util", s45, T0, busy_at=5.0)
+    assert asked[-1] == (("i-2",), s45, s30)  # the head, for the quiet instance only
+    assert got["i-1"].partial and got["i-1"].max >= 5.0
+    quiet = got["i-2"]
+    assert not quiet.partial
+    assert (quiet.avg, quiet.max, quiet.min, quiet.count) == pytest.approx(
+        (want["i-2"].avg, want["i-2"].max, want["i-2"].min, want["i-2"].count)
+    )
+    # asked again, the same answer, from memory
+    assert facts.metric_window("main", "gpu_util", s45, T0, busy_at=5.0) == got
+    assert len(asked) == 2
+    # without busy_at every instance is read whole: i-1's 45 minutes, its 40 % head included
+    whole = facts.metric_window("main", "gpu_util", s45, T0)["i-1"]
+    assert not whole.partial
+    assert (whole.avg, whole.max, whole.count) == pytest.approx(
+        (want["i-1"].avg, 80.0, want["i-1"].count)
+    )
+
+
+def test_a_longer_per_gpu_window_for_fewer_instances_reads_only_its_head(store: Store) -> None:
+    """The per-GPU window of a stop rule's candidates (among the idle rule's) after the idle
+    rule's shorter one: its head is read and merged, with the figures of one read."""
+    from monitor.facts import StoreFacts
+
+    start = E0 - 60 * 60
+    steady(store, "i-1", start, [float(i % 7) for i in range(60)])
+    steady(store, "i-2", start, [float(i % 3) for i in range(60)])
+    facts = StoreFacts(store, ["main"], {}, 3.0, now=T0)
+    s30, s45 = T0 - timedelta(minutes=30), T0 - timedelta(minutes=45)
+    asked: list[tuple[Any, datetime, datetime]] = []
+    read = store.per_gpu_window
+
+    def spy(account: str, ids: Any, begin: datetime, end: datetime, series: str) -> Any:
+        asked.append((ids, begin, end))
+        return read(account, ids, begin, end, series=series)
+
+    store.per_gpu_window = spy  # type: ignore[method-assign]
+    facts.per_gpu_window("main", "gpu_util", s30, T0, ["i-1", "i-2"])
+    got = facts.per_gpu_window("main", "gpu_util", s45, T0, ["i-2"])
+    assert asked[-1] == (["i-2"], s45, s30)
+    assert list(got) == ["i-2"]
+    want = read("main", ["i-2"], s45, T0, series="gpu_util")["i-2"]
+    assert [x for g in got["i-2"] for x in (g.avg, g.max, g.count)] == pytest.approx(
+        [x for g in want for x in (g.avg, g.max, g.count)]
+    )
+    # instances the shorter window was not read for are read whole
+    facts.per_gpu_window("main", "gpu_util", s45, T0)
+    assert asked[-1] == (None, s45, T0)
+
+
+def test_an_alert_that_needs_a_busy_instances_figures_gets_the_whole_window(
+    store: Store, tmp_path: Path
+) -> None:
+    """The rules read a 30-minute idle window, then 45-minute ones. Where a busy instance's
+    figures make or end an alert (under a ``not``, or an idle alert resolving) they are those
+    of the whole 45 minutes, never of the 30 that showed it busy."""
+    from monitor.facts import StoreFacts
+    from monitor.rules import AlertState, evaluate, fingerprint, load_rules
+
+    start = E0 - 60 * 60
+    steady(store, "i-1", start, [95.0] * 20 + [1.0] * 10 + [80.0] * 30)  # peak 95 in the head
+    steady(store, "i-2", start, [1.0] * 60)
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "rules:\n"
+        "  - {name: idle30, resource: instance, when: {idle_gpu: {window: 30m}}}\n"
+        "  - {name: idle45, resource: instance, when: {idle_gpu: {window: 45m}}}\n"
+        "  - {name: busy45, resource: instance, when: {not: {idle_gpu: {window: 45m}}}}\n"
+    )
+    want = store.metric_window("main", ["i-1"], "gpu_util", T0 - timedelta(minutes=45), T0)
+    fp = fingerprint("main", "idle45", "instance", "i-1")
+    firing = AlertState(
+        fp, "main", "idle45", "instance", "i-1", "firing", active_since=T0, firing_since=T0
+    )
+    facts = StoreFacts(store, ["main"], {}, 3.0, now=T0)
+    result = evaluate(load_rules([path]), facts, T0, {fp: firing})
+    busy = result.states[fingerprint("main", "busy45", "instance", "i-1")]
+    resolved = result.states[fp]
+    assert busy.state == "firing" and resolved.state == "resolved"
+    for state in (busy, resolved):
+        assert state.values["value"] == 95.0
+        assert state.values["gpu_util_avg"] == pytest.approx(want["i-1"].avg, abs=0.01)
+    assert result.states[fingerprint("main", "idle30", "instance", "i-2")].state == "firing"
+    assert result.states[fingerprint("main", "idle45", "instance", "i-2")].state == "firing"

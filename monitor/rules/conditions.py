@@ -100,6 +100,13 @@ def _uptime_start(ctx: EvalContext, inst: InstanceFact) -> datetime | None:
     return inst.last_started_at or inst.created_at or ctx.facts.history_start(ctx.account)
 
 
+def _busy_at(params: IdleGpuParams | UnderusedGpusParams, ctx: EvalContext) -> float | None:
+    """Of an instance whose GPUs' average reaches the threshold, "every GPU idle" needs only to
+    know that it does (see ``WindowAgg.partial``); under a ``not`` its figures are an alert's."""
+    all_idle = isinstance(params, IdleGpuParams) and params.mode == "all"
+    return params.threshold if all_idle and not ctx.negated else None
+
+
 def _idle_gpus(
     params: IdleGpuParams | UnderusedGpusParams, ctx: EvalContext, inst: InstanceFact
 ) -> tuple[list[bool | None], WindowAgg | None, bool]:
@@ -109,9 +116,17 @@ def _idle_gpus(
     needed = params.min_coverage * (params.window - params.metric_lag).total_seconds()
     mem_th = params.gpu_memory_threshold
     whole = isinstance(params, IdleGpuParams)  # the across-GPU series counts (underused: per GPU)
-    utils = ctx.facts.metric_window(ctx.account, "gpu_util", start, end) if whole else {}
-    util = utils.get(inst.id)
     all_idle = isinstance(params, IdleGpuParams) and params.mode == "all"
+    busy_at = _busy_at(params, ctx)
+    utils = (
+        ctx.facts.metric_window(ctx.account, "gpu_util", start, end, busy_at=busy_at)
+        if whole
+        else {}
+    )
+    util = utils.get(inst.id)
+    if util is not None and util.partial and ctx.active:
+        # this rule's alert ends here: its notice shows the whole window's figures
+        util = ctx.facts.metric_window(ctx.account, "gpu_util", start, end, (inst.id,)).get(inst.id)
     if all_idle and util is not None and util.max >= params.threshold:
         # the GPUs' average reached the threshold, so some GPU did: not every GPU is idle
         return [False], util, False
@@ -201,7 +216,7 @@ def idle_gpu(params: IdleGpuParams, ctx: EvalContext, resource: Resource) -> Res
         return Result(False, values)
     verdicts, util, _ = _idle_gpus(params, ctx, inst)
     match = and3(verdicts) if params.mode == "all" else or3(verdicts)
-    if util is not None:
+    if util is not None and not util.partial:  # a partial one's figures are of part of it
         values["value"] = round(util.max, 2)
         values["gpu_util_avg"] = round(util.avg, 2)
     if params.cpu_threshold is not None and match is not False:
@@ -221,7 +236,11 @@ def idle_gpu(params: IdleGpuParams, ctx: EvalContext, resource: Resource) -> Res
             lambda: tuple(
                 iid
                 for iid, agg in ctx.facts.metric_window(
-                    ctx.account, "gpu_util", ctx.now - params.window, ctx.now
+                    ctx.account,
+                    "gpu_util",
+                    ctx.now - params.window,
+                    ctx.now,
+                    busy_at=_busy_at(params, ctx),
                 ).items()
                 if agg.max < params.threshold
             ),

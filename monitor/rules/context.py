@@ -96,13 +96,14 @@ class CachedFacts:
         start: datetime,
         end: datetime,
         instance_ids: Sequence[str] | None = None,
+        busy_at: float | None = None,
     ) -> dict[str, WindowAgg]:
         """Whole-account windows are cached; a window for a few named instances (a condition
         that concerns a handful, like expiring subscriptions) is read for those only."""
         ids = None if instance_ids is None else tuple(sorted(instance_ids))
         return self._get(
-            ("metric", account, series, start, end, ids),
-            lambda: self._facts.metric_window(account, series, start, end, ids),
+            ("metric", account, series, start, end, ids, busy_at),
+            lambda: self._facts.metric_window(account, series, start, end, ids, busy_at),
         )
 
     def per_gpu_window(
@@ -185,6 +186,8 @@ class EvalContext:
     now: datetime
     rule_severity: str = "warning"
     prior: AlertState | None = None
+    #: under a ``not``: a non-match's values become the values of a matching alert
+    negated: bool = False
 
     @property
     def active(self) -> bool:

@@ -81,6 +81,11 @@ class WindowAgg:
     ``covered_s`` is the number of distinct sample steps (minutes, ``SAMPLE_STEP_S``) in the
     window holding at least one sample, times the step, capped at the window length. A store
     with minute rollups computes it as ``count(distinct minute) * 60``.
+
+    ``partial``: only the end of the window was read, because a shorter window with the same
+    end already reached the ``busy_at`` level asked for (:meth:`Facts.metric_window`): ``max``
+    is then a lower bound of the window's (at or above ``busy_at``), and ``avg``, ``min``,
+    ``count`` and ``covered_s`` are those of the part read.
     """
 
     avg: float
@@ -88,6 +93,7 @@ class WindowAgg:
     min: float
     count: int
     covered_s: float
+    partial: bool = False
 
 
 @dataclass(frozen=True)
@@ -174,10 +180,17 @@ class Facts(Protocol):
         start: datetime,
         end: datetime,
         instance_ids: Sequence[str] | None = None,
+        busy_at: float | None = None,
     ) -> dict[str, WindowAgg]:
         """Aggregates of ``series`` (one of :data:`SERIES`; for GPUs the across-GPU average
         series) over ``start < t <= end``, per instance (``None`` = every instance of the
-        account). Instances without a sample in the window are absent from the result."""
+        account). Instances without a sample in the window are absent from the result.
+
+        ``busy_at``: the caller only needs to know, of an instance that reaches this level
+        somewhere in the window, that it does. An implementation may then answer such an
+        instance from a shorter window with the same end that it already read, marked
+        ``partial`` (its max reached ``busy_at``, so the whole window's does too), instead of
+        reading the rest of the window for it."""
         ...
 
     def per_gpu_window(
@@ -352,8 +365,9 @@ class InMemoryFacts:
         start: datetime,
         end: datetime,
         instance_ids: Sequence[str] | None = None,
+        busy_at: float | None = None,
     ) -> dict[str, WindowAgg]:
-        out: dict[str, WindowAgg] = {}
+        out: dict[str, WindowAgg] = {}  # every window read whole: ``busy_at`` changes nothing
         for iid in self._ids(account, instance_ids):
             agg = aggregate(self.metrics.get((iid, series), []), start, end)
             if agg is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal, Protocol
@@ -205,7 +205,7 @@ class NotNode:
     needs: frozenset[str] = frozenset()
 
     def evaluate(self, ctx: EvalContext, resource: Resource) -> Result:
-        result = self.child.evaluate(ctx, resource)
+        result = self.child.evaluate(replace(ctx, negated=not ctx.negated), resource)
         match = None if result.match is None else not result.match
         return Result(match, result.values)
 
