@@ -21,7 +21,21 @@ from datetime import datetime
 from itertools import groupby
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, and_, bindparam, case, delete, func, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Integer,
+    and_,
+    bindparam,
+    case,
+    column,
+    delete,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy import values as values_table
 
 from monitor.store import tables as t
 from monitor.store.base import StoreBase
@@ -874,12 +888,18 @@ class MetricsRepo(StoreBase):
                 peak = float(max(values)) if values else decode_pct(top)
                 if peak is None or peak >= threshold or (n or 0) < full_minutes:
                     broken[key] = max(broken.get(key, ts), ts)
-            after = or_(
-                *[and_(h.instance_key == key, h.ts > broken.get(key, s - 1)) for key in keys]
+            # each instance's hours after its break: a join on (key, break) pairs, one range
+            # scan of the primary key per instance (an OR of hundreds of terms cost more to
+            # build and plan than to run)
+            since = (
+                values_table(column("key", Integer), column("after", BigInteger), name="since")
+                .data([(key, broken.get(key, s - 1)) for key in keys])
+                .cte("since")
             )
             counts = conn.execute(
                 select(h.instance_key, func.count(), func.min(h.ts))
-                .where(*in_range, after)
+                .join(since, and_(h.instance_key == since.c.key, h.ts > since.c.after))
+                .where(h.ts >= s, h.ts < e)
                 .group_by(h.instance_key)
             )
             runs = {key: (int(n), int(first)) for key, n, first in counts}
