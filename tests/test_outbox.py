@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import structlog.testing
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
 from monitor.actions.execute import ActOutcome, ActReport
@@ -273,6 +274,40 @@ async def test_two_evaluators_on_one_database_the_stale_write_is_refused(
         again = b.evaluate(clock.now())
         assert again.refused == set()
         assert {r.fingerprint: r.version for r in second.store.load_alerts()}[notebook] == 2
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def test_an_alert_created_between_the_read_and_the_insert_refuses_the_evaluation(
+    tmp_path: Path, sim_app: Any, clock: ManualClock, sink: JsonSink, database: str | None
+) -> None:
+    """The other writer creates the alerts after this evaluation read them absent and before
+    it inserts them: the insert violates their key, and the whole evaluation is refused (no
+    alert, no notice, no plan of it kept), to be judged again next time."""
+    first = open_app(tmp_path, sim_app, clock, extra=channel(sink), database=database)
+    second = open_app(tmp_path, sim_app, clock, extra=channel(sink), database=database)
+    try:
+        await first.collect()
+        a, b = first.evaluator, second.evaluator
+        assert a is not None and b is not None
+        seen_by_a, seen_by_b = a.decide(clock.now()), b.decide(clock.now())
+        raced: list[Any] = []
+
+        def race(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            if statement.startswith("INSERT INTO alerts") and not raced:
+                raced.append(a.record(seen_by_a))  # commits on its own connection
+
+        event.listen(second.store.engine, "before_cursor_execute", race)
+        with structlog.testing.capture_logs() as logs:
+            lost = b.record(seen_by_b)
+        assert raced and raced[0].refused == set()
+        assert lost.refused == {r.fingerprint for r in seen_by_b.keep}
+        assert lost.notifications == [] and lost.actions == []
+        (refusal,) = [e for e in logs if e["event"] == "evaluation_refused"]
+        assert "created meanwhile" in refusal["reason"]
+        assert {r.version for r in first.store.load_alerts()} == {0}  # the winner's, once
+        assert len(first.store.notifications()) == 1
     finally:
         await first.aclose()
         await second.aclose()

@@ -16,6 +16,7 @@ import fnmatch
 import hashlib
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from monitor.rules.model import SEVERITY_RANK, Rule
@@ -23,6 +24,7 @@ from monitor.rules.model import SEVERITY_RANK, Rule
 STATES = ("inactive", "pending", "firing", "resolved")
 
 
+@lru_cache(maxsize=1 << 16)  # every rule meets every resource at every evaluation
 def fingerprint(account: str, rule: str, resource_kind: str, resource_id: str) -> str:
     """A stable 16-hex-digit id of one alert (same inputs, same id, across restarts)."""
     raw = "\x1f".join((account, rule, resource_kind, resource_id)).encode()
