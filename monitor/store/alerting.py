@@ -23,12 +23,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
 
 from monitor.store import tables as t
 from monitor.store.base import StoreBase
 from monitor.store.models import AlertRecord, NotificationRecord, Silence
-from monitor.store.sql import upsert
+from monitor.store.sql import insert_statement, upsert
 
 ALERT_STATES = frozenset({"pending", "firing", "resolved"})
 NOTIFICATION_KINDS = frozenset({"firing", "resolved", "test", "report"})
@@ -37,12 +36,6 @@ NOTIFICATION_STATUSES = frozenset({"pending", "sent", "failed", "expired"})
 _NOTIFICATION_COLUMNS = [c.name for c in t.notifications.columns if c.name != "id"]
 #: fingerprints per ``IN (...)`` (SQLite's limit on bound parameters is far above)
 _CHUNK = 500
-
-
-def _unique_violation(exc: IntegrityError) -> bool:
-    """Whether the database refused a row for a duplicate key (SQLite, PostgreSQL)."""
-    orig = exc.orig
-    return getattr(orig, "sqlstate", None) == "23505" or "UNIQUE constraint failed" in str(orig)
 
 
 class StaleAlertWrite(RuntimeError):
@@ -143,15 +136,16 @@ class AlertingRepo(StoreBase):
             elif read is not None:
                 deletes.append({"_fp": fp, "_v": read})
         if inserts:
-            # in one go (a first evaluation of a big fleet creates hundreds): a fingerprint
-            # another writer created since the read above violates the key, which fails the
-            # statement and so the whole transaction: a lost race like the others
-            try:
-                conn.execute(insert(t.alerts), inserts)
-            except IntegrityError as exc:
-                if not _unique_violation(exc):
-                    raise
-                raise StaleAlertWrite(f"an alert was created meanwhile ({exc.orig})") from exc
+            stmt = insert_statement(conn, t.alerts).on_conflict_do_nothing(
+                index_elements=["fingerprint"]
+            )
+            # in one go (a first evaluation of a big fleet creates hundreds; SQLAlchemy's
+            # "insertmanyvalues" returns every inserted row on SQLite and PostgreSQL alike):
+            # a conflict inserts nothing, so a fingerprint not returned is a lost race
+            made = {fp for (fp,) in conn.execute(stmt.returning(a.fingerprint), inserts)}
+            missing = sorted({row["fingerprint"] for row in inserts} - made)
+            if missing:
+                raise StaleAlertWrite(f"alert(s) {', '.join(missing)} created meanwhile")
         cas = (a.fingerprint == bindparam("_fp")) & (a.version == bindparam("_v"))
         if updates:
             columns = [c for c in updates[0] if not c.startswith("_")]
