@@ -38,7 +38,7 @@ running hours).
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -92,7 +92,12 @@ def _usd(value: Decimal | None) -> str:
     return f"-${-value:,.2f}" if value < 0 else f"${value:,.2f}"
 
 
+_PLAIN = frozenset({int, float, str, bool, type(None)})
+
+
 def _json(value: Any) -> Any:
+    if type(value) in _PLAIN:  # nearly every value: decided without the ABC checks below
+        return value
     if isinstance(value, timedelta):
         return format_duration(value)
     if isinstance(value, datetime):
@@ -534,7 +539,9 @@ def announce(
 # the step
 
 
-def _silenced(silences: Iterable[Silence], state: AlertState, rule: Rule, now: datetime) -> bool:
+def _silenced(silences: Sequence[Silence], state: AlertState, rule: Rule, now: datetime) -> bool:
+    if not silences:
+        return False
     labelled = replace(state, labels=dict(rule.labels))
     return any(s.matches(labelled, now) for s in silences)
 
@@ -598,6 +605,14 @@ def plan_actions(
     rows: list[ActionRecord] = []
     notices: list[Notice] = []
     holding: dict[str, set[str]] = {}
+    params: dict[tuple[str, int], dict[str, Any]] = {}
+
+    def params_of(rule: str, number: int, action: RuleAction) -> dict[str, Any]:
+        """An action's parameters as spelled in the rule: the same for each of its rows."""
+        if (rule, number) not in params:
+            params[(rule, number)] = params_json(action.params)
+        return params[(rule, number)]
+
     by_id: dict[str, dict[str, InstanceFact]] = {}
     for alert in firing:
         rule = rules[alert.rule]
@@ -611,7 +626,7 @@ def plan_actions(
         if alert.account not in holding:
             holding[alert.account] = set(held(alert.account)) if held is not None else set()
         dry = dry_run or settings.dry_run or rule.dry_run
-        for action in rule.actions:
+        for number, action in enumerate(rule.actions):
             key = intent_key(rule.name, action.name, inst)
             if key in holding[alert.account]:
                 continue  # planned already (or acted)
@@ -656,7 +671,7 @@ def plan_actions(
                     action=action.name,
                     instance_id=inst.id,
                     instance_name=inst.name,
-                    params=params_json(action.params),
+                    params=dict(params_of(rule.name, number, action)),
                     facts=record_facts,
                     intent_key=key,
                     idempotency_key=key,
