@@ -217,6 +217,30 @@ def _level_number(level: str | int) -> int:
     return number
 
 
+def _level_filter(number: int) -> Processor:
+    """Drop structlog events below ``number`` (as ``filter_by_level`` did for stdlib loggers)."""
+
+    def drop_below(_logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+        if _METHOD_LEVELS.get(method, logging.INFO) < number:
+            raise structlog.DropEvent
+        return event_dict
+
+    return drop_below
+
+
+_METHOD_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "msg": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
+
+
 def _is_tty(stream: Any) -> bool:
     try:
         return bool(stream.isatty())
@@ -278,6 +302,7 @@ def configure_logging(
     # same handler; stdlib records go through the handler's formatter
     structlog.configure(
         processors=[
+            _level_filter(number),  # a processor, as stdlib's was: capture_logs sees all
             *shared,
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
@@ -285,7 +310,7 @@ def configure_logging(
             renderer,
         ],
         logger_factory=_WriterFactory(handler),
-        wrapper_class=structlog.make_filtering_bound_logger(number),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.NOTSET),
         context_class=dict,
         cache_logger_on_first_use=False,
     )

@@ -54,6 +54,15 @@ def _text(value: Any) -> str | None:
     return str(value)
 
 
+#: the instance columns an evaluation reads (the facts' ``InstanceFact``; the act step's
+#: restarts): the others (last seen, cluster name, memory...) cost a conversion per row unread
+LISTED = (
+    "instance_id", "name", "status", "billing_mode", "gpu_count", "cpu_num", "product_id",
+    "product_name", "cluster_id", "end_time", "created_at", "last_started_at", "first_seen",
+    "error_state", "envs", "auto_renew", "auto_renew_month", "keep_data_day",
+)  # fmt: skip
+
+
 class InstancesRepo(StoreBase):
     """Instances and their events."""
 
@@ -193,13 +202,13 @@ class InstancesRepo(StoreBase):
         return self._load(query.order_by(c.instance_id))
 
     def instance_rows(self, account: str) -> list[Any]:
-        """:meth:`instances` as plain rows (the same attribute names as
-        :class:`InstanceRecord`, no ORM objects): what each evaluation reads for thousands of
-        instances, five times cheaper than building the models."""
+        """:meth:`instances` as plain rows of the columns an evaluation reads (:data:`LISTED`,
+        named as :class:`InstanceRecord`'s attributes; no ORM objects): what each evaluation
+        reads for thousands of instances, five times cheaper than building the models."""
         account_id = self.ensure_account(account)
         c = t.instances.c
         query = (
-            select(t.instances)
+            select(*(c[name] for name in LISTED))
             .where(c.account_id == account_id, c.first_seen.is_not(None))
             .where(c.disappeared_at.is_(None))
             .order_by(c.instance_id)
