@@ -43,7 +43,7 @@ from monitor.rules.facts import (
     WindowAgg,
     account_runway,
 )
-from monitor.store.metrics import Partial, merge_partials, window_aggs
+from monitor.store.metrics import Partial, merge_partials, reduce_partial
 from monitor.store.money import pick_price
 from monitor.store.records import GpuAgg as StoreGpuAgg
 from monitor.store.types import decode_pct
@@ -296,9 +296,11 @@ class StoreFacts:
         busy_at: float | None = None,
     ) -> dict[str, WindowAgg]:
         parts, proven = self._partials(account, series, start, end, instance_ids, busy_at)
+        span = int((end - start).total_seconds())
         out = {}
-        for iid, agg in window_aggs(parts, start, end).items():
-            if agg.count and agg.avg is not None:
+        for iid, part in parts.items():
+            if part.n:
+                agg = reduce_partial(part, span)
                 top = agg.max if agg.max is not None else agg.avg
                 if economics.bounded_percent(top) is None:
                     # a utilisation above 100 % is missing data (e.g. CPU summed over cores)
@@ -316,7 +318,7 @@ class StoreFacts:
                     avg=agg.avg,
                     max=agg.max if agg.max is not None else agg.avg,
                     min=agg.min if agg.min is not None else agg.avg,
-                    count=agg.count,
+                    count=agg.samples,
                     covered_s=float(agg.covered_seconds),
                     partial=iid in proven,
                 )

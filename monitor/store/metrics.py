@@ -1076,6 +1076,28 @@ def merge_partials(parts: Iterable[Partial]) -> Partial:
     )
 
 
+class Reduced(NamedTuple):
+    """A :class:`Partial` reduced to its window's figures (percent; ``covered_seconds`` =
+    samples x 60 s, capped at the window's length)."""
+
+    avg: float
+    max: float | None
+    min: float | None
+    samples: int
+    covered_seconds: int
+
+
+def reduce_partial(p: Partial, span: int) -> Reduced:
+    """The figures of a window of ``span`` seconds from its exact sums (``p.n`` > 0)."""
+    return Reduced(
+        p.total / p.n / 10.0,
+        decode_pct(p.max) if p.max is not None else None,
+        decode_pct(p.min) if p.min is not None else None,
+        p.n,
+        min(p.n * MINUTE, span),
+    )
+
+
 def window_aggs(
     parts: Mapping[str, Partial], start: datetime, end: datetime
 ) -> dict[str, WindowAgg]:
@@ -1083,13 +1105,7 @@ def window_aggs(
     span = to_epoch(end) - to_epoch(start)
     return {
         iid: WindowAgg(
-            avg=p.total / p.n / 10.0,
-            max=decode_pct(p.max) if p.max is not None else None,
-            min=decode_pct(p.min) if p.min is not None else None,
-            count=p.n,
-            covered_seconds=min(p.n * MINUTE, span),
-            first_ts=from_epoch(p.first),
-            last_ts=from_epoch(p.last),
+            *reduce_partial(p, span), first_ts=from_epoch(p.first), last_ts=from_epoch(p.last)
         )
         for iid, p in parts.items()
         if p.n
