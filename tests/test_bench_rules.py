@@ -94,3 +94,31 @@ def test_with_the_stop_rule_both_figures_are_reported_side_by_side(tmp_path: Pat
     assert report["firing_by_rule"].get("stop-idle-gpus") is None  # the shipped rules' result
     runs = [x for x in lines if "with the stop rule" in x]
     assert len(runs) == 2 and all("2 stops planned" in x for x in runs)
+    # and the minute after a first evaluation, without and with the stop rule, interleaved
+    assert len(report["eval_steady_runs_s"]) == len(report["eval_with_stop_steady_runs_s"]) == 2
+    steady = report["eval_with_stop_steady_s"] / report["eval_steady_s"]
+    assert abs(report["stop_rule_ratio_steady"] - steady) <= 0.01 * steady + 0.001
+    assert len([x for x in lines if "the minute after" in x]) == 2
+
+
+def test_the_steady_evaluation_is_the_one_after_a_first(tmp_path: Path) -> None:
+    """What ``stop_rule_ratio_steady`` times: an evaluation a minute after a first one, whose
+    alerts are firing and whose stops are planned already: no transition, no notice, no new
+    ledger row, the same alerts firing."""
+    from monitor.bench_rules import ACCOUNT, STOP_RULE, build, evaluate_once
+    from monitor.store import open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'b.db'}")
+    rule = tmp_path / "stop.yaml"
+    rule.write_text(STOP_RULE)
+    try:
+        build(store, 20, 1, 2, lambda _: None)
+        _, _, first = evaluate_once(store, rule)
+        planned = len(store.actions(ACCOUNT))
+        assert first.transitions and first.notifications_due and planned == 3
+        _, _, then = evaluate_once(store, rule, steady=True)
+        assert then.transitions == [] and then.notifications_due == []
+        assert len(store.actions(ACCOUNT)) == planned
+        assert {s.fingerprint for s in then.firing()} == {s.fingerprint for s in first.firing()}
+    finally:
+        store.close()
