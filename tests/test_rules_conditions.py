@@ -170,6 +170,28 @@ def test_idle_gpu_per_gpu_all_or_any() -> None:
     assert r.match is True and r.values["idle_gpus"] == 1
 
 
+def test_idle_gpu_one_gpu_is_judged_by_its_finer_series_unless_that_has_gaps() -> None:
+    """A one-GPU instance's across-GPU series is its GPU's, stored in tenths of a percent (the
+    per-GPU figures are whole percents): 4.7 % is under 5 % even where its per-GPU figure
+    reads 5 %. Where the across-GPU series does not cover the window, the per-GPU one
+    decides."""
+    i = inst()
+    per_gpu = {("i-1", "0", "gpu_util"): series((5.0, 60))}
+    finer = facts_for(i, metrics={("i-1", "gpu_util"): series((4.7, 60))}, gpu_metrics=per_gpu)
+    r = run("idle_gpu", {"threshold": 5}, finer, res(i))
+    assert r.match is True and r.values["value"] == 4.7 and r.values["idle_gpus"] == 1
+    idle_gpu = {("i-1", "0", "gpu_util"): series((1.0, 60))}
+    gappy = facts_for(
+        i, metrics={("i-1", "gpu_util"): series((1.0, 10), (None, 50))}, gpu_metrics=idle_gpu
+    )
+    assert run("idle_gpu", {"threshold": 5}, gappy, res(i)).match is True
+    busy_gpu = {("i-1", "0", "gpu_util"): series((1.0, 50), (60.0, 10))}
+    gappy = facts_for(
+        i, metrics={("i-1", "gpu_util"): series((1.0, 10), (None, 50))}, gpu_metrics=busy_gpu
+    )
+    assert run("idle_gpu", {"threshold": 5}, gappy, res(i)).match is False
+
+
 def test_idle_gpu_memory_in_use_vetoes_and_absent_memory_does_not_block() -> None:
     i = inst()
     util = series((0, 60))

@@ -100,6 +100,10 @@ def _uptime_start(ctx: EvalContext, inst: InstanceFact) -> datetime | None:
     return inst.last_started_at or inst.created_at or ctx.facts.history_start(ctx.account)
 
 
+def _covers(agg: WindowAgg | None, needed_s: float) -> bool:
+    return agg is not None and agg.covered_s >= needed_s
+
+
 def _busy_at(params: IdleGpuParams | UnderusedGpusParams, ctx: EvalContext) -> float | None:
     """Of an instance whose GPUs' average reaches the threshold, "every GPU idle" needs only to
     know that it does (see ``WindowAgg.partial``); under a ``not`` its figures are an alert's."""
@@ -130,14 +134,16 @@ def _idle_gpus(
     if all_idle and util is not None and util.max >= params.threshold:
         # the GPUs' average reached the threshold, so some GPU did: not every GPU is idle
         return [False], util, False
-    # per-GPU rows are many: read them once, for the instances that can still qualify
+    # per-GPU rows are many: read them once, for the instances that can still qualify and
+    # have several GPUs (one GPU's series is the across-GPU one, kept in finer steps), or one
+    # whose across-GPU series does not cover the window
     candidates = ctx.facts.memo(
-        ("gpu-candidates", ctx.account, start, end, all_idle, params.threshold),
+        ("gpu-candidates", ctx.account, start, end, all_idle, params.threshold, needed),
         lambda: [
             i.id
             for i in ctx.facts.instances(ctx.account)
             if i.status == "running"
-            and i.gpu_count > (0 if all_idle else 1)
+            and (i.gpu_count > 1 or (i.gpu_count == 1 and not _covers(utils.get(i.id), needed)))
             and not (all_idle and utils.get(i.id) and utils[i.id].max >= params.threshold)
         ],
     )
