@@ -192,6 +192,25 @@ def test_idle_gpu_one_gpu_is_judged_by_its_finer_series_unless_that_has_gaps() -
     assert run("idle_gpu", {"threshold": 5}, gappy, res(i)).match is False
 
 
+def test_per_gpu_windows_are_read_for_the_instances_that_need_them_only() -> None:
+    """Per-GPU rows are many: idle_gpu reads them for multi-GPU instances (and one-GPU ones
+    whose across-GPU series has gaps), underused_gpus for multi-GPU ones only."""
+    one, eight = inst(id="i-1"), inst(id="i-8", gpu_count=8)
+    asked: list[tuple[str, tuple[str, ...] | None]] = []
+
+    class Spy(InMemoryFacts):
+        def per_gpu_window(self, account: str, series: str, *args: Any) -> Any:
+            asked.append((series, None if args[2] is None else tuple(sorted(args[2]))))
+            return super().per_gpu_window(account, series, *args)
+
+    quiet = {(i, "gpu_util"): series((1.0, 60)) for i in ("i-1", "i-8")}
+    facts = Spy(instance_list={"default": [one, eight]}, metrics=quiet)
+    for condition in ("idle_gpu", "underused_gpus"):
+        for i in (one, eight):
+            run(condition, {"window": "30m"}, facts, res(i))
+    assert asked and all(ids == ("i-8",) for _, ids in asked)
+
+
 def test_idle_gpu_memory_in_use_vetoes_and_absent_memory_does_not_block() -> None:
     i = inst()
     util = series((0, 60))

@@ -138,12 +138,15 @@ def _idle_gpus(
     # have several GPUs (one GPU's series is the across-GPU one, kept in finer steps), or one
     # whose across-GPU series does not cover the window
     candidates = ctx.facts.memo(
-        ("gpu-candidates", ctx.account, start, end, all_idle, params.threshold, needed),
+        ("gpu-candidates", ctx.account, start, end, whole, all_idle, params.threshold, needed),
         lambda: [
             i.id
             for i in ctx.facts.instances(ctx.account)
             if i.status == "running"
-            and (i.gpu_count > 1 or (i.gpu_count == 1 and not _covers(utils.get(i.id), needed)))
+            and (
+                i.gpu_count > 1
+                or (whole and i.gpu_count == 1 and not _covers(utils.get(i.id), needed))
+            )
             and not (all_idle and utils.get(i.id) and utils[i.id].max >= params.threshold)
         ],
     )
