@@ -759,8 +759,10 @@ class MetricsRepo(StoreBase):
                 )
                 .order_by(m.instance_key, m.ts.desc())
             )
-            # thousands of rows (a few minutes of each quiet instance): driver rows, and the
-            # common case (every GPU's byte present) decided in C
+            # thousands of rows (a few minutes of each quiet instance): driver rows, the
+            # common case (every GPU's byte present) decided in C, and each minute's time made
+            # once (the instances share their minutes)
+            stamps: dict[int, datetime] = {}
             for key, ts, avg, per_gpu in _driver_rows(conn, query):
                 if per_gpu and _MISSING not in per_gpu:
                     top: float | None = float(max(per_gpu))
@@ -770,7 +772,10 @@ class MetricsRepo(StoreBase):
                         top = float(max(values))
                     else:
                         top = None if avg is None else decode_pct(avg)
-                out.setdefault(keys[key], []).append((from_epoch(ts), top))
+                stamp = stamps.get(ts)
+                if stamp is None:
+                    stamp = stamps[ts] = from_epoch(ts)
+                out.setdefault(keys[key], []).append((stamp, top))
         return out
 
     def idle_minute_counts(
