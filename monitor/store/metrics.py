@@ -22,20 +22,16 @@ from itertools import groupby
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
-    BigInteger,
     Connection,
-    Integer,
     and_,
     bindparam,
     case,
-    column,
     delete,
     func,
     or_,
     select,
     update,
 )
-from sqlalchemy import values as values_table
 
 from monitor.store import tables as t
 from monitor.store.base import StoreBase
@@ -899,18 +895,15 @@ class MetricsRepo(StoreBase):
                 if peak is None or peak >= threshold or (n or 0) < full_minutes:
                     broken[key] = max(broken.get(key, ts), ts)
             # each instance's hours after its break: a join on (key, break) pairs, one range
-            # scan of the primary key per instance (an OR of hundreds of terms cost more to
-            # build and plan than to run)
-            since = (
-                values_table(column("key", Integer), column("after", BigInteger), name="since")
-                .data([(key, broken.get(key, s - 1)) for key in keys])
-                .cte("since")
-            )
-            counts = conn.execute(
-                select(h.instance_key, func.count(), func.min(h.ts))
-                .join(since, and_(h.instance_key == since.c.key, h.ts > since.c.after))
-                .where(h.ts >= s, h.ts < e)
-                .group_by(h.instance_key)
+            # scan of the primary key per instance. The pairs are integers written into the
+            # statement: as an OR of hundreds of terms, or as hundreds of bound parameters,
+            # building the statement cost more than running it
+            pairs = ", ".join(f"({int(key)}, {int(broken.get(key, s - 1))})" for key in keys)
+            counts = conn.exec_driver_sql(
+                f"WITH since (k, after_ts) AS (VALUES {pairs}) "
+                "SELECT h.instance_key, count(*), min(h.ts) FROM metric_hourly AS h "
+                "JOIN since ON h.instance_key = since.k AND h.ts > since.after_ts "
+                f"WHERE h.ts >= {int(s)} AND h.ts < {int(e)} GROUP BY h.instance_key"
             )
             runs = {key: (int(n), int(first)) for key, n, first in counts}
             for key, iid in keys.items():
