@@ -66,37 +66,6 @@ def to_state(rec: AlertRecord) -> AlertState:
     )
 
 
-def to_record(state: AlertState) -> AlertRecord:
-    return AlertRecord(
-        fingerprint=state.fingerprint,
-        rule=state.rule,
-        account=state.account,
-        resource_kind=state.resource_kind,
-        resource_id=state.resource_id,
-        state=state.state,
-        resource_name=state.resource_name,
-        severity=state.severity,
-        active_since=state.active_since,
-        firing_since=state.firing_since,
-        resolved_at=state.resolved_at,
-        last_match_at=state.last_match_at,
-        last_eval_at=state.last_eval_at,
-        last_notified_at=state.last_notified_at,
-        notified_severity=state.notified_severity,
-        labels=dict(state.labels),
-        values={k: _jsonable(v) for k, v in state.values.items()},
-        summary=state.summary,
-    )
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, int | float | str | bool) or value is None:
-        return value
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return str(value)
-
-
 def to_silence(rec: Any) -> Silence:
     return Silence(
         id=str(rec.id),
@@ -117,7 +86,7 @@ class Decision:
     now: datetime
     result: EvalResult
     versions: dict[str, int]  # every alert's version as read (absent: not stored)
-    keep: list[AlertRecord]
+    keep: list[AlertState]  # written as they are (AlertFields)
     forget: list[str]
     notices: list[Notice]
     actions: list[ActionRecord]
@@ -186,7 +155,7 @@ class Evaluator:
             now=now,
             result=result,
             versions=versions,
-            keep=[to_record(s) for s in changed if s.state != "inactive"],
+            keep=[s for s in changed if s.state != "inactive"],
             forget=[s.fingerprint for s in changed if s.state == "inactive"],
             notices=notices,
             actions=actions,

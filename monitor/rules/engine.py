@@ -205,13 +205,14 @@ def evaluate(
             inhibited = _inhibited(rule, stale)
             if rule.resource not in resources:
                 resources[rule.resource] = resources_for(rule.resource, account, cached, now)
-            for res in resources[rule.resource]:
+            ctx = EvalContext(cached, account, now, rule.severity)  # one per rule: its prior
+            for res in resources[rule.resource]:  # is set per resource (thousands of them)
                 fp = fingerprint(account, rule.name, res.kind, res.id)
                 seen.add(fp)
                 prior = states.get(fp)
                 if inhibited:
                     continue  # neither fire nor resolve, and stay quiet
-                ctx = EvalContext(cached, account, now, rule.severity, prior)
+                ctx.prior = prior
                 result = rule.when.evaluate(ctx, res)
                 match = _apply_missing(rule, result)
                 if prior is None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
@@ -43,7 +43,60 @@ class StaleAlertWrite(RuntimeError):
     writer): the whole evaluation's transaction is rolled back and judged again next time."""
 
 
-def _alert_row(alert: AlertRecord) -> dict[str, Any]:
+class AlertFields(Protocol):
+    """What an alert row is written from: an :class:`AlertRecord`, or the engine's alert
+    state as it is (the evaluation writes hundreds; no record is built for each)."""
+
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def rule(self) -> str: ...
+    @property
+    def account(self) -> str | None: ...
+    @property
+    def resource_kind(self) -> str: ...
+    @property
+    def resource_id(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def resource_name(self) -> str | None: ...
+    @property
+    def severity(self) -> str | None: ...
+    @property
+    def active_since(self) -> datetime | None: ...
+    @property
+    def firing_since(self) -> datetime | None: ...
+    @property
+    def resolved_at(self) -> datetime | None: ...
+    @property
+    def last_match_at(self) -> datetime | None: ...
+    @property
+    def last_eval_at(self) -> datetime | None: ...
+    @property
+    def last_notified_at(self) -> datetime | None: ...
+    @property
+    def notified_severity(self) -> str | None: ...
+    @property
+    def labels(self) -> Mapping[str, Any]: ...
+    @property
+    def values(self) -> Mapping[str, Any]: ...
+    @property
+    def summary(self) -> str: ...
+
+
+def _jsonable(value: Any) -> Any:
+    """A value of an alert's ``values`` as its JSON column keeps it (times as ISO text)."""
+    if value is None or type(value) in (int, float, str, bool):
+        return value
+    if isinstance(value, int | float | str | bool):
+        return value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def _alert_row(alert: AlertFields) -> dict[str, Any]:
     if alert.state not in ALERT_STATES:
         raise ValueError(f"alert state must be one of {sorted(ALERT_STATES)}")
     return {
@@ -59,7 +112,7 @@ def _alert_row(alert: AlertRecord) -> dict[str, Any]:
         "last_eval_at": alert.last_eval_at,
         "last_notified_at": alert.last_notified_at,
         "labels": dict(alert.labels),
-        "values": dict(alert.values),
+        "values": {key: _jsonable(value) for key, value in alert.values.items()},
         "summary": alert.summary,
         "resource_name": alert.resource_name,
         "severity": alert.severity,
@@ -92,7 +145,7 @@ class AlertingRepo(StoreBase):
 
     def write_alerts(
         self,
-        keep: Sequence[AlertRecord],
+        keep: Sequence[AlertFields],
         forget: Iterable[str],
         read_versions: Mapping[str, int],
         conn: Connection,
