@@ -35,7 +35,6 @@ from monitor.rules import AlertState, EvalResult, Facts, RuleSet, Silence, evalu
 from monitor.rules.lifecycle import fingerprint
 from monitor.store.alerting import StaleAlertWrite
 from monitor.store.models import ActionRecord
-from monitor.store.records import AlertRecord
 
 log = structlog.get_logger("monitor.evaluate")
 
@@ -43,7 +42,9 @@ log = structlog.get_logger("monitor.evaluate")
 Planner = Callable[[EvalResult, Facts, datetime], tuple[list[ActionRecord], list[Notice]]]
 
 
-def to_state(rec: AlertRecord) -> AlertState:
+def to_state(rec: Any) -> AlertState:
+    """The engine's state of a stored alert (an :class:`AlertRecord`, or a row of
+    ``store.alert_rows()``: the same attribute names)."""
     return AlertState(
         fingerprint=rec.fingerprint,
         account=rec.account or "",
@@ -139,7 +140,7 @@ class Evaluator:
     def decide(self, now: datetime) -> Decision:
         """Read the alert states and silences, evaluate, plan: nothing is written."""
         facts = StoreFacts(self.store, self.accounts, self.intervals, self.stale_after, now=now)
-        records = self.store.load_alerts()
+        records = self.store.alert_rows()
         versions = {r.fingerprint: int(r.version) for r in records}
         states = {r.fingerprint: to_state(r) for r in records}
         silences = [to_silence(s) for s in self.store.list_silences(now)]

@@ -124,6 +124,12 @@ def _alert_row(alert: AlertFields) -> dict[str, Any]:
 class AlertingRepo(StoreBase):
     # -- alerts -----------------------------------------------------------------------------
 
+    def alert_rows(self) -> list[Any]:
+        """Every stored alert as a plain row (the attribute names of :class:`AlertRecord`, no
+        ORM object), by fingerprint: what each evaluation reads, hundreds of them."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(t.alerts).order_by(t.alerts.c.fingerprint)))
+
     def load_alerts(
         self, account: str | None = None, states: Iterable[str] | None = None
     ) -> list[AlertRecord]:
