@@ -32,7 +32,7 @@ def test_generated_store_fires_the_expected_rules(tmp_path: Path) -> None:
         with_metrics = sum(1 for k in kinds.values() if k not in ("pulling", "error"))
         assert built["metric_rows"] == with_metrics * 1440
         assert built["rollup_rows"] > 0  # the completed hours were rolled up
-        seconds, queries, result = evaluate_once(store)
+        seconds, queries, result, _ = evaluate_once(store)
         firing: dict[str, set[str]] = defaultdict(set)
         for state in result.firing():
             firing[state.rule].add(state.resource_id)
@@ -53,7 +53,7 @@ def test_generated_store_fires_the_expected_rules(tmp_path: Path) -> None:
         assert not firing["subscription-candidate"] & of("spot", "monthly", "expiring_busy")
         assert seconds > 0 and queries > 0
         # a second run from a clean alert table does the same work and gets the same answer
-        _, again, result2 = evaluate_once(store)
+        _, again, result2, _ = evaluate_once(store)
         assert again <= queries
         assert {(s.rule, s.resource_id) for s in result2.firing()} == {
             (s.rule, s.resource_id) for s in result.firing()
@@ -99,6 +99,7 @@ def test_with_the_stop_rule_both_figures_are_reported_side_by_side(tmp_path: Pat
     steady = report["eval_with_stop_steady_s"] / report["eval_steady_s"]
     assert abs(report["stop_rule_ratio_steady"] - steady) <= 0.01 * steady + 0.001
     assert len([x for x in lines if "the minute after" in x]) == 2
+    assert report["stop_rule_ratio_cpu"] > 0 and report["stop_rule_ratio_steady_cpu"] > 0
 
 
 def test_the_steady_evaluation_is_the_one_after_a_first(tmp_path: Path) -> None:
@@ -113,10 +114,10 @@ def test_the_steady_evaluation_is_the_one_after_a_first(tmp_path: Path) -> None:
     rule.write_text(STOP_RULE)
     try:
         build(store, 20, 1, 2, lambda _: None)
-        _, _, first = evaluate_once(store, rule)
+        first = evaluate_once(store, rule).result
         planned = len(store.actions(ACCOUNT))
         assert first.transitions and first.notifications_due and planned == 3
-        _, _, then = evaluate_once(store, rule, steady=True)
+        then = evaluate_once(store, rule, steady=True).result
         assert then.transitions == [] and then.notifications_due == []
         assert len(store.actions(ACCOUNT)) == planned
         assert {s.fingerprint for s in then.firing()} == {s.fingerprint for s in first.firing()}
