@@ -6,7 +6,8 @@ test PostgreSQL database when ``NOVITA_MONITOR_TEST_PG_URL`` is set), time on a 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from sqlalchemy.engine import make_url
 from monitor.actions.execute import ActOutcome, ActReport
 from monitor.app import App
 from monitor.clock import ManualClock
+from monitor.evaluate import Evaluator
 from monitor.notify import Notice
 from monitor.pipeline import Pipeline
 from monitor.rules import EvalResult
@@ -228,15 +230,27 @@ def test_the_outbox_settings_and_the_delivery_job(tmp_path: Path, sim_app: Any, 
 # -- compare-and-set --------------------------------------------------------------------------
 
 
-async def test_two_evaluators_on_one_database_the_stale_write_is_refused(
+@asynccontextmanager
+async def two_apps(
     tmp_path: Path, sim_app: Any, clock: ManualClock, sink: JsonSink, database: str | None
-) -> None:
+) -> AsyncIterator[tuple[App, App, Evaluator, Evaluator]]:
+    """Two daemons' apps on one database, the first having collected: each one's evaluator."""
     first = open_app(tmp_path, sim_app, clock, extra=channel(sink), database=database)
     second = open_app(tmp_path, sim_app, clock, extra=channel(sink), database=database)
     try:
         await first.collect()
         a, b = first.evaluator, second.evaluator
         assert a is not None and b is not None
+        yield first, second, a, b
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def test_two_evaluators_on_one_database_the_stale_write_is_refused(
+    tmp_path: Path, sim_app: Any, clock: ManualClock, sink: JsonSink, database: str | None
+) -> None:
+    async with two_apps(tmp_path, sim_app, clock, sink, database) as (first, second, a, b):
         # both read the same (empty) alert states, both decide; the first to write wins
         seen_by_a, seen_by_b = a.decide(clock.now()), b.decide(clock.now())
         assert seen_by_b.keep and {r.fingerprint for r in seen_by_b.keep} == {
@@ -274,9 +288,6 @@ async def test_two_evaluators_on_one_database_the_stale_write_is_refused(
         again = b.evaluate(clock.now())
         assert again.refused == set()
         assert {r.fingerprint: r.version for r in second.store.load_alerts()}[notebook] == 2
-    finally:
-        await first.aclose()
-        await second.aclose()
 
 
 async def test_an_alert_created_between_the_read_and_the_insert_refuses_the_evaluation(
@@ -285,12 +296,7 @@ async def test_an_alert_created_between_the_read_and_the_insert_refuses_the_eval
     """The other writer creates the alerts after this evaluation read them absent and before
     it inserts them: the insert violates their key, and the whole evaluation is refused (no
     alert, no notice, no plan of it kept), to be judged again next time."""
-    first = open_app(tmp_path, sim_app, clock, extra=channel(sink), database=database)
-    second = open_app(tmp_path, sim_app, clock, extra=channel(sink), database=database)
-    try:
-        await first.collect()
-        a, b = first.evaluator, second.evaluator
-        assert a is not None and b is not None
+    async with two_apps(tmp_path, sim_app, clock, sink, database) as (first, second, a, b):
         seen_by_a, seen_by_b = a.decide(clock.now()), b.decide(clock.now())
         raced: list[Any] = []
 
@@ -308,9 +314,6 @@ async def test_an_alert_created_between_the_read_and_the_insert_refuses_the_eval
         assert "created meanwhile" in refusal["reason"]
         assert {r.version for r in first.store.load_alerts()} == {0}  # the winner's, once
         assert len(first.store.notifications()) == 1
-    finally:
-        await first.aclose()
-        await second.aclose()
 
 
 # -- delivery: backoff, expiry ----------------------------------------------------------------
