@@ -87,9 +87,7 @@ class AlertFields(Protocol):
 
 def _jsonable(value: Any) -> Any:
     """A value of an alert's ``values`` as its JSON column keeps it (times as ISO text)."""
-    if value is None or type(value) in (int, float, str, bool):
-        return value
-    if isinstance(value, int | float | str | bool):
+    if value is None or isinstance(value, int | float | str | bool):
         return value
     if isinstance(value, datetime):
         return value.isoformat()

@@ -65,40 +65,6 @@ class UTCDateTime(TypeDecorator[datetime]):
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
 
-    # The two methods above as one function each with the dialect's own conversion (what
-    # TypeDecorator composes, minus a call or two a value): an evaluation writes and reads
-    # thousands of times.
-
-    def bind_processor(self, dialect: Any) -> Any:
-        inner = self.impl_instance.bind_processor(dialect)
-        naive = dialect.name == "sqlite"
-
-        def process(value: datetime | None) -> Any:
-            if value is None:
-                return None
-            if value.tzinfo is not UTC:
-                value = as_utc(value)
-                assert value is not None
-            if naive:
-                value = value.replace(tzinfo=None)
-            return value if inner is None else inner(value)
-
-        return process
-
-    def result_processor(self, dialect: Any, coltype: Any) -> Any:
-        inner = self.impl_instance.result_processor(dialect, coltype)
-
-        def process(value: Any) -> datetime | None:
-            if inner is not None:
-                value = inner(value)
-            if value is None:
-                return None
-            if value.tzinfo is None:
-                return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
-            return value.astimezone(UTC)  # type: ignore[no-any-return]
-
-        return process
-
 
 def usd_to_micros(value: Decimal | None) -> int | None:
     if value is None:
