@@ -21,17 +21,7 @@ from datetime import datetime
 from itertools import groupby
 from typing import Any, NamedTuple
 
-from sqlalchemy import (
-    Connection,
-    and_,
-    bindparam,
-    case,
-    delete,
-    func,
-    or_,
-    select,
-    update,
-)
+from sqlalchemy import Connection, and_, bindparam, case, delete, func, or_, select, update
 
 from monitor.store import tables as t
 from monitor.store.base import StoreBase
