@@ -375,3 +375,123 @@ def test_a_composite_condition_keeps_the_first_conditions_figures() -> None:
             "idle_minutes": 50,
             "cpu_avg": 2.0,
         }
+
+
+PREFILTER_RULES = """\
+rules:
+  - name: idle
+    resource: instance
+    when: {idle_gpu: {window: 30m, threshold: 5, min_uptime: 15m}}
+  - name: idle-ondemand
+    resource: instance
+    when:
+      all:
+        - {field: billing_mode, op: in, value: [onDemand, spot]}
+        - idle_gpu: {window: 45m, threshold: 5}
+  - name: any-idle
+    resource: instance
+    when: {idle_gpu: {window: 30m, mode: any}}
+  - name: busy
+    resource: instance
+    when: {not: {idle_gpu: {window: 30m}}}
+  - name: idle-or-unknown
+    resource: instance
+    on_missing: match
+    when: {idle_gpu: {window: 30m}}
+  - name: underused
+    resource: instance
+    when: {underused_gpus: {window: 30m}}
+"""
+
+
+def fleet_facts(now: datetime) -> InMemoryFacts:
+    """A fleet with every case the pre-filter must get right: busy, idle, a gap, stopped,
+    too young, started before the stored history, a GPU-less machine, multi-GPU with one GPU
+    idle."""
+    start = now - timedelta(hours=3)
+    kinds = {
+        "busy": (60.0, "running", 1, start),
+        "idle": (1.0, "running", 1, start),
+        "gap": (None, "running", 1, start),
+        "stopped": (1.0, "exited", 1, start),
+        "young": (1.0, "running", 1, now - timedelta(minutes=5)),
+        "unstarted": (80.0, "running", 1, None),
+        "cpu-only": (0.0, "running", 0, start),
+        "half-idle": (50.0, "running", 2, start),
+        "monthly-idle": (2.0, "running", 1, start),
+    }
+    insts, metrics, gpus = [], {}, {}
+    for iid, (util, status, count, started) in kinds.items():
+        mode = "monthly" if iid.startswith("monthly") else "onDemand"
+        insts.append(InstanceFact(iid, iid, status, mode, count, last_started_at=started))
+        if util is None:
+            continue
+        minutes = sorted(now - k * MIN for k in range(90))
+        metrics[(iid, "gpu_util")] = [(t, util) for t in minutes]
+        if count > 1:
+            gpus[(iid, "0", "gpu_util")] = [(t, 2 * util) for t in minutes]
+            gpus[(iid, "1", "gpu_util")] = [(t, 0.0) for t in minutes]
+    return InMemoryFacts(
+        instance_list={"acme": insts},
+        metrics=metrics,
+        gpu_metrics=gpus,
+        account_names=["acme"],
+        history_starts={"acme": now - timedelta(days=1)},
+    )
+
+
+def test_the_pre_filter_changes_no_outcome_and_skips_the_busy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Conditions name the resources they may hold on (``candidates``); the engine evaluates
+    the others only when they have an alert. Same states, transitions and notices as
+    evaluating every resource, over a day in which instances go idle and busy again."""
+    import monitor.rules.conditions as conds
+    from monitor.rules.tree import BuiltinNode
+
+    ruleset = rules(tmp_path, PREFILTER_RULES)
+    judged: list[str] = []
+    real = conds._idle_gpus
+
+    def counted(params, ctx, inst):  # type: ignore[no-untyped-def]
+        judged.append(inst.id)
+        return real(params, ctx, inst)
+
+    monkeypatch.setattr(conds, "_idle_gpus", counted)
+
+    def day(prefilter: bool) -> list[EvalResult]:
+        if not prefilter:
+            monkeypatch.setattr(BuiltinNode, "candidates", lambda self, ctx: None)
+        run, out = Run(ruleset), []
+        for step_ in range(6):
+            now = T0 + step_ * 20 * MIN
+            facts = fleet_facts(now)
+            if step_ in (2, 3):  # the idle one works for a while, the busy one rests
+                minutes = sorted(now - k * MIN for k in range(90))
+                facts.metrics[("idle", "gpu_util")] = [(t, 70.0) for t in minutes]
+                facts.metrics[("busy", "gpu_util")] = [(t, 0.5) for t in minutes]
+            out.append(run.at(now, facts))
+        monkeypatch.undo()
+        monkeypatch.setattr(conds, "_idle_gpus", counted)
+        return out
+
+    judged.clear()
+    fast = day(prefilter=True)
+    skipped = len(judged)
+    judged.clear()
+    slow = day(prefilter=False)
+    assert skipped < len(judged)  # the pre-filter did skip work
+    for a, b in zip(fast, slow, strict=True):
+        assert a.states == b.states
+        assert a.transitions == b.transitions
+        assert a.notifications_due == b.notifications_due
+        assert a.changed == b.changed
+    fired = {(s.rule, s.resource_id) for s in fast[0].states.values() if s.state == "firing"}
+    assert ("idle", "idle") in fired and ("idle", "busy") not in fired
+    assert ("idle-or-unknown", "gap") in fired  # unknown, matched by on_missing
+    assert ("busy", "busy") in fired  # under a not: nothing skipped
+    assert ("underused", "half-idle") in fired
+    assert ("idle-ondemand", "monthly-idle") not in fired
+    assert ("idle", "young") not in fired
+    # and the busy instance's recovery later in the day resolves through the alert it has
+    assert any(t.rule == "idle" and t.resource_id == "busy" for r in fast for t in r.transitions)

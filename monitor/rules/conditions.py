@@ -192,8 +192,45 @@ def _cpu_idle(
     return _judge_idle(cpu, None, params.cpu_threshold, None, needed)
 
 
+def _young(ctx: EvalContext, inst: InstanceFact, min_uptime: timedelta) -> bool:
+    """Started less than ``min_uptime`` ago (an unknown start is not young: it is unknown)."""
+    started = _uptime_start(ctx, inst)
+    return started is not None and ctx.now - started < min_uptime
+
+
+def _idle_candidates(params: IdleGpuParams, ctx: EvalContext) -> frozenset[str]:
+    """Where ``idle_gpu`` may hold: running GPU instances old enough, less (``mode: all``)
+    those whose GPUs' average reached the threshold over the window (the window the condition
+    reads, so read once)."""
+    busy_at = _busy_at(params, ctx)
+    utils = (
+        ctx.facts.metric_window(
+            ctx.account, "gpu_util", ctx.now - params.window, ctx.now, busy_at=busy_at
+        )
+        if busy_at is not None
+        else {}
+    )
+    out = []
+    for inst in ctx.facts.instances(ctx.account):
+        if inst.status != "running" or inst.gpu_count <= 0:
+            continue
+        if _uptime_start(ctx, inst) is None:
+            out.append(inst.id)  # unknown, whatever its GPUs did
+            continue
+        if _young(ctx, inst, params.min_uptime):
+            continue
+        util = utils.get(inst.id)
+        if util is None or util.max < params.threshold:
+            out.append(inst.id)
+    return frozenset(out)
+
+
 @conditions.register(
-    "idle_gpu", IdleGpuParams, resources=("instance",), needs=("instances", "metrics")
+    "idle_gpu",
+    IdleGpuParams,
+    resources=("instance",),
+    needs=("instances", "metrics"),
+    candidates=_idle_candidates,
 )
 def idle_gpu(params: IdleGpuParams, ctx: EvalContext, resource: Resource) -> Result:
     """A running GPU instance whose GPU utilisation stayed under a threshold for a window.
@@ -279,8 +316,23 @@ class UnderusedGpusParams(StrictModel):
     min_coverage: float = Field(0.9, gt=0, le=1)
 
 
+def _underused_candidates(params: UnderusedGpusParams, ctx: EvalContext) -> frozenset[str]:
+    """Where ``underused_gpus`` may hold: running multi-GPU instances not too young."""
+    return frozenset(
+        inst.id
+        for inst in ctx.facts.instances(ctx.account)
+        if inst.status == "running"
+        and inst.gpu_count >= 2
+        and not _young(ctx, inst, params.min_uptime)
+    )
+
+
 @conditions.register(
-    "underused_gpus", UnderusedGpusParams, resources=("instance",), needs=("instances", "metrics")
+    "underused_gpus",
+    UnderusedGpusParams,
+    resources=("instance",),
+    needs=("instances", "metrics"),
+    candidates=_underused_candidates,
 )
 def underused_gpus(params: UnderusedGpusParams, ctx: EvalContext, resource: Resource) -> Result:
     """A running multi-GPU instance with some GPUs idle over the window: a downsizing hint.

@@ -206,12 +206,17 @@ def evaluate(
             if rule.resource not in resources:
                 resources[rule.resource] = resources_for(rule.resource, account, cached, now)
             ctx = EvalContext(cached, account, now, rule.severity)  # one per rule: its prior
+            # where the condition cannot hold, a resource without an alert has nothing to
+            # remember: it is not evaluated (an idle rule over a mostly busy fleet)
+            possible = None if inhibited else rule.when.candidates(ctx)
             for res in resources[rule.resource]:  # is set per resource (thousands of them)
                 fp = fingerprint(account, rule.name, res.kind, res.id)
                 seen.add(fp)
                 prior = states.get(fp)
                 if inhibited:
                     continue  # neither fire nor resolve, and stay quiet
+                if prior is None and possible is not None and res.id not in possible:
+                    continue
                 ctx.prior = prior
                 result = rule.when.evaluate(ctx, res)
                 match = _apply_missing(rule, result)

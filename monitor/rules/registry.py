@@ -18,6 +18,10 @@ from pydantic import BaseModel
 from monitor.rules.context import EvalContext, Resource, Result
 
 ConditionFn = Callable[[Any, EvalContext, Resource], Result]
+#: ``candidates(params, ctx) -> ids``: the resources of ``ctx.account`` on which the condition
+#: may hold or be unknown (a superset); on every other resource it is false. Read once per rule
+#: and account, so the engine calls the condition only where it can matter.
+CandidatesFn = Callable[[Any, EvalContext], frozenset[str]]
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,7 @@ class ConditionSpec:
     needs: frozenset[str]
     fn: ConditionFn
     doc: str = ""
+    candidates: CandidatesFn | None = None
 
 
 class Registry:
@@ -43,13 +48,14 @@ class Registry:
         params: type[BaseModel],
         resources: tuple[str, ...],
         needs: tuple[str, ...] = (),
+        candidates: CandidatesFn | None = None,
     ) -> Callable[[ConditionFn], ConditionFn]:
         def decorate(fn: ConditionFn) -> ConditionFn:
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} registered twice")
             doc = (fn.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
             self._items[name] = ConditionSpec(
-                name, params, frozenset(resources), frozenset(needs), fn, doc
+                name, params, frozenset(resources), frozenset(needs), fn, doc, candidates
             )
             return fn
 

@@ -156,6 +156,11 @@ class Node(Protocol):
 
     def evaluate(self, ctx: EvalContext, resource: Resource) -> Result: ...
 
+    def candidates(self, ctx: EvalContext) -> frozenset[str] | None:
+        """The ids of the resources on which the node may hold or be unknown (a superset), or
+        None when it cannot tell: on every other resource it is false."""
+        ...
+
 
 def _merge(results: Sequence[Result]) -> tuple[dict[str, Any], str | None]:
     """The children's values in one mapping; where two children name the same key (``kind``,
@@ -186,6 +191,14 @@ class AllNode:
         values, severity = _merge(results)
         return Result(and3([r.match for r in results]), values, severity)
 
+    def candidates(self, ctx: EvalContext) -> frozenset[str] | None:
+        found = None
+        for child in self.children:  # true needs every child not false
+            ids = child.candidates(ctx)
+            if ids is not None:
+                found = ids if found is None else found & ids
+        return found
+
 
 @dataclass(frozen=True)
 class AnyNode:
@@ -198,6 +211,15 @@ class AnyNode:
         values, severity = _merge(matched or results)
         return Result(or3([r.match for r in results]), values, severity)
 
+    def candidates(self, ctx: EvalContext) -> frozenset[str] | None:
+        found: frozenset[str] = frozenset()
+        for child in self.children:  # true needs some child not false
+            ids = child.candidates(ctx)
+            if ids is None:
+                return None
+            found |= ids
+        return found
+
 
 @dataclass(frozen=True)
 class NotNode:
@@ -208,6 +230,9 @@ class NotNode:
         result = self.child.evaluate(replace(ctx, negated=not ctx.negated), resource)
         match = None if result.match is None else not result.match
         return Result(match, result.values)
+
+    def candidates(self, ctx: EvalContext) -> frozenset[str] | None:
+        return None  # the child false is this node true
 
 
 @dataclass(frozen=True)
@@ -221,6 +246,9 @@ class CompareNode:
         actual = lookup(resource.fields, self.field)
         return Result(bool(OPS[self.op](actual, self.value, ctx.now)))
 
+    def candidates(self, ctx: EvalContext) -> frozenset[str] | None:
+        return None  # a comparison costs less than the set it would build
+
 
 @dataclass(frozen=True)
 class BuiltinNode:
@@ -230,6 +258,10 @@ class BuiltinNode:
 
     def evaluate(self, ctx: EvalContext, resource: Resource) -> Result:
         return self.spec.fn(self.params, ctx, resource)
+
+    def candidates(self, ctx: EvalContext) -> frozenset[str] | None:
+        pick = self.spec.candidates
+        return None if pick is None or ctx.negated else pick(self.params, ctx)
 
 
 def metric_windows(node: Any) -> list[timedelta]:
