@@ -70,8 +70,8 @@ class LedgerRepo(StoreBase):
     def insert_actions(
         self, actions: Iterable[ActionRecord], conn: Connection | None = None
     ) -> list[int]:
-        """Insert each action whose idempotency key no row holds; return the new rows' ids
-        (in order; skipped ones are absent). Runs in ``conn``'s transaction when given (the
+        """Insert each action whose idempotency key no row holds; return the new rows' ids,
+        ascending (skipped ones are absent). Runs in ``conn``'s transaction when given (the
         evaluation writes its alert states, notifications and plans in one transaction)."""
         if conn is None:
             with self.engine.begin() as own:
@@ -95,12 +95,11 @@ class LedgerRepo(StoreBase):
         if not fresh:
             return []
         # a concurrent writer may take a key between the read and the insert: the unique
-        # constraint then fails this transaction, and the caller retries. One statement for
-        # the batch, the ids in the order of the rows.
-        result = conn.execute(
-            insert(t.actions).returning(a.id, sort_by_parameter_order=True), fresh
-        )
-        return [int(i) for i in result.scalars().all()]
+        # constraint then fails this transaction, and the caller retries. A few statements
+        # for the batch ("insertmanyvalues"); asking the ids in the rows' order would make
+        # that one statement per row on SQLite (it has no sentinel to sort them by).
+        result = conn.execute(insert(t.actions).returning(a.id), fresh)
+        return sorted(int(i) for i in result.scalars().all())
 
     def held_intents(self, account: str) -> set[str]:
         """The idempotency keys the account's rows hold (planned, acting or acted)."""
