@@ -22,7 +22,7 @@ of planned actions) join the notifications.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -33,7 +33,7 @@ from monitor.notify import DeliveryResult, Notice, Renderer, Router, build_messa
 from monitor.notify.outbox import DEFAULT_EXPIRE_AFTER, Outbox, outbox_rows
 from monitor.rules import AlertState, EvalResult, Facts, RuleSet, Silence, evaluate
 from monitor.rules.lifecycle import fingerprint
-from monitor.store.alerting import StaleAlertWrite
+from monitor.store.alerting import StaleAlertWrite, stored_values
 from monitor.store.models import ActionRecord
 
 log = structlog.get_logger("monitor.evaluate")
@@ -136,13 +136,46 @@ class Evaluator:
         self.expire_after = expire_after
         self.renderer = renderer
         self.outbox = outbox or Outbox(store, notifier)
+        #: the alert states this evaluator wrote or read, as stored, with their version
+        self._known: dict[str, tuple[int, AlertState]] = {}
+
+    def read_states(self) -> tuple[dict[str, int], dict[str, AlertState]]:
+        """Every stored alert's version and state, by fingerprint. A state this evaluator
+        wrote or read is remembered with its version, and read again only when another writer
+        moved it since (a version differs): each evaluation reads the versions, and the rows
+        of the alerts it does not know, not every row (hundreds, their times and JSON
+        decoded)."""
+        versions = self.store.alert_versions()
+        known = self._known
+        moved = [fp for fp, version in versions.items() if known.get(fp, (-1,))[0] != version]
+        if moved:
+            rows = self.store.alert_rows(None if len(moved) == len(versions) else moved)
+            for row in rows:
+                versions[row.fingerprint] = int(row.version)
+                known[row.fingerprint] = (int(row.version), to_state(row))
+        for fp in known.keys() - versions.keys():
+            del known[fp]  # deleted (resolved long ago, or by another writer)
+        versions = {fp: versions[fp] for fp in sorted(versions) if fp in known}
+        return versions, {fp: known[fp][1] for fp in versions}
+
+    def _remember(self, decision: Decision, refused: set[str]) -> None:
+        """After the commit: the states written, at their new version, as read back."""
+        for state in decision.keep:
+            fp = state.fingerprint
+            if fp in refused:
+                self._known.pop(fp, None)
+                continue
+            values = stored_values(state.values)
+            if values != state.values:
+                state = replace(state, values=values)
+            self._known[fp] = (decision.versions.get(fp, -1) + 1, state)
+        for fp in decision.forget:
+            self._known.pop(fp, None)
 
     def decide(self, now: datetime) -> Decision:
         """Read the alert states and silences, evaluate, plan: nothing is written."""
         facts = StoreFacts(self.store, self.accounts, self.intervals, self.stale_after, now=now)
-        records = self.store.alert_rows()
-        versions = {r.fingerprint: int(r.version) for r in records}
-        states = {r.fingerprint: to_state(r) for r in records}
+        versions, states = self.read_states()
         silences = [to_silence(s) for s in self.store.list_silences(now)]
         result = evaluate(self.ruleset, facts, now, states, silences)
         changed = [result.states[fp] for fp in sorted(result.changed)]
@@ -184,6 +217,7 @@ class Evaluator:
             log.warning("evaluation_refused", reason=str(exc))
             refused = {r.fingerprint for r in decision.keep} | set(decision.forget)
             return CycleReport(now=now, result=decision.result, refused=refused)
+        self._remember(decision, refused)
         for fp in sorted(refused):
             state = decision.result.states[fp]
             log.warning(

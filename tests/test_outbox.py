@@ -648,3 +648,51 @@ async def test_a_write_racing_between_check_and_write_rolls_the_evaluation_back(
         assert len(app.store.notifications()) == 1  # only the first evaluation's
     finally:
         await app.aclose()
+
+
+async def test_an_evaluator_reads_again_only_the_alerts_another_writer_moved(
+    tmp_path: Path, sim_app: Any, clock: ManualClock, sink: JsonSink, database: str | None
+) -> None:
+    """Each evaluation reads every alert's version; the rows it wrote itself (same version)
+    are not read again, the others are: what it judges by is what a full read gives."""
+    from monitor.evaluate import to_state
+
+    async with two_apps(tmp_path, sim_app, clock, sink, database) as (first, _, a, b):
+        store = first.store
+        asked: list[list[str] | None] = []
+        real = store.alert_rows
+
+        def rows(fingerprints: Any = None) -> list[Any]:
+            asked.append(None if fingerprints is None else sorted(fingerprints))
+            return real(fingerprints)
+
+        def fresh() -> dict[str, Any]:
+            return {r.fingerprint: to_state(r) for r in real()}
+
+        store.alert_rows = rows  # type: ignore[method-assign]
+        a.evaluate(clock.now())
+        assert asked == []  # nothing stored yet: nothing to read
+        versions, states = a.read_states()
+        assert states and asked == []  # all written by itself
+        assert states == fresh()
+        assert versions == {fp: 0 for fp in states}
+
+        clock.advance(60)
+        b.store.alert_rows = rows  # type: ignore[method-assign]
+        b.evaluate(clock.now())  # another writer moves every alert
+        asked.clear()
+        versions, states = a.read_states()
+        assert asked == [None]  # all moved: one full read
+        assert states == fresh()
+        assert {s.last_eval_at for s in states.values()} == {clock.now()}
+        assert set(versions.values()) == {1}
+
+        gone, moved, *_ = sorted(states)
+        store.delete_alerts([gone])
+        (record,) = [r for r in store.load_alerts() if r.fingerprint == moved]
+        store.save_alerts([record])  # a tool's write: a new version
+        asked.clear()
+        versions, states = a.read_states()
+        assert asked == [[moved]]
+        assert gone not in states and gone not in versions
+        assert states == fresh() and versions[moved] == 2

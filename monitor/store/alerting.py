@@ -94,6 +94,11 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def stored_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """An alert's ``values`` as the store keeps them and reads them back."""
+    return {key: _jsonable(value) for key, value in values.items()}
+
+
 def _alert_row(alert: AlertFields) -> dict[str, Any]:
     if alert.state not in ALERT_STATES:
         raise ValueError(f"alert state must be one of {sorted(ALERT_STATES)}")
@@ -110,7 +115,7 @@ def _alert_row(alert: AlertFields) -> dict[str, Any]:
         "last_eval_at": alert.last_eval_at,
         "last_notified_at": alert.last_notified_at,
         "labels": dict(alert.labels),
-        "values": {key: _jsonable(value) for key, value in alert.values.items()},
+        "values": stored_values(alert.values),
         "summary": alert.summary,
         "resource_name": alert.resource_name,
         "severity": alert.severity,
@@ -122,11 +127,26 @@ def _alert_row(alert: AlertFields) -> dict[str, Any]:
 class AlertingRepo(StoreBase):
     # -- alerts -----------------------------------------------------------------------------
 
-    def alert_rows(self) -> list[Any]:
-        """Every stored alert as a plain row (the attribute names of :class:`AlertRecord`, no
-        ORM object), by fingerprint: what each evaluation reads, hundreds of them."""
+    def alert_rows(self, fingerprints: Iterable[str] | None = None) -> list[Any]:
+        """Stored alerts as plain rows (the attribute names of :class:`AlertRecord`, no ORM
+        object), by fingerprint: all of them, or those of ``fingerprints``."""
+        a = t.alerts.c
         with self.engine.connect() as conn:
-            return list(conn.execute(select(t.alerts).order_by(t.alerts.c.fingerprint)))
+            if fingerprints is None:
+                return list(conn.execute(select(t.alerts).order_by(a.fingerprint)))
+            wanted = sorted(fingerprints)
+            rows: list[Any] = []
+            for i in range(0, len(wanted), _CHUNK):
+                chunk = wanted[i : i + _CHUNK]
+                rows += conn.execute(select(t.alerts).where(a.fingerprint.in_(chunk)))
+            return sorted(rows, key=lambda r: r.fingerprint)
+
+    def alert_versions(self) -> dict[str, int]:
+        """Every stored alert's version, by fingerprint: what an evaluation that remembers
+        the states it wrote reads to know which ones another writer moved since."""
+        a = t.alerts.c
+        with self.engine.connect() as conn:
+            return {fp: int(v) for fp, v in conn.execute(select(a.fingerprint, a.version))}
 
     def load_alerts(
         self, account: str | None = None, states: Iterable[str] | None = None
@@ -142,10 +162,20 @@ class AlertingRepo(StoreBase):
 
     def save_alerts(self, alerts: Sequence[AlertRecord]) -> int:
         """Insert or replace alerts by fingerprint (no compare-and-set: tools and tests; the
-        evaluation writes through :meth:`write_alerts`)."""
+        evaluation writes through :meth:`write_alerts`). Each moves to a new version, so an
+        evaluator that remembers the states it wrote reads these again."""
         rows = [_alert_row(alert) for alert in alerts]
+        a = t.alerts.c
         with self.engine.begin() as conn:
-            return upsert(conn, t.alerts, rows, keys=["fingerprint"])
+            count = upsert(conn, t.alerts, rows, keys=["fingerprint"])
+            fingerprints = [row["fingerprint"] for row in rows]
+            for i in range(0, len(fingerprints), _CHUNK):
+                conn.execute(
+                    update(t.alerts)
+                    .where(a.fingerprint.in_(fingerprints[i : i + _CHUNK]))
+                    .values(version=a.version + 1)
+                )
+            return count
 
     def write_alerts(
         self,
