@@ -115,6 +115,35 @@ def test_metric_window_raw_and_coverage(store: Store) -> None:
         store.metric_window("main", None, "bogus", T0, T0)
 
 
+def test_a_window_for_named_instances_reads_their_keys_once(store: Store) -> None:
+    """An instance's key never changes: a window for named instances asks the instances
+    table only for those it does not know yet (one id unknown here: asked each time)."""
+    from sqlalchemy import event
+
+    store.upsert_metrics("main", "i-1", minute_rows(metrics(E0, [0, 10, 20]), 4))
+    asked: list[str] = []
+
+    def on(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "FROM instances" in statement:
+            asked.append(statement)
+
+    end = T0 + timedelta(minutes=5)
+    event.listen(store.engine, "before_cursor_execute", on)
+    try:
+        first = store.metric_window("main", ["i-1", "i-2", "i-nope"], "gpu_util", T0, end)
+        assert len(asked) == 1
+        again = store.metric_window("main", ["i-1", "i-2", "i-nope"], "gpu_util", T0, end)
+        assert len(asked) == 2  # i-nope only
+        store.metric_window("main", ["i-1", "i-2"], "gpu_util", T0, end)
+        assert len(asked) == 2
+    finally:
+        event.remove(store.engine, "before_cursor_execute", on)
+    assert first == again and list(first) == ["i-1"] and first["i-1"].max == 20.0
+    store.upsert_metrics("main", "i-nope", minute_rows(metrics(E0, [7.0]), None))  # a stub row
+    late = store.metric_window("main", ["i-1", "i-nope"], "gpu_util", T0, end)
+    assert sorted(late) == ["i-1", "i-nope"] and late["i-nope"].max == 7.0
+
+
 def test_per_gpu_window(store: Store) -> None:
     store.upsert_metrics("main", "i-1", minute_rows(metrics(E0, [10, 20, 30]), 4))
     gpus = store.per_gpu_window("main", ["i-1"], T0, T0 + timedelta(minutes=5))["i-1"]

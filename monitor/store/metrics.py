@@ -548,11 +548,31 @@ class MetricsRepo(StoreBase):
     def _keys(
         self, conn: Connection, account_id: int, instance_ids: Sequence[str] | None
     ) -> dict[int, str]:
+        """The metric tables' keys of the account's instances (all, or those named). An
+        instance's key never changes: named ones come from the keys remembered, and only
+        those not remembered yet are read."""
         c = t.instances.c
         query = select(c.key, c.instance_id).where(c.account_id == account_id)
-        if instance_ids is not None:
-            query = query.where(c.instance_id.in_(list(instance_ids)))
-        return {r.key: r.instance_id for r in conn.execute(query)}
+        if instance_ids is None:
+            found = {r.key: r.instance_id for r in conn.execute(query)}
+        else:
+            with self._lock:
+                remembered = {
+                    iid: self._instance_keys.get((account_id, iid)) for iid in instance_ids
+                }
+            unknown = [iid for iid, key in remembered.items() if key is None]
+            found = {key: iid for iid, key in remembered.items() if key is not None}
+            if not unknown:
+                return found
+            new = {
+                r.key: r.instance_id for r in conn.execute(query.where(c.instance_id.in_(unknown)))
+            }
+            found.update(new)
+            if not new:
+                return found
+        with self._lock:
+            self._instance_keys.update({(account_id, iid): key for key, iid in found.items()})
+        return found
 
     def _split(self, conn: Connection, start: int, end: int) -> tuple[int, int]:
         """``[h0, h1)``: the whole hours of the window that the rollups cover (maybe empty)."""
