@@ -87,6 +87,7 @@ class Decision:
     now: datetime
     result: EvalResult
     versions: dict[str, int]  # every alert's version as read (absent: not stored)
+    read: dict[str, AlertState]  # every alert's state as read
     keep: list[AlertState]  # written as they are (AlertFields)
     forget: list[str]
     notices: list[Notice]
@@ -189,6 +190,7 @@ class Evaluator:
             now=now,
             result=result,
             versions=versions,
+            read=states,
             keep=[s for s in changed if s.state != "inactive"],
             forget=[s.fingerprint for s in changed if s.state == "inactive"],
             notices=notices,
@@ -202,7 +204,7 @@ class Evaluator:
         try:
             with self.store.transaction() as conn:
                 refused = self.store.write_alerts(
-                    decision.keep, decision.forget, decision.versions, conn
+                    decision.keep, decision.forget, decision.versions, conn, decision.read
                 )
                 notices = [n for n in decision.notices if n.fingerprint not in refused]
                 messages = build_messages(notices, self.router, now, self.renderer)

@@ -696,3 +696,39 @@ async def test_an_evaluator_reads_again_only_the_alerts_another_writer_moved(
         assert asked == [[moved]]
         assert gone not in states and gone not in versions
         assert states == fresh() and versions[moved] == 2
+
+
+async def test_an_alert_update_writes_the_columns_that_changed_and_reads_back_whole(
+    tmp_path: Path, sim_app: Any, clock: ManualClock, sink: JsonSink, database: str | None
+) -> None:
+    """A firing alert's figures and times move every minute, its name and labels do not: the
+    update sets what changed, and each row read back is the state the evaluation decided."""
+    from monitor.evaluate import to_state
+
+    async with two_apps(tmp_path, sim_app, clock, sink, database) as (first, _, a, _b):
+        store = first.store
+        updates: list[str] = []
+
+        def on(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            if statement.lstrip().upper().startswith("UPDATE ALERTS"):
+                updates.append(statement)
+
+        event.listen(store.engine, "before_cursor_execute", on)
+        try:
+            for _ in range(3):
+                report = a.evaluate(clock.now())
+                stored = {r.fingerprint: to_state(r) for r in store.alert_rows()}
+                kept = {fp: s for fp, s in report.result.states.items() if s.state != "inactive"}
+                assert stored.keys() == kept.keys()
+                for fp, state in kept.items():
+                    assert stored[fp].last_eval_at == clock.now() == state.last_eval_at
+                    assert stored[fp].values == state.values and stored[fp].state == state.state
+                    assert stored[fp].summary == state.summary
+                clock.advance(60)
+                await first.collect()
+        finally:
+            event.remove(store.engine, "before_cursor_execute", on)
+        assert updates  # the second and third evaluations updated
+        sets = [u.upper().split(" WHERE ")[0] for u in updates]
+        assert all("LAST_EVAL_AT" in s for s in sets)
+        assert not any("LABELS" in s or "RESOURCE_KIND" in s for s in sets)

@@ -124,6 +124,35 @@ def _alert_row(alert: AlertFields) -> dict[str, Any]:
     }
 
 
+#: the columns of an alert row that move (the others name the alert: its fingerprint's parts)
+_MOVING = (
+    "state",
+    "resource_name",
+    "severity",
+    "active_since",
+    "firing_since",
+    "resolved_at",
+    "last_match_at",
+    "last_eval_at",
+    "last_notified_at",
+    "notified_severity",
+    "summary",
+)
+
+
+def _changes(before: AlertFields, after: AlertFields) -> dict[str, Any]:
+    """The columns of ``after``'s row that differ from ``before`` (an alert as read back)."""
+    if after.state not in ALERT_STATES:
+        raise ValueError(f"alert state must be one of {sorted(ALERT_STATES)}")
+    row = {c: getattr(after, c) for c in _MOVING if getattr(after, c) != getattr(before, c)}
+    values = stored_values(after.values)
+    if values != before.values:
+        row["values"] = values
+    if after.labels != before.labels:
+        row["labels"] = dict(after.labels)
+    return row
+
+
 class AlertingRepo(StoreBase):
     # -- alerts -----------------------------------------------------------------------------
 
@@ -183,6 +212,7 @@ class AlertingRepo(StoreBase):
         forget: Iterable[str],
         read_versions: Mapping[str, int],
         conn: Connection,
+        read: Mapping[str, AlertFields] | None = None,
     ) -> set[str]:
         """Write an evaluation's changed alerts in ``conn``'s transaction, each with a
         compare-and-set on ``version``: ``read_versions`` holds the version of every alert as
@@ -191,7 +221,9 @@ class AlertingRepo(StoreBase):
         still absent), and moves to version + 1; the others are refused and returned (a
         concurrent writer judged them first; the caller logs them and re-reads them at its
         next evaluation). Raises :class:`StaleAlertWrite` (the caller's transaction is rolled
-        back) if a row moved between this check and its write."""
+        back) if a row moved between this check and its write. ``read``: the alerts as the
+        evaluation read them; an update then writes only the columns that changed (a firing
+        alert's figures and times, not its twenty columns)."""
         a = t.alerts.c
         forget = list(forget)
         wanted = [alert.fingerprint for alert in keep] + forget
@@ -204,6 +236,7 @@ class AlertingRepo(StoreBase):
                 query = query.with_for_update()
             current.update({fp: int(v) for fp, v in conn.execute(query)})
         lost: set[str] = set()
+        known = read or {}
         inserts: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
         for alert in keep:
@@ -214,7 +247,9 @@ class AlertingRepo(StoreBase):
             elif read is None:
                 inserts.append({**_alert_row(alert), "version": 0})
             else:
-                updates.append({**_alert_row(alert), "version": read + 1, "_fp": fp, "_v": read})
+                before = known.get(fp)
+                row = _alert_row(alert) if before is None else _changes(before, alert)
+                updates.append({**row, "version": read + 1, "_fp": fp, "_v": read})
         deletes: list[dict[str, Any]] = []
         for fp in forget:
             read = read_versions.get(fp)
@@ -234,12 +269,14 @@ class AlertingRepo(StoreBase):
             if missing:
                 raise StaleAlertWrite(f"alert(s) {', '.join(missing)} created meanwhile")
         cas = (a.fingerprint == bindparam("_fp")) & (a.version == bindparam("_v"))
-        if updates:
-            columns = [c for c in updates[0] if not c.startswith("_")]
+        by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for row in updates:  # one statement per set of columns changed (a handful)
+            by_columns.setdefault(tuple(c for c in row if not c.startswith("_")), []).append(row)
+        for columns, rows in by_columns.items():
             stmt = update(t.alerts).where(cas).values({c: bindparam(c) for c in columns})
-            done = conn.execute(stmt, updates).rowcount
-            if done != len(updates):
-                raise StaleAlertWrite(f"{len(updates) - done} alert(s) changed meanwhile")
+            done = conn.execute(stmt, rows).rowcount
+            if done != len(rows):
+                raise StaleAlertWrite(f"{len(rows) - done} alert(s) changed meanwhile")
         if deletes:
             done = conn.execute(delete(t.alerts).where(cas), deletes).rowcount
             if done != len(deletes):
