@@ -241,22 +241,22 @@ class AlertingRepo(StoreBase):
         updates: list[dict[str, Any]] = []
         for alert in keep:
             fp = alert.fingerprint
-            read = read_versions.get(fp)
-            if current.get(fp) != read:
+            version = read_versions.get(fp)
+            if current.get(fp) != version:
                 lost.add(fp)
-            elif read is None:
+            elif version is None:
                 inserts.append({**_alert_row(alert), "version": 0})
             else:
                 before = known.get(fp)
                 row = _alert_row(alert) if before is None else _changes(before, alert)
-                updates.append({**row, "version": read + 1, "_fp": fp, "_v": read})
+                updates.append({**row, "version": version + 1, "_fp": fp, "_v": version})
         deletes: list[dict[str, Any]] = []
         for fp in forget:
-            read = read_versions.get(fp)
-            if current.get(fp) != read:
+            version = read_versions.get(fp)
+            if current.get(fp) != version:
                 lost.add(fp)
-            elif read is not None:
-                deletes.append({"_fp": fp, "_v": read})
+            elif version is not None:
+                deletes.append({"_fp": fp, "_v": version})
         if inserts:
             stmt = insert_statement(conn, t.alerts).on_conflict_do_nothing(
                 index_elements=["fingerprint"]
