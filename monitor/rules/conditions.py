@@ -214,14 +214,13 @@ def _idle_candidates(params: IdleGpuParams, ctx: EvalContext) -> frozenset[str]:
     for inst in ctx.facts.instances(ctx.account):
         if inst.status != "running" or inst.gpu_count <= 0:
             continue
-        if _uptime_start(ctx, inst) is None:
+        started = _uptime_start(ctx, inst)
+        if started is None:
             out.append(inst.id)  # unknown, whatever its GPUs did
-            continue
-        if _young(ctx, inst, params.min_uptime):
-            continue
-        util = utils.get(inst.id)
-        if util is None or util.max < params.threshold:
-            out.append(inst.id)
+        elif ctx.now - started >= params.min_uptime:
+            util = utils.get(inst.id)
+            if util is None or util.max < params.threshold:
+                out.append(inst.id)
     return frozenset(out)
 
 
