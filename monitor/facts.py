@@ -363,10 +363,10 @@ class StoreFacts:
             head = self.store.metric_partials(account, rest, series, start, inner) if rest else {}
         else:
             head = self.store.metric_partials(account, ids, series, start, inner)
-        parts = {
-            iid: merge_partials([p for p in (head.get(iid), tail.get(iid)) if p is not None])
-            for iid in head.keys() | tail.keys()
-        }
+        parts = dict(tail)  # most instances: nothing before the shorter window's minutes
+        for iid, early in head.items():
+            later = tail.get(iid)
+            parts[iid] = early if later is None else merge_partials([early, later])
         if not proven:
             known[start] = parts
         else:
