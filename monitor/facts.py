@@ -25,7 +25,7 @@ each is logged once per process with its raw inputs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -292,7 +292,7 @@ class StoreFacts:
         series: str,
         start: datetime,
         end: datetime,
-        instance_ids: Sequence[str] | None = None,
+        instance_ids: Collection[str] | None = None,
         busy_at: float | None = None,
     ) -> dict[str, WindowAgg]:
         parts, proven = self._partials(account, series, start, end, instance_ids, busy_at)
@@ -330,7 +330,7 @@ class StoreFacts:
         series: str,
         start: datetime,
         end: datetime,
-        instance_ids: Sequence[str] | None,
+        instance_ids: Collection[str] | None,
         busy_at: float | None = None,
     ) -> tuple[dict[str, Partial], frozenset[str]]:
         """The window's exact sums, and the instances answered by a part of it only.
@@ -379,7 +379,7 @@ class StoreFacts:
         series: str,
         start: datetime,
         end: datetime,
-        instance_ids: Sequence[str] | None = None,
+        instance_ids: Collection[str] | None = None,
     ) -> dict[str, list[GpuAgg]]:
         span = (end - start).total_seconds()
         out: dict[str, list[GpuAgg]] = {}
@@ -407,7 +407,7 @@ class StoreFacts:
         series: str,
         start: datetime,
         end: datetime,
-        instance_ids: Sequence[str] | None,
+        instance_ids: Collection[str] | None,
     ) -> dict[str, list[StoreGpuAgg]]:
         """The store's per-GPU window; one longer than a window already read with the same end,
         for instances among those it was read for (the stop rule's candidates are among the
@@ -454,7 +454,7 @@ class StoreFacts:
         account: str,
         threshold: float,
         now: datetime,
-        instance_ids: Sequence[str] | None = None,
+        instance_ids: Collection[str] | None = None,
     ) -> dict[str, datetime]:
         insts = {i.id: i for i in self.instances(account)}
         ids = [
@@ -558,7 +558,7 @@ class StoreFacts:
         account: str,
         start: datetime,
         end: datetime,
-        instance_ids: Sequence[str] | None = None,
+        instance_ids: Collection[str] | None = None,
     ) -> dict[str, float | None] | None:
         history = self._bills_history(account, DAILY_BILLS_HISTORY)
         if history is None or history > start:

@@ -139,7 +139,7 @@ def _idle_gpus(
     # whose across-GPU series does not cover the window
     candidates = ctx.facts.memo(
         ("gpu-candidates", ctx.account, start, end, whole, all_idle, params.threshold, needed),
-        lambda: [
+        lambda: frozenset(
             i.id
             for i in ctx.facts.instances(ctx.account)
             if i.status == "running"
@@ -148,7 +148,7 @@ def _idle_gpus(
                 or (whole and i.gpu_count == 1 and not _covers(utils.get(i.id), needed))
             )
             and not (all_idle and utils.get(i.id) and utils[i.id].max >= params.threshold)
-        ],
+        ),
     )
     per_gpu = ctx.facts.per_gpu_window(ctx.account, "gpu_util", start, end, candidates).get(inst.id)
     if per_gpu:
@@ -167,11 +167,11 @@ def _idle_gpus(
         # memory can only veto what utilisation calls idle: read it for those instances only
         quiet = ctx.facts.memo(
             ("gpu-quiet", ctx.account, start, end, params.threshold),
-            lambda: [
+            lambda: frozenset(
                 i.id
                 for i in ctx.facts.instances(ctx.account)
                 if i.id not in utils or utils[i.id].max < params.threshold
-            ],
+            ),
         )
         mem = ctx.facts.metric_window(ctx.account, "gpu_mem", start, end, quiet).get(inst.id)
     return [_judge_idle(util, mem, params.threshold, mem_th, needed)], util, False
@@ -278,7 +278,7 @@ def idle_gpu(params: IdleGpuParams, ctx: EvalContext, resource: Resource) -> Res
         # threshold (a superset of the idle ones), not for the whole fleet
         quiet = ctx.facts.memo(
             ("quiet", ctx.account, params.window, params.threshold, ctx.now),
-            lambda: tuple(
+            lambda: frozenset(
                 iid
                 for iid, agg in ctx.facts.metric_window(
                     ctx.account,
@@ -543,13 +543,13 @@ def expiring_subscription(
     # them in one query (the same id list for every instance of the account, so it is cached)
     expiring = ctx.facts.memo(
         ("expiring", ctx.account, params.within),
-        lambda: [
+        lambda: frozenset(
             i.id
             for i in ctx.facts.instances(ctx.account)
             if i.billing_mode == "monthly"
             and i.end_time is not None
             and timedelta(0) < i.end_time - ctx.now <= params.within
-        ],
+        ),
     )
     agg = ctx.facts.metric_window(ctx.account, "gpu_util", start, ctx.now, expiring).get(inst.id)
     if span <= 0 or (agg is None and inst.status == "running"):

@@ -8,7 +8,7 @@ input makes a conjunction missing rather than false, unless another part is deci
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -70,9 +70,18 @@ def money(value: Decimal | float | None) -> float | None:
     return round(float(value), 4)
 
 
+def _ids_key(instance_ids: Iterable[str] | None) -> frozenset[str] | tuple[str, ...] | None:
+    """The cache key of an id list: a frozenset as it is (its hash is computed once, and the
+    same set asked for each of a thousand instances is found by identity), others sorted."""
+    if instance_ids is None or isinstance(instance_ids, frozenset):
+        return instance_ids
+    return tuple(sorted(instance_ids))
+
+
 class CachedFacts:
     """Memoises :class:`Facts` calls for one evaluation: every condition of every rule asks for
-    the whole account at once and reads its instance from the answer."""
+    the whole account at once and reads its instance from the answer. A condition that asks
+    for a list of instances computed once per evaluation passes it as a ``frozenset``."""
 
     def __init__(self, facts: Facts) -> None:
         self._facts = facts
@@ -95,12 +104,12 @@ class CachedFacts:
         series: str,
         start: datetime,
         end: datetime,
-        instance_ids: Sequence[str] | None = None,
+        instance_ids: Collection[str] | None = None,
         busy_at: float | None = None,
     ) -> dict[str, WindowAgg]:
         """Whole-account windows are cached; a window for a few named instances (a condition
         that concerns a handful, like expiring subscriptions) is read for those only."""
-        ids = None if instance_ids is None else tuple(sorted(instance_ids))
+        ids = _ids_key(instance_ids)
         return self._get(
             ("metric", account, series, start, end, ids, busy_at),
             lambda: self._facts.metric_window(account, series, start, end, ids, busy_at),
@@ -112,9 +121,9 @@ class CachedFacts:
         series: str,
         start: datetime,
         end: datetime,
-        instance_ids: Sequence[str] | None = None,
+        instance_ids: Collection[str] | None = None,
     ) -> dict[str, list[GpuAgg]]:
-        ids = None if instance_ids is None else tuple(sorted(instance_ids))
+        ids = _ids_key(instance_ids)
         return self._get(
             ("gpu", account, series, start, end, ids),
             lambda: self._facts.per_gpu_window(account, series, start, end, ids),
@@ -135,9 +144,9 @@ class CachedFacts:
         return self._get(("runway", account, now), lambda: self._facts.runway(account, now))
 
     def idle_since(
-        self, account: str, threshold: float, now: datetime, instance_ids: Sequence[str] | None
+        self, account: str, threshold: float, now: datetime, instance_ids: Collection[str] | None
     ) -> dict[str, datetime]:
-        ids = None if instance_ids is None else tuple(instance_ids)
+        ids = _ids_key(instance_ids)
         return self._get(
             ("idle_since", account, threshold, now, ids),
             lambda: self._facts.idle_since(account, threshold, now, ids),

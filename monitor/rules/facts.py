@@ -18,7 +18,7 @@ Conventions shared by every method:
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -179,7 +179,7 @@ class Facts(Protocol):
         series: str,
         start: datetime,
         end: datetime,
-        instance_ids: Sequence[str] | None = None,
+        instance_ids: Collection[str] | None = None,
         busy_at: float | None = None,
     ) -> dict[str, WindowAgg]:
         """Aggregates of ``series`` (one of :data:`SERIES`; for GPUs the across-GPU average
@@ -199,7 +199,7 @@ class Facts(Protocol):
         series: str,
         start: datetime,
         end: datetime,
-        instance_ids: Sequence[str] | None = None,
+        instance_ids: Collection[str] | None = None,
     ) -> dict[str, list[GpuAgg]]:
         """Like :meth:`metric_window` but per GPU (``gpu_util`` or ``gpu_mem``), GPUs sorted by
         id. Instances without per-GPU samples are absent."""
@@ -225,7 +225,7 @@ class Facts(Protocol):
         account: str,
         threshold: float,
         now: datetime,
-        instance_ids: Sequence[str] | None = None,
+        instance_ids: Collection[str] | None = None,
     ) -> dict[str, datetime]:
         """When each instance's current idle stretch began: the first sample of the unbroken
         run of samples with every GPU under ``threshold`` % that reaches the newest sample
@@ -245,7 +245,7 @@ class Facts(Protocol):
         account: str,
         start: datetime,
         end: datetime,
-        instance_ids: Sequence[str] | None = None,
+        instance_ids: Collection[str] | None = None,
     ) -> dict[str, float | None] | None:
         """Hours each instance was billing in ``start < t <= end``, from its bills' card-hours
         (:func:`monitor.economics.card_hours_by_owner`, each bill counted in proportion to its
@@ -364,7 +364,7 @@ class InMemoryFacts:
         series: str,
         start: datetime,
         end: datetime,
-        instance_ids: Sequence[str] | None = None,
+        instance_ids: Collection[str] | None = None,
         busy_at: float | None = None,
     ) -> dict[str, WindowAgg]:
         out: dict[str, WindowAgg] = {}  # every window read whole: ``busy_at`` changes nothing
@@ -380,7 +380,7 @@ class InMemoryFacts:
         series: str,
         start: datetime,
         end: datetime,
-        instance_ids: Sequence[str] | None = None,
+        instance_ids: Collection[str] | None = None,
     ) -> dict[str, list[GpuAgg]]:
         wanted = set(self._ids(account, instance_ids))
         out: dict[str, list[GpuAgg]] = {}
@@ -413,7 +413,7 @@ class InMemoryFacts:
         account: str,
         threshold: float,
         now: datetime,
-        instance_ids: Sequence[str] | None = None,
+        instance_ids: Collection[str] | None = None,
     ) -> dict[str, datetime]:
         out: dict[str, datetime] = {}
         by_id = {i.id: i for i in self.instance_list.get(account, [])}
@@ -465,7 +465,7 @@ class InMemoryFacts:
         account: str,
         start: datetime,
         end: datetime,
-        instance_ids: Sequence[str] | None = None,
+        instance_ids: Collection[str] | None = None,
     ) -> dict[str, float | None] | None:
         ids = self._ids(account, instance_ids)
         everything = [s for iid in ids for s in self.running.get(iid, [])]
