@@ -111,6 +111,32 @@ def _busy_at(params: IdleGpuParams | UnderusedGpusParams, ctx: EvalContext) -> f
     return params.threshold if all_idle and not ctx.negated else None
 
 
+def _gpu_fleet(ctx: EvalContext) -> frozenset[str]:
+    """The account's running GPU instances: the ones whose utilisation ``idle_gpu`` reads (it
+    is false on every other instance before reading anything)."""
+    return ctx.facts.memo(
+        ("gpu-fleet", ctx.account),
+        lambda: frozenset(
+            i.id
+            for i in ctx.facts.instances(ctx.account)
+            if i.status == "running" and i.gpu_count > 0
+        ),
+    )
+
+
+def _gpu_utils(params: IdleGpuParams, ctx: EvalContext) -> dict[str, WindowAgg]:
+    """The GPUs' utilisation over the window, for the running GPU instances (every idle_gpu
+    rule reads the same instances, so a longer window extends a shorter one)."""
+    return ctx.facts.metric_window(
+        ctx.account,
+        "gpu_util",
+        ctx.now - params.window,
+        ctx.now,
+        _gpu_fleet(ctx),
+        busy_at=_busy_at(params, ctx),
+    )
+
+
 def _idle_gpus(
     params: IdleGpuParams | UnderusedGpusParams, ctx: EvalContext, inst: InstanceFact
 ) -> tuple[list[bool | None], WindowAgg | None, bool]:
@@ -121,12 +147,7 @@ def _idle_gpus(
     mem_th = params.gpu_memory_threshold
     whole = isinstance(params, IdleGpuParams)  # the across-GPU series counts (underused: per GPU)
     all_idle = isinstance(params, IdleGpuParams) and params.mode == "all"
-    busy_at = _busy_at(params, ctx)
-    utils = (
-        ctx.facts.metric_window(ctx.account, "gpu_util", start, end, busy_at=busy_at)
-        if whole
-        else {}
-    )
+    utils = _gpu_utils(params, ctx) if isinstance(params, IdleGpuParams) else {}
     util = utils.get(inst.id)
     if util is not None and util.partial and ctx.active:
         # this rule's alert ends here: its notice shows the whole window's figures
@@ -202,14 +223,7 @@ def _idle_candidates(params: IdleGpuParams, ctx: EvalContext) -> frozenset[str]:
     """Where ``idle_gpu`` may hold: running GPU instances old enough, less (``mode: all``)
     those whose GPUs' average reached the threshold over the window (the window the condition
     reads, so read once)."""
-    busy_at = _busy_at(params, ctx)
-    utils = (
-        ctx.facts.metric_window(
-            ctx.account, "gpu_util", ctx.now - params.window, ctx.now, busy_at=busy_at
-        )
-        if busy_at is not None
-        else {}
-    )
+    utils = _gpu_utils(params, ctx) if _busy_at(params, ctx) is not None else {}
     out = []
     for inst in ctx.facts.instances(ctx.account):
         if inst.status != "running" or inst.gpu_count <= 0:
@@ -279,15 +293,7 @@ def idle_gpu(params: IdleGpuParams, ctx: EvalContext, resource: Resource) -> Res
         quiet = ctx.facts.memo(
             ("quiet", ctx.account, params.window, params.threshold, ctx.now),
             lambda: frozenset(
-                iid
-                for iid, agg in ctx.facts.metric_window(
-                    ctx.account,
-                    "gpu_util",
-                    ctx.now - params.window,
-                    ctx.now,
-                    busy_at=_busy_at(params, ctx),
-                ).items()
-                if agg.max < params.threshold
+                iid for iid, agg in _gpu_utils(params, ctx).items() if agg.max < params.threshold
             ),
         )
         since = ctx.facts.idle_since(ctx.account, params.threshold, ctx.now, quiet).get(inst.id)
