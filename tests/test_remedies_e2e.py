@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
@@ -135,7 +136,8 @@ def test_protected_excluded_subscription_and_spot_instances_are_never_stopped_as
 
 @pytest.mark.parametrize("limit", ["max_per_cycle", "max_per_hour"])
 def test_the_breaker_trips_at_its_limit_with_one_critical_alert(rig: Rig, limit: str) -> None:
-    """Four idle onDemand instances, due in the same act step; the breaker allows two."""
+    """Four idle onDemand instances, due in the same act step; the breaker allows two and
+    skips the rest, with one critical alert."""
     sim = rig.sim
     sim.add_instance("idle-a")
     sim.add_instance("idle-b")
@@ -152,22 +154,34 @@ def test_the_breaker_trips_at_its_limit_with_one_critical_alert(rig: Rig, limit:
         return idle <= set(rows) and all(rows[i]["state"] in ("succeeded", "skipped") for i in idle)
 
     rig.wait_for("the act step past the grace", ended, 60)
-    # read at once: the skipped ones are planned again (their intents released) and wait
-    # another grace of 10 simulated minutes
     stopped = sim.performed("stop")
     rows = by_instance(rig, action="stop")
-    assert sorted(stopped) == sorted(i for i in idle if rows[i]["state"] == "succeeded")
-    assert len(stopped) == 2 and len(sim.actions("stop")) == 2
-    skipped = [rows[i] for i in idle if rows[i]["state"] == "skipped"]
-    assert len(skipped) == 2
-    assert all(r["reason"].startswith(f"breaker: {limit} 2") for r in skipped), skipped
+    succeeded = [rows[i] for i in sorted(idle) if rows[i]["state"] == "succeeded"]
+    skipped = [rows[i] for i in sorted(idle) if rows[i]["state"] == "skipped"]
+    assert skipped and all(r["reason"].startswith(f"breaker: {limit} 2") for r in skipped), skipped
+    # the skipped ones are planned again (their intents released) and may be stopped a grace
+    # later (10 simulated minutes) if this read comes late; nothing was asked and refused
+    assert {r["instance_id"] for r in succeeded} <= set(stopped)
+    assert len(sim.actions("stop")) == len(stopped)
+    # The four are due in one act step, unless one instance's metrics reached the store after
+    # the evaluation that planned the others (a loaded machine): that one is planned a minute
+    # later and acted on in a later step. Either way, the act step that skipped let exactly two
+    # through, and (per cycle) no step let more.
+    tripped = sorted({r["finished_at"] for r in skipped})  # the steps that skipped
+    through = Counter(r["started_at"] for r in succeeded)
+    assert through[tripped[0]] == 2
+    if limit == "max_per_cycle":
+        assert len(tripped) == 1 and max(through.values()) == 2
+    else:
+        assert len(succeeded) == 2  # two in the rolling hour, whatever the steps
+    first_skips = sum(1 for r in skipped if r["finished_at"] == tripped[0])
 
     def breaker_alerts() -> list[str]:
         return [n for n in sim.notifications() if "breaker" in n.lower()]
 
     rig.wait_for("the breaker's alert", breaker_alerts)
-    (alert,) = breaker_alerts()
-    assert "2 action(s) skipped" in alert and limit in alert
+    alert = breaker_alerts()[0]
+    assert f"{first_skips} action(s) skipped" in alert and limit in alert
     assert rig.daemon.stop() == 0
 
 
