@@ -33,6 +33,13 @@ the stop rule: ``eval_steady_s``, ``eval_with_stop_steady_s`` (medians), their r
 ``stop_rule_ratio_cpu`` and ``stop_rule_ratio_steady_cpu`` are the same ratios in the CPU
 seconds the process spent (medians): on a shared machine whose host takes time from it, the
 wall clock counts that time too.
+
+What the rule's alerts cost apart from its actions: each run also times, interleaved with the
+two first evaluations, a first evaluation with the same rule stripped of its ``actions``
+(:func:`alerts_only`: the same condition, alerts, log lines and notices, nothing planned):
+``eval_with_stop_alerts_s`` (median), its runs, and ``stop_rule_alerts_ratio`` (its CPU
+twin ``stop_rule_alerts_ratio_cpu``). The gap between that ratio and ``stop_rule_ratio`` is
+what planning, announcing and recording the stops cost.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import yaml
 from sqlalchemy import delete, event
 
 from monitor.actions import STOP_IDLE_GPUS
@@ -85,6 +93,14 @@ PRODUCTS = {  # id -> (per-GPU $/h, spot $/h, 1-month $ per GPU)
     "p-a100": (1.60, 0.80, 800.0),
     "p-4090": (0.35, 0.18, 170.0),
 }
+
+
+def alerts_only(rules_text: str) -> str:
+    """A rule file's text with every rule's ``actions`` removed: the same rules, alerting only."""
+    doc = yaml.safe_load(rules_text)
+    for rule in doc["rules"]:
+        rule.pop("actions", None)
+    return yaml.safe_dump(doc, sort_keys=False)
 
 
 @dataclass(frozen=True)
@@ -418,15 +434,19 @@ def bench_rules(
             built = build(store, instances, days, seed, echo)
             setup_s = time.perf_counter() - began
             echo(f"setup: {setup_s:.1f} s")
-            stop_rule = None
+            stop_rule = alert_rule = None
             if with_stop_rule:
                 stop_rule = Path(tmp) / "stop-rule.yaml"
                 stop_rule.write_text(STOP_RULE)
+                alert_rule = Path(tmp) / "stop-rule-alerts-only.yaml"
+                alert_rule.write_text(alerts_only(STOP_RULE))
             times, queries, result = [], 0, None
             with_stop: list[float] = []
-            # CPU seconds: first evaluations without and with the stop rule, then steady ones
+            with_alerts: list[float] = []  # the stop rule without its actions
+            # CPU seconds: first evaluations without and with the stop rule (and with its
+            # alerts only), then steady ones
             cpu: dict[str, list[float]] = {
-                k: [] for k in ("first", "first_stop", "steady", "steady_stop")
+                k: [] for k in ("first", "first_alerts", "first_stop", "steady", "steady_stop")
             }
             steady: dict[str, list[float]] = {"without": [], "with": []}
             stops = 0
@@ -436,7 +456,14 @@ def bench_rules(
                 times.append(seconds)
                 cpu["first"].append(timed.cpu_seconds)
                 echo(f"run {run + 1}/{runs}: eval {seconds:.3f} s, {queries} SQL statements")
-                if stop_rule is not None:
+                if stop_rule is not None and alert_rule is not None:
+                    alerting = evaluate_once(store, alert_rule)
+                    with_alerts.append(alerting.seconds)
+                    cpu["first_alerts"].append(alerting.cpu_seconds)
+                    echo(
+                        f"run {run + 1}/{runs}: eval, the stop rule stripped of its actions, "
+                        f"{alerting.seconds:.3f} s"
+                    )
                     stopped = evaluate_once(store, stop_rule)
                     with_stop.append(stopped.seconds)
                     cpu["first_stop"].append(stopped.cpu_seconds)
@@ -479,6 +506,9 @@ def bench_rules(
             eval_with_stop_runs_s=[round(x, 4) for x in with_stop],
             stop_rule_ratio=round(with_s / eval_s, 3) if eval_s > 0 else None,
             stops_planned=stops,
+            eval_with_stop_alerts_s=round(statistics.median(with_alerts), 4),
+            eval_with_stop_alerts_runs_s=[round(x, 4) for x in with_alerts],
+            stop_rule_alerts_ratio=_ratio(with_alerts, times),
         )
         base_steady, with_steady = (statistics.median(steady[k]) for k in ("without", "with"))
         report.update(
@@ -491,6 +521,7 @@ def bench_rules(
             ),
             # the same ratios in CPU seconds (medians), robust to a host that steals time
             stop_rule_ratio_cpu=_ratio(cpu["first_stop"], cpu["first"]),
+            stop_rule_alerts_ratio_cpu=_ratio(cpu["first_alerts"], cpu["first"]),
             stop_rule_ratio_steady_cpu=_ratio(cpu["steady_stop"], cpu["steady"]),
         )
     echo(json.dumps(report))

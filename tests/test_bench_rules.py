@@ -100,6 +100,12 @@ def test_with_the_stop_rule_both_figures_are_reported_side_by_side(tmp_path: Pat
     assert abs(report["stop_rule_ratio_steady"] - steady) <= 0.01 * steady + 0.001
     assert len([x for x in lines if "the minute after" in x]) == 2
     assert report["stop_rule_ratio_cpu"] > 0 and report["stop_rule_ratio_steady_cpu"] > 0
+    # and the same rule without its actions, interleaved with the first evaluations
+    assert len(report["eval_with_stop_alerts_runs_s"]) == 2
+    alerts = report["eval_with_stop_alerts_s"] / report["eval_s"]
+    assert abs(report["stop_rule_alerts_ratio"] - alerts) <= 0.01 * alerts + 0.001
+    assert report["stop_rule_alerts_ratio_cpu"] > 0
+    assert len([x for x in lines if "stripped of its actions" in x]) == 2
 
 
 def test_the_steady_evaluation_is_the_one_after_a_first(tmp_path: Path) -> None:
@@ -121,5 +127,37 @@ def test_the_steady_evaluation_is_the_one_after_a_first(tmp_path: Path) -> None:
         assert then.transitions == [] and then.notifications_due == []
         assert len(store.actions(ACCOUNT)) == planned
         assert {s.fingerprint for s in then.firing()} == {s.fingerprint for s in first.firing()}
+    finally:
+        store.close()
+
+
+def test_the_alerts_only_rule_alerts_as_the_stop_rule_and_plans_nothing(tmp_path: Path) -> None:
+    """What ``stop_rule_alerts_ratio`` times: the stop rule's alerts (the same instances,
+    the same figures), without a ledger row or an announcement."""
+    from monitor.bench_rules import ACCOUNT, STOP_RULE, alerts_only, build, evaluate_once
+    from monitor.store import open_store
+
+    assert "actions" in STOP_RULE and "actions" not in alerts_only(STOP_RULE)
+    store = open_store(f"sqlite:///{tmp_path / 'b.db'}")
+    rule, bare = tmp_path / "stop.yaml", tmp_path / "bare.yaml"
+    rule.write_text(STOP_RULE)
+    bare.write_text(alerts_only(STOP_RULE))
+    try:
+        build(store, 20, 1, 2, lambda _: None)
+
+        def stop_alerts(result: object) -> dict[str, object]:
+            return {
+                s.resource_id: dict(s.values)
+                for s in result.firing()  # type: ignore[attr-defined]
+                if s.rule == "stop-idle-gpus"
+            }
+
+        alone = evaluate_once(store, bare).result
+        assert store.actions(ACCOUNT) == []
+        notices = [n for n in alone.notifications_due if n.rule == "stop-idle-gpus"]
+        with_actions = evaluate_once(store, rule).result
+        assert len(store.actions(ACCOUNT)) == 3
+        assert stop_alerts(alone) == stop_alerts(with_actions) and len(stop_alerts(alone)) == 3
+        assert len(notices) == 3
     finally:
         store.close()
