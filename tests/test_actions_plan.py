@@ -86,7 +86,7 @@ def run(
         plan_actions,
         ruleset=rules,
         settings=settings or ActionSettings(),
-        held=lambda account: set(held or ()),
+        held=lambda account, keys: set(held or ()) & set(keys),
         silences=lambda at: list(silences or ()),
         dry_run=dry_run,
         every_firing=every_firing,

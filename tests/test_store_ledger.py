@@ -61,6 +61,19 @@ def test_one_intent_is_planned_once_and_released_when_it_ends_without_acting(
     assert store.action(dry).idempotency_key is None  # type: ignore[union-attr]
 
 
+def test_the_held_intents_asked_for_are_read_and_no_others(store: Store) -> None:
+    """The planner asks which of the firing alerts' intents are held, not for the whole ledger:
+    the account's held keys among those asked, in chunks, another account's never."""
+    many = [f"idle|stop|i-{n}|1700000000" for n in range(1200)]
+    store.insert_actions([stop(key=k, instance_id=k.split("|")[2]) for k in many[::2]])
+    store.insert_actions([stop(key="other", account="second")])
+    asked = [*many[:1001], "other", "never-planned"]
+    assert store.held_intents("main", asked) == set(many[:1001:2])
+    assert store.held_intents("main", []) == set()
+    assert store.held_intents("second", asked) == {"other"}
+    assert store.held_intents("main") == set(many[::2])  # without keys: every held one
+
+
 def test_a_row_is_claimed_by_one_process_only(store: Store) -> None:
     (ident,) = store.insert_actions([stop()])
     row = store.action(ident)

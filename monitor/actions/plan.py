@@ -38,7 +38,7 @@ running hours).
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -572,16 +572,17 @@ def plan_actions(
     *,
     ruleset: RuleSet | Iterable[Rule],
     settings: ActionSettings,
-    held: Callable[[str], set[str]] | None = None,
+    held: Callable[[str, Collection[str]], set[str]] | None = None,
     silences: Callable[[datetime], Iterable[Silence]] | Iterable[Silence] = (),
     dry_run: bool = False,
     every_firing: bool = False,
 ) -> tuple[list[ActionRecord], list[Notice]]:
     """The ledger rows and notices for the actions of the alerts firing at ``now``.
 
-    ``held(account)``: the intent keys the ledger holds (``store.held_intents``); ``silences``:
-    the active silences, or a callable ``now -> silences`` read at each call; ``dry_run``: the
-    command line's ``--dry-run`` (``settings.dry_run`` and a rule's ``dry_run`` count too);
+    ``held(account, keys)``: which of ``keys`` (the intents of the alerts firing) the ledger
+    holds (``store.held_intents``); ``silences``: the active silences, or a callable ``now ->
+    silences`` read at each call; ``dry_run``: the command line's ``--dry-run``
+    (``settings.dry_run`` and a rule's ``dry_run`` count too);
     ``every_firing``: record refused and dry-run rows for every firing alert, not only those
     that notify (``novita-monitor plan``). Rows come in a stable order (account, rule,
     instance, the rule's action order)."""
@@ -614,6 +615,7 @@ def plan_actions(
         return params[(rule, number)]
 
     by_id: dict[str, dict[str, InstanceFact]] = {}
+    todo: list[tuple[AlertState, Rule, InstanceFact, list[str]]] = []
     for alert in firing:
         rule = rules[alert.rule]
         if _silenced(live_silences, alert, rule, now):
@@ -623,11 +625,14 @@ def plan_actions(
         inst = by_id[alert.account].get(alert.resource_id)
         if inst is None:
             continue
-        if alert.account not in holding:
-            holding[alert.account] = set(held(alert.account)) if held is not None else set()
+        keys = [intent_key(rule.name, action.name, inst) for action in rule.actions]
+        todo.append((alert, rule, inst, keys))
+        holding.setdefault(alert.account, set()).update(keys)
+    for account, keys in holding.items():  # which of those intents the ledger holds
+        holding[account] = set(held(account, keys)) if held is not None else set()
+    for alert, rule, inst, keys in todo:
         dry = dry_run or settings.dry_run or rule.dry_run
-        for number, action in enumerate(rule.actions):
-            key = intent_key(rule.name, action.name, inst)
+        for number, (action, key) in enumerate(zip(rule.actions, keys, strict=True)):
             if key in holding[alert.account]:
                 continue  # planned already (or acted)
             decision = decide(

@@ -16,7 +16,7 @@ Only persistence and the two concurrency guarantees the actions need (the decisi
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -101,16 +101,26 @@ class LedgerRepo(StoreBase):
         result = conn.execute(insert(t.actions).returning(a.id), fresh)
         return sorted(int(i) for i in result.scalars().all())
 
-    def held_intents(self, account: str) -> set[str]:
-        """The idempotency keys the account's rows hold (planned, acting or acted)."""
+    def held_intents(self, account: str, keys: Collection[str] | None = None) -> set[str]:
+        """The idempotency keys the account's rows hold (planned, acting or acted); with
+        ``keys``, those of them only (the planner asks for the intents of the alerts firing,
+        not for a ledger that grows by every action ever taken)."""
         a = t.actions.c
+        held: set[str] = set()
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(a.idempotency_key).where(
-                    a.account == account, a.idempotency_key.is_not(None)
+            if keys is None:
+                rows = conn.execute(
+                    select(a.idempotency_key).where(
+                        a.account == account, a.idempotency_key.is_not(None)
+                    )
                 )
-            )
-            return {key for (key,) in rows}
+                return {key for (key,) in rows}
+            wanted = sorted(keys)
+            for start in range(0, len(wanted), 500):  # one read per 500 keys
+                chunk = wanted[start : start + 500]
+                held |= {k for (k,) in conn.execute(select(a.idempotency_key).where(
+                    a.account == account, a.idempotency_key.in_(chunk)))}  # fmt: skip
+        return held
 
     def action(self, action_id: int) -> ActionRecord | None:
         rows = self._load(select(ActionRecord).where(t.actions.c.id == action_id))
