@@ -628,8 +628,8 @@ def plan_actions(
         keys = [intent_key(rule.name, action.name, inst) for action in rule.actions]
         todo.append((alert, rule, inst, keys))
         holding.setdefault(alert.account, set()).update(keys)
-    for account, keys in holding.items():  # which of those intents the ledger holds
-        holding[account] = set(held(account, keys)) if held is not None else set()
+    for account, wanted in holding.items():  # which of those intents the ledger holds
+        holding[account] = set(held(account, wanted)) if held is not None else set()
     for alert, rule, inst, keys in todo:
         dry = dry_run or settings.dry_run or rule.dry_run
         for number, (action, key) in enumerate(zip(rule.actions, keys, strict=True)):
