@@ -609,6 +609,68 @@ def test_an_actions_notice_is_counted_as_an_action_not_an_alert() -> None:
     assert only.title == "[warning] idle-gpu: 1 action"
 
 
+def test_an_actions_notice_goes_on_its_alerts_line_and_stands_alone_without_it() -> None:
+    """One line per instance: the stop announced for an instance whose alert is in the group
+    follows that alert's figures on its line; an action on an instance whose alert is not in
+    the message keeps a line of its own. The counts do not change."""
+    from dataclasses import replace as change
+
+    def announced(alert: Notice) -> Notice:
+        return change(
+            alert,
+            fingerprint=f"{alert.fingerprint}-action",
+            summary=f"will stop {alert.resource_name} at 12:15 UTC unless it becomes busy",
+            values={"action": "stop", "saving_per_hour_usd": 1.4},
+        )
+
+    notebook, other, dev_box = three_idle()
+    lonely = change(announced(idle(9, "trainer", "0.70", "0", 0)))
+    (message,) = build_messages(
+        [notebook, other, dev_box, announced(notebook), lonely], Router(), NOW
+    )
+    assert message.title.startswith("[warning] idle-gpu: ")
+    lines = [x for x in message.body.splitlines() if x.startswith("- ")]
+    assert len(lines) == 4, lines  # three alerts' lines, and the lone action's
+    (mine,) = [x for x in lines if x.startswith("- notebook (i-0001): ")]
+    assert mine.endswith("so far; will stop notebook at 12:15 UTC unless it becomes busy"), mine
+    assert "- trainer (i-0009): will stop trainer at 12:15 UTC" in message.body
+    assert sum("will stop" in x for x in lines) == 2
+    (alone,) = build_messages([notebook, announced(notebook)], Router(), NOW)
+    assert alone.title.startswith("[warning] idle-gpu: 1 GPU idle")  # one alert, one action
+
+
+def test_a_line_repeated_by_a_later_group_points_to_the_first() -> None:
+    """Two rules on one instance (the shipped idle-gpu rule and a stop rule), both resolved
+    by the stop: the second group says "as under idle-gpu" instead of the idle time and cost
+    again, which a reader would add up twice. A line with other figures is shown whole."""
+    from dataclasses import replace as change
+
+    def ended(alert: Notice, rule: str) -> Notice:
+        return change(
+            alert,
+            rule=rule,
+            fingerprint=f"{alert.fingerprint}-{rule}",
+            state="resolved",
+            values={**alert.values, "instance_status": "exited"},
+        )
+
+    notebook, other, _ = three_idle()
+    cheaper = change(other, values={**other.values, "cost_so_far_usd": Decimal("2.50")})
+    notices = [
+        ended(notebook, "idle-gpu"),
+        ended(other, "idle-gpu"),
+        ended(notebook, "stop-idle-gpus"),
+        ended(cheaper, "stop-idle-gpus"),
+    ]
+    (message,) = build_messages(notices, Router(), NOW)
+    body = message.body
+    first, second = body.index("idle-gpu: 2"), body.index("stop-idle-gpus: 2")
+    assert body.count("cost $1.05") == 1 and body.index("cost $1.05") < second
+    assert "- notebook (i-0001): as under idle-gpu" in body[second:]
+    assert body.count("cost $3.00") == 1 and body.count("cost $2.50") == 1  # not the same line
+    assert first < second
+
+
 def test_an_actions_notice_does_not_end_with_its_alerts_age() -> None:
     """An approval request's line says what it asks; the alert's age ("; for 40 min") after it
     read as the request's, unlabelled. An alert's line keeps it."""

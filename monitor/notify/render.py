@@ -10,7 +10,7 @@ them, and a rule's own ``template`` string replaces ``line.j2`` for that rule's 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from functools import lru_cache
@@ -157,6 +157,7 @@ class Group:
     lines: list[str]
     totals: Mapping[str, Decimal | None]
     actions: int = 0  # the actions' notices in the group (planned, done, refused)
+    names: tuple[str, ...] = ()  # the resource each line is about, as its line names it
 
 
 def _environment(template_dir: Path | None) -> jinja2.Environment:
@@ -232,6 +233,7 @@ class Renderer:
             "resource_id": notice.resource_id,
             "resource_name": notice.resource_name,
             "name": notice.resource_name or notice.resource_id,
+            "display": _display(notice),
             "summary": notice.summary,
             "labels": dict(notice.labels),
             "values": dict(notice.values),
@@ -277,7 +279,24 @@ class Renderer:
             _gpus(n) for n in of_kind if n.values.get("cost_per_hour_usd") is not None
         )
         contexts = [self.line_context(n, now) for n in notices]  # once: lines and headline
-        lines = [self.line(n, now, c) for n, c in zip(notices, contexts, strict=True)]
+        # an action's notice on a resource whose alert is in the group says its part on that
+        # alert's line: one line per instance, its figures then what is done about them
+        alert_at = {
+            (n.resource_kind, n.resource_id): i
+            for i, n in enumerate(notices)
+            if "action" not in n.values
+        }
+        shown: list[int] = []
+        joined: dict[int, list[str]] = {}
+        for i, n in enumerate(notices):
+            at = alert_at.get((n.resource_kind, n.resource_id)) if "action" in n.values else None
+            if at is None or not n.summary:
+                shown.append(i)
+            else:
+                joined.setdefault(at, []).append(n.summary)
+        lines = [
+            "; ".join([self.line(notices[i], now, contexts[i]), *joined.get(i, [])]) for i in shown
+        ]
         actions = sum(1 for n in notices if "action" in n.values)
         count = len(notices) - actions
         headline = _one_line(
@@ -295,7 +314,8 @@ class Renderer:
                 notices=contexts,
             )
         )
-        return Group(rule, state, severity, count, headline, lines, totals, actions)
+        names = tuple(contexts[i]["display"] for i in shown)
+        return Group(rule, state, severity, count, headline, lines, totals, actions, names)
 
     def message(self, channel: str, notices: list[Notice], now: datetime) -> Message:
         """One grouped message for ``channel`` (``notices`` must not be empty)."""
@@ -308,6 +328,8 @@ class Renderer:
             key=lambda g: (-severity_rank(g.severity), g.rule),
         )
         resolved = sorted((g for g in groups if g.state == "resolved"), key=lambda g: g.rule)
+        said = _said_once(firing + resolved)
+        firing, resolved = said[: len(firing)], said[len(firing) :]
         worst = firing[0].severity if firing else "resolved"
         context = {
             "groups": firing + resolved,
@@ -331,6 +353,32 @@ class Renderer:
             kind=_kind(worst),
             fingerprints=tuple(n.fingerprint for n in notices),
         )
+
+
+def _display(notice: Notice) -> str:
+    """How a line names its resource: the name, and the id when it differs."""
+    name = notice.resource_name or notice.resource_id
+    if notice.resource_name and notice.resource_name != notice.resource_id:
+        return f"{name} ({notice.resource_id})"
+    return name
+
+
+def _said_once(groups: list[Group]) -> list[Group]:
+    """A line that repeats, word for word, one an earlier group of the message showed (two
+    rules on one instance, e.g. ``idle-gpu`` and ``stop-idle-gpus`` resolved by its stop) points
+    to it instead of showing its figures again, where a reader would add them up twice."""
+    said: dict[str, str] = {}
+    out = []
+    for group in groups:
+        lines = []
+        for line, name in zip(group.lines, group.names or ("",) * len(group.lines), strict=True):
+            if line in said and name:
+                lines.append(f"{name}: as under {said[line]}")
+            else:
+                said.setdefault(line, group.rule)
+                lines.append(line)
+        out.append(replace(group, lines=lines))
+    return out
 
 
 def _kind(worst: str) -> str:
