@@ -624,7 +624,7 @@ def test_an_actions_notice_goes_on_its_alerts_line_and_stands_alone_without_it()
         )
 
     notebook, other, dev_box = three_idle()
-    lonely = change(announced(idle(9, "trainer", "0.70", "0", 0)))
+    lonely = announced(idle(9, "trainer", "0.70", "0", 0))
     (message,) = build_messages(
         [notebook, other, dev_box, announced(notebook), lonely], Router(), NOW
     )
