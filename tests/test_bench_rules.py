@@ -105,7 +105,13 @@ def test_with_the_stop_rule_both_figures_are_reported_side_by_side(tmp_path: Pat
     alerts = report["eval_with_stop_alerts_s"] / report["eval_s"]
     assert abs(report["stop_rule_alerts_ratio"] - alerts) <= 0.01 * alerts + 0.001
     assert report["stop_rule_alerts_ratio_cpu"] > 0
-    assert len([x for x in lines if "stripped of its actions" in x]) == 2
+    assert len(report["eval_with_stop_alerts_steady_runs_s"]) == 2
+    alerts_steady = report["eval_with_stop_alerts_steady_s"] / report["eval_steady_s"]
+    assert (
+        abs(report["stop_rule_alerts_ratio_steady"] - alerts_steady) <= 0.01 * alerts_steady + 0.001
+    )
+    assert report["stop_rule_alerts_ratio_steady_cpu"] > 0
+    assert len([x for x in lines if "the stop rule stripped of its actions" in x]) == 2
 
 
 def test_the_steady_evaluation_is_the_one_after_a_first(tmp_path: Path) -> None:
