@@ -41,6 +41,12 @@ alerts, log lines and notices, nothing planned), first and a minute later:
 ``stop_rule_alerts_ratio`` and ``stop_rule_alerts_ratio_steady`` (and their CPU twins). The gap
 between those ratios and ``stop_rule_ratio`` and ``stop_rule_ratio_steady`` is what planning,
 announcing and recording the stops cost.
+
+The variants' order is rotated from run to run (the first run: without, alerts only, with; the
+second: alerts only, with, without; ...), the first evaluations' and the steady ones' alike:
+whichever is timed last of three consecutive evaluations runs 2 to 4 points slower (measured:
+steady, CPU, medians of 10, in that order alerts only 1.057 and with 1.103; with the two swapped
+1.086 and 1.085), so a fixed order would charge that to one variant. Use a multiple of 3 runs.
 """
 
 from __future__ import annotations
@@ -441,63 +447,34 @@ def bench_rules(
                 stop_rule.write_text(STOP_RULE)
                 alert_rule = Path(tmp) / "stop-rule-alerts-only.yaml"
                 alert_rule.write_text(alerts_only(STOP_RULE))
-            times, queries, result = [], 0, None
-            with_stop: list[float] = []
-            with_alerts: list[float] = []  # the stop rule without its actions
-            # CPU seconds: first evaluations without and with the stop rule (and with its
-            # alerts only), then steady ones
-            cpu: dict[str, list[float]] = {
-                k: []
-                for k in (
-                    "first",
-                    "first_alerts",
-                    "first_stop",
-                    "steady",
-                    "steady_alerts",
-                    "steady_stop",
-                )
-            }
-            steady: dict[str, list[float]] = {"without": [], "alerts": [], "with": []}
-            stops = 0
+            # the variants timed in each run: the shipped rules alone ("without"), plus the
+            # stop rule stripped of its actions ("alerts"), plus the stop rule ("with")
+            variants: list[tuple[str, Path | None]] = [("without", None)]
+            if stop_rule is not None and alert_rule is not None:
+                variants += [("alerts", alert_rule), ("with", stop_rule)]
+            # wall and CPU seconds per variant, of first evaluations and of steady ones
+            wall: dict[str, list[float]] = {f"{v}{k}": [] for v, _ in variants for k in _KINDS}
+            cpu: dict[str, list[float]] = {key: [] for key in wall}
+            queries, result, stops = 0, None, 0
             for run in range(runs):
-                timed = evaluate_once(store)
-                seconds, queries, result = timed.seconds, timed.queries, timed.result
-                times.append(seconds)
-                cpu["first"].append(timed.cpu_seconds)
-                echo(f"run {run + 1}/{runs}: eval {seconds:.3f} s, {queries} SQL statements")
-                if stop_rule is not None and alert_rule is not None:
-                    alerting = evaluate_once(store, alert_rule)
-                    with_alerts.append(alerting.seconds)
-                    cpu["first_alerts"].append(alerting.cpu_seconds)
-                    echo(
-                        f"run {run + 1}/{runs}: eval, the stop rule stripped of its actions, "
-                        f"{alerting.seconds:.3f} s"
-                    )
-                    stopped = evaluate_once(store, stop_rule)
-                    with_stop.append(stopped.seconds)
-                    cpu["first_stop"].append(stopped.cpu_seconds)
-                    stops = len(store.actions(ACCOUNT, ["announced"]))
-                    echo(
-                        f"run {run + 1}/{runs}: eval with the stop rule {stopped.seconds:.3f} s, "
-                        f"{stopped.queries} SQL statements, {stops} stops planned"
-                    )
-                    for label, rule, key in (
-                        ("without", None, "steady"),
-                        ("alerts", alert_rule, "steady_alerts"),
-                        ("with", stop_rule, "steady_stop"),
-                    ):
-                        then = evaluate_once(store, rule, steady=True)
-                        steady[label].append(then.seconds)
-                        cpu[key].append(then.cpu_seconds)
-                    echo(
-                        f"run {run + 1}/{runs}: the minute after, without the stop rule "
-                        f"{steady['without'][-1]:.3f} s, stripped of its actions "
-                        f"{steady['alerts'][-1]:.3f} s, with it {steady['with'][-1]:.3f} s"
-                    )
+                # rotated, so that each variant takes each place in the sequence as often: the
+                # one evaluated last of three runs a few points slower, whichever it is
+                turn = variants[run % len(variants) :] + variants[: run % len(variants)]
+                for kind in _KINDS if len(variants) > 1 else ("",):
+                    for label, rule in turn:
+                        timed = evaluate_once(store, rule, steady=kind == " steady")
+                        wall[label + kind].append(timed.seconds)
+                        cpu[label + kind].append(timed.cpu_seconds)
+                        if label == "without" and not kind:
+                            queries, result = timed.queries, timed.result
+                        if label == "with" and not kind:
+                            stops = len(store.actions(ACCOUNT, ["announced"]))
+                    echo(_progress(run, runs, kind, wall, queries, stops))
         finally:
             store.close()
     assert result is not None
     firing = Counter(s.rule for s in result.firing())
+    times = wall["without"]
     eval_s = statistics.median(times)
     report = {
         "instances": instances,
@@ -513,37 +490,49 @@ def bench_rules(
         "metric_rows": built["metric_rows"],
         "rollup_rows": built["rollup_rows"],
     }
-    if with_stop:
-        with_s = statistics.median(with_stop)
-        report.update(
-            eval_with_stop_s=round(with_s, 4),
-            eval_with_stop_runs_s=[round(x, 4) for x in with_stop],
-            stop_rule_ratio=round(with_s / eval_s, 3) if eval_s > 0 else None,
-            stops_planned=stops,
-            eval_with_stop_alerts_s=round(statistics.median(with_alerts), 4),
-            eval_with_stop_alerts_runs_s=[round(x, 4) for x in with_alerts],
-            stop_rule_alerts_ratio=_ratio(with_alerts, times),
-        )
-        base_steady, with_steady = (statistics.median(steady[k]) for k in ("without", "with"))
-        report.update(
-            eval_steady_s=round(base_steady, 4),
-            eval_with_stop_steady_s=round(with_steady, 4),
-            eval_steady_runs_s=[round(x, 4) for x in steady["without"]],
-            eval_with_stop_steady_runs_s=[round(x, 4) for x in steady["with"]],
-            stop_rule_ratio_steady=(
-                round(with_steady / base_steady, 3) if base_steady > 0 else None
-            ),
-            eval_with_stop_alerts_steady_s=round(statistics.median(steady["alerts"]), 4),
-            eval_with_stop_alerts_steady_runs_s=[round(x, 4) for x in steady["alerts"]],
-            stop_rule_alerts_ratio_steady=_ratio(steady["alerts"], steady["without"]),
-            # the same ratios in CPU seconds (medians), robust to a host that steals time
-            stop_rule_ratio_cpu=_ratio(cpu["first_stop"], cpu["first"]),
-            stop_rule_alerts_ratio_cpu=_ratio(cpu["first_alerts"], cpu["first"]),
-            stop_rule_ratio_steady_cpu=_ratio(cpu["steady_stop"], cpu["steady"]),
-            stop_rule_alerts_ratio_steady_cpu=_ratio(cpu["steady_alerts"], cpu["steady"]),
-        )
+    if len(variants) > 1:
+        report.update(stops_planned=stops)
+        names = {"with": "eval_with_stop", "alerts": "eval_with_stop_alerts"}
+        ratios = {"with": "stop_rule_ratio", "alerts": "stop_rule_alerts_ratio"}
+        for kind, suffix in (("", ""), (" steady", "_steady")):
+            if suffix:
+                report[f"eval{suffix}_s"] = round(statistics.median(wall["without" + kind]), 4)
+                report[f"eval{suffix}_runs_s"] = [round(x, 4) for x in wall["without" + kind]]
+            for label in ("with", "alerts"):
+                got = wall[label + kind]
+                report[f"{names[label]}{suffix}_s"] = round(statistics.median(got), 4)
+                report[f"{names[label]}{suffix}_runs_s"] = [round(x, 4) for x in got]
+                report[f"{ratios[label]}{suffix}"] = _ratio(got, wall["without" + kind])
+                # the same ratio in CPU seconds (medians), robust to a host that steals time
+                report[f"{ratios[label]}{suffix}_cpu"] = _ratio(
+                    cpu[label + kind], cpu["without" + kind]
+                )
     echo(json.dumps(report))
     return report
+
+
+#: what each run times per variant: its first evaluation (""), then the one a minute later
+_KINDS = ("", " steady")
+
+
+def _progress(
+    run: int, runs: int, kind: str, wall: dict[str, list[float]], queries: int, stops: int
+) -> str:
+    """The line printed after a run's first (or steady) evaluations."""
+    head = f"run {run + 1}/{runs}: "
+    if kind:
+        return head + (
+            f"the minute after, without the stop rule {wall['without' + kind][-1]:.3f} s, "
+            f"stripped of its actions {wall['alerts' + kind][-1]:.3f} s, "
+            f"with it {wall['with' + kind][-1]:.3f} s"
+        )
+    line = head + f"eval {wall['without'][-1]:.3f} s, {queries} SQL statements"
+    if "alerts" in wall:
+        line += (
+            f"; the stop rule stripped of its actions {wall['alerts'][-1]:.3f} s; "
+            f"with the stop rule {wall['with'][-1]:.3f} s, {stops} stops planned"
+        )
+    return line
 
 
 def _ratio(numerators: list[float], denominators: list[float]) -> float | None:

@@ -167,3 +167,30 @@ def test_the_alerts_only_rule_alerts_as_the_stop_rule_and_plans_nothing(tmp_path
         assert len(notices) == 3
     finally:
         store.close()
+
+
+def test_each_variant_takes_each_place_in_the_sequence(tmp_path: Path, monkeypatch) -> None:
+    """Whichever of three consecutive evaluations comes last runs a few points slower: the
+    order of the variants is rotated from run to run, the first evaluations' and the steady
+    ones' alike, so over three runs each variant is first, second and third once."""
+    import monitor.bench_rules as bench
+
+    seen: list[tuple[str, bool]] = []
+    timed = bench.evaluate_once
+
+    def recording(store, rule=None, steady=False):  # type: ignore[no-untyped-def]
+        name = "without" if rule is None else "alerts" if "alerts-only" in rule.name else "with"
+        seen.append((name, steady))
+        return timed(store, rule, steady)
+
+    monkeypatch.setattr(bench, "evaluate_once", recording)
+    bench.bench_rules(
+        20, 1, seed=2, runs=3, echo=lambda _: None, workdir=tmp_path, logs=None, with_stop_rule=True
+    )
+    assert len(seen) == 18  # 3 runs x (3 first + 3 steady)
+    for steady in (False, True):
+        order = [name for name, s in seen if s is steady]
+        triples = [order[i : i + 3] for i in range(0, 9, 3)]
+        assert all(sorted(t) == ["alerts", "with", "without"] for t in triples)
+        for place in range(3):
+            assert sorted(t[place] for t in triples) == ["alerts", "with", "without"]
