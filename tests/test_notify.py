@@ -671,6 +671,34 @@ def test_a_line_repeated_by_a_later_group_points_to_the_first() -> None:
     assert first < second
 
 
+def test_a_group_on_instances_an_earlier_group_holds_for_the_same_condition_says_so() -> None:
+    """The shipped idle rule and a stop rule on the same idle instances: both headlines say
+    what is wasted per hour; the second says how many of its instances the first holds, so the
+    two figures are not added up. Another condition on the same instance is not an overlap."""
+    from dataclasses import replace as change
+
+    notebook, other, dev_box = three_idle()
+    stop = [
+        change(n, rule="stop-idle-gpus", fingerprint=f"{n.fingerprint}-stop")
+        for n in (notebook, other, dev_box)
+    ]
+    error = change(
+        notebook,
+        rule="instance-error",
+        fingerprint="fp-error",
+        values={"kind": "failed_instance", "status": "error"},
+    )
+    (message,) = build_messages([notebook, other, *stop, error], Router(), NOW)
+    headlines = [x for x in message.body.splitlines() if x.startswith("[")]
+    (idle,) = [h for h in headlines if "] idle-gpu:" in h]
+    (stopping,) = [h for h in headlines if "] stop-idle-gpus:" in h]
+    (failing,) = [h for h in headlines if "] instance-error:" in h]
+    assert "also under" not in idle and "also under" not in failing
+    assert stopping.endswith("/h wasted (2 instances also under idle-gpu)"), stopping
+    (alone,) = build_messages(stop, Router(), NOW)
+    assert "also under" not in alone.body
+
+
 def test_an_actions_notice_does_not_end_with_its_alerts_age() -> None:
     """An approval request's line says what it asks; the alert's age ("; for 40 min") after it
     read as the request's, unlabelled. An alert's line keeps it."""

@@ -254,7 +254,16 @@ class Renderer:
                 log.warning("notify.template_error", rule=notice.rule, error=str(exc))
         return _one_line(self.env.get_template("line.j2").render(context))
 
-    def group(self, rule: str, state: str, notices: list[Notice], now: datetime) -> Group:
+    def group(
+        self,
+        rule: str,
+        state: str,
+        notices: list[Notice],
+        now: datetime,
+        also: list[dict[str, Any]] | None = None,
+    ) -> Group:
+        """One rule's group. ``also``: earlier groups of the message that alert on some of the
+        same resources for the same condition (``{"rule", "count"}``), said in the headline."""
         notices = sorted(
             notices,
             key=lambda n: (
@@ -270,8 +279,7 @@ class Renderer:
             totals[key] = sum(found, Decimal(0)) if found else None
         runways = [d for n in notices if (d := _dec(n.values.get("runway_hours"))) is not None]
         totals["runway_hours"] = min(runways) if runways else None
-        # the condition's kind (an action's announcement in the group carries none)
-        kind = next((n.values["kind"] for n in notices if n.values.get("kind")), None)
+        kind = _kind_of(notices)
         of_kind = [n for n in notices if n.values.get("kind") == kind]
         gpus = sum(_gpus(n) for n in of_kind)
         # the GPUs the hourly figure covers (a prepaid or unpriced one has none)
@@ -312,6 +320,7 @@ class Renderer:
                 noun=notices[0].resource_kind or "resource",
                 totals=totals,
                 notices=contexts,
+                also=also or [],
             )
         )
         names = tuple(contexts[i]["display"] for i in shown)
@@ -322,7 +331,11 @@ class Renderer:
         by_key: dict[tuple[str, str], list[Notice]] = {}
         for n in notices:
             by_key.setdefault((n.state, n.rule), []).append(n)
-        groups = [self.group(rule, state, ns, now) for (state, rule), ns in by_key.items()]
+        also = _overlaps(by_key)
+        groups = [
+            self.group(rule, state, ns, now, also.get((state, rule)))
+            for (state, rule), ns in by_key.items()
+        ]
         firing = sorted(
             (g for g in groups if g.state != "resolved"),
             key=lambda g: (-severity_rank(g.severity), g.rule),
@@ -353,6 +366,36 @@ class Renderer:
             kind=_kind(worst),
             fingerprints=tuple(n.fingerprint for n in notices),
         )
+
+
+def _kind_of(notices: list[Notice]) -> str | None:
+    """A group's condition kind (an action's notice in the group carries none)."""
+    return next((str(n.values["kind"]) for n in notices if n.values.get("kind")), None)
+
+
+def _overlaps(
+    by_key: Mapping[tuple[str, str], list[Notice]],
+) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """For each firing group, the groups before it in the message (worst severity first, then
+    by rule) whose alerts of the same condition kind are on some of its resources: two idle
+    rules on the same instances (``idle-gpu``, ``stop-idle-gpus``) each say "$0.70/h wasted",
+    and a reader should not add the two up."""
+    firing = sorted(
+        (key for key in by_key if key[0] != "resolved"),
+        key=lambda k: (-max(severity_rank(n.severity) for n in by_key[k]), k[1]),
+    )
+    earlier: list[tuple[str, str | None, set[tuple[str, str]]]] = []
+    out: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for key in firing:
+        notices = by_key[key]
+        kind = _kind_of(notices)
+        mine = {(n.resource_kind, n.resource_id) for n in notices if "action" not in n.values}
+        for rule, their_kind, theirs in earlier:
+            shared = len(mine & theirs)
+            if kind is not None and their_kind == kind and shared:
+                out.setdefault(key, []).append({"rule": rule, "count": shared})
+        earlier.append((key[1], kind, mine))
+    return out
 
 
 def _display(notice: Notice) -> str:
