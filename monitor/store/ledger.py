@@ -56,7 +56,10 @@ _COLUMNS = [c.name for c in t.actions.columns if c.name != "id"]
 
 
 def _row(action: ActionRecord) -> dict[str, Any]:
-    row = {name: getattr(action, name) for name in _COLUMNS}
+    # the fields as the record holds them (its ``__dict__``, which SQLAlchemy's instrumented
+    # attributes read too): a row built by the planner has every column set
+    values = vars(action)
+    row = {name: values[name] if name in values else getattr(action, name) for name in _COLUMNS}
     if row["state"] not in ACTION_STATES:
         raise ValueError(f"action state must be one of {sorted(ACTION_STATES)}")
     if releases(row["action"], row["state"]):
