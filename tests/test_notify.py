@@ -669,6 +669,10 @@ def test_a_line_repeated_by_a_later_group_points_to_the_first() -> None:
     assert "- notebook (i-0001): as under idle-gpu" in body[second:]
     assert body.count("cost $3.00") == 1 and body.count("cost $2.50") == 1  # not the same line
     assert first < second
+    # inside one group a line is never "as under" its own rule
+    twin = change(ended(notebook, "idle-gpu"), fingerprint="fp-twin")
+    (same,) = build_messages([ended(notebook, "idle-gpu"), twin], Router(), NOW)
+    assert "as under" not in same.body and same.body.count("cost $1.05") == 2
 
 
 def test_a_group_on_instances_an_earlier_group_holds_for_the_same_condition_says_so() -> None:

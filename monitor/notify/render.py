@@ -415,7 +415,7 @@ def _said_once(groups: list[Group]) -> list[Group]:
     for group in groups:
         lines = []
         for line, name in zip(group.lines, group.names or ("",) * len(group.lines), strict=True):
-            if line in said and name:
+            if name and said.get(line, group.rule) != group.rule:
                 lines.append(f"{name}: as under {said[line]}")
             else:
                 said.setdefault(line, group.rule)
