@@ -331,16 +331,17 @@ class Renderer:
         by_key: dict[tuple[str, str], list[Notice]] = {}
         for n in notices:
             by_key.setdefault((n.state, n.rule), []).append(n)
-        also = _overlaps(by_key)
-        groups = [
-            self.group(rule, state, ns, now, also.get((state, rule)))
-            for (state, rule), ns in by_key.items()
-        ]
-        firing = sorted(
-            (g for g in groups if g.state != "resolved"),
-            key=lambda g: (-severity_rank(g.severity), g.rule),
+        # firing groups first, worst severity first, then by rule; resolved ones by rule
+        firing_keys = sorted(
+            (key for key in by_key if key[0] != "resolved"),
+            key=lambda k: (-max(severity_rank(n.severity) for n in by_key[k]), k[1]),
         )
-        resolved = sorted((g for g in groups if g.state == "resolved"), key=lambda g: g.rule)
+        also = _overlaps(by_key, firing_keys)
+        firing = [self.group(k[1], k[0], by_key[k], now, also.get(k)) for k in firing_keys]
+        resolved = [
+            self.group(k[1], k[0], by_key[k], now)
+            for k in sorted((key for key in by_key if key[0] == "resolved"), key=lambda k: k[1])
+        ]
         said = _said_once(firing + resolved)
         firing, resolved = said[: len(firing)], said[len(firing) :]
         worst = firing[0].severity if firing else "resolved"
@@ -374,16 +375,12 @@ def _kind_of(notices: list[Notice]) -> str | None:
 
 
 def _overlaps(
-    by_key: Mapping[tuple[str, str], list[Notice]],
+    by_key: Mapping[tuple[str, str], list[Notice]], firing: list[tuple[str, str]]
 ) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """For each firing group, the groups before it in the message (worst severity first, then
-    by rule) whose alerts of the same condition kind are on some of its resources: two idle
-    rules on the same instances (``idle-gpu``, ``stop-idle-gpus``) each say "$0.70/h wasted",
-    and a reader should not add the two up."""
-    firing = sorted(
-        (key for key in by_key if key[0] != "resolved"),
-        key=lambda k: (-max(severity_rank(n.severity) for n in by_key[k]), k[1]),
-    )
+    """For each firing group (``firing``: their keys in the message's order), the groups before
+    it whose alerts of the same condition kind are on some of its resources: two idle rules on
+    the same instances (``idle-gpu``, ``stop-idle-gpus``) each say "$0.70/h wasted", and a
+    reader should not add the two up."""
     earlier: list[tuple[str, str | None, set[tuple[str, str]]]] = []
     out: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for key in firing:
