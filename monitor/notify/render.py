@@ -155,9 +155,9 @@ class Group:
     count: int  # alerts (an action's notice, which carries ``action``, is not one)
     headline: str
     lines: list[str]
+    names: tuple[str, ...]  # the resource each line is about, as its line names it
     totals: Mapping[str, Decimal | None]
     actions: int = 0  # the actions' notices in the group (planned, done, refused)
-    names: tuple[str, ...] = ()  # the resource each line is about, as its line names it
 
 
 def _environment(template_dir: Path | None) -> jinja2.Environment:
@@ -324,7 +324,7 @@ class Renderer:
             )
         )
         names = tuple(contexts[i]["display"] for i in shown)
-        return Group(rule, state, severity, count, headline, lines, totals, actions, names)
+        return Group(rule, state, severity, count, headline, lines, names, totals, actions)
 
     def message(self, channel: str, notices: list[Notice], now: datetime) -> Message:
         """One grouped message for ``channel`` (``notices`` must not be empty)."""
@@ -411,8 +411,8 @@ def _said_once(groups: list[Group]) -> list[Group]:
     out = []
     for group in groups:
         lines = []
-        for line, name in zip(group.lines, group.names or ("",) * len(group.lines), strict=True):
-            if name and said.get(line, group.rule) != group.rule:
+        for line, name in zip(group.lines, group.names, strict=True):
+            if said.get(line, group.rule) != group.rule:
                 lines.append(f"{name}: as under {said[line]}")
             else:
                 said.setdefault(line, group.rule)

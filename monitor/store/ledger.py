@@ -109,7 +109,6 @@ class LedgerRepo(StoreBase):
         ``keys``, those of them only (the planner asks for the intents of the alerts firing,
         not for a ledger that grows by every action ever taken)."""
         a = t.actions.c
-        held: set[str] = set()
         with self.engine.connect() as conn:
             if keys is None:
                 rows = conn.execute(
@@ -118,6 +117,7 @@ class LedgerRepo(StoreBase):
                     )
                 )
                 return {key for (key,) in rows}
+            held: set[str] = set()
             wanted = sorted(keys)
             for start in range(0, len(wanted), 500):  # one read per 500 keys
                 chunk = wanted[start : start + 500]
